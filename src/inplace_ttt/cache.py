@@ -1,0 +1,108 @@
+"""`FastWeightState`: the streaming state of one TTT layer for one batch of sequences.
+
+It lives outside the module (a generation cache owns one per TTT layer), so batch size is
+free, eval never touches trained weights, and rows reset independently. It holds:
+
+- `fast_sum` ``[B, d, h]`` float32: the sum of (clipped) updates of the current document's
+  complete chunks, the ``S`` of ``W = W0 + lr S``;
+- the target-source inputs and gated hidden states of the chunk being read, stored at column
+  ``position % chunk_size``: its update needs the whole chunk (the target convolution looks
+  ahead inside it), so it is computed when the chunk's last token arrives;
+- `last_pos` ``[B]``: the last position seen per row (-1: nothing yet).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class FastWeightState:
+    """Per-sequence fast-weight state of one layer. Empty until the layer first writes it."""
+
+    def __init__(self) -> None:
+        self.fast_sum: Tensor | None = None
+        self.buf_src: Tensor | None = None
+        self.buf_z: Tensor | None = None
+        self.buf_valid: Tensor | None = None
+        self.last_pos: Tensor | None = None
+
+    @property
+    def initialized(self) -> bool:
+        return self.fast_sum is not None
+
+    @property
+    def batch_size(self) -> int:
+        return 0 if self.last_pos is None else self.last_pos.shape[0]
+
+    def init(self, batch: int, d: int, h: int, src_dim: int, chunk_size: int, dtype: torch.dtype, state_dtype: torch.dtype, device) -> None:
+        self.fast_sum = torch.zeros(batch, d, h, dtype=state_dtype, device=device)
+        self.buf_src = torch.zeros(batch, chunk_size, src_dim, dtype=dtype, device=device)
+        self.buf_z = torch.zeros(batch, chunk_size, h, dtype=dtype, device=device)
+        self.buf_valid = torch.zeros(batch, chunk_size, dtype=torch.bool, device=device)
+        self.last_pos = torch.full((batch,), -1, dtype=torch.long, device=device)
+
+    def reset(self, rows: Tensor | list[int] | None = None) -> None:
+        """Forget the given rows (all if None): they start a new sequence with the pretrained weights."""
+        if not self.initialized:
+            return
+        if rows is None:
+            mask = torch.ones_like(self.last_pos, dtype=torch.bool)
+        else:
+            rows = torch.as_tensor(rows, device=self.last_pos.device)
+            if rows.dtype == torch.bool:
+                mask = rows
+            else:
+                mask = torch.zeros_like(self.last_pos, dtype=torch.bool)
+                mask[rows] = True
+        self.restart_rows(mask)
+        self.last_pos.masked_fill_(mask, -1)
+
+    def restart_rows(self, mask: Tensor) -> None:
+        """Zero the fast weights and the chunk buffer of rows where `mask` (a new document begins)."""
+        self.fast_sum.mul_((~mask).to(self.fast_sum.dtype)[:, None, None])
+        self.buf_valid &= ~mask[:, None]
+
+    def reorder(self, index: Tensor) -> None:
+        """Select/reorder rows (beam search): row `i` becomes old row `index[i]`."""
+        if not self.initialized:
+            return
+        for name in ("fast_sum", "buf_src", "buf_z", "buf_valid", "last_pos"):
+            t = getattr(self, name)
+            setattr(self, name, t.index_select(0, index.to(t.device)))
+
+    def buffered(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The unfinished chunk's tokens, right-aligned: `(src [B, m, F], z [B, m, h], pos [B, m])`.
+
+        Right alignment puts each row's buffered tokens next to its next token, so a chunk
+        stays contiguous when new tokens are appended (padding goes to the left).
+        """
+        count = self.buf_valid.sum(1)
+        m = int(count.max()) if count.numel() else 0
+        j = torch.arange(m, device=count.device)
+        back = (m - 1 - j)[None, :]  # how many tokens before the last buffered one
+        valid = back < count[:, None]
+        pos = torch.where(valid, self.last_pos[:, None] - back, -1)
+        col = (pos.clamp(min=0) % self.buf_valid.shape[1])[..., None]
+        src = self.buf_src.gather(1, col.expand(-1, -1, self.buf_src.shape[-1]))
+        z = self.buf_z.gather(1, col.expand(-1, -1, self.buf_z.shape[-1]))
+        return src, z, pos
+
+    def store(self, src: Tensor, z: Tensor, pos: Tensor, keep: Tensor) -> None:
+        """Buffer tokens where `keep` (`[B, n]`) at column `pos % C`; the rest of the buffer empties."""
+        C = self.buf_valid.shape[1]
+        self.buf_valid.zero_()
+        rows, cols = keep.nonzero(as_tuple=True)
+        slot = pos[rows, cols] % C
+        self.buf_src[rows, slot] = src[rows, cols]
+        self.buf_z[rows, slot] = z[rows, cols]
+        self.buf_valid[rows, slot] = True
+
+    def write_token(self, src: Tensor, z: Tensor, pos: Tensor, valid: Tensor) -> None:
+        """Buffer one token per row (`src [B, F]`, `z [B, h]`, `pos [B]`) where `valid`."""
+        rows = torch.arange(pos.shape[0], device=pos.device)
+        col = pos.clamp(min=0) % self.buf_valid.shape[1]
+        self.buf_src[rows, col] = torch.where(valid[:, None], src, self.buf_src[rows, col])
+        self.buf_z[rows, col] = torch.where(valid[:, None], z, self.buf_z[rows, col])
+        self.buf_valid[rows, col] |= valid
+        self.last_pos = torch.where(valid, pos, self.last_pos)

@@ -1,0 +1,114 @@
+"""`TTTConfig`: which layers get In-Place TTT and how their fast weights learn.
+
+Validated when built, so a bad value fails at the edge with the field name and the allowed
+values, not as a shape error deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+TARGETS = ("hidden_states", "token_embeddings")
+
+_RULE = re.compile(r"^\s*every\s+(\d+)(?:st|nd|rd|th)?(?:\s+layers?)?(?:\s+from\s+(\d+))?\s*$")
+
+
+@dataclass
+class TTTConfig:
+    """Settings of the In-Place TTT layers of one model.
+
+    layers: explicit layer indices (``[0, 6, 12]``), or a rule: ``"all"``,
+        ``"every 6"`` / ``"every 6th layer from 0"`` (the released recipe), ``"every 4 from 2"``.
+    chunk_size: tokens per chunk ``C``; a chunk's update reaches the chunks after it.
+    ttt_lr: the fast-weight learning rate ``eta`` (released default 3.0).
+    target: where the target ``V = Conv1D(X) W_target`` reads ``X`` from: the MLP input
+        (``"hidden_states"``, what the released code recommends for continual training) or the
+        model's token embeddings (``"token_embeddings"``, the paper's text).
+    conv_kernel: width of the depthwise convolution of the target, odd, centred.
+    clip_tau: if set, each chunk update is scaled down to Frobenius norm ``clip_tau``.
+        An inference option (the paper used 1e-5 for long-context evaluation); clipping in
+        training starves the new parameters of gradient.
+    """
+
+    layers: Sequence[int] | str = "every 6"
+    chunk_size: int = 1024
+    ttt_lr: float = 3.0
+    target: str = "hidden_states"
+    conv_kernel: int = 5
+    clip_tau: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, str):
+            _parse_rule(self.layers)
+        else:
+            layers = list(self.layers)
+            if not layers or not all(_is_int(i) and i >= 0 for i in layers) or len(set(layers)) != len(layers):
+                raise ValueError(
+                    f"TTTConfig.layers must be distinct non-negative layer indices or a rule like "
+                    f"'every 6' / 'every 6 from 0' / 'all'; got {self.layers!r}"
+                )
+            self.layers = tuple(sorted(int(i) for i in layers))
+        if not _is_int(self.chunk_size) or self.chunk_size < 1:
+            raise ValueError(f"TTTConfig.chunk_size must be an integer >= 1; got {self.chunk_size!r}")
+        if not isinstance(self.ttt_lr, (int, float)) or isinstance(self.ttt_lr, bool) or not math.isfinite(self.ttt_lr) or self.ttt_lr <= 0:
+            raise ValueError(f"TTTConfig.ttt_lr must be a finite number > 0; got {self.ttt_lr!r}")
+        self.ttt_lr = float(self.ttt_lr)
+        if self.target not in TARGETS:
+            raise ValueError(f"TTTConfig.target must be one of {TARGETS}; got {self.target!r}")
+        if not _is_int(self.conv_kernel) or self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ValueError(f"TTTConfig.conv_kernel must be an odd integer >= 1 (centred); got {self.conv_kernel!r}")
+        if self.clip_tau is not None:
+            if not isinstance(self.clip_tau, (int, float)) or isinstance(self.clip_tau, bool) or not math.isfinite(self.clip_tau) or self.clip_tau <= 0:
+                raise ValueError(f"TTTConfig.clip_tau must be None or a finite number > 0; got {self.clip_tau!r}")
+            self.clip_tau = float(self.clip_tau)
+
+    def layer_indices(self, num_layers: int) -> tuple[int, ...]:
+        """The TTT layer indices of a model with `num_layers` layers; out-of-range indices raise."""
+        if isinstance(self.layers, str):
+            step, start = _parse_rule(self.layers)
+            if start >= num_layers:
+                raise ValueError(f"TTTConfig.layers={self.layers!r} starts at layer {start}, but the model has {num_layers} layers")
+            return tuple(range(start, num_layers, step))
+        bad = [i for i in self.layers if i >= num_layers]
+        if bad:
+            raise ValueError(f"TTTConfig.layers has indices {bad} outside the model's {num_layers} layers (0..{num_layers - 1})")
+        return tuple(self.layers)
+
+    def replace(self, **changes: Any) -> "TTTConfig":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if not isinstance(d["layers"], str):
+            d["layers"] = list(d["layers"])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TTTConfig":
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ValueError(f"unknown TTTConfig fields {unknown}; valid fields: {sorted(valid)}")
+        return cls(**data)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _parse_rule(rule: str) -> tuple[int, int]:
+    """`(step, start)` of a layer rule string."""
+    if rule.strip().lower() == "all":
+        return 1, 0
+    m = _RULE.match(rule.lower())
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(
+            f"TTTConfig.layers rule {rule!r} not understood; use 'all', 'every N' or 'every N from K' "
+            f"(N >= 1), or a list of layer indices"
+        )
+    return int(m.group(1)), int(m.group(2) or 0)

@@ -1,0 +1,211 @@
+"""`InPlaceTTTMLP`: a gated MLP whose down projection becomes a fast weight.
+
+The wrapper adopts the wrapped MLP's own submodules under their own names (so
+``...mlp.down_proj.weight`` stays the same `Parameter`, found by optimizers, LoRA and
+checkpoints), computes the gated hidden state with the MLP's own projections and activation,
+and adds the fast-weight term ``lr z S^T`` to the MLP's own down projection. New parameters
+live in `self.ttt` (a `TargetGenerator`), deliberately not `nn.Linear`, so that a LoRA
+"all-linear" rule cannot wrap them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .cache import FastWeightState
+from .config import TTTConfig
+from .ops import chunk_conv, find_segments, inplace_ttt, state_dtype
+
+
+@dataclass(frozen=True)
+class GatedMLPSpec:
+    """How to read a gated MLP ``down(act(gate(x)) * up(x))``: the names of its parts.
+
+    The default matches transformers' Llama/Qwen/Mistral MLPs. Adapters for other layouts
+    (Moshi's fused ``linear_in``) subclass it and override `hidden`.
+    """
+
+    gate: str = "gate_proj"
+    up: str = "up_proj"
+    down: str = "down_proj"
+    act: str = "act_fn"
+
+    def part_names(self) -> tuple[str, ...]:
+        return (self.gate, self.up, self.down, self.act)
+
+    def missing(self, mlp: nn.Module) -> list[str]:
+        """Names of required parts `mlp` lacks (the down projection must be a Linear-like with a 2-D weight)."""
+        missing = [n for n in self.part_names() if not hasattr(mlp, n)]
+        down = getattr(mlp, self.down, None)
+        if down is not None and getattr(getattr(down, "weight", None), "dim", lambda: 0)() != 2:
+            missing.append(f"{self.down}.weight [d, h]")
+        return missing
+
+    def hidden(self, mlp: nn.Module, x: Tensor) -> Tensor:
+        """The gated hidden state ``z``, computed with the MLP's own modules."""
+        return getattr(mlp, self.act)(getattr(mlp, self.gate)(x)) * getattr(mlp, self.up)(x)
+
+
+class TargetGenerator(nn.Module):
+    """``V = Conv1D(X) W_target^T``, the convolution kept inside chunks.
+
+    Init (exact warm start with gradient from the first step): the convolution is zero, so
+    ``V = 0`` and the model computes exactly what the pretrained one did, while ``W_target``
+    is the identity, so the convolution's gradient ``W_target^T dL/dV * X`` is non-zero at the
+    first backward; after one optimizer step the convolution is non-zero and ``W_target`` gets
+    gradient too. (Both factors zero would block all gradient; small random values would
+    break the warm start: both happened in the system this library replaces.)
+    """
+
+    def __init__(self, source_dim: int, model_dim: int, kernel: int, *, dtype=None, device=None):
+        super().__init__()
+        self.conv_weight = nn.Parameter(torch.zeros(source_dim, kernel, dtype=dtype, device=device))
+        self.target_weight = nn.Parameter(torch.eye(model_dim, source_dim, dtype=dtype, device=device))
+
+    def forward(self, x: Tensor, seg_key: Tensor) -> Tensor:
+        return F.linear(chunk_conv(x, self.conv_weight, seg_key), self.target_weight)
+
+
+class InPlaceTTTMLP(nn.Module):
+    """A gated MLP with In-Place TTT on its down projection.
+
+    Args:
+        mlp: the gated MLP to wrap; its submodules are adopted, not copied.
+        config: chunk size, learning rate, target source, kernel and clipping.
+        spec: how to read `mlp` (default: ``gate_proj``/``up_proj``/``down_proj``/``act_fn``).
+    """
+
+    def __init__(self, mlp: nn.Module, config: TTTConfig, spec: GatedMLPSpec | None = None):
+        super().__init__()
+        spec = spec or GatedMLPSpec()
+        missing = spec.missing(mlp)
+        if missing:
+            raise ValueError(f"{type(mlp).__name__} is not a gated MLP this spec can read: missing {missing}")
+        for name, child in mlp.named_children():
+            self.add_module(name, child)
+        for name in spec.part_names():  # parts that are plain attributes (e.g. an activation function)
+            if name not in self._modules:
+                setattr(self, name, getattr(mlp, name))
+        self.spec = spec
+        self.wrapped_type = type(mlp).__name__
+        self.chunk_size = config.chunk_size
+        self.ttt_lr = config.ttt_lr
+        self.clip_tau = config.clip_tau
+        self.target = config.target
+        weight = getattr(self, spec.down).weight
+        d = weight.shape[0]
+        self.ttt = TargetGenerator(d, d, config.conv_kernel, dtype=weight.dtype, device=weight.device)
+
+    @property
+    def down(self) -> nn.Module:
+        return getattr(self, self.spec.down)
+
+    def extra_repr(self) -> str:
+        return f"wraps={self.wrapped_type}, chunk_size={self.chunk_size}, ttt_lr={self.ttt_lr}, target={self.target}, clip_tau={self.clip_tau}"
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        position_ids: Tensor | None = None,
+        target_source: Tensor | None = None,
+        state: FastWeightState | None = None,
+    ) -> Tensor:
+        """`x` ``[B, T, d]`` → ``[B, T, d]``.
+
+        position_ids: ``[B, T]``, 0 starts a document, negative is padding (see `ops.segments`).
+        target_source: ``[B, T, d]`` token embeddings when ``target="token_embeddings"``.
+        state: streaming state; when given, `x` continues the sequences it holds (positions
+            default to the next ones) and the state is updated in place.
+        """
+        z = self.spec.hidden(self, x)
+        src = self._source(x, target_source)
+        if state is None:
+            seg = find_segments(position_ids, x.shape[0], x.shape[1], self.chunk_size, x.device)
+            v = self.ttt(src, seg.seg_key)
+            fast = inplace_ttt(z, v, None, self.ttt_lr, self.chunk_size, position_ids=position_ids, clip_tau=self.clip_tau)
+        else:
+            fast = self._stream(z, src, position_ids, state)
+        return self.down(z) + fast
+
+    def _source(self, x: Tensor, target_source: Tensor | None) -> Tensor:
+        if self.target == "hidden_states":
+            return x
+        if target_source is None:
+            raise ValueError("this TTT layer reads its target from token embeddings: pass target_source=[B, T, d] embeddings")
+        if target_source.shape[:2] != x.shape[:2]:
+            raise ValueError(f"target_source must be [B, T, ...] = {list(x.shape[:2])}; got {list(target_source.shape)}")
+        return target_source
+
+    # streaming -----------------------------------------------------------------------------
+
+    def _stream(self, z: Tensor, src: Tensor, position_ids: Tensor | None, state: FastWeightState) -> Tensor:
+        B, n, h = z.shape
+        if not state.initialized:
+            d = self.down.weight.shape[0]
+            state.init(B, d, h, src.shape[-1], self.chunk_size, z.dtype, state_dtype(z.dtype), z.device)
+        if state.batch_size != B:
+            raise ValueError(f"the state holds {state.batch_size} sequences but the input has {B} rows")
+        if position_ids is None:
+            pos = state.last_pos[:, None] + 1 + torch.arange(n, device=z.device)
+        else:
+            pos = position_ids.to(device=z.device, dtype=torch.long)
+        if n == 1:
+            return self._step(z[:, 0], src[:, 0], pos[:, 0], state)[:, None]
+        return self._prefill(z, src, pos, state)
+
+    def _restart(self, state: FastWeightState, first_pos: Tensor, has_token: Tensor) -> None:
+        """Rows whose first new token starts a document (position 0 or a jump) drop their state."""
+        last = state.last_pos
+        restart = has_token & ((first_pos == 0) | ((last >= 0) & (first_pos != last + 1)))
+        state.restart_rows(restart)
+
+    def _step(self, z: Tensor, src: Tensor, pos: Tensor, state: FastWeightState) -> Tensor:
+        """One token per row: output with the current fast weight, then update if it ends a chunk."""
+        valid = pos >= 0
+        self._restart(state, pos, valid)
+        out = (z[:, None] @ (self.ttt_lr * state.fast_sum).to(z.dtype).mT)[:, 0]
+        state.write_token(src, z, pos, valid)
+        done = valid & (pos % self.chunk_size == self.chunk_size - 1)
+        if bool(done.any()):
+            rows = done.nonzero()[:, 0]
+            keep = state.buf_valid[rows]
+            cols = torch.arange(self.chunk_size, device=z.device)
+            seg_key = torch.where(keep, 0, -1 - cols)  # one segment; empty columns match nothing
+            v = self.ttt(state.buf_src[rows], seg_key) * keep[..., None]
+            dW = (v.mT @ state.buf_z[rows]).to(state.fast_sum.dtype)
+            if self.clip_tau is not None:
+                dW *= (self.clip_tau / dW.flatten(1).norm(dim=1)).clamp(max=1.0)[:, None, None]
+            state.fast_sum[rows] += dW
+            state.buf_valid[rows] = False
+        return out
+
+    def _prefill(self, z: Tensor, src: Tensor, pos: Tensor, state: FastWeightState) -> Tensor:
+        """Several tokens per row: run the chunked op over (unfinished chunk + new tokens)."""
+        valid = pos >= 0
+        has_token = valid.any(1)
+        first = pos.gather(1, valid.long().argmax(1, keepdim=True))[:, 0]
+        self._restart(state, first, has_token)
+        b_src, b_z, b_pos = state.buffered()
+        m = b_pos.shape[1]
+        all_src, all_z, all_pos = torch.cat([b_src, src], 1), torch.cat([b_z, z], 1), torch.cat([b_pos, pos], 1)
+        seg = find_segments(all_pos, z.shape[0], all_pos.shape[1], self.chunk_size, z.device)
+        v = self.ttt(all_src, seg.seg_key)
+        out, state.fast_sum = inplace_ttt(
+            all_z, v, None, self.ttt_lr, self.chunk_size, position_ids=all_pos, clip_tau=self.clip_tau,
+            initial_state=state.fast_sum, output_final_state=True,
+        )
+        # keep the tokens of each row's last segment if its chunk is unfinished
+        cols = torch.arange(all_pos.shape[1], device=z.device)
+        last_col = torch.where(seg.valid, cols, -1).max(1).values
+        last_pos = all_pos.gather(1, last_col.clamp(min=0)[:, None])[:, 0]
+        last_seg = seg.seg_index.gather(1, last_col.clamp(min=0)[:, None])
+        unfinished = (last_col >= 0) & ((last_pos + 1) % self.chunk_size != 0)
+        state.store(all_src, all_z, all_pos, seg.valid & (seg.seg_index == last_seg) & unfinished[:, None])
+        state.last_pos = torch.where(has_token, last_pos, state.last_pos)
+        return out[:, m:]

@@ -1,0 +1,140 @@
+"""Streaming with `FastWeightState`: any schedule of prefills and single tokens gives the full
+forward's outputs, for padded batches, across documents, with resets and reorders."""
+
+import pytest
+import torch
+
+from inplace_ttt import FastWeightState, InPlaceTTTMLP, TTTConfig
+from tests.conftest import GatedMLP, packed_positions
+
+D, H, C = 8, 16, 4
+
+
+def make_layer(**config):
+    layer = InPlaceTTTMLP(GatedMLP(D, H).double(), TTTConfig(layers=[0], chunk_size=C, ttt_lr=0.5, **config))
+    with torch.no_grad():
+        layer.ttt.conv_weight.normal_(0, 0.5)
+        layer.ttt.target_weight.add_(torch.randn_like(layer.ttt.target_weight) * 0.3)
+    return layer
+
+
+def stream(layer, x, pos, cuts, state=None, **kw):
+    """Feed `x` in pieces ending at `cuts`; single-column pieces take the one-token path."""
+    state = state or FastWeightState()
+    outs, start = [], 0
+    for end in list(cuts) + [x.shape[1]]:
+        if end > start:
+            p = None if pos is None else pos[:, start:end]
+            extra = {k: t[:, start:end] for k, t in kw.items()}
+            outs.append(layer(x[:, start:end], position_ids=p, state=state, **extra))
+        start = end
+    return torch.cat(outs, 1), state
+
+
+SCHEDULES = {
+    "one prefill": [],
+    "token by token": list(range(1, 23)),
+    "prefill then tokens": list(range(6, 23)),
+    "prefill, tokens, prefill, tokens": [3, 4, 5, 6, 13, 14, 15, 21, 22],
+    "prefills across chunk edges": [2, 9, 11, 18],
+}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=list(SCHEDULES))
+def test_streaming_equals_full_forward_with_left_padding(schedule):
+    layer = make_layer()
+    x = torch.randn(3, 23, D, dtype=torch.float64)
+    pos = packed_positions([[23], [18], [14]], 23, pad_left=[False, True, True])
+    full = layer(x, position_ids=pos)
+    out, _ = stream(layer, x, pos, SCHEDULES[schedule])
+    valid = pos >= 0
+    torch.testing.assert_close(out[valid], full[valid], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("schedule", ["token by token", "prefills across chunk edges"])
+def test_positions_default_to_the_next_ones(schedule):
+    layer = make_layer()
+    x = torch.randn(2, 23, D, dtype=torch.float64)
+    out, state = stream(layer, x, None, SCHEDULES[schedule])
+    torch.testing.assert_close(out, layer(x), rtol=1e-10, atol=1e-10)
+    assert state.last_pos.tolist() == [22, 22]
+
+
+def test_new_documents_inside_the_stream():
+    layer = make_layer()
+    x = torch.randn(2, 20, D, dtype=torch.float64)
+    pos = packed_positions([[6, 9, 5], [11, 9]], 20)
+    full = layer(x, position_ids=pos)
+    for cuts in (list(range(1, 20)), [4, 7, 8, 15]):
+        out, _ = stream(layer, x, pos, cuts)
+        torch.testing.assert_close(out, full, rtol=1e-10, atol=1e-10)
+
+
+def test_updates_really_happen_while_streaming():
+    layer = make_layer()
+    x = torch.randn(1, 9, D, dtype=torch.float64)
+    state = FastWeightState()
+    sums = []
+    for t in range(9):
+        layer(x[:, t : t + 1], state=state)
+        sums.append(state.fast_sum.abs().sum().item())
+    # the fast weight changes exactly when a chunk completes (after tokens 3 and 7)
+    changed = [t for t in range(1, 9) if sums[t] != sums[t - 1]]
+    assert sums[0] == 0 and changed == [3, 7]
+
+
+def test_token_embedding_target_streams():
+    layer = make_layer(target="token_embeddings")
+    x, emb = torch.randn(2, 15, D, dtype=torch.float64), torch.randn(2, 15, D, dtype=torch.float64)
+    full = layer(x, target_source=emb)
+    out, _ = stream(layer, x, None, [5, 6, 7, 12], target_source=emb)
+    torch.testing.assert_close(out, full, rtol=1e-10, atol=1e-10)
+
+
+def test_clipping_streams_like_the_full_forward():
+    layer = make_layer(clip_tau=0.05)
+    x = torch.randn(2, 17, D, dtype=torch.float64)
+    out, _ = stream(layer, x, None, list(range(3, 17)))
+    torch.testing.assert_close(out, layer(x), rtol=1e-10, atol=1e-10)
+
+
+def test_reset_rows_restores_the_pretrained_weights():
+    layer = make_layer()
+    x = torch.randn(2, 14, D, dtype=torch.float64)
+    y = torch.randn(1, 6, D, dtype=torch.float64)
+    _, state = stream(layer, x[:, :10], None, [7])
+    state.reset([1])
+    assert state.fast_sum[1].abs().sum() == 0 and state.fast_sum[0].abs().sum() > 0
+    # row 0 continues its sequence; row 1 starts over with y
+    nxt = torch.cat([x[:1, 10:], y[:, :4]], 0)
+    out = layer(nxt, state=state)
+    torch.testing.assert_close(out[0], layer(x[:1])[0, 10:], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out[1], layer(y[:, :4])[0], rtol=1e-10, atol=1e-10)
+
+
+def test_reorder_follows_the_rows():
+    layer = make_layer()
+    x = torch.randn(3, 13, D, dtype=torch.float64)
+    _, state = stream(layer, x[:, :9], None, [6])
+    index = torch.tensor([2, 2, 0])
+    state.reorder(index)
+    out = torch.cat([layer(x[index, t : t + 1], state=state) for t in range(9, 13)], 1)
+    torch.testing.assert_close(out, layer(x[index])[:, 9:], rtol=1e-10, atol=1e-10)
+
+
+def test_state_lives_outside_the_module():
+    layer = make_layer()
+    params = {n: p.clone() for n, p in layer.named_parameters()}
+    x = torch.randn(2, 12, D, dtype=torch.float64)
+    a, _ = stream(layer, x, None, list(range(1, 12)))
+    b, _ = stream(layer, x[:1], None, [5])  # another batch size, another state
+    for n, p in layer.named_parameters():
+        assert torch.equal(p, params[n]), n
+    torch.testing.assert_close(b[0], a[0], rtol=1e-10, atol=1e-10)
+
+
+def test_batch_mismatch_is_refused():
+    layer = make_layer()
+    _, state = stream(layer, torch.randn(2, 5, D, dtype=torch.float64), None, [])
+    with pytest.raises(ValueError, match="the state holds 2 sequences but the input has 3 rows"):
+        layer(torch.randn(3, 1, D, dtype=torch.float64), state=state)

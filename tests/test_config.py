@@ -1,0 +1,63 @@
+import math
+
+import pytest
+
+from inplace_ttt import TTTConfig
+
+
+def test_defaults_are_the_released_recipe_shape():
+    c = TTTConfig()
+    assert c.layer_indices(36) == tuple(range(0, 36, 6))
+    assert c.target == "hidden_states" and c.conv_kernel == 5 and c.clip_tau is None
+
+
+@pytest.mark.parametrize(
+    "rule, n, expected",
+    [("all", 3, (0, 1, 2)), ("every 6", 13, (0, 6, 12)), ("every 6th layer from 0", 7, (0, 6)), ("every 4 from 2", 11, (2, 6, 10))],
+)
+def test_layer_rules(rule, n, expected):
+    assert TTTConfig(layers=rule).layer_indices(n) == expected
+
+
+def test_explicit_layers_sorted_and_range_checked():
+    c = TTTConfig(layers=[5, 1])
+    assert c.layers == (1, 5)
+    assert c.layer_indices(6) == (1, 5)
+    with pytest.raises(ValueError, match=r"indices \[5\] outside the model's 4 layers"):
+        c.layer_indices(4)
+    with pytest.raises(ValueError, match="starts at layer 9"):
+        TTTConfig(layers="every 2 from 9").layer_indices(4)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("chunk_size", 0, "chunk_size must be an integer >= 1"),
+        ("chunk_size", 2.5, "chunk_size must be an integer >= 1"),
+        ("ttt_lr", math.nan, "ttt_lr must be a finite number > 0"),
+        ("ttt_lr", math.inf, "ttt_lr must be a finite number > 0"),
+        ("ttt_lr", 0.0, "ttt_lr must be a finite number > 0"),
+        ("conv_kernel", 4, "conv_kernel must be an odd integer"),
+        ("target", "embeddings", r"target must be one of \('hidden_states', 'token_embeddings'\)"),
+        ("clip_tau", 0.0, "clip_tau must be None or a finite number > 0"),
+        ("clip_tau", -1e-5, "clip_tau must be None or a finite number > 0"),
+        ("layers", [], "layers must be distinct non-negative"),
+        ("layers", [1, 1], "layers must be distinct non-negative"),
+        ("layers", [-1], "layers must be distinct non-negative"),
+        ("layers", "every other", "rule 'every other' not understood"),
+        ("layers", "every 0", "not understood"),
+    ],
+)
+def test_bad_values_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TTTConfig(**{field: value})
+
+
+def test_dict_round_trip_and_unknown_keys():
+    c = TTTConfig(layers=[0, 3], chunk_size=64, ttt_lr=1.5, target="token_embeddings", clip_tau=1e-5)
+    assert TTTConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match=r"unknown TTTConfig fields \['chunk'\]"):
+        TTTConfig.from_dict({"chunk": 3})
+    assert c.replace(clip_tau=None).clip_tau is None
+    with pytest.raises(ValueError, match="chunk_size"):
+        c.replace(chunk_size=-1)
