@@ -95,12 +95,19 @@ def _check(z, v, w0, lr, chunk_size, clip_tau, initial_state) -> None:
 
 
 class _Scan:
-    """State bookkeeping shared by the forward pass and the backward's forward sweep."""
+    """The chunk scan's state and its steps, shared by the forward pass and the backward's
+    forward sweep so that both rebuild bit-identical states.
+
+    `[B, d, h]` results go into buffers allocated once (or straight into the state with an
+    in-place batched GEMM): a fresh 16 MB output per chunk costs as much in page faults as
+    the GEMM that fills it.
+    """
 
     def __init__(self, z: Tensor, v: Tensor, w0: Tensor | None, initial_state: Tensor | None, lr: float, layout: SlotLayout):
         self.z, self.v, self.w0, self.lr, self.layout = z, v, w0, lr, layout
         B, _, h = z.shape
         d = v.shape[-1]
+        self.shape = (B, d, h)
         self.sdt = state_dtype(z.dtype)
         self.merged = w0 is not None and z.dtype in (torch.float32, torch.float64)
         if initial_state is None:
@@ -108,6 +115,8 @@ class _Scan:
         else:
             self.S = initial_state.to(self.sdt, copy=True)
         self.live = [initial_state is not None] * B  # host view: rows whose S may be non-zero
+        self._weight = None  # buffer: w0 + lr S (merged) or S in a low compute dtype
+        self._delta = None  # buffer: one chunk's update
 
     def reset(self, s: int) -> None:
         keep = self.layout.keep_host[s]
@@ -115,34 +124,46 @@ class _Scan:
             self.S *= self.layout.keep[s].to(self.sdt)[:, None, None]
             self.live = [a and k for a, k in zip(self.live, keep)]
 
-    def weight(self) -> Tensor | None:
-        """The slot's effective weight `[B|1, d, h]` in the compute dtype, or None if it is zero."""
+    def weight(self) -> tuple[Tensor, float] | None:
+        """`(W, alpha)` with the slot's fast weight ``alpha * W`` (`[B, d, h]`, compute dtype),
+        or None when it is zero."""
         if self.merged:
             if not any(self.live):
-                return self.w0[None]
-            return self.w0 + self.lr * self.S
+                return self.w0.expand(self.shape), 1.0
+            if self._weight is None:
+                self._weight = torch.empty(self.shape, dtype=self.z.dtype, device=self.z.device)
+            return torch.add(self.w0, self.S, alpha=self.lr, out=self._weight), 1.0
         if not any(self.live):
             return None
-        return (self.lr * self.S).to(self.z.dtype)
+        if self.S.dtype == self.z.dtype:
+            return self.S, self.lr
+        if self._weight is None:
+            self._weight = torch.empty(self.shape, dtype=self.z.dtype, device=self.z.device)
+        return self._weight.copy_(self.S), self.lr
 
     def delta(self, s: int, zs: Tensor) -> Tensor:
-        """Unclipped chunk update `V_s^T z_s`, `[B, d, h]` in the state dtype."""
-        vs = self.layout.gather(self.v, s)
-        return (vs.mT @ zs).to(self.sdt)
+        """The unclipped chunk update `V_s^T z_s` `[B, d, h]` (compute dtype, in a reused buffer)."""
+        if self._delta is None:
+            self._delta = torch.empty(self.shape, dtype=self.z.dtype, device=self.z.device)
+        return torch.bmm(self.layout.gather(self.v, s).mT, zs, out=self._delta)
 
-    def fold(self, s: int, dW: Tensor) -> None:
-        """Add a (clipped) update into the state of the rows whose slot `s` updates."""
+    def fold(self, s: int, zs: Tensor, clip: Tensor | None) -> None:
+        """``S += scale * V_s^T z_s`` for the rows whose slot `s` updates (scale = clip factor)."""
         upd = self.layout.update_host[s]
-        if all(upd):
-            self.S += dW
+        scale = None if all(upd) else self.layout.update[s].to(self.sdt)
+        if clip is not None:
+            scale = clip if scale is None else scale * clip
+        if scale is None and self.S.dtype == zs.dtype:
+            self.S.baddbmm_(self.layout.gather(self.v, s).mT, zs)
         else:
-            self.S += dW * self.layout.update[s].to(self.sdt)[:, None, None]
+            dW = self.delta(s, zs)
+            self.S.add_(dW if scale is None else dW * scale.to(dW.dtype)[:, None, None])
         self.live = [a or u for a, u in zip(self.live, upd)]
 
 
 def _clip_factor(dW: Tensor, tau: float) -> Tensor:
-    """`min(1, tau / ||dW||_F)` per row; 1 for a zero update."""
-    return (tau / dW.flatten(1).norm(dim=1)).clamp(max=1.0)
+    """`min(1, tau / ||dW||_F)` per row, in float32 or wider; 1 for a zero update."""
+    return (tau / dW.flatten(1).to(state_dtype(dW.dtype)).norm(dim=1)).clamp(max=1.0)
 
 
 class _InPlaceTTT(torch.autograd.Function):
@@ -155,19 +176,17 @@ class _InPlaceTTT(torch.autograd.Function):
             out = z.new_zeros(*z.shape[:2], v.shape[-1])
         else:
             out = F.linear(z, w0)
-        clip = z.new_ones(layout.n_slots, B, dtype=scan.sdt)
+        clip = z.new_ones(layout.n_slots, B, dtype=scan.sdt) if clip_tau is not None else None
         for s in range(layout.n_slots):
             scan.reset(s)
             zs = layout.gather(z, s)
-            W = scan.weight()
-            if W is not None:
-                layout.add_(out, s, zs @ W.mT)
+            fast = scan.weight()
+            if fast is not None:
+                layout.add_matmul_(out, s, zs, fast[0].mT, fast[1])
             if any(layout.update_host[s]):
-                dW = scan.delta(s, zs)
-                if clip_tau is not None:
-                    clip[s] = _clip_factor(dW, clip_tau)
-                    dW *= clip[s][:, None, None]
-                scan.fold(s, dW)
+                if clip is not None:
+                    clip[s] = _clip_factor(scan.delta(s, zs), clip_tau)
+                scan.fold(s, zs, None if clip is None else clip[s])
         ctx.save_for_backward(z, v, w0, initial_state, clip)
         ctx.lr, ctx.clip_tau, ctx.layout = lr, clip_tau, layout
         return out, scan.S
@@ -176,13 +195,12 @@ class _InPlaceTTT(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_out, g_final):
         z, v, w0, initial_state, clip = ctx.saved_tensors
-        lr, tau, layout = ctx.lr, ctx.clip_tau, ctx.layout
+        lr, layout = ctx.lr, ctx.layout
         need_w0, need_init = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         scan = _Scan(z, v, w0, initial_state, lr, layout)
         B, T, h = z.shape
         d = v.shape[-1]
-        G = g_out if g_out is not None else z.new_zeros(B, T, d)
-        G = G.contiguous()
+        G = g_out.contiguous() if g_out is not None else z.new_zeros(B, T, d)
 
         grad_w0 = None
         if w0 is not None and not scan.merged:
@@ -192,36 +210,46 @@ class _InPlaceTTT(torch.autograd.Function):
         else:
             grad_z = z.new_zeros(B, T, h)
         grad_v = torch.zeros_like(v)
-        acc_w0 = z.new_zeros(d, h, dtype=scan.sdt) if scan.merged and need_w0 else None
 
-        # forward sweep: rebuild S_s; dz_s = G_s W_s
+        # forward sweep: rebuild S_s; dz_s += G_s W_s
         for s in range(layout.n_slots):
             scan.reset(s)
             zs = layout.gather(z, s)
-            W = scan.weight()
-            if W is not None:
-                layout.add_(grad_z, s, layout.gather(G, s) @ W)
+            fast = scan.weight()
+            if fast is not None:
+                layout.add_matmul_(grad_z, s, layout.gather(G, s), fast[0], fast[1])
             if any(layout.update_host[s]):
-                scan.fold(s, scan.delta(s, zs) * clip[s][:, None, None])
+                scan.fold(s, zs, None if clip is None else clip[s])
 
         # reverse sweep: R = dL/dS after slot s; Q_s = dL/d(dW_s)
+        scan.S = scan._weight = None  # not needed any more
         R = g_final.to(scan.sdt, copy=True) if g_final is not None else z.new_zeros(B, d, h, dtype=scan.sdt)
         live = [g_final is not None] * B
+        keep_M = scan.merged and need_w0  # dL/dw0 is the sum of every slot's G_s^T z_s
+        acc_w0 = z.new_zeros(d, h, dtype=scan.sdt) if keep_M else None
+        M = None
         for s in reversed(range(layout.n_slots)):
             zs = layout.gather(z, s)
             upd = layout.update_host[s]
             if any(u and a for u, a in zip(upd, live)):
                 Q = R if all(upd) else R * layout.update[s].to(scan.sdt)[:, None, None]
-                if tau is not None:
+                if clip is not None:
                     Q = _clip_backward(Q, scan.delta(s, zs), clip[s])
                 Q = Q.to(z.dtype)
-                layout.add_(grad_v, s, zs @ Q.mT)
-                layout.add_(grad_z, s, layout.gather(v, s) @ Q)
-            if acc_w0 is not None or s > 0 or need_init:
-                M = (layout.gather(G, s).mT @ zs).to(scan.sdt)
-                if acc_w0 is not None:
-                    acc_w0 += M.sum(0)
-                R += lr * M
+                layout.add_matmul_(grad_v, s, zs, Q.mT)
+                layout.add_matmul_(grad_z, s, layout.gather(v, s), Q)
+                del Q
+            if keep_M or s > 0 or need_init:
+                gs = layout.gather(G, s)
+                if keep_M or R.dtype != zs.dtype:
+                    if M is None:
+                        M = torch.empty(B, d, h, dtype=z.dtype, device=z.device)
+                    torch.bmm(gs.mT, zs, out=M)
+                    R.add_(M, alpha=lr)
+                    for M_row in M if keep_M else ():  # row by row: no [d, h] temporary
+                        acc_w0 += M_row
+                else:
+                    R.baddbmm_(gs.mT, zs, alpha=lr)
                 live = [True] * B
             keep = layout.keep_host[s]
             if not all(keep):

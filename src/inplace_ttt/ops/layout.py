@@ -83,12 +83,14 @@ class SlotLayout:
         out.index_copy_(0, entry, x.reshape(-1, F).index_select(0, token))
         return out.view(self.batch, self.widths[s], F)
 
-    def add_(self, buf: Tensor, s: int, val: Tensor) -> None:
-        """Add `val` (`[B, w, F]`, as from `gather`) into the slot's tokens of `buf` (`[B, T, F]`)."""
+    def add_matmul_(self, buf: Tensor, s: int, a: Tensor, b: Tensor, alpha: float = 1.0) -> None:
+        """Add ``alpha * a @ b`` (`[B, w, F]`, rows as from `gather`) into the slot's tokens of `buf`
+        (`[B, T, F]`); in place, with no temporary, where the slot is a column range."""
         if self.index is None:
-            a, b = self.ranges[s]
-            buf[:, a:b] += val
+            lo, hi = self.ranges[s]
+            buf[:, lo:hi].baddbmm_(a, b, alpha=alpha)
             return
         token, entry = self.index[s]
         F = buf.shape[-1]
-        buf.view(-1, F).index_add_(0, token, val.reshape(-1, F).index_select(0, entry))
+        val = torch.bmm(a, b).reshape(-1, F).index_select(0, entry)
+        buf.view(-1, F).index_add_(0, token, val, alpha=alpha)
