@@ -1,8 +1,20 @@
 """In-Place Test-Time Training for pretrained gated-MLP language models."""
 
+from .adapters import clip_tau, convert, from_pretrained, set_clip_tau, ttt_layers
 from .cache import FastWeightState
 from .config import TTTConfig
 from .layer import GatedMLPSpec, InPlaceTTTMLP, TargetGenerator
 
-__all__ = ["TTTConfig", "InPlaceTTTMLP", "GatedMLPSpec", "TargetGenerator", "FastWeightState"]
+__all__ = [
+    "TTTConfig",
+    "InPlaceTTTMLP",
+    "GatedMLPSpec",
+    "TargetGenerator",
+    "FastWeightState",
+    "convert",
+    "from_pretrained",
+    "set_clip_tau",
+    "clip_tau",
+    "ttt_layers",
+]
 __version__ = "0.1.0"

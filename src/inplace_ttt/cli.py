@@ -55,6 +55,41 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """Load a converted model and its tokenizer, read some text, run `inplace_ttt.doctor`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import from_pretrained, ttt_layers
+    from .doctor import doctor
+
+    model = from_pretrained(args.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    chunk = max(layer.chunk_size for _, layer in ttt_layers(model))
+    length = args.length or 3 * chunk
+    ids = tokenizer(_read_text(args.data), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    rows = max(1, min(args.rows, len(ids) // length))
+    ids = ids[: rows * length].view(rows, -1)
+    base = AutoModelForCausalLM.from_pretrained(args.base) if args.base else None
+    model.train(not args.inference)
+    report = doctor(model, ids, base, training=not args.inference)
+    print(f"doctor: {args.model_dir} on {rows} x {ids.shape[1]} tokens of {args.data}")
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _read_text(path: str) -> str:
+    """The text of a .txt file, or the "text" fields of a .jsonl file."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"ittt: no such data file: {path}")
+    if p.suffix == ".jsonl":
+        return "\n\n".join(json.loads(line)["text"] for line in p.read_text().splitlines() if line.strip())
+    return p.read_text()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ittt", description="In-Place Test-Time Training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--lr", type=float, default=1e-2)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    doc = sub.add_parser("doctor", help="check the In-Place TTT invariants on a model and data")
+    doc.add_argument("model_dir", help="a directory saved by a converted model's save_pretrained")
+    doc.add_argument("--data", required=True, help=".txt or .jsonl (field 'text') to draw a batch from")
+    doc.add_argument("--base", help="the unconverted model directory, for the warm-start check")
+    doc.add_argument("--length", type=int, help="tokens per row (default 3 chunks)")
+    doc.add_argument("--rows", type=int, default=2)
+    doc.add_argument("--inference", action="store_true", help="the model is for inference: allow clipping and short data")
+    doc.set_defaults(func=_doctor)
     args = parser.parse_args(argv)
     return args.func(args)
 

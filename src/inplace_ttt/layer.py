@@ -78,9 +78,10 @@ class InPlaceTTTMLP(nn.Module):
         mlp: the gated MLP to wrap; its submodules are adopted, not copied.
         config: chunk size, learning rate, target source, kernel and clipping.
         spec: how to read `mlp` (default: ``gate_proj``/``up_proj``/``down_proj``/``act_fn``).
+        layer_idx: the decoder layer it sits in (names its state in a model's cache).
     """
 
-    def __init__(self, mlp: nn.Module, config: TTTConfig, spec: GatedMLPSpec | None = None):
+    def __init__(self, mlp: nn.Module, config: TTTConfig, spec: GatedMLPSpec | None = None, layer_idx: int | None = None):
         super().__init__()
         spec = spec or GatedMLPSpec()
         missing = spec.missing(mlp)
@@ -93,6 +94,7 @@ class InPlaceTTTMLP(nn.Module):
                 setattr(self, name, getattr(mlp, name))
         self.spec = spec
         self.wrapped_type = type(mlp).__name__
+        self.layer_idx = layer_idx
         self.chunk_size = config.chunk_size
         self.ttt_lr = config.ttt_lr
         self.clip_tau = config.clip_tau

@@ -1,0 +1,282 @@
+"""Hugging Face transformers: convert a loaded causal LM in place, stream with its cache, save, load.
+
+We patch a loaded model instead of forking model files: each chosen decoder layer's `.mlp`
+becomes an `InPlaceTTTMLP` (same parameters, same names), and three hooks feed it what the
+decoder layer does not pass to an MLP:
+
+- a forward pre-hook on the base model turns `attention_mask` / `position_ids` / the cache length
+  into TTT positions (documents restart at 0, padding is -1) and adopts the cache, so fast-weight
+  states travel inside `cache` / `past_key_values` like keys and values do;
+- a forward hook on the input embeddings keeps the token embeddings (for
+  ``target="token_embeddings"``);
+- a forward pre-hook on each TTT MLP passes positions, target source and state to it.
+
+The context lives until the next forward, so gradient checkpointing's recomputation (during
+backward) sees the same positions: run backward before the next forward, as training loops do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import tempfile
+import types
+import weakref
+from functools import partial
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..config import TTTConfig
+from ..layer import GatedMLPSpec, InPlaceTTTMLP
+from .hf_cache import FastWeightCacheMixin, adopt_cache
+
+CONFIG_KEY = "inplace_ttt"
+CHECKPOINT_MODEL_TYPE = "inplace_ttt"  # what config.json says, so plain transformers refuses to load it
+
+
+class _ForwardContext:
+    """What the TTT layers of one model need about the forward pass in flight."""
+
+    def __init__(self) -> None:
+        self.positions: Tensor | None = None
+        self.embeddings: Tensor | None = None
+        self._cache = None
+
+    @property
+    def cache(self) -> FastWeightCacheMixin | None:
+        return self._cache() if self._cache is not None else None
+
+    @cache.setter
+    def cache(self, cache) -> None:
+        self._cache = weakref.ref(cache) if cache is not None else None
+
+
+def decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """The module that owns the decoder layers, and the layers (found by structure)."""
+    for module in model.modules():
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, nn.ModuleList) and len(layers) and all(hasattr(layer, "mlp") for layer in layers):
+            return module, layers
+    raise ValueError(
+        f"{type(model).__name__} is not a decoder this adapter can read: no `layers` ModuleList whose layers have an `.mlp`"
+    )
+
+
+def ttt_layers(model: nn.Module) -> Iterator[tuple[int, InPlaceTTTMLP]]:
+    """`(layer index, TTT MLP)` for every TTT layer of a converted model."""
+    for idx, layer in enumerate(decoder_layers(model)[1]):
+        if isinstance(layer.mlp, InPlaceTTTMLP):
+            yield idx, layer.mlp
+
+
+def is_converted(model: nn.Module) -> bool:
+    return any(isinstance(m, InPlaceTTTMLP) for m in model.modules()) or hasattr(getattr(model, "config", None), CONFIG_KEY)
+
+
+def convert(model: nn.Module, config: TTTConfig) -> nn.Module:
+    """Turn the chosen MLPs of a transformers causal LM into In-Place TTT MLPs, in place.
+
+    Exact warm start: the converted model computes what the original did until the new
+    parameters train. The settings go into ``model.config.inplace_ttt`` and travel with
+    `save_pretrained`. Raises, before changing anything, for a model without gated MLPs,
+    a layer index outside the model, or a model converted already.
+    """
+    if is_converted(model):
+        raise ValueError(f"{type(model).__name__} is already an In-Place TTT model; convert the original model instead")
+    base, layers = decoder_layers(model)
+    indices = config.layer_indices(len(layers))
+    spec = GatedMLPSpec()
+    for i in indices:
+        missing = spec.missing(layers[i].mlp)
+        if missing:
+            raise ValueError(
+                f"{type(model).__name__}: the MLP of layer {i} ({type(layers[i].mlp).__name__}) is not a gated MLP "
+                f"(missing {missing}); In-Place TTT needs gate_proj, up_proj, down_proj and act_fn"
+            )
+    for i in indices:
+        layers[i].mlp = InPlaceTTTMLP(layers[i].mlp, config, spec, layer_idx=i)
+    model.config.inplace_ttt = {**config.to_dict(), "layers": list(indices), "base_model_type": model.config.model_type}
+    _install(model, base)
+    return model
+
+
+def set_clip_tau(model: nn.Module, clip_tau: float | None) -> float | None:
+    """Set inference clipping on every TTT layer (and in the config); returns the previous value."""
+    TTTConfig(clip_tau=clip_tau)  # validates
+    previous = model.config.inplace_ttt["clip_tau"]
+    for _, layer in ttt_layers(model):
+        layer.clip_tau = clip_tau
+    model.config.inplace_ttt["clip_tau"] = clip_tau
+    return previous
+
+
+@contextlib.contextmanager
+def clip_tau(model: nn.Module, value: float | None):
+    """``with clip_tau(model, 1e-5): model.generate(...)``: clipping for a block, restored after."""
+    previous = set_clip_tau(model, value)
+    try:
+        yield model
+    finally:
+        set_clip_tau(model, previous)
+
+
+# hooks ---------------------------------------------------------------------------------------
+
+
+def _install(model: nn.Module, base: nn.Module) -> None:
+    ctx = _ForwardContext()
+    model._ttt_context = ctx
+    params = inspect.signature(base.forward).parameters
+    base.register_forward_pre_hook(partial(_before_forward, model.config, params, ctx), with_kwargs=True)
+    if any(layer.target == "token_embeddings" for _, layer in ttt_layers(model)):
+        base.get_input_embeddings().register_forward_hook(partial(_keep_embeddings, ctx))
+    for _, layer in ttt_layers(model):
+        layer.register_forward_pre_hook(partial(_feed_layer, ctx), with_kwargs=True)
+    model.save_pretrained = types.MethodType(_save_pretrained, model)
+
+
+def _keep_embeddings(ctx: _ForwardContext, module, args, output) -> None:
+    ctx.embeddings = output
+
+
+def _before_forward(config, params, ctx: _ForwardContext, module, args, kwargs):
+    bound = dict(inspect.Signature(list(params.values())).bind_partial(*args, **kwargs).arguments)
+    for name, p in params.items():  # arguments a decorator renames arrive in **kwargs
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            bound.update(bound.pop(name, {}))
+    cache_key = "cache" if "cache" in params else "past_key_values"
+    cache = bound.get("cache", bound.get("past_key_values"))
+    inputs = bound.get("input_ids") if bound.get("input_ids") is not None else bound.get("inputs_embeds")
+    batch, length = inputs.shape[:2]
+    use_cache = bound.get("use_cache")
+    if use_cache is None:
+        use_cache = getattr(config, "use_cache", False)
+    if cache is None and use_cache:
+        from transformers import DynamicCache
+
+        cache = kwargs[cache_key] = DynamicCache(config=config)
+    if cache is not None:
+        if not isinstance(cache, FastWeightCacheMixin) and cache.get_seq_length() > 0:
+            raise ValueError(
+                f"this cache already holds {cache.get_seq_length()} tokens that no fast-weight state saw; "
+                "start generation with an empty cache (or none) so the TTT layers can follow it"
+            )
+        adopt_cache(cache)
+    past = cache.get_seq_length() if cache is not None else 0
+    ctx.positions = ttt_positions(batch, length, bound.get("attention_mask"), bound.get("position_ids"), past, inputs.device)
+    ctx.embeddings = bound.get("inputs_embeds")
+    ctx.cache = cache
+    return args, kwargs
+
+
+def ttt_positions(batch: int, length: int, attention_mask, position_ids, past: int, device) -> Tensor:
+    """TTT positions `[B, T]` of the new tokens: the model's positions (or the count of earlier
+    non-padding tokens, as `generate` computes them), with padding (`attention_mask == 0`) at -1."""
+    mask = attention_mask if isinstance(attention_mask, Tensor) and attention_mask.dim() == 2 else None
+    if position_ids is not None:
+        pos = position_ids[0] if position_ids.dim() == 3 else position_ids  # [3, B, T] multimodal RoPE
+        pos = pos.to(device=device, dtype=torch.long).expand(batch, length)
+    elif mask is not None:
+        pos = (mask.long().cumsum(-1) - 1)[:, -length:]
+    else:
+        pos = torch.arange(past, past + length, device=device).expand(batch, length)
+    if mask is not None:
+        pos = torch.where(mask[:, -length:].to(device=device, dtype=torch.bool), pos, -1)
+    return pos
+
+
+def _feed_layer(ctx: _ForwardContext, layer: InPlaceTTTMLP, args, kwargs):
+    if {"position_ids", "target_source", "state"} & kwargs.keys():  # called by hand with its own arguments
+        return None
+    x = args[0] if args else next(iter(kwargs.values()))
+    if ctx.positions is None or tuple(ctx.positions.shape) != tuple(x.shape[:2]):
+        raise RuntimeError(
+            f"TTT layer {layer.layer_idx} got input {list(x.shape)} but the model forward described "
+            f"{None if ctx.positions is None else list(ctx.positions.shape)} tokens; call the model, not the layer"
+        )
+    cache = ctx.cache
+    kwargs = {
+        **kwargs,
+        "position_ids": ctx.positions,
+        "target_source": ctx.embeddings if layer.target == "token_embeddings" else None,
+        "state": cache.ttt_state(layer.layer_idx) if cache is not None else None,
+    }
+    return args, kwargs
+
+
+# save / load ----------------------------------------------------------------------------------
+
+
+def _save_pretrained(model, save_directory, *args, **kwargs):
+    """`save_pretrained`, then mark config.json so that plain transformers refuses to load it."""
+    type(model).save_pretrained(model, save_directory, *args, **kwargs)
+    if kwargs.get("is_main_process", True):
+        path = Path(save_directory) / "config.json"
+        data = json.loads(path.read_text())
+        data["model_type"] = CHECKPOINT_MODEL_TYPE
+        _write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **kwargs) -> nn.Module:
+    """Load a converted model saved with `model.save_pretrained` (safetensors only).
+
+    `clip_tau` overrides the saved inference clipping; other keyword arguments go to
+    `AutoModelForCausalLM.from_pretrained` (dtype, device_map, ...).
+    """
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
+    data = json.loads(config_file.read_text())
+    settings = data.pop(CONFIG_KEY, None)
+    if settings is None:
+        raise ValueError(f"{path} is not an In-Place TTT checkpoint (no '{CONFIG_KEY}' in config.json): load it with transformers and call inplace_ttt.convert")
+    base_type = settings.pop("base_model_type")
+    data["model_type"] = base_type
+    config = CONFIG_MAPPING[base_type].from_dict(data)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path} has no .safetensors weights (In-Place TTT checkpoints are safetensors only)")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the base class does not know the TTT weights; we load them below
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    ttt_config = TTTConfig.from_dict(settings)
+    if clip_tau is not ...:
+        ttt_config = ttt_config.replace(clip_tau=clip_tau)
+    convert(model, ttt_config)
+    wanted = {name for name, _ in model.named_parameters() if ".ttt." in name}
+    found = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                if key in wanted:
+                    found[key] = f.get_tensor(key)
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise ValueError(f"{path} lacks trained TTT weights {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for key, tensor in found.items():
+            params[key].copy_(tensor)
+    return model

@@ -1,0 +1,69 @@
+"""Fast-weight state inside a transformers `Cache`.
+
+`generate()` and hand-written incremental loops already carry one cache object from step to
+step and call its `reorder_cache` / `batch_*` methods when beams move; the per-layer
+`FastWeightState`s ride along in that object. Any cache class is adopted in place by
+swapping in a subclass that adds the states (so the cache `generate()` creates, dynamic or
+static, works unchanged), and operations that would need to roll fast weights back (`crop`,
+used by assisted decoding) fail loudly instead of silently keeping future updates.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..cache import FastWeightState
+
+_ADOPTED: dict[type, type] = {}
+
+
+class FastWeightCacheMixin:
+    """Adds `ttt_states: {layer_idx: FastWeightState}` to a transformers cache."""
+
+    ttt_states: dict[int, FastWeightState]
+
+    def ttt_state(self, layer_idx: int) -> FastWeightState:
+        return self.ttt_states.setdefault(layer_idx, FastWeightState())
+
+    def reset(self):
+        super().reset()
+        self.ttt_states.clear()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        super().reorder_cache(beam_idx)
+        for state in self.ttt_states.values():
+            state.reorder(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int):
+        super().batch_repeat_interleave(repeats)
+        for state in self.ttt_states.values():
+            state.reorder(torch.arange(state.batch_size).repeat_interleave(repeats))
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        super().batch_select_indices(indices)
+        for state in self.ttt_states.values():
+            state.reorder(indices)
+
+    def crop(self, tokens_to_remove: int):
+        if tokens_to_remove > 0 and any(s.initialized for s in self.ttt_states.values()):
+            raise NotImplementedError(
+                "In-Place TTT fast weights cannot be rolled back, so this cache cannot be cropped: "
+                "assisted/speculative decoding and other rollbacks are not supported with TTT layers"
+            )
+        super().crop(tokens_to_remove)
+
+    @property
+    def is_croppable(self) -> bool:
+        return False
+
+
+def adopt_cache(cache) -> FastWeightCacheMixin:
+    """Give `cache` fast-weight states (in place; a no-op if it has them). Returns it."""
+    if isinstance(cache, FastWeightCacheMixin):
+        return cache
+    cls = type(cache)
+    if cls not in _ADOPTED:
+        _ADOPTED[cls] = type(f"FastWeight{cls.__name__}", (FastWeightCacheMixin, cls), {"__module__": __name__})
+    cache.__class__ = _ADOPTED[cls]
+    cache.ttt_states = {}
+    return cache
