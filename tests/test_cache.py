@@ -138,3 +138,15 @@ def test_batch_mismatch_is_refused():
     _, state = stream(layer, torch.randn(2, 5, D, dtype=torch.float64), None, [])
     with pytest.raises(ValueError, match="the state holds 2 sequences but the input has 3 rows"):
         layer(torch.randn(3, 1, D, dtype=torch.float64), state=state)
+
+
+def test_bf16_streaming_follows_the_updates():
+    """The step path keeps a bf16 copy of the fp32 fast weight: it must refresh after every update."""
+    layer = make_layer().to(torch.bfloat16)
+    x = torch.randn(2, 17, D, dtype=torch.bfloat16)
+    full = layer(x).float()
+    out, state = stream(layer, x, None, list(range(1, 17)))
+    assert state.fast_sum.dtype == torch.float32
+    fast_part = (full - layer.down_proj(layer.spec.hidden(layer, x)).float()).abs().max()
+    assert fast_part > 0.1  # the fast weights matter here
+    assert (out.float() - full).abs().max() < 0.05 * full.abs().max()

@@ -1,12 +1,24 @@
-"""The README's first Python example runs as written."""
+"""The README's Python examples run as written."""
 
 import re
 from pathlib import Path
 
 
-def test_readme_api_example_runs():
-    text = (Path(__file__).parent.parent / "README.md").read_text()
-    example = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+EXAMPLES = re.findall(r"```python\n(.*?)```", (Path(__file__).parent.parent / "README.md").read_text(), re.S)
+
+
+def run(example: str) -> dict:
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
-    assert namespace["nxt"].shape == (2, 1, 64)
+    return namespace
+
+
+def test_layer_example():
+    assert run(EXAMPLES[0])["nxt"].shape == (2, 1, 64)
+
+
+def test_transformers_example(tmp_path, capsys):
+    ns = run(EXAMPLES[1].replace("/tmp/ittt-example", str(tmp_path / "saved")))
+    assert ns["out"].shape == (2, 60)
+    assert "all checks passed" in capsys.readouterr().out
+    assert (tmp_path / "saved" / "model.safetensors").is_file()

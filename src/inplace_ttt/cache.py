@@ -26,6 +26,7 @@ class FastWeightState:
         self.buf_z: Tensor | None = None
         self.buf_valid: Tensor | None = None
         self.last_pos: Tensor | None = None
+        self._cast: tuple | None = None  # (key, fast_sum in a low compute dtype)
 
     @property
     def initialized(self) -> bool:
@@ -41,6 +42,15 @@ class FastWeightState:
         self.buf_z = torch.zeros(batch, chunk_size, h, dtype=dtype, device=device)
         self.buf_valid = torch.zeros(batch, chunk_size, dtype=torch.bool, device=device)
         self.last_pos = torch.full((batch,), -1, dtype=torch.long, device=device)
+
+    def fast_sum_as(self, dtype: torch.dtype) -> Tensor:
+        """`fast_sum` in `dtype` for the per-token matmul; a low-precision copy is kept until the sum changes."""
+        if self.fast_sum.dtype == dtype:
+            return self.fast_sum
+        key = (dtype, self.fast_sum._version, self.fast_sum.data_ptr())
+        if self._cast is None or self._cast[0] != key:
+            self._cast = (key, self.fast_sum.to(dtype))
+        return self._cast[1]
 
     def reset(self, rows: Tensor | list[int] | None = None) -> None:
         """Forget the given rows (all if None): they start a new sequence with the pretrained weights."""

@@ -165,13 +165,14 @@ class InPlaceTTTMLP(nn.Module):
         """Rows whose first new token starts a document (position 0 or a jump) drop their state."""
         last = state.last_pos
         restart = has_token & ((first_pos == 0) | ((last >= 0) & (first_pos != last + 1)))
-        state.restart_rows(restart)
+        if bool(restart.any()):
+            state.restart_rows(restart)
 
     def _step(self, z: Tensor, src: Tensor, pos: Tensor, state: FastWeightState) -> Tensor:
         """One token per row: output with the current fast weight, then update if it ends a chunk."""
         valid = pos >= 0
         self._restart(state, pos, valid)
-        out = (z[:, None] @ (self.ttt_lr * state.fast_sum).to(z.dtype).mT)[:, 0]
+        out = (z[:, None] @ state.fast_sum_as(z.dtype).mT)[:, 0] * self.ttt_lr
         state.write_token(src, z, pos, valid)
         done = valid & (pos % self.chunk_size == self.chunk_size - 1)
         if bool(done.any()):

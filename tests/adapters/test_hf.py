@@ -113,6 +113,12 @@ def test_rollback_is_refused():
         out.cache.crop(2)
 
 
+def test_assisted_decoding_is_refused():
+    model = converted()
+    with pytest.raises(ValueError, match="requires a cache that can be cropped"):
+        model.generate(input_ids=torch.randint(3, VOCAB, (1, 8)), assistant_model=tiny(), max_new_tokens=4, do_sample=False)
+
+
 def test_a_cache_filled_without_ttt_is_refused():
     from transformers import DynamicCache
 
@@ -124,8 +130,9 @@ def test_a_cache_filled_without_ttt_is_refused():
         model(input_ids=torch.randint(3, VOCAB, (1, 1)), cache=cache)
 
 
-def test_save_load_round_trip(tmp_path):
-    model = converted("qwen3")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_load_round_trip(tmp_path, family):
+    model = converted(family)
     model.save_pretrained(tmp_path)
     ids, mask = left_padded([13, 9], 13)
     loaded = inplace_ttt.from_pretrained(tmp_path, dtype=torch.float32).eval()
@@ -163,9 +170,10 @@ def test_clip_tau_at_load_and_at_generation(tmp_path):
     assert all(layer.clip_tau == 1e-5 for _, layer in inplace_ttt.ttt_layers(loaded))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_gradient_flow(checkpointing):
-    model = inplace_ttt.convert(tiny(), ttt_config())
+def test_gradient_flow(checkpointing, family):
+    model = inplace_ttt.convert(tiny(family), ttt_config())
     model.train()
     if checkpointing:
         model.gradient_checkpointing_enable()

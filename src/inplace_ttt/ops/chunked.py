@@ -65,7 +65,7 @@ def inplace_ttt(
     """
     _check(z, v, w0, lr, chunk_size, clip_tau, initial_state)
     seg = find_segments(position_ids, z.shape[0], z.shape[1], chunk_size, z.device)
-    layout = SlotLayout(seg, has_positions=position_ids is not None)
+    layout = SlotLayout(seg, has_positions=position_ids is not None, final_state=output_final_state)
     out, final = _InPlaceTTT.apply(z, v, w0, initial_state, float(lr), clip_tau, layout)
     return (out, final) if output_final_state else out
 

@@ -22,7 +22,7 @@ class SlotLayout:
     and gathers are views; otherwise a slot is a pair of index lists (token, slot entry).
     """
 
-    def __init__(self, seg: Segments, has_positions: bool):
+    def __init__(self, seg: Segments, has_positions: bool, final_state: bool = True):
         B, T = seg.shape
         C = seg.chunk_size
         device = seg.positions.device
@@ -38,10 +38,10 @@ class SlotLayout:
         slot = torch.arange(n + 1, device=device)
         exists = slot[None, :] < counts[:, None]
         followed = exists[:, 1:] & ~starts_doc[:, 1:]
-        # the row's last slot is folded in only if its chunk is complete (final state semantics)
+        # the row's last slot feeds only the final state: folded in if wanted and its chunk is complete
         last_col = torch.where(seg.valid, torch.arange(T, device=device), -1).max(1).values
         last_pos = seg.positions.gather(1, last_col.clamp(min=0)[:, None])[:, 0]
-        complete = (last_col >= 0) & ((last_pos + 1) % C == 0)
+        complete = (last_col >= 0) & ((last_pos + 1) % C == 0) & final_state
         is_last = slot[None, :n] == (counts - 1)[:, None]
         update = followed | (is_last & complete[:, None])
         keep = ~(starts_doc[:, :n] & exists[:, :n])
