@@ -164,3 +164,17 @@ def test_refuses_a_non_gated_mlp():
     plain = nn.Sequential(nn.Linear(D, H), nn.ReLU(), nn.Linear(H, D))
     with pytest.raises(ValueError, match=r"Sequential is not a gated MLP.*missing \['gate_proj', 'up_proj', 'down_proj', 'act_fn'\]"):
         InPlaceTTTMLP(plain, TTTConfig())
+
+
+def test_trains_under_bf16_autocast():
+    """Mixed precision: matmuls in bf16, the fast-weight sum still fp32, gradients finite."""
+    _, layer = make(dtype=torch.float32)
+    train_targets(layer)
+    x = torch.randn(2, 16, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), layer(x), rtol=0.05, atol=0.05)
+    out.float().pow(2).mean().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name

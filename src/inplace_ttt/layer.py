@@ -129,7 +129,7 @@ class InPlaceTTTMLP(nn.Module):
         src = self._source(x, target_source)
         if state is None:
             seg = find_segments(position_ids, x.shape[0], x.shape[1], self.chunk_size, x.device)
-            v = self.ttt(src, seg.seg_key)
+            v = self.ttt(src, seg.seg_key).to(z.dtype)
             fast = inplace_ttt(z, v, None, self.ttt_lr, self.chunk_size, position_ids=position_ids, clip_tau=self.clip_tau)
         else:
             fast = self._stream(z, src, position_ids, state)
@@ -198,7 +198,7 @@ class InPlaceTTTMLP(nn.Module):
         m = b_pos.shape[1]
         all_src, all_z, all_pos = torch.cat([b_src, src], 1), torch.cat([b_z, z], 1), torch.cat([b_pos, pos], 1)
         seg = find_segments(all_pos, z.shape[0], all_pos.shape[1], self.chunk_size, z.device)
-        v = self.ttt(all_src, seg.seg_key)
+        v = self.ttt(all_src, seg.seg_key).to(z.dtype)
         out, state.fast_sum = inplace_ttt(
             all_z, v, None, self.ttt_lr, self.chunk_size, position_ids=all_pos, clip_tau=self.clip_tau,
             initial_state=state.fast_sum, output_final_state=True,

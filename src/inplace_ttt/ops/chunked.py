@@ -169,6 +169,18 @@ def _clip_factor(dW: Tensor, tau: float) -> Tensor:
 class _InPlaceTTT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, v, w0, initial_state, lr, clip_tau, layout):
+        with torch.autocast(z.device.type, enabled=False):  # dtypes are chosen here, not by autocast
+            return _InPlaceTTT._forward(ctx, z, v, w0, initial_state, lr, clip_tau, layout)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_final):
+        saved = ctx.saved_tensors  # read once: checkpointing allows one unpack
+        with torch.autocast(saved[0].device.type, enabled=False):
+            return _InPlaceTTT._backward(ctx, saved, g_out, g_final)
+
+    @staticmethod
+    def _forward(ctx, z, v, w0, initial_state, lr, clip_tau, layout):
         ctx.set_materialize_grads(False)
         scan = _Scan(z, v, w0, initial_state, lr, layout)
         B = z.shape[0]
@@ -192,9 +204,8 @@ class _InPlaceTTT(torch.autograd.Function):
         return out, scan.S
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, g_out, g_final):
-        z, v, w0, initial_state, clip = ctx.saved_tensors
+    def _backward(ctx, saved, g_out, g_final):
+        z, v, w0, initial_state, clip = saved
         lr, layout = ctx.lr, ctx.layout
         need_w0, need_init = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         scan = _Scan(z, v, w0, initial_state, lr, layout)

@@ -43,18 +43,24 @@ class _ChunkConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, seg_key):
         ctx.save_for_backward(x, weight, seg_key)
-        return _conv(x, weight, seg_key)
+        with torch.autocast(x.device.type, enabled=False):
+            return _conv(x, weight.to(x.dtype), seg_key)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         x, weight, seg_key = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            return _ChunkConv._grads(ctx, g, x, weight, seg_key)
+
+    @staticmethod
+    def _grads(ctx, g, x, weight, seg_key):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             # the adjoint of a masked shift by o is a masked shift by -o: the flipped kernel
-            grad_x = _conv(g, weight.flip(1), seg_key)
+            grad_x = _conv(g, weight.flip(1).to(g.dtype), seg_key)
         if ctx.needs_input_grad[1]:
             grad_w = torch.zeros_like(weight)
             for k, o, lo, hi, mask in _taps(seg_key, weight.shape[1]):
-                grad_w[:, k] = (g[:, lo:hi] * x[:, lo + o : hi + o] * mask).sum((0, 1))
+                grad_w[:, k] = (g[:, lo:hi] * x[:, lo + o : hi + o] * mask).sum((0, 1), dtype=grad_w.dtype)
         return grad_x, grad_w, None

@@ -1,0 +1,182 @@
+"""The run configuration of `ittt train`: one YAML file, overridable from the command line.
+
+Sections mirror what a user sets: `model`, `ttt` (a `TTTConfig`), `data`, `train`, `lora`.
+Unknown keys are errors that list the valid ones, and values are converted to the field's
+type, so ``--train.learning_rate 1e-5`` works even though YAML reads ``1e-5`` as a string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import TTTConfig
+
+MODES = ("full", "ttt_only", "lora")
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    eval: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    txt_split: str = "file"  # "file": one document per .txt file; "blank_line": per blank-line block
+    row_length: int = 4096
+    add_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.txt_split not in ("file", "blank_line"):
+            raise ValueError(f"data.txt_split must be 'file' or 'blank_line'; got {self.txt_split!r}")
+        if self.row_length < 2:
+            raise ValueError(f"data.row_length must be >= 2; got {self.row_length}")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/ittt"
+    mode: str = "full"
+    learning_rate: float = 5e-6
+    ttt_learning_rate: float | None = None  # None: same as learning_rate
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.02
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 1
+    per_device_eval_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    bf16: str = "auto"  # "auto": where the accelerator supports it; "true" / "false"
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    eval_steps: int | None = None
+    seed: int = 0
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    doctor: bool = True
+    dataloader_num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"train.mode must be one of {MODES}; got {self.mode!r}")
+        if self.bf16 not in ("auto", "true", "false"):
+            raise ValueError(f"train.bf16 must be 'auto', 'true' or 'false'; got {self.bf16!r}")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class RunConfig:
+    model: str = ""
+    tokenizer: str | None = None
+    ttt: TTTConfig = field(default_factory=TTTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model: give a model directory or hub id")
+        if not self.data.train:
+            raise ValueError("data.train: give at least one file or folder of training documents")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ttt"] = self.ttt.to_dict()
+        return d
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read the YAML file (if any), apply ``--section.key value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping of sections, got {type(data).__name__}")
+    if len(overrides) % 2:
+        raise ValueError(f"overrides come in pairs '--key value'; got {list(overrides)}")
+    for key, value in zip(overrides[::2], overrides[1::2]):
+        if not key.startswith("--"):
+            raise ValueError(f"expected an option like --train.learning_rate, got {key!r}")
+        *parents, leaf = key[2:].replace("-", "_").split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key}: {part} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return _build(RunConfig, data, "")
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {[where + k for k in unknown]}; valid keys here: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _convert(hints[name], value, f"{where}{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(tp, value, where: str):
+    """Coerce a YAML value to a field's annotated type, naming the field when it cannot."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, where)
+            except (TypeError, ValueError) as e:
+                errors.append(str(e))
+        raise ValueError(f"{where}: {value!r} fits none of {options}")
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [_convert(args[0], v, where) for v in items]
+    if tp is typing.Any:
+        return value
+    try:
+        if tp is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if tp in (int, float):
+            if isinstance(value, bool):
+                raise ValueError
+            converted = tp(value)
+            if tp is int and isinstance(value, float) and value != converted:
+                raise ValueError
+            return converted
+        if tp is str:
+            return str(value).lower() if isinstance(value, bool) else str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
