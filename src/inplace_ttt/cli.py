@@ -90,6 +90,16 @@ def _read_text(path: str) -> str:
     return p.read_text()
 
 
+def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .train.config import load_config
+    from .train.trainer import train
+
+    config = load_config(args.config, overrides)
+    final = train(config, resume=args.resume)
+    print(f"final model: {final}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ittt", description="In-Place Test-Time Training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,8 +118,22 @@ def main(argv: list[str] | None = None) -> int:
     doc.add_argument("--rows", type=int, default=2)
     doc.add_argument("--inference", action="store_true", help="the model is for inference: allow clipping and short data")
     doc.set_defaults(func=_doctor)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    tr = sub.add_parser(
+        "train",
+        help="continual training with In-Place TTT (transformers Trainer)",
+        description="Options after CONFIG override the file: --section.key value, e.g. --train.learning_rate 1e-5",
+    )
+    tr.add_argument("config", help="the run's YAML file")
+    tr.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    tr.set_defaults(func=_train)
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "train" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return args.func(args, rest) if args.command == "train" else args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ittt {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -95,6 +95,8 @@ class InPlaceTTTMLP(nn.Module):
         self.spec = spec
         self.wrapped_type = type(mlp).__name__
         self.layer_idx = layer_idx
+        self.record_stats = False  # set by training telemetry; fills `last_stats` after each forward
+        self.last_stats: dict[str, float] = {}
         self.chunk_size = config.chunk_size
         self.ttt_lr = config.ttt_lr
         self.clip_tau = config.clip_tau
@@ -130,10 +132,23 @@ class InPlaceTTTMLP(nn.Module):
         if state is None:
             seg = find_segments(position_ids, x.shape[0], x.shape[1], self.chunk_size, x.device)
             v = self.ttt(src, seg.seg_key).to(z.dtype)
-            fast = inplace_ttt(z, v, None, self.ttt_lr, self.chunk_size, position_ids=position_ids, clip_tau=self.clip_tau)
+            stats = {} if self.record_stats else None
+            fast = inplace_ttt(
+                z, v, None, self.ttt_lr, self.chunk_size, position_ids=position_ids, clip_tau=self.clip_tau, stats=stats
+            )
+            if stats is not None:
+                self._record(stats)
         else:
             fast = self._stream(z, src, position_ids, state)
         return self.down(z) + fast
+
+    def _record(self, stats: dict) -> None:
+        """Telemetry of the last forward: ``lr ||S|| / ||W0||`` and the share of clipped chunk updates."""
+        w0_norm = self.down.weight.detach().float().norm().item()
+        self.last_stats = {
+            "fast_ratio": self.ttt_lr * stats["fast_norm"] / max(w0_norm, 1e-30),
+            "clipped_share": stats["clipped"] / stats["updates"] if stats["updates"] else 0.0,
+        }
 
     def _source(self, x: Tensor, target_source: Tensor | None) -> Tensor:
         if self.target == "hidden_states":

@@ -223,3 +223,13 @@ def test_bad_input_is_named(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         inplace_ttt(args.pop("z"), args.pop("v"), args.pop("w0"), args.pop("lr"), args.pop("chunk_size"), **args)
+
+
+def test_stats_count_updates_and_clipping():
+    z, v = rand(2, 12, 5), rand(2, 12, 3)
+    stats = {}
+    _, final = inplace_ttt(z, v, None, 1.0, 4, output_final_state=True, stats=stats)
+    assert stats["updates"] == 6 and stats["clipped"] == 0  # 3 complete chunks per row
+    assert stats["fast_norm"] == pytest.approx(final.flatten(1).norm(dim=1).mean().item())
+    inplace_ttt(z, v, None, 1.0, 4, clip_tau=1e-6, stats=stats)
+    assert stats["updates"] == 4 and stats["clipped"] == 4  # without a final state the last chunk is skipped

@@ -21,7 +21,6 @@ import contextlib
 import inspect
 import json
 import os
-import tempfile
 import types
 import weakref
 from functools import partial
@@ -33,6 +32,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..config import TTTConfig
+from ..files import write_atomic
 from ..layer import GatedMLPSpec, InPlaceTTTMLP
 from .hf_cache import FastWeightCacheMixin, adopt_cache
 
@@ -220,14 +220,7 @@ def _save_pretrained(model, save_directory, *args, **kwargs):
         path = Path(save_directory) / "config.json"
         data = json.loads(path.read_text())
         data["model_type"] = CHECKPOINT_MODEL_TYPE
-        _write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **kwargs) -> nn.Module:

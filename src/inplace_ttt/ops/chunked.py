@@ -37,6 +37,7 @@ def inplace_ttt(
     clip_tau: float | None = None,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
+    stats: dict | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """In-Place TTT down projection.
 
@@ -60,6 +61,10 @@ def inplace_ttt(
             document) would see: the current document's complete chunks. A caller resuming
             mid-chunk passes that chunk's tokens again.
 
+        stats: a dict to fill with telemetry: ``updates`` (chunk updates folded in),
+            ``clipped`` (how many of them clipping scaled down) and ``fast_norm`` (mean over rows
+            of ``||S||_F`` at the end). Costs a host sync; for logging, not for every step.
+
     Returns:
         ``out`` ``[B, T, d]``, and the float32 (float64) final state ``[B, d, h]`` if asked.
     """
@@ -67,6 +72,13 @@ def inplace_ttt(
     seg = find_segments(position_ids, z.shape[0], z.shape[1], chunk_size, z.device)
     layout = SlotLayout(seg, has_positions=position_ids is not None, final_state=output_final_state)
     out, final = _InPlaceTTT.apply(z, v, w0, initial_state, float(lr), clip_tau, layout)
+    if stats is not None:
+        with torch.no_grad():
+            updated = layout.update.T  # [B, n]
+            stats["updates"] = int(updated.sum())
+            clipped = 0 if layout.clip is None else int(((layout.clip.T < 1) & updated).sum())
+            stats["clipped"] = clipped
+            stats["fast_norm"] = float(final.flatten(1).norm(dim=1).mean()) if final.shape[0] else 0.0
     return (out, final) if output_final_state else out
 
 
@@ -200,6 +212,7 @@ class _InPlaceTTT(torch.autograd.Function):
                     clip[s] = _clip_factor(scan.delta(s, zs), clip_tau)
                 scan.fold(s, zs, None if clip is None else clip[s])
         ctx.save_for_backward(z, v, w0, initial_state, clip)
+        layout.clip = clip  # for the caller's telemetry
         ctx.lr, ctx.clip_tau, ctx.layout = lr, clip_tau, layout
         return out, scan.S
 

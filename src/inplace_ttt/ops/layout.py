@@ -27,6 +27,7 @@ class SlotLayout:
         C = seg.chunk_size
         device = seg.positions.device
         self.batch, self.length = B, T
+        self.clip: Tensor | None = None  # clip factors [n, B] once a forward pass ran
         counts = seg.seg_start.sum(1)
         self.n_slots = int(counts.max()) if B and T else 0
         n = self.n_slots

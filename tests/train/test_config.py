@@ -1,0 +1,44 @@
+import pytest
+
+from inplace_ttt.train.config import load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = "model: some/model\ndata:\n  train: [docs]\n"
+
+
+def test_yaml_and_overrides_with_types(tmp_path):
+    path = write(tmp_path, BASE + "ttt:\n  chunk_size: 512\ntrain:\n  mode: lora\n")
+    c = load_config(path, ["--train.learning_rate", "1e-5", "--ttt.layers", "[0, 3]", "--train.bf16", "true", "--lora.r", "8"])
+    assert c.train.learning_rate == 1e-5 and isinstance(c.train.learning_rate, float)
+    assert c.ttt.chunk_size == 512 and c.ttt.layers == (0, 3)
+    assert c.train.bf16 == "true" and c.train.mode == "lora" and c.lora.r == 8
+    assert c.data.train == ["docs"] and c.train.ttt_learning_rate is None
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        (BASE + "trian: {}\n", [], r"unknown key\(s\) \['trian'\]; valid keys here: \['data', 'lora', 'model', 'tokenizer', 'train', 'ttt'\]"),
+        (BASE, ["--train.lr", "1"], r"unknown key\(s\) \['train.lr'\]; valid keys here: .*'learning_rate'"),
+        (BASE, ["--train.mode", "half"], r"train.mode must be one of \('full', 'ttt_only', 'lora'\)"),
+        (BASE, ["--train.max_steps", "ten"], "train.max_steps: expected int, got 'ten'"),
+        (BASE, ["--ttt.chunk_size", "0"], "chunk_size must be an integer >= 1"),
+        ("data:\n  train: [x]\n", [], "model: give a model directory"),
+        ("model: m\n", [], "data.train: give at least one file"),
+        (BASE, ["--train.max_steps"], "overrides come in pairs"),
+    ],
+)
+def test_bad_configs_say_what_is_wrong(tmp_path, text, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(write(tmp_path, text), overrides)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
