@@ -150,3 +150,52 @@ def test_bf16_streaming_follows_the_updates():
     fast_part = (full - layer.down_proj(layer.spec.hidden(layer, x)).float()).abs().max()
     assert fast_part > 0.1  # the fast weights matter here
     assert (out.float() - full).abs().max() < 0.05 * full.abs().max()
+
+
+def test_low_precision_copy_follows_every_state_change():
+    """Reorders replace the fp32 state; the cached bf16 copy must never outlive it."""
+    layer = make_layer().to(torch.bfloat16)
+    x = torch.randn(2, 6, D, dtype=torch.bfloat16)
+    for _ in range(10):
+        state = FastWeightState()
+        layer(x[:, :4], state=state)
+        layer(x[:, 4:5], state=state)  # caches a bf16 copy
+        state.reorder(torch.tensor([1, 1]))
+        state.reorder(torch.tensor([0, 0]))  # a new tensor, possibly at the old address
+        got = layer(x[:, 5:6], state=state)
+        ref = FastWeightState()
+        layer(x[:, :4], state=ref)
+        layer(x[:, 4:5], state=ref)
+        ref.reorder(torch.tensor([1, 1]))
+        assert torch.equal(got, layer(x[:, 5:6], state=ref))
+
+
+def test_reset_clears_a_state_that_blew_up():
+    layer = make_layer()
+    _, state = stream(layer, torch.randn(2, 5, D, dtype=torch.float64), None, [])
+    state.fast_sum[0] = float("inf")
+    state.reset([0])
+    assert torch.equal(state.fast_sum[0], torch.zeros_like(state.fast_sum[0]))
+    state.reset([])  # nothing to do, no error
+
+
+def test_left_padded_continuation_after_buffered_tokens():
+    layer = make_layer()
+    x = torch.randn(2, 9, D, dtype=torch.float64)
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, -1, -1, -1], [0, 1, 2, -1, 3, 4, 5, 6, 7]])
+    # row 1's second piece is left-padded while 3 tokens of its chunk wait in the state
+    out, _ = stream(layer, x, pos, [3])
+    ref0 = layer(x[:1, :6])
+    ref1 = layer(torch.cat([x[1:, :3], x[1:, 4:]], 1))
+    torch.testing.assert_close(out[0, :6], ref0[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out[1, [0, 1, 2, 4, 5, 6, 7, 8]], ref1[0], rtol=1e-10, atol=1e-10)
+
+
+def test_empty_steps_change_nothing():
+    layer = make_layer()
+    x = torch.randn(2, 6, D, dtype=torch.float64)
+    _, state = stream(layer, x, None, [])
+    before = state.fast_sum.clone()
+    assert layer(x[:, :0], state=state).shape == (2, 0, D)
+    assert layer(x[:, :0]).shape == (2, 0, D)
+    assert torch.equal(state.fast_sum, before) and state.last_pos.tolist() == [5, 5]

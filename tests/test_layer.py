@@ -178,3 +178,26 @@ def test_trains_under_bf16_autocast():
     out.float().pow(2).mean().backward()
     for name, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_non_finite_padding_stays_out_of_real_tokens():
+    """Hidden states at padded positions can be NaN (fully masked attention rows)."""
+    _, layer = make()
+    train_targets(layer)
+    x = torch.randn(1, 10, D, dtype=torch.float64)
+    x[0, :2] = float("nan")
+    pos = torch.tensor([[-1, -1, 0, 1, 2, 3, 4, 5, 6, 7]])
+    out = layer(x, position_ids=pos)
+    assert out[0, 2:].isfinite().all()
+    torch.testing.assert_close(out[0, 2:], layer(x[:, 2:])[0], rtol=1e-10, atol=1e-10)
+
+
+def test_stats_report_how_far_the_fast_weight_moved():
+    _, layer = make()
+    train_targets(layer)
+    layer.record_stats = True
+    layer(torch.randn(2, 12, D, dtype=torch.float64))
+    assert layer.last_stats["fast_ratio"] > 0 and layer.last_stats["clipped_share"] == 0
+    layer.clip_tau = 1e-9
+    layer(torch.randn(2, 12, D, dtype=torch.float64))
+    assert layer.last_stats["clipped_share"] == 1.0

@@ -21,12 +21,21 @@ class FastWeightState:
     """Per-sequence fast-weight state of one layer. Empty until the layer first writes it."""
 
     def __init__(self) -> None:
-        self.fast_sum: Tensor | None = None
+        self._fast_sum: Tensor | None = None
+        self._cast: tuple | None = None  # ((dtype, lr), lr * fast_sum in that dtype), dropped whenever it changes
         self.buf_src: Tensor | None = None
         self.buf_z: Tensor | None = None
         self.buf_valid: Tensor | None = None
         self.last_pos: Tensor | None = None
-        self._cast: tuple | None = None  # (key, fast_sum in a low compute dtype)
+
+    @property
+    def fast_sum(self) -> Tensor | None:
+        return self._fast_sum
+
+    @fast_sum.setter
+    def fast_sum(self, value: Tensor | None) -> None:
+        self._fast_sum = value
+        self._cast = None
 
     @property
     def initialized(self) -> bool:
@@ -43,14 +52,21 @@ class FastWeightState:
         self.buf_valid = torch.zeros(batch, chunk_size, dtype=torch.bool, device=device)
         self.last_pos = torch.full((batch,), -1, dtype=torch.long, device=device)
 
-    def fast_sum_as(self, dtype: torch.dtype) -> Tensor:
-        """`fast_sum` in `dtype` for the per-token matmul; a low-precision copy is kept until the sum changes."""
-        if self.fast_sum.dtype == dtype:
-            return self.fast_sum
-        key = (dtype, self.fast_sum._version, self.fast_sum.data_ptr())
-        if self._cast is None or self._cast[0] != key:
-            self._cast = (key, self.fast_sum.to(dtype))
-        return self._cast[1]
+    def apply(self, z: Tensor, lr: float) -> Tensor:
+        """The fast-weight term ``lr z S^T`` of one token per row (`z` `[B, h]` -> `[B, d]`).
+
+        In a low compute dtype it multiplies by a copy of ``lr S`` in that dtype, kept until the
+        state changes (scaled before the cast: S alone may exceed fp16's range)."""
+        if self._fast_sum.dtype == z.dtype:
+            return (z[:, None] @ self._fast_sum.mT)[:, 0] * lr
+        if self._cast is None or self._cast[0] != (z.dtype, lr):
+            self._cast = ((z.dtype, lr), (self._fast_sum * lr).to(z.dtype))
+        return (z[:, None] @ self._cast[1].mT)[:, 0]
+
+    def add_to_rows(self, rows: Tensor, update: Tensor) -> None:
+        """``fast_sum[rows] += update`` (a chunk completed in those rows)."""
+        self._fast_sum[rows] += update
+        self._cast = None
 
     def reset(self, rows: Tensor | list[int] | None = None) -> None:
         """Forget the given rows (all if None): they start a new sequence with the pretrained weights."""
@@ -60,6 +76,7 @@ class FastWeightState:
             mask = torch.ones_like(self.last_pos, dtype=torch.bool)
         else:
             rows = torch.as_tensor(rows, device=self.last_pos.device)
+            rows = rows.long() if rows.dtype != torch.bool else rows
             if rows.dtype == torch.bool:
                 mask = rows
             else:
@@ -70,7 +87,8 @@ class FastWeightState:
 
     def restart_rows(self, mask: Tensor) -> None:
         """Zero the fast weights and the chunk buffer of rows where `mask` (a new document begins)."""
-        self.fast_sum.mul_((~mask).to(self.fast_sum.dtype)[:, None, None])
+        self._fast_sum.masked_fill_(mask[:, None, None], 0)  # not a multiply: inf * 0 would stay NaN
+        self._cast = None
         self.buf_valid &= ~mask[:, None]
 
     def reorder(self, index: Tensor) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .cache import FastWeightState
 from .config import TTTConfig
-from .ops import chunk_conv, find_segments, inplace_ttt, state_dtype
+from .ops import chunk_conv, chunk_update, find_segments, inplace_ttt, state_dtype
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,8 @@ class InPlaceTTTMLP(nn.Module):
             default to the next ones) and the state is updated in place.
         """
         z = self.spec.hidden(self, x)
+        if x.shape[1] == 0:  # no tokens: no update, no state change
+            return self.down(z)
         src = self._source(x, target_source)
         if state is None:
             seg = find_segments(position_ids, x.shape[0], x.shape[1], self.chunk_size, x.device)
@@ -187,19 +189,16 @@ class InPlaceTTTMLP(nn.Module):
         """One token per row: output with the current fast weight, then update if it ends a chunk."""
         valid = pos >= 0
         self._restart(state, pos, valid)
-        out = (z[:, None] @ state.fast_sum_as(z.dtype).mT)[:, 0] * self.ttt_lr
+        out = state.apply(z, self.ttt_lr)
         state.write_token(src, z, pos, valid)
         done = valid & (pos % self.chunk_size == self.chunk_size - 1)
         if bool(done.any()):
             rows = done.nonzero()[:, 0]
-            keep = state.buf_valid[rows]
+            keep = state.buf_valid[rows][..., None]  # columns of the chunk that hold its tokens
             cols = torch.arange(self.chunk_size, device=z.device)
-            seg_key = torch.where(keep, 0, -1 - cols)  # one segment; empty columns match nothing
-            v = self.ttt(state.buf_src[rows], seg_key) * keep[..., None]
-            dW = (v.mT @ state.buf_z[rows]).to(state.fast_sum.dtype)
-            if self.clip_tau is not None:
-                dW *= (self.clip_tau / dW.flatten(1).norm(dim=1)).clamp(max=1.0)[:, None, None]
-            state.fast_sum[rows] += dW
+            seg_key = torch.where(keep[..., 0], 0, -1 - cols)  # one segment; empty columns match nothing
+            v = torch.where(keep, self.ttt(state.buf_src[rows], seg_key), 0).to(z.dtype)
+            state.add_to_rows(rows, chunk_update(v, torch.where(keep, state.buf_z[rows], 0), self.clip_tau))
             state.buf_valid[rows] = False
         return out
 
@@ -212,6 +211,13 @@ class InPlaceTTTMLP(nn.Module):
         b_src, b_z, b_pos = state.buffered()
         m = b_pos.shape[1]
         all_src, all_z, all_pos = torch.cat([b_src, src], 1), torch.cat([b_z, z], 1), torch.cat([b_pos, pos], 1)
+        # padding after buffered tokens (a left-padded continuation) would split their chunk:
+        # move each row's padding to its front, keeping the tokens in order
+        order = None
+        present = all_pos >= 0
+        if bool((present[:, :-1] & ~present[:, 1:]).any()):
+            order = torch.argsort(present.to(torch.int8), dim=1, stable=True)
+            all_src, all_z, all_pos = (_take(t, order) for t in (all_src, all_z, all_pos))
         seg = find_segments(all_pos, z.shape[0], all_pos.shape[1], self.chunk_size, z.device)
         v = self.ttt(all_src, seg.seg_key).to(z.dtype)
         out, state.fast_sum = inplace_ttt(
@@ -226,4 +232,12 @@ class InPlaceTTTMLP(nn.Module):
         unfinished = (last_col >= 0) & ((last_pos + 1) % self.chunk_size != 0)
         state.store(all_src, all_z, all_pos, seg.valid & (seg.seg_index == last_seg) & unfinished[:, None])
         state.last_pos = torch.where(has_token, last_pos, state.last_pos)
+        if order is not None:
+            out = torch.empty_like(out).scatter_(1, order[..., None].expand_as(out), out)
         return out[:, m:]
+
+
+def _take(t: Tensor, order: Tensor) -> Tensor:
+    """`t[b, order[b]]` along dim 1 for `[B, T]` or `[B, T, F]` tensors."""
+    index = order if t.dim() == 2 else order[..., None].expand(-1, -1, t.shape[-1])
+    return t.gather(1, index)

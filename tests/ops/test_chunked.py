@@ -233,3 +233,34 @@ def test_stats_count_updates_and_clipping():
     assert stats["fast_norm"] == pytest.approx(final.flatten(1).norm(dim=1).mean().item())
     inplace_ttt(z, v, None, 1.0, 4, clip_tau=1e-6, stats=stats)
     assert stats["updates"] == 4 and stats["clipped"] == 4  # without a final state the last chunk is skipped
+
+
+def test_a_document_that_blows_up_does_not_poison_the_next():
+    z, v = rand(1, 12, 4), rand(1, 12, 3)
+    v[0, 1] = float("inf")
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]])
+    out = inplace_ttt(z, v, None, 1.0, 2, position_ids=pos)
+    ref = inplace_ttt_reference(z, v, None, 1.0, 2, position_ids=pos)
+    assert out[0, 6:].isfinite().all()
+    torch.testing.assert_close(out[0, 6:], ref[0, 6:])
+
+
+def test_fp16_chunk_updates_do_not_overflow():
+    """A long chunk's update sums past fp16's range; it is formed in fp32 like the reference's."""
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(1, 512, 8, generator=g).abs() * 100).double()
+    v = torch.full((1, 512, 4), 10.0, dtype=F64)
+    for tau in (None, 1.0):
+        out = inplace_ttt(z.half(), v.half(), None, 1e-5, 256, clip_tau=tau)
+        ref = inplace_ttt_reference(z, v, None, 1e-5, 256, clip_tau=tau)
+        assert out.isfinite().all()
+        torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=1e-3 * ref.abs().max().item())
+
+
+def test_empty_inputs():
+    for B, T in ((2, 0), (0, 5)):
+        z, v, init = rand(B, T, 4, grad=True), rand(B, T, 3), rand(B, 3, 4)
+        out, final = inplace_ttt(z, v, None, 1.0, 2, initial_state=init, output_final_state=True)
+        assert out.shape == (B, T, 3) and torch.equal(final, init)
+        pos = torch.zeros(B, T, dtype=torch.long)
+        assert inplace_ttt(z, v, rand(3, 4), 1.0, 2, position_ids=pos).shape == (B, T, 3)

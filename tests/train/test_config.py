@@ -42,3 +42,11 @@ def test_bad_configs_say_what_is_wrong(tmp_path, text, overrides, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ValueError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")):
+        config = load_config(path)
+        assert config.model and config.data.row_length >= 2 * config.ttt.chunk_size, path

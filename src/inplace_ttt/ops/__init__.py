@@ -1,8 +1,8 @@
 """The math of In-Place TTT. Depends on torch only."""
 
-from .chunked import inplace_ttt, state_dtype
+from .chunked import chunk_update, clip_factor, inplace_ttt, state_dtype
 from .conv import chunk_conv
 from .reference import inplace_ttt_reference
 from .segments import Segments, find_segments
 
-__all__ = ["inplace_ttt", "inplace_ttt_reference", "chunk_conv", "find_segments", "Segments", "state_dtype"]
+__all__ = ["chunk_update", "clip_factor", "inplace_ttt", "inplace_ttt_reference", "chunk_conv", "find_segments", "Segments", "state_dtype"]

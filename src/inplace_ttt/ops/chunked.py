@@ -69,6 +69,13 @@ def inplace_ttt(
         ``out`` ``[B, T, d]``, and the float32 (float64) final state ``[B, d, h]`` if asked.
     """
     _check(z, v, w0, lr, chunk_size, clip_tau, initial_state)
+    B, T, h = z.shape
+    if B == 0 or T == 0:  # nothing to read: the state passes through
+        final = z.new_zeros(B, v.shape[-1], h, dtype=state_dtype(z.dtype)) if initial_state is None else initial_state.to(state_dtype(z.dtype)).clone()
+        if stats is not None:
+            stats.update(updates=0, clipped=0, fast_norm=float(final.flatten(1).norm(dim=1).mean()) if B else 0.0)
+        out = z.new_zeros(B, T, v.shape[-1])
+        return (out, final) if output_final_state else out
     seg = find_segments(position_ids, z.shape[0], z.shape[1], chunk_size, z.device)
     layout = SlotLayout(seg, has_positions=position_ids is not None, final_state=output_final_state)
     out, final = _InPlaceTTT.apply(z, v, w0, initial_state, float(lr), clip_tau, layout)
@@ -133,7 +140,7 @@ class _Scan:
     def reset(self, s: int) -> None:
         keep = self.layout.keep_host[s]
         if not all(keep):
-            self.S *= self.layout.keep[s].to(self.sdt)[:, None, None]
+            _zero_rows(self.S, ~self.layout.keep[s])
             self.live = [a and k for a, k in zip(self.live, keep)]
 
     def weight(self) -> tuple[Tensor, float] | None:
@@ -151,29 +158,54 @@ class _Scan:
             return self.S, self.lr
         if self._weight is None:
             self._weight = torch.empty(self.shape, dtype=self.z.dtype, device=self.z.device)
-        return self._weight.copy_(self.S), self.lr
+        return self._weight.copy_(self.S * self.lr), 1.0  # scaled first: S alone may exceed fp16's range
 
     def delta(self, s: int, zs: Tensor) -> Tensor:
-        """The unclipped chunk update `V_s^T z_s` `[B, d, h]` (compute dtype, in a reused buffer)."""
+        """The unclipped chunk update `V_s^T z_s` `[B, d, h]` (in a reused buffer)."""
+        vs, zs = _update_operands(self.layout.gather(self.v, s), zs)
         if self._delta is None:
-            self._delta = torch.empty(self.shape, dtype=self.z.dtype, device=self.z.device)
-        return torch.bmm(self.layout.gather(self.v, s).mT, zs, out=self._delta)
+            self._delta = torch.empty(self.shape, dtype=zs.dtype, device=zs.device)
+        return torch.bmm(vs.mT, zs, out=self._delta)
 
-    def fold(self, s: int, zs: Tensor, clip: Tensor | None) -> None:
-        """``S += scale * V_s^T z_s`` for the rows whose slot `s` updates (scale = clip factor)."""
+    def fold(self, s: int, zs: Tensor, clip: Tensor | None, dW: Tensor | None = None) -> None:
+        """``S += clip * V_s^T z_s`` for the rows whose slot `s` updates; `dW`: the update if
+        already computed."""
         upd = self.layout.update_host[s]
-        scale = None if all(upd) else self.layout.update[s].to(self.sdt)
-        if clip is not None:
-            scale = clip if scale is None else scale * clip
-        if scale is None and self.S.dtype == zs.dtype:
-            self.S.baddbmm_(self.layout.gather(self.v, s).mT, zs)
+        if dW is None and clip is None and all(upd) and self.S.dtype == zs.dtype:
+            self.S.baddbmm_(self.layout.gather(self.v, s).mT, zs)  # no [B, d, h] temporary
         else:
-            dW = self.delta(s, zs)
-            self.S.add_(dW if scale is None else dW * scale.to(dW.dtype)[:, None, None])
+            dW = self.delta(s, zs) if dW is None else dW
+            if clip is not None:
+                dW = dW * clip.to(dW.dtype)[:, None, None]
+            if not all(upd):
+                dW = torch.where(self.layout.update[s][:, None, None], dW, 0)
+            self.S.add_(dW)
         self.live = [a or u for a, u in zip(self.live, upd)]
 
 
-def _clip_factor(dW: Tensor, tau: float) -> Tensor:
+def _update_operands(vs: Tensor, zs: Tensor) -> tuple[Tensor, Tensor]:
+    """fp16 chunk updates are formed in fp32: a sum over a long chunk overflows fp16's range."""
+    if zs.dtype == torch.float16:
+        return vs.float(), zs.float()
+    return vs, zs
+
+
+def _zero_rows(t: Tensor, rows: Tensor) -> None:
+    """Zero `t[b]` where `rows[b]`, in place; unlike a multiply by 0 this also clears inf/NaN."""
+    t.masked_fill_(rows[:, None, None], 0)
+
+
+def chunk_update(v: Tensor, z: Tensor, clip_tau: float | None = None) -> Tensor:
+    """One chunk's update ``v^T z`` per row (`[B, C, d]`, `[B, C, h]` -> `[B, d, h]`) in the
+    state dtype, clipped to norm `clip_tau`: what the scan adds, for callers that step by hand."""
+    v, z = _update_operands(v, z)
+    dW = (v.mT @ z).to(state_dtype(z.dtype))
+    if clip_tau is not None:
+        dW *= clip_factor(dW, clip_tau)[:, None, None]
+    return dW
+
+
+def clip_factor(dW: Tensor, tau: float) -> Tensor:
     """`min(1, tau / ||dW||_F)` per row, in float32 or wider; 1 for a zero update."""
     return (tau / dW.flatten(1).to(state_dtype(dW.dtype)).norm(dim=1)).clamp(max=1.0)
 
@@ -208,9 +240,11 @@ class _InPlaceTTT(torch.autograd.Function):
             if fast is not None:
                 layout.add_matmul_(out, s, zs, fast[0].mT, fast[1])
             if any(layout.update_host[s]):
+                dW = None
                 if clip is not None:
-                    clip[s] = _clip_factor(scan.delta(s, zs), clip_tau)
-                scan.fold(s, zs, None if clip is None else clip[s])
+                    dW = scan.delta(s, zs)
+                    clip[s] = clip_factor(dW, clip_tau)
+                scan.fold(s, zs, None if clip is None else clip[s], dW)
         ctx.save_for_backward(z, v, w0, initial_state, clip)
         layout.clip = clip  # for the caller's telemetry
         ctx.lr, ctx.clip_tau, ctx.layout = lr, clip_tau, layout
@@ -256,7 +290,7 @@ class _InPlaceTTT(torch.autograd.Function):
             zs = layout.gather(z, s)
             upd = layout.update_host[s]
             if any(u and a for u, a in zip(upd, live)):
-                Q = R if all(upd) else R * layout.update[s].to(scan.sdt)[:, None, None]
+                Q = R if all(upd) else torch.where(layout.update[s][:, None, None], R, 0)
                 if clip is not None:
                     Q = _clip_backward(Q, scan.delta(s, zs), clip[s])
                 Q = Q.to(z.dtype)
@@ -277,7 +311,7 @@ class _InPlaceTTT(torch.autograd.Function):
                 live = [True] * B
             keep = layout.keep_host[s]
             if not all(keep):
-                R *= layout.keep[s].to(scan.sdt)[:, None, None]
+                _zero_rows(R, ~layout.keep[s])
                 live = [a and k for a, k in zip(live, keep)]
 
         if acc_w0 is not None:

@@ -35,7 +35,7 @@ def _taps(seg_key: Tensor, K: int):
 def _conv(x: Tensor, weight: Tensor, seg_key: Tensor) -> Tensor:
     y = torch.zeros_like(x)
     for k, o, lo, hi, mask in _taps(seg_key, weight.shape[1]):
-        y[:, lo:hi] += x[:, lo + o : hi + o] * mask * weight[:, k]
+        y[:, lo:hi] += torch.where(mask, x[:, lo + o : hi + o], 0) * weight[:, k]  # where, not *: padding may hold NaN
     return y
 
 
@@ -62,5 +62,5 @@ class _ChunkConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = torch.zeros_like(weight)
             for k, o, lo, hi, mask in _taps(seg_key, weight.shape[1]):
-                grad_w[:, k] = (g[:, lo:hi] * x[:, lo + o : hi + o] * mask).sum((0, 1), dtype=grad_w.dtype)
+                grad_w[:, k] = (g[:, lo:hi] * torch.where(mask, x[:, lo + o : hi + o], 0)).sum((0, 1), dtype=grad_w.dtype)
         return grad_x, grad_w, None

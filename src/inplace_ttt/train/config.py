@@ -62,6 +62,8 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     doctor: bool = True
     dataloader_num_workers: int = 0
+    fsdp: str | None = None  # e.g. "full_shard auto_wrap" (launch with torchrun)
+    fsdp_config: str | None = None  # path to a transformers FSDP JSON config
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -255,6 +255,8 @@ def train(config: RunConfig, resume: bool = False) -> Path:
         report_to=t.report_to,
         remove_unused_columns=False,
         dataloader_num_workers=t.dataloader_num_workers,
+        fsdp=t.fsdp,
+        fsdp_config=t.fsdp_config,
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
