@@ -206,3 +206,14 @@ def test_a_non_gated_model_is_refused(workspace, capsys):
     edit(workspace["config"], model=str(phi))
     assert main(["train", str(workspace["config"])]) == 2
     assert "is not a gated MLP" in capsys.readouterr().err
+
+
+def test_accumulation_checkpointing_and_bf16_autocast(workspace):
+    """The engine's features compose with TTT: activation checkpointing, accumulation, bf16 autocast."""
+    edit(workspace["config"], train={"max_steps": 2, "save_steps": 100, "gradient_accumulation_steps": 2,
+                                     "gradient_checkpointing": True, "bf16": "true", "per_device_train_batch_size": 1})
+    assert main(["train", str(workspace["config"])]) == 0
+    rows = [json.loads(line) for line in (workspace["run"] / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "loss" in r]
+    assert len(logged) == 2 and all(r["ttt/layer0/grad_conv"] > 0 for r in logged)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged)
