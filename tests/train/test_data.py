@@ -1,9 +1,6 @@
-import json
-
-import pytest
 import torch
 
-from inplace_ttt.train.data import collate, pack, read_documents, tokenize
+from inplace_ttt.train.data import collate, pack, tokenize
 from tests.tiny_hf import tiny_tokenizer
 
 
@@ -31,36 +28,6 @@ def test_collate_stacks_rows_without_attention_mask():
     rows = pack([[1, 2, 3, 4]], 2, pad_id=0)
     batch = collate([rows[0], rows[1]])
     assert set(batch) == {"input_ids", "labels", "position_ids"} and batch["input_ids"].shape == (2, 2)
-
-
-def test_reads_txt_jsonl_and_parquet(tmp_path):
-    (tmp_path / "a.txt").write_text("one two\n\nthree four\n")
-    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ["five", "six seven"]) + "\n")
-    import datasets
-
-    datasets.Dataset.from_dict({"body": ["eight", ""]}).to_parquet(str(tmp_path / "c.parquet"))
-    assert read_documents([str(tmp_path / "a.txt")]) == ["one two\n\nthree four"]
-    assert read_documents([str(tmp_path / "a.txt")], txt_split="blank_line") == ["one two", "three four"]
-    assert read_documents([str(tmp_path / "b.jsonl")]) == ["five", "six seven"]
-    assert read_documents([str(tmp_path / "c.parquet")], text_field="body") == ["eight"]
-    with pytest.raises(ValueError, match=r"has no field 'text' \(fields: \['body'\]\)"):
-        read_documents([str(tmp_path / "c.parquet")])
-
-
-@pytest.mark.parametrize(
-    "setup, message",
-    [
-        (lambda p: None, "no such file or folder"),
-        (lambda p: p.mkdir(), "holds no .txt/.jsonl/.parquet files"),
-        (lambda p: (p.mkdir(), (p / "x.txt").write_text("  \n")), "holds no non-empty documents"),
-        (lambda p: (p.mkdir(), (p / "x.csv").write_text("a")), "holds no .txt/.jsonl/.parquet files"),
-    ],
-)
-def test_bad_data_is_named(tmp_path, setup, message):
-    path = tmp_path / "data"
-    setup(path)
-    with pytest.raises(ValueError, match=message):
-        read_documents([str(path)])
 
 
 def test_tokenize_appends_eos():

@@ -1,4 +1,4 @@
-"""Training data: local documents, tokenized and packed into fixed-length rows.
+"""Training data: documents tokenized and packed into fixed-length rows.
 
 A row holds several documents back to back with `position_ids` that restart at 0 for each,
 the transformers convention for packed rows: neither attention nor fast weights cross a
@@ -10,54 +10,9 @@ piece gets label -100: nothing before it in the row belongs to its document.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-
-TEXT_SUFFIXES = (".txt",)
-TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-def data_files(paths: Sequence[str]) -> list[Path]:
-    """Expand files and folders into the data files they hold, checking each exists."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES or f.suffix in TABLE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ValueError(f"data: no such file or folder: {p}")
-    bad = [str(f) for f in files if f.suffix not in TEXT_SUFFIXES and f.suffix not in TABLE_SUFFIXES]
-    if bad:
-        raise ValueError(f"data: unsupported file type {bad}; use .txt, .jsonl, .json or .parquet")
-    if not files:
-        raise ValueError(f"data: {list(paths)} holds no .txt/.jsonl/.parquet files")
-    return files
-
-
-def read_documents(paths: Sequence[str], text_field: str = "text", txt_split: str = "file") -> list[str]:
-    """The documents of the given files: a .txt file is one document (or, with
-    ``txt_split="blank_line"``, one per blank-line-separated block); .jsonl/.parquet rows are
-    read with `datasets`, one document per row's `text_field`."""
-    import datasets
-
-    docs: list[str] = []
-    for f in data_files(paths):
-        if f.suffix in TEXT_SUFFIXES:
-            text = f.read_text(encoding="utf-8")
-            parts = [b for b in text.split("\n\n")] if txt_split == "blank_line" else [text]
-            docs += [p.strip() for p in parts if p.strip()]
-            continue
-        table = datasets.load_dataset(TABLE_SUFFIXES[f.suffix], data_files=str(f), split="train")
-        if text_field not in table.column_names:
-            raise ValueError(f"data: {f} has no field {text_field!r} (fields: {table.column_names}); set data.text_field")
-        docs += [t for t in table[text_field] if isinstance(t, str) and t.strip()]
-    if not docs:
-        raise ValueError(f"data: {list(paths)} holds no non-empty documents")
-    return docs
-
 
 def tokenize(docs: Iterable[str], tokenizer, add_eos: bool = True) -> list[list[int]]:
     """Token ids per document, with the tokenizer's EOS appended when it has one."""

@@ -30,7 +30,8 @@ from ..adapters.hf import CONFIG_KEY
 from ..doctor import doctor
 from ..files import write_atomic
 from .config import RunConfig, dump_config
-from .data import PackedRows, collate, pack, read_documents, tokenize
+from ..documents import read_documents
+from .data import PackedRows, collate, pack, tokenize
 from .telemetry import MetricsJsonl, TTTTelemetry
 
 COMPLETE = "COMPLETE"

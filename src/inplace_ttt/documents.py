@@ -1,0 +1,50 @@
+"""Documents from local files: .txt (one per file, or per blank-line block), .jsonl / .json /
+.parquet (one per row's text field, read with `datasets`). Shared by training and evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+TEXT_SUFFIXES = (".txt",)
+TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def data_files(paths: Sequence[str]) -> list[Path]:
+    """Expand files and folders into the data files they hold, checking each exists."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES or f.suffix in TABLE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"data: no such file or folder: {p}")
+    bad = [str(f) for f in files if f.suffix not in TEXT_SUFFIXES and f.suffix not in TABLE_SUFFIXES]
+    if bad:
+        raise ValueError(f"data: unsupported file type {bad}; use .txt, .jsonl, .json or .parquet")
+    if not files:
+        raise ValueError(f"data: {list(paths)} holds no .txt/.jsonl/.parquet files")
+    return files
+
+
+def read_documents(paths: Sequence[str], text_field: str = "text", txt_split: str = "file") -> list[str]:
+    """The documents of the given files: a .txt file is one document (or, with
+    ``txt_split="blank_line"``, one per blank-line-separated block); .jsonl/.parquet rows are
+    read with `datasets`, one document per row's `text_field`."""
+    import datasets
+
+    docs: list[str] = []
+    for f in data_files(paths):
+        if f.suffix in TEXT_SUFFIXES:
+            text = f.read_text(encoding="utf-8")
+            parts = [b for b in text.split("\n\n")] if txt_split == "blank_line" else [text]
+            docs += [p.strip() for p in parts if p.strip()]
+            continue
+        table = datasets.load_dataset(TABLE_SUFFIXES[f.suffix], data_files=str(f), split="train")
+        if text_field not in table.column_names:
+            raise ValueError(f"data: {f} has no field {text_field!r} (fields: {table.column_names}); set data.text_field")
+        docs += [t for t in table[text_field] if isinstance(t, str) and t.strip()]
+    if not docs:
+        raise ValueError(f"data: {list(paths)} holds no non-empty documents")
+    return docs

@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from inplace_ttt.documents import read_documents
+
+
+def test_reads_txt_jsonl_and_parquet(tmp_path):
+    (tmp_path / "a.txt").write_text("one two\n\nthree four\n")
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ["five", "six seven"]) + "\n")
+    import datasets
+
+    datasets.Dataset.from_dict({"body": ["eight", ""]}).to_parquet(str(tmp_path / "c.parquet"))
+    assert read_documents([str(tmp_path / "a.txt")]) == ["one two\n\nthree four"]
+    assert read_documents([str(tmp_path / "a.txt")], txt_split="blank_line") == ["one two", "three four"]
+    assert read_documents([str(tmp_path / "b.jsonl")]) == ["five", "six seven"]
+    assert read_documents([str(tmp_path / "c.parquet")], text_field="body") == ["eight"]
+    with pytest.raises(ValueError, match=r"has no field 'text' \(fields: \['body'\]\)"):
+        read_documents([str(tmp_path / "c.parquet")])
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "no such file or folder"),
+        (lambda p: p.mkdir(), "holds no .txt/.jsonl/.parquet files"),
+        (lambda p: (p.mkdir(), (p / "x.txt").write_text("  \n")), "holds no non-empty documents"),
+        (lambda p: (p.mkdir(), (p / "x.csv").write_text("a")), "holds no .txt/.jsonl/.parquet files"),
+    ],
+)
+def test_bad_data_is_named(tmp_path, setup, message):
+    path = tmp_path / "data"
+    setup(path)
+    with pytest.raises(ValueError, match=message):
+        read_documents([str(path)])
