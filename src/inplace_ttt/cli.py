@@ -100,6 +100,19 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .eval.runner import ALL_TASKS, EvalSettings, evaluate, parse_lengths
+
+    tasks = list(ALL_TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    settings = EvalSettings(
+        models=args.model, tasks=tasks, lengths=parse_lengths(args.lengths), samples=args.samples, data=args.data or [],
+        clip_tau=args.clip_tau, seed=args.seed, piece=args.piece, block=args.block, dtype=args.dtype, out=args.out,
+    )
+    report = evaluate(settings)
+    print(f"report: {report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ittt", description="In-Place Test-Time Training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     doc.add_argument("--rows", type=int, default=2)
     doc.add_argument("--inference", action="store_true", help="the model is for inference: allow clipping and short data")
     doc.set_defaults(func=_doctor)
+    ev = sub.add_parser("eval", help="long-context evaluation: RULER-style tasks, loss by position, report with plots")
+    ev.add_argument("--model", action="append", required=True, help="a model directory (plain or In-Place TTT); repeat to compare")
+    ev.add_argument("--tasks", default="all", help="comma-separated: loss, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all")
+    ev.add_argument("--lengths", default="1k,2k,4k", help="prompt lengths in tokens, e.g. 1k,2k,4k,8k")
+    ev.add_argument("--samples", type=int, default=10, help="samples per task and length")
+    ev.add_argument("--data", action="append", help="held-out documents (file or folder) for the loss task and as haystack text")
+    ev.add_argument("--clip-tau", type=float, help="inference clipping for In-Place TTT models (the paper used 1e-5)")
+    ev.add_argument("--out", default="eval-report", help="output directory")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--piece", type=int, default=2048, help="tokens per forward when reading long inputs")
+    ev.add_argument("--block", type=int, default=256, help="final block of the sliding-window perplexity")
+    ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ev.set_defaults(func=_eval)
     tr = sub.add_parser(
         "train",
         help="continual training with In-Place TTT (transformers Trainer)",

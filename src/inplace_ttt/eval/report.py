@@ -1,0 +1,148 @@
+"""The evaluation report: `report.md` with tables, and PNG plots with one line per model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..files import write_atomic
+
+
+def _fmt(x, digits=3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _human(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def write_report(results: dict, out: Path) -> Path:
+    models = results["models"]
+    names = list(models)
+    lines = ["# In-Place TTT evaluation", ""]
+    s = results["settings"]
+    lines += [
+        "Models: " + ", ".join(f"`{n}` ({m['path']}{', In-Place TTT' if m['ttt'] else ''})" for n, m in models.items()) + ".",
+        f"Lengths {', '.join(_human(n) for n in s['lengths'])} tokens, {s['samples']} samples per task and length, seed {s['seed']}, "
+        f"clip_tau {s['clip_tau']}, device {results['device']}, dtype {s['dtype']}.",
+        "",
+    ]
+    plots = []
+    tasks = sorted({t for m in models.values() for t in m["ruler"]})
+    if tasks:
+        lengths = [str(n) for n in s["lengths"]]
+        lines += ["## RULER-style tasks (accuracy %)", "", "| task | model | " + " | ".join(_human(int(n)) for n in lengths) + " | mean |"]
+        lines += ["|---|---|" + "---|" * (len(lengths) + 1)]
+        for task in tasks:
+            for name in names:
+                accs = [models[name]["ruler"].get(task, {}).get(n, {}).get("accuracy") for n in lengths]
+                got = [a for a in accs if a is not None]
+                lines.append(f"| {task} | {name} | " + " | ".join(_fmt(a, 1) for a in accs) + f" | {_fmt(sum(got) / len(got) if got else None, 1)} |")
+        lines.append("")
+        plots.append(_plot_ruler(models, tasks, lengths, out / "ruler_accuracy.png"))
+    if any("loss_by_position" in m for m in models.values()):
+        first = next(m for m in models.values() if "loss_by_position" in m)["loss_by_position"]
+        edges = first["edges"]
+        buckets = [f"{_human(a)}-{_human(b)}" for a, b in zip(edges[:-1], edges[1:])]
+        lines += ["## Loss by position (mean token loss, nats)", "", "| model | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
+        for name in names:
+            lines.append(f"| {name} | " + " | ".join(_fmt(x) for x in models[name]["loss_by_position"]["loss"]) + " |")
+        lines += ["", f"Tokens per bucket: {first['tokens']}.", ""]
+        plots.append(_plot_loss(models, out / "loss_by_position.png"))
+        contexts = sorted({int(c) for m in models.values() for c in m["sliding_window"]["contexts"]})
+        block = next(m for m in models.values() if "sliding_window" in m)["sliding_window"]["block"]
+        lines += [
+            f"## Sliding window: loss of the final {block} tokens as the context before them grows",
+            "",
+            "| model | " + " | ".join(f"ctx {_human(c)}" for c in contexts) + " |",
+            "|---|" + "---|" * len(contexts),
+        ]
+        for name in names:
+            rows = models[name]["sliding_window"]["contexts"]
+            lines.append(f"| {name} | " + " | ".join(_fmt(rows.get(c, rows.get(str(c), {})).get("loss")) for c in contexts) + " |")
+        lines.append("")
+        plots.append(_plot_sliding(models, out / "sliding_window.png"))
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + ["", "Every number is in `results.json`."]
+    path = out / "report.md"
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _log2_axis(ax) -> None:
+    """A log-2 x axis labelled in tokens (``512``, ``4k``), not powers of two."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(int(round(v)))))
+
+
+def _plot_ruler(models, tasks, lengths, path: Path) -> Path:
+    plt = _figure()
+    cols = min(4, len(tasks))
+    rows = (len(tasks) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    x = [int(n) for n in lengths]
+    for ax, task in zip(axes.flat, tasks):
+        for name, m in models.items():
+            y = [m["ruler"].get(task, {}).get(n, {}).get("accuracy") for n in lengths]
+            ax.plot(x, y, marker="o", label=name)
+        ax.set_title(task)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [_human(n) for n in x])
+        ax.set_ylim(-5, 105)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    axes.flat[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_loss(models, path: Path) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, m in models.items():
+        lp = m["loss_by_position"]
+        mids = [max(1, (a + b) / 2) for a, b in zip(lp["edges"][:-1], lp["edges"][1:])]
+        ax.plot(mids, lp["loss"], marker="o", label=name)
+    _log2_axis(ax)
+    ax.set_xlabel("token position in document (bucket middle, log scale)")
+    ax.set_ylabel("mean token loss (nats)")
+    ax.set_title("Loss by position")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_sliding(models, path: Path) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, m in models.items():
+        rows = m["sliding_window"]["contexts"]
+        cs = sorted(int(c) for c in rows)
+        ax.plot([max(c, 1) for c in cs], [rows.get(c, rows.get(str(c)))["ppl"] for c in cs], marker="o", label=name)
+    _log2_axis(ax)
+    ax.set_xlabel("context before the final block (tokens, log scale; 0 shown at 1)")
+    ax.set_ylabel("perplexity of the final block")
+    ax.set_title("Sliding-window perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,158 @@
+"""`ittt eval`: several models, identical inputs, one report.
+
+Inputs are built once (RULER samples from a seed with the shared tokenizer; held-out documents
+tokenized once) and every model runs on exactly those token ids. Each model is a plain
+transformers directory or an In-Place TTT one; for the latter `clip_tau` applies.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..adapters import from_pretrained, set_clip_tau
+from ..adapters.hf import CONFIG_KEY
+from ..documents import read_documents
+from ..files import write_atomic
+from .loss import bucket_edges, loss_by_position, sliding_window
+from .report import write_report
+from .ruler import TASK_NAMES, make_samples, score
+from .stream import greedy
+
+LOSS_TASK = "loss"
+ALL_TASKS = (LOSS_TASK,) + TASK_NAMES
+
+
+@dataclass
+class EvalSettings:
+    models: list[str]
+    tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
+    lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
+    samples: int = 10
+    data: list[str] = field(default_factory=list)  # held-out documents (loss; and a text haystack)
+    clip_tau: float | None = None
+    seed: int = 0
+    piece: int = 2048
+    block: int = 256
+    max_docs: int = 16
+    dtype: str = "float32"
+    out: str = "eval-report"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.tasks) - set(ALL_TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; tasks: {list(ALL_TASKS)}")
+        if not self.models:
+            raise ValueError("give at least one --model")
+        if LOSS_TASK in self.tasks and not self.data:
+            raise ValueError("the loss task needs held-out documents: give --data FILE_OR_FOLDER")
+        if any(n < 16 for n in self.lengths):
+            raise ValueError(f"lengths must be >= 16 tokens; got {self.lengths}")
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``"1k,2k,4096"`` -> ``[1024, 2048, 4096]``."""
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        try:
+            out.append(int(float(part[:-1]) * 1024) if part.endswith("k") else int(part))
+        except ValueError:
+            raise ValueError(f"--lengths: {part!r} is not a token count like 512, 4k or 32k") from None
+    return sorted(set(out))
+
+
+def load_model(path: str, dtype: torch.dtype, clip_tau: float | None):
+    from transformers import AutoModelForCausalLM
+
+    config = Path(path) / "config.json"
+    if config.is_file() and CONFIG_KEY in json.loads(config.read_text()):
+        model = from_pretrained(path, dtype=dtype)
+        if clip_tau is not None:
+            set_clip_tau(model, clip_tau)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.eval()
+
+
+def load_tokenizer(paths: list[str]):
+    """The models' shared tokenizer; different tokenizers would mean different inputs."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
+    try:
+        tokenizers = [AutoTokenizer.from_pretrained(p) for p in paths]
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    first = tokenizers[0].get_vocab()
+    for p, tok in zip(paths[1:], tokenizers[1:]):
+        if tok.get_vocab() != first:
+            raise ValueError(f"{p} has a different tokenizer than {paths[0]}: models must share one to see identical inputs")
+    return tokenizers[0]
+
+
+def model_names(paths: list[str]) -> list[str]:
+    names = [Path(p).name or str(p) for p in paths]
+    return [n if names.count(n) == 1 else f"{n} ({i + 1})" for i, n in enumerate(names)]
+
+
+def evaluate(settings: EvalSettings) -> Path:
+    """Run everything, write results.json, report.md and the plots; returns the report path."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, settings.dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer(settings.models)
+    docs = []
+    haystack = None
+    if settings.data:
+        texts = read_documents(settings.data)
+        haystack = " ".join(texts)
+        ids = tokenizer(texts[: settings.max_docs], add_special_tokens=False)["input_ids"]
+        docs = [torch.tensor(d) for d in ids if len(d) > 1]
+    tasks = [t for t in settings.tasks if t != LOSS_TASK]
+    samples = [s for t in tasks for n in settings.lengths for s in make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack)]
+    max_len = max(settings.lengths)
+    edges = bucket_edges(min(max_len, max((len(d) for d in docs), default=max_len)))
+    contexts = [0] + [n - settings.block for n in settings.lengths if n > settings.block]
+    do_loss = LOSS_TASK in settings.tasks
+
+    results = {"settings": asdict(settings), "device": device, "models": {}}
+    work = len(settings.models) * (len(samples) + (2 * len(docs) if do_loss else 0))
+    names = model_names(settings.models)
+    with tqdm(total=work, desc="eval", unit="item") as bar:
+        for name, path in zip(names, settings.models):
+            started = time.perf_counter()
+            model = load_model(path, dtype, settings.clip_tau).to(device)
+            entry = {"path": path, "ttt": hasattr(model.config, CONFIG_KEY), "ruler": {}}
+            for s in samples:
+                bar.set_postfix_str(f"{name} {s.task} {s.length}")
+                ids = torch.tensor(tokenizer(s.prompt, add_special_tokens=False)["input_ids"], device=device)
+                new = greedy(model, ids, s.max_new_tokens, settings.piece, tokenizer.eos_token_id)
+                text = tokenizer.decode(new, skip_special_tokens=True)
+                cell = entry["ruler"].setdefault(s.task, {}).setdefault(str(s.length), {"scores": [], "outputs": []})
+                cell["scores"].append(score(text, s.answers, s.metric))
+                cell["outputs"].append({"index": s.index, "answers": s.answers, "generated": text, "depths": s.depths, "tokens": s.tokens})
+                bar.update()
+            for task in entry["ruler"].values():
+                for cell in task.values():
+                    cell["accuracy"] = 100.0 * sum(cell["scores"]) / len(cell["scores"])
+            if do_loss and docs:
+                bar.set_postfix_str(f"{name} loss")
+                on_device = [d.to(device) for d in docs]
+                entry["loss_by_position"] = loss_by_position(model, on_device, edges, settings.piece)
+                bar.update(len(docs))
+                entry["sliding_window"] = sliding_window(model, on_device, contexts, settings.block, settings.piece)
+                bar.update(len(docs))
+            entry["seconds"] = time.perf_counter() - started
+            results["models"][name] = entry
+            del model
+    write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+    return write_report(results, out)

@@ -1,0 +1,108 @@
+"""`ittt eval` end to end on tiny models: outputs, identical inputs, determinism, bad input."""
+
+import json
+import random
+import time
+
+import pytest
+
+from inplace_ttt.adapters import ttt_layers
+from inplace_ttt.cli import main
+from inplace_ttt.eval.runner import ALL_TASKS, EvalSettings, evaluate, load_model, parse_lengths
+from inplace_ttt.eval.ruler import TASK_NAMES
+from tests.eval.conftest import WORDS
+from tests.tiny_hf import tiny, tiny_tokenizer
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    """A folder of three held-out documents (one per .txt file)."""
+    rng = random.Random(0)
+    folder = tmp_path_factory.mktemp("heldout")
+    for i in range(3):
+        (folder / f"doc{i}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(700)))
+    return folder
+
+
+def without_timing(results: dict) -> dict:
+    for entry in results["models"].values():
+        entry.pop("seconds")
+    return results
+
+
+def test_whole_eval_of_two_models(models, heldout, tmp_path):
+    base, ttt = map(str, models)
+    started = time.perf_counter()
+    report = evaluate(EvalSettings(models=[base, ttt], lengths=[256, 512], samples=2, data=[str(heldout)], piece=96, block=64, out=str(tmp_path)))
+    assert time.perf_counter() - started < 60  # the issue's bar for a tiny model on short lengths
+    assert report == tmp_path / "report.md"
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["settings"]["lengths"] == [256, 512] and results["settings"]["seed"] == 0
+    assert list(results["models"]) == ["base", "ttt"]
+    assert [m["ttt"] for m in results["models"].values()] == [False, True]
+    for entry in results["models"].values():
+        assert sorted(entry["ruler"]) == sorted(TASK_NAMES)
+        for task in entry["ruler"].values():
+            for length, cell in task.items():
+                assert len(cell["scores"]) == 2 and 0 <= cell["accuracy"] <= 100
+                assert all(0.99 * int(length) <= o["tokens"] <= int(length) for o in cell["outputs"])
+        lp = entry["loss_by_position"]
+        assert lp["edges"][0] == 0 and lp["edges"][-1] == 512 and all(x > 0 for x in lp["loss"])
+        assert sum(lp["tokens"]) == 3 * 511
+        assert sorted(entry["sliding_window"]["contexts"]) == ["0", "192", "448"]
+    # identical inputs: both models saw the same prompts and answers
+    a, b = (results["models"][n]["ruler"] for n in ("base", "ttt"))
+    for task in a:
+        for length in a[task]:
+            strip = lambda cell: [(o["index"], o["answers"], o["tokens"], o["depths"]) for o in cell["outputs"]]
+            assert strip(a[task][length]) == strip(b[task][length])
+    text = report.read_text()
+    for heading in ("## RULER-style tasks", "## Loss by position", "## Sliding window"):
+        assert heading in text
+    assert "| niah_single | ttt |" in text and "| base |" in text
+    for plot in ("ruler_accuracy.png", "loss_by_position.png", "sliding_window.png"):
+        data = (tmp_path / plot).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000
+        assert f"]({plot})" in text
+
+
+def test_same_seed_same_results_and_cli(models, heldout, tmp_path, capsys):
+    args = ["eval", "--model", str(models[1]), "--tasks", "niah_multikey,vt,loss", "--lengths", "256",
+            "--samples", "2", "--data", str(heldout), "--piece", "100", "--clip-tau", "0.5"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert f"report: {tmp_path / 'a' / 'report.md'}" in capsys.readouterr().out
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    assert first["settings"]["clip_tau"] == 0.5
+    assert without_timing(first) == without_timing({**second, "settings": {**second["settings"], "out": first["settings"]["out"]}})
+
+
+def test_clip_tau_reaches_every_ttt_layer(models):
+    model = load_model(str(models[1]), dtype=__import__("torch").float32, clip_tau=1e-5)
+    assert [layer.clip_tau for _, layer in ttt_layers(model)] == [1e-5, 1e-5]
+    plain = load_model(str(models[0]), dtype=__import__("torch").float32, clip_tau=1e-5)
+    assert not hasattr(plain.config, "inplace_ttt")
+
+
+def test_parse_lengths():
+    assert parse_lengths("1k, 2k,4096,512") == [512, 1024, 2048, 4096]
+    with pytest.raises(ValueError, match="'2x' is not a token count"):
+        parse_lengths("1k,2x")
+
+
+def test_bad_settings_are_named(models, heldout, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['qa'\]"):
+        EvalSettings(models=["m"], tasks=["qa"])
+    with pytest.raises(ValueError, match="needs held-out documents"):
+        EvalSettings(models=["m"], tasks=["loss"])
+    with pytest.raises(ValueError, match="lengths must be >= 16"):
+        EvalSettings(models=["m"], tasks=["vt"], lengths=[8])
+    assert set(ALL_TASKS) == {"loss", *TASK_NAMES}
+    other = tmp_path / "other"
+    tiny(vocab_size=50).save_pretrained(other)
+    tiny_tokenizer(["a", "b", "c"]).save_pretrained(other)
+    code = main(["eval", "--model", str(models[0]), "--model", str(other), "--tasks", "vt", "--lengths", "256", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "different tokenizer" in capsys.readouterr().err
