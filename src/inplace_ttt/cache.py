@@ -134,3 +134,41 @@ class FastWeightState:
         self.buf_z[rows, col] = torch.where(valid[:, None], z, self.buf_z[rows, col])
         self.buf_valid[rows, col] |= valid
         self.last_pos = torch.where(valid, pos, self.last_pos)
+
+
+class FixedStepState:
+    """Streaming state of one TTT layer for one token per row per step, safe to capture in a CUDA graph.
+
+    Every tensor is allocated once and only updated in place, with masks instead of branches
+    and no host reads, so a step replayed from a CUDA graph keeps updating it. The centred
+    target convolution (radius ``r``) looks ``r`` tokens ahead inside a chunk, so token
+    ``t - r``'s target is final once token ``t`` arrives (and the last ``r`` tokens' at the
+    chunk's end): each step adds those tokens' rank-1 updates ``v^T z`` to `pending`, and the
+    chunk's last token folds `pending` into `fast_sum`. It holds, per row:
+
+    - `fast_sum` ``[B, d, h]``: the complete chunks' updates of the current conversation (``S``);
+    - `pending` ``[B, d, h]``: the finalised tokens of the chunk being read;
+    - `window_src` ``[B, 2r+1, F]`` / `window_pos` ``[B, 2r+1]``: the last ``2r+1`` tokens'
+      target-source inputs and positions (-1: none), `window_z` ``[B, r+1, h]``: the last
+      ``r+1`` gated hidden states;
+    - `next_pos` ``[B]``: the position of the row's next token; `updates` ``[B]``: chunk
+      updates folded in so far (telemetry; tests count them).
+    """
+
+    def __init__(self, batch: int, d: int, h: int, src_dim: int, kernel: int, dtype: torch.dtype, state_dtype: torch.dtype, device) -> None:
+        self.radius = kernel // 2
+        self.fast_sum = torch.zeros(batch, d, h, dtype=state_dtype, device=device)
+        self.pending = torch.zeros(batch, d, h, dtype=state_dtype, device=device)
+        self.window_src = torch.zeros(batch, kernel, src_dim, dtype=dtype, device=device)
+        self.window_pos = torch.full((batch, kernel), -1, dtype=torch.long, device=device)
+        self.window_z = torch.zeros(batch, self.radius + 1, h, dtype=dtype, device=device)
+        self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
+        self.updates = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def reset(self, mask: Tensor) -> None:
+        """Rows where `mask` start a new sequence at position 0 with the pretrained weights (in place)."""
+        mask = mask.to(device=self.next_pos.device, dtype=torch.bool)
+        self.fast_sum.masked_fill_(mask[:, None, None], 0)  # not a multiply: inf * 0 would stay NaN
+        self.pending.masked_fill_(mask[:, None, None], 0)
+        self.window_pos.masked_fill_(mask[:, None], -1)
+        self.next_pos.masked_fill_(mask, 0)

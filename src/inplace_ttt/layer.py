@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cache import FastWeightState
+from .cache import FastWeightState, FixedStepState
 from .config import TTTConfig
-from .ops import chunk_conv, chunk_update, find_segments, inplace_ttt, state_dtype
+from .ops import chunk_conv, chunk_update, clip_factor, find_segments, inplace_ttt, state_dtype
 
 
 @dataclass(frozen=True)
@@ -235,6 +235,48 @@ class InPlaceTTTMLP(nn.Module):
         if order is not None:
             out = torch.empty_like(out).scatter_(1, order[..., None].expand_as(out), out)
         return out[:, m:]
+
+    def fixed_step(self, z: Tensor, src: Tensor, state: FixedStepState, active: Tensor) -> Tensor:
+        """One token per row, CUDA-graph safe: the fast-weight term ``lr z S^T`` (`z` ``[B, h]``,
+        `src` ``[B, F]`` -> ``[B, d]``), then `state` moves on in place where `active` ``[B]``.
+
+        The same updates as the chunked op, formed token by token (see `FixedStepState`): no
+        host sync, no data-dependent branch, fixed shapes."""
+        r, C = state.radius, self.chunk_size
+        pos = state.next_pos
+        S = state.fast_sum
+        out = ((z[:, None].to(S.dtype) @ S.mT)[:, 0] * self.ttt_lr).to(z.dtype)
+        win_src = torch.cat([state.window_src[:, 1:], src[:, None].to(state.window_src.dtype)], 1)
+        win_pos = torch.cat([state.window_pos[:, 1:], pos[:, None]], 1)
+        win_z = torch.cat([state.window_z[:, 1:], z[:, None].to(state.window_z.dtype)], 1)
+        # targets of the window's last r+1 tokens: tap k of token i reads window column i + k,
+        # kept where it holds a token of the same chunk (columns past the newest are empty)
+        chunk = torch.where(win_pos >= 0, win_pos.div(C, rounding_mode="floor"), -1)
+        B, K, F_ = win_src.shape
+        taps_src = torch.cat([win_src, win_src.new_zeros(B, r, F_)], 1).unfold(1, K, 1)  # [B, r+1, F, K]
+        taps_chunk = torch.cat([chunk, chunk.new_full((B, r), -1)], 1).unfold(1, K, 1)  # [B, r+1, K]
+        own_chunk = chunk[:, r:]  # [B, r+1]
+        same = (taps_chunk == own_chunk[..., None]) & (own_chunk[..., None] >= 0)
+        conv = (torch.where(same[:, :, None], taps_src, 0) * self.ttt.conv_weight.to(win_src.dtype)).sum(-1)
+        v = F.linear(conv, self.ttt.target_weight.to(conv.dtype)).to(z.dtype)  # [B, r+1, d]
+        # token t-r is final now; at a chunk's last token the r after it are too
+        ends_chunk = pos % C == C - 1
+        first = torch.arange(r + 1, device=z.device) == 0
+        final = (own_chunk == pos.div(C, rounding_mode="floor")[:, None]) & (first | ends_chunk[:, None]) & active[:, None]
+        v = torch.where(final[..., None], v, 0)
+        state.pending.baddbmm_(v.mT.to(S.dtype), win_z.to(S.dtype))
+        fold = ends_chunk & active
+        update = state.pending
+        if self.clip_tau is not None:
+            update = update * clip_factor(update, self.clip_tau)[:, None, None]
+        S.add_(torch.where(fold[:, None, None], update, 0))
+        state.pending.masked_fill_(fold[:, None, None], 0)
+        state.updates.add_(fold.long())
+        state.window_src.copy_(torch.where(active[:, None, None], win_src, state.window_src))
+        state.window_pos.copy_(torch.where(active[:, None], win_pos, state.window_pos))
+        state.window_z.copy_(torch.where(active[:, None, None], win_z, state.window_z))
+        state.next_pos.add_(active.long())
+        return out
 
 
 def _take(t: Tensor, order: Tensor) -> Tensor:

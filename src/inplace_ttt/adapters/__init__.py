@@ -1,5 +1,40 @@
 """Model families: where TTT layers go in a model and how they get positions and state."""
 
-from .hf import clip_tau, convert, decoder_layers, from_pretrained, is_converted, set_clip_tau, ttt_layers, ttt_positions
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch.nn as nn
+
+from ..config import TTTConfig
+from . import hf
+from .hf import clip_tau, decoder_layers, from_pretrained, is_converted, set_clip_tau, ttt_positions
+
+
+def _is_moshi_lm(model: nn.Module) -> bool:
+    """A moshi `LMModel`, recognised without importing moshi (an optional install)."""
+    return any(c.__name__ == "LMModel" and c.__module__.startswith("moshi.") for c in type(model).__mro__)
+
+
+def convert(model: nn.Module, config: TTTConfig, **options) -> nn.Module:
+    """Put In-Place TTT into a transformers causal LM (`adapters.hf.convert`) or a moshi
+    `LMModel` (`adapters.moshi.convert`, which takes ``rope_scaling=`` for YaRN), in place."""
+    if _is_moshi_lm(model):
+        from . import moshi
+
+        return moshi.convert(model, config, **options)
+    if options:
+        raise TypeError(f"convert() of a transformers model takes no options {sorted(options)}; set YaRN on its config instead")
+    return hf.convert(model, config)
+
+
+def ttt_layers(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
+    """`(layer index, TTT layer)` for every TTT layer of a converted model."""
+    if _is_moshi_lm(model):
+        from . import moshi
+
+        return moshi.ttt_layers(model)
+    return hf.ttt_layers(model)
+
 
 __all__ = ["convert", "from_pretrained", "set_clip_tau", "clip_tau", "ttt_layers", "decoder_layers", "is_converted", "ttt_positions"]

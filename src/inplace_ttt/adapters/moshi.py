@@ -1,0 +1,242 @@
+"""Kyutai Moshi: convert an `LMModel` in place, stream it with `LMGen`, save and load TTT weights.
+
+Moshi's feed-forward is `ActivationGating`: a fused ``linear_in`` (``[2h, d]``: gate rows,
+then up rows), its ``activation`` (SiLU in Moshi 7B) and ``linear_out``. TTT goes into the
+temporal transformer only (the depformer has one gating per codebook step). Each chosen
+layer's ``gating`` becomes a `MoshiTTTGating`: an `InPlaceTTTMLP` that adopts the gating's
+own modules (same parameters, same names) and is also one of moshi's `StreamingModule`\\ s, so
+its fast weights live in moshi's streaming state: `LMGen`'s steps update them, and
+`reset_streaming(mask)` (a new conversation) restores the pretrained weights of those rows.
+
+The streaming step is CUDA-graph safe (`InPlaceTTTMLP.fixed_step`): LMGen captures its step in
+a CUDA graph on GPU, and the TTT layers run inside it, updating preallocated state in place.
+
+Training: `LMModel.forward(codes)` runs the chunked op over each row as one conversation
+(positions ``0..T-1``); the target source ``token_embeddings`` is the summed text + audio
+input embeddings (the temporal transformer's input), kept by a forward pre-hook.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+from moshi.models.lm import LMModel
+from moshi.modules.streaming import State, StreamingModule
+from torch import Tensor
+
+from ..cache import FixedStepState
+from ..config import TTTConfig
+from ..layer import GatedMLPSpec, InPlaceTTTMLP
+from ..ops import state_dtype
+from .moshi_rope import YarnRotaryEmbedding, check_rope_scaling, yarn_parameters
+
+SETTINGS_KEY = "inplace_ttt"  # metadata key of the TTT weights file
+TTT_WEIGHTS = "ttt.safetensors"
+
+
+@dataclass(frozen=True)
+class MoshiGatingSpec(GatedMLPSpec):
+    """Moshi's `ActivationGating`: ``linear_out(activation(gate) * up)`` with ``[gate; up] = linear_in(x)``."""
+
+    gate: str = "linear_in"
+    up: str = "linear_in"
+    down: str = "linear_out"
+    act: str = "activation"
+
+    def hidden(self, mlp: nn.Module, x: Tensor) -> Tensor:
+        gate, up = mlp.linear_in(x).unflatten(-1, (2, -1)).unbind(-2)  # as moshi: view(B, T, 2, h)
+        return mlp.activation(gate) * up
+
+
+class _ForwardContext:
+    """The temporal transformer's input of the forward in flight (the summed input embeddings)."""
+
+    def __init__(self) -> None:
+        self.embeddings: Tensor | None = None
+
+
+@dataclass
+class _TTTStreamingState(State):
+    steps: FixedStepState | None = None
+
+    def reset(self, reset_mask: Tensor) -> None:
+        super().reset(reset_mask)
+        self.steps.reset(reset_mask)
+
+
+class MoshiTTTGating(InPlaceTTTMLP, StreamingModule):
+    """A Moshi gating with In-Place TTT; its streaming state is one of moshi's streaming states."""
+
+    def __init__(self, gating: nn.Module, config: TTTConfig, layer_idx: int, context: _ForwardContext):
+        super().__init__(gating, config, MoshiGatingSpec(), layer_idx=layer_idx)
+        self.conv_kernel = config.conv_kernel
+        self._context = context
+
+    def _init_streaming_state(self, batch_size: int) -> _TTTStreamingState:
+        w_out, w_in = self.down.weight, self.linear_in.weight
+        d, h = w_out.shape
+        steps = FixedStepState(batch_size, d, h, d, self.conv_kernel, w_in.dtype, state_dtype(w_in.dtype), w_in.device)
+        return _TTTStreamingState(batch_size, w_in.device, steps=steps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        source = None
+        if self.target == "token_embeddings":
+            source = self._context.embeddings
+            if source is None or source.shape[:2] != x.shape[:2]:
+                raise RuntimeError(
+                    f"TTT layer {self.layer_idx} got input {list(x.shape)} but the model's input embeddings are "
+                    f"{None if source is None else list(source.shape)}; call the LMModel (or LMGen), not the layer"
+                )
+        state = self._streaming_state
+        if state is None:
+            return super().forward(x, target_source=source)
+        z = self.spec.hidden(self, x)
+        src = self._source(x, source)
+        fast = [self.fixed_step(z[:, t], src[:, t], state.steps, state.exec_mask) for t in range(x.shape[1])]
+        return self.down(z) + torch.stack(fast, 1)
+
+
+def ttt_layers(lm: nn.Module) -> Iterator[tuple[int, MoshiTTTGating]]:
+    """`(layer index, TTT gating)` for every TTT layer of a converted `LMModel`."""
+    for idx, layer in enumerate(lm.transformer.layers):
+        if isinstance(layer.gating, MoshiTTTGating):
+            yield idx, layer.gating
+
+
+def update_counts(lm: nn.Module) -> dict[int, Tensor]:
+    """Per TTT layer, the chunk updates folded in per row since streaming started (while streaming)."""
+    return {i: layer._streaming_state.steps.updates.clone() for i, layer in ttt_layers(lm) if layer._streaming_state is not None}
+
+
+def convert(lm: nn.Module, config: TTTConfig, *, rope_scaling: dict | None = None) -> nn.Module:
+    """Put In-Place TTT into the temporal transformer of a moshi `LMModel`, in place.
+
+    Exact warm start (the converted model computes what the original did until the new
+    parameters train). `rope_scaling`: YaRN for long conversations, transformers' keys, e.g.
+    ``{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 3000}``.
+    Raises, before changing anything, for a gating TTT cannot read, a layer index outside the
+    model, a model converted already or one that is streaming.
+    """
+    if not isinstance(lm, LMModel):
+        raise ValueError(f"{type(lm).__name__} is not a moshi LMModel")
+    if getattr(lm, SETTINGS_KEY, None) is not None or any(isinstance(m, MoshiTTTGating) for m in lm.modules()):
+        raise ValueError("this LMModel is already an In-Place TTT model; convert the original model instead")
+    if any(isinstance(m, StreamingModule) and m.is_streaming for m in lm.modules()):
+        raise ValueError("convert the LMModel before streaming it (leave `streaming()` / LMGen first)")
+    if rope_scaling is not None:
+        rope_scaling = check_rope_scaling(rope_scaling)
+        if lm.transformer.rope is None:
+            raise ValueError("rope_scaling: this LMModel's temporal transformer has no rotary embedding to scale")
+    layers = lm.transformer.layers
+    indices = config.layer_indices(len(layers))
+    spec = MoshiGatingSpec()
+    for i in indices:
+        gating = layers[i].gating
+        missing = ["gating"] if gating is None or isinstance(gating, nn.ModuleList) else spec.missing(gating)
+        if missing:
+            raise ValueError(
+                f"layer {i} of the temporal transformer has no gating TTT can read ({type(gating).__name__}, "
+                f"missing {missing}); In-Place TTT needs an ActivationGating with linear_in, linear_out and activation"
+            )
+    context = _ForwardContext()
+    for i in indices:
+        layers[i].gating = MoshiTTTGating(layers[i].gating, config, i, context)
+    lm.transformer.register_forward_pre_hook(lambda module, args: setattr(context, "embeddings", args[0]))
+    if rope_scaling is not None:
+        _install_yarn(lm.transformer, rope_scaling)
+    for module in lm.modules():  # moshi caches each module's streaming children: find the new ones
+        if isinstance(module, StreamingModule):
+            module._cached_children = None
+    setattr(lm, SETTINGS_KEY, {**config.to_dict(), "layers": list(indices), "rope_scaling": rope_scaling})
+    return lm
+
+
+def _install_yarn(transformer: nn.Module, rope_scaling: dict) -> None:
+    old = transformer.rope
+    head_dim = transformer.layers[0].self_attn.embed_dim // transformer.layers[0].self_attn.num_heads
+    inv_freq, scale = yarn_parameters(head_dim, float(old.max_period), **rope_scaling)
+    device = next(transformer.parameters()).device
+    rope = YarnRotaryEmbedding(old.interleave, inv_freq.to(device), scale, rope_scaling)
+    for module in transformer.modules():
+        if getattr(module, "rope", None) is old:
+            module.rope = rope
+
+
+# save / load ----------------------------------------------------------------------------------
+
+
+def save_ttt(lm: nn.Module, directory: str | Path) -> Path:
+    """Write a converted model as moshi's own files plus ours, in `directory`:
+
+    ``model.safetensors`` (every pretrained-layout weight, trained ones included; moshi's
+    `get_moshi_lm` loads it) and ``ttt.safetensors`` (the TTT parameters, with the settings
+    in its metadata). Load both with `load_moshi`.
+    """
+    from safetensors.torch import save_file
+
+    settings = getattr(lm, SETTINGS_KEY, None)
+    if settings is None:
+        raise ValueError("this LMModel has no In-Place TTT layers: convert it first")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in lm.state_dict().items()}
+    ttt = {k: state.pop(k) for k in list(state) if ".ttt." in k}
+    save_file(ttt, str(directory / (TTT_WEIGHTS + ".tmp")), metadata={SETTINGS_KEY: json.dumps(settings)})
+    save_file(state, str(directory / "model.safetensors.tmp"))
+    (directory / "model.safetensors.tmp").replace(directory / "model.safetensors")
+    (directory / (TTT_WEIGHTS + ".tmp")).replace(directory / TTT_WEIGHTS)
+    return directory
+
+
+def load_moshi(
+    model_file: str | Path,
+    lm_kwargs: dict[str, Any] | None = None,
+    *,
+    ttt_file: str | Path | None = None,
+    config: TTTConfig | None = None,
+    rope_scaling: dict | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    clip_tau: float | None = ...,
+) -> nn.Module:
+    """Load a Moshi LM with moshi's `get_moshi_lm` and make it an In-Place TTT model.
+
+    From published files: ``load_moshi(path_to_model_safetensors, config=TTTConfig(...))``
+    (`lm_kwargs` defaults to Moshi 7B's, as in moshi). From `save_ttt`'s output: also give
+    ``ttt_file`` (its ``ttt.safetensors``): the settings come from it and the trained TTT
+    weights are loaded (all must be there). `clip_tau` overrides the saved inference clipping.
+    """
+    from moshi.models.loaders import get_moshi_lm
+    from safetensors import safe_open
+
+    ttt_weights: dict[str, Tensor] = {}
+    if ttt_file is not None:
+        with safe_open(str(ttt_file), framework="pt") as f:
+            raw = (f.metadata() or {}).get(SETTINGS_KEY)
+            if raw is None:
+                raise ValueError(f"{ttt_file} holds no In-Place TTT settings (metadata key '{SETTINGS_KEY}'): not written by save_ttt")
+            ttt_weights = {k: f.get_tensor(k) for k in f.keys()}
+        settings = json.loads(raw)
+        rope_scaling = settings.pop("rope_scaling") if rope_scaling is None else rope_scaling
+        config = TTTConfig.from_dict(settings)
+    if config is None:
+        raise ValueError("load_moshi: give config=TTTConfig(...) to convert a pretrained model, or ttt_file= to load a converted one")
+    if clip_tau is not ...:
+        config = config.replace(clip_tau=clip_tau)
+    lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+    convert(lm, config, rope_scaling=rope_scaling)
+    if ttt_file is not None:
+        params = {k: p for k, p in lm.named_parameters() if ".ttt." in k}
+        missing, unknown = sorted(set(params) - set(ttt_weights)), sorted(set(ttt_weights) - set(params))
+        if missing or unknown:
+            raise ValueError(f"{ttt_file} does not match the model's TTT layers: missing {missing[:4]}, unexpected {unknown[:4]}")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(ttt_weights[k])
+    return lm
+

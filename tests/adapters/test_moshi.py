@@ -1,0 +1,240 @@
+"""Kyutai Moshi: conversion, warm start, gradient flow, causality, LMGen streaming, resets, loaders.
+
+A tiny random `LMModel` (3 temporal layers, dim 32, 8 + 8 audio codebooks) stands in for Moshi 7B.
+"""
+
+import os
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")  # before moshi is imported: no torch.compile on CPU
+
+import pytest
+import torch
+
+pytest.importorskip("moshi")
+from moshi.models.lm import LMGen, LMModel  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from inplace_ttt import TTTConfig, convert, ttt_layers  # noqa: E402
+from inplace_ttt.adapters.moshi import MoshiTTTGating, load_moshi, save_ttt, update_counts  # noqa: E402
+
+TINY = dict(
+    delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2, n_q=16, dep_q=8, card=32, text_card=48, dim=32, num_heads=4,
+    num_layers=3, hidden_scale=4.125, causal=True, context=64, max_period=10000, gating="silu", norm="rms_norm_f32",
+    positional_embedding="rope", depformer_dim=16, depformer_num_heads=2, depformer_num_layers=1,
+    depformer_dim_feedforward=32, depformer_multi_linear=True, depformer_weights_per_step=True,
+    depformer_pos_emb="none", depformer_context=8,
+)
+
+
+def tiny_lm(seed: int = 0) -> LMModel:
+    torch.manual_seed(seed)
+    return LMModel(**TINY, dtype=torch.float32).eval()
+
+
+def random_codes(lm: LMModel, B: int, T: int) -> torch.Tensor:
+    codes = torch.randint(0, lm.card, (B, lm.num_codebooks, T))
+    codes[:, 0] = torch.randint(0, lm.text_card, (B, T))
+    return codes
+
+
+def active_targets(lm: LMModel, scale: float = 0.5) -> None:
+    """Give the target convolutions non-zero weights, as training would, so that updates change outputs."""
+    with torch.no_grad():
+        for _, layer in ttt_layers(lm):
+            layer.ttt.conv_weight.normal_(0, scale)
+
+
+def logits(lm: LMModel, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = lm(codes)
+    return out.text_logits.nan_to_num(0), out.logits.nan_to_num(0)  # NaN marks positions the delays leave empty
+
+
+def stream(gen: LMGen, user: torch.Tensor, forced: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LMGen step by step (greedy text, the model's audio forced): `(text logits [B, T, card], text tokens [B, T])`."""
+    seen, texts = [], []
+    gen.on_text_logits_hook = lambda x: seen.append(x.clone())
+    gen.on_text_hook = lambda x: texts.append(x.clone())
+    for t in range(user.shape[-1]):
+        gen.step(user[:, :, t : t + 1], depformer_replace_tokens=forced[:, :, t : t + 1])
+    return torch.cat(seen, 2)[:, 0], torch.stack(texts, 1)
+
+
+def codes_of_stream(lm: LMModel, texts, user, forced) -> torch.Tensor:
+    """The codes `[B, K, T]` whose parallel forward sees what LMGen fed: the model's codebook k at
+    step t is the code at time ``t - delay_k``; the user's input at step t the code at time ``t - 1``.
+    Codes that only later steps would read are random."""
+    B, T = texts.shape
+    codes = random_codes(lm, B, T)
+    codes[:, 0] = texts
+    for k in range(1, lm.dep_q + 1):
+        d = lm.delays[k]
+        codes[:, k, : T - d] = forced[:, k - 1, d:]
+    codes[:, lm.dep_q + 1 :, : T - 1] = user[:, :, 1:]
+    return codes
+
+
+def stream_inputs(lm: LMModel, B: int, T: int):
+    user = torch.randint(0, lm.card, (B, lm.num_codebooks - lm.dep_q - 1, T))
+    forced = torch.randint(0, lm.card, (B, lm.dep_q, T))
+    return user, forced
+
+
+@pytest.mark.parametrize("target", ["token_embeddings", "hidden_states"])
+def test_warm_start_is_exact_and_only_the_temporal_transformer_changes(target):
+    lm = tiny_lm()
+    codes = random_codes(lm, 2, 20)
+    text_ref, audio_ref = logits(lm, codes)
+    depformer_types = [type(layer.gating) for layer in lm.depformer.layers]
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target=target))
+    text, audio = logits(lm, codes)
+    assert torch.equal(text, text_ref) and torch.equal(audio, audio_ref)
+    assert [i for i, _ in ttt_layers(lm)] == [0, 2]
+    assert [type(layer.gating) for layer in lm.depformer.layers] == depformer_types
+    layer = lm.transformer.layers[0].gating
+    assert layer.activation is torch.nn.functional.silu  # moshi's own activation, not a rebuilt one
+    names = {n for n, _ in lm.named_parameters()}
+    assert {"transformer.layers.0.gating.linear_in.weight", "transformer.layers.0.gating.linear_out.weight"} <= names
+
+
+def moshi_loss(lm: LMModel, codes: torch.Tensor) -> torch.Tensor:
+    out = lm(codes)
+    text = torch.nn.functional.cross_entropy(out.text_logits[out.text_mask], codes[:, :1][out.text_mask])
+    audio = torch.nn.functional.cross_entropy(out.logits[out.mask], codes[:, 1 : lm.dep_q + 1][out.mask])
+    return text + audio
+
+
+def test_gradient_reaches_every_ttt_parameter_from_the_start():
+    lm = tiny_lm()
+    convert(lm, TTTConfig(layers=[0, 1], chunk_size=4, target="token_embeddings"))
+    lm.train()
+    codes = random_codes(lm, 2, 16)
+    ttt_params = {n: p for n, p in lm.named_parameters() if ".ttt." in n}
+    opt = torch.optim.SGD(lm.parameters(), lr=0.1)
+    moshi_loss(lm, codes).backward()
+    for n in ttt_params:
+        if "conv_weight" in n:  # V = 0 at the start, W_target = I: the convolution gets gradient at once
+            g = ttt_params[n].grad
+            assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, n
+    opt.step()
+    opt.zero_grad()
+    moshi_loss(lm, codes).backward()
+    for n, p in ttt_params.items():  # after one step, every TTT parameter has gradient
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+
+
+def test_outputs_never_depend_on_later_codes():
+    lm = tiny_lm()
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    active_targets(lm)
+    codes = random_codes(lm, 1, 16)
+    text, _ = logits(lm, codes)
+    t = 9
+    changed = codes.clone()
+    changed[:, :, t] = random_codes(lm, 1, 1)[:, :, 0]
+    text2, _ = logits(lm, changed)
+    # codes at time t enter the model at step t + 1 + delay: text logits up to step t stay
+    assert torch.equal(text[:, :, : t + 1], text2[:, :, : t + 1])
+    assert not torch.allclose(text[:, :, t + 1 :], text2[:, :, t + 1 :])
+
+
+@pytest.mark.parametrize("target,clip_tau", [("token_embeddings", None), ("hidden_states", None), ("token_embeddings", 0.5)])
+def test_lmgen_streaming_equals_the_parallel_forward(target, clip_tau):
+    lm = tiny_lm()
+    base = tiny_lm()
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target=target, clip_tau=clip_tau))
+    active_targets(lm)
+    user, forced = stream_inputs(lm, 2, 14)  # 3 complete chunks of 4 steps, then 2 steps of a 4th
+    gen = LMGen(lm, use_sampling=False)
+    with gen.streaming(2):
+        streamed, texts = stream(gen, user, forced)
+        counts = update_counts(lm)
+    assert {i: c.tolist() for i, c in counts.items()} == {0: [3, 3], 2: [3, 3]}  # updates really happened
+    codes = codes_of_stream(lm, texts, user, forced)
+    parallel, _ = logits(lm, codes)
+    torch.testing.assert_close(streamed, parallel[:, 0], rtol=1e-5, atol=1e-5)
+    untouched, _ = logits(base, codes)  # the updates change the outputs of the later chunks
+    assert (parallel[:, 0, 4:] - untouched[:, 0, 4:]).abs().max() > 1e-2
+    assert torch.equal(parallel[:, 0, :4], untouched[:, 0, :4])  # the first chunk sees the pretrained weights
+
+
+def test_reset_streaming_restores_the_pretrained_weights_of_the_rows_reset():
+    lm = tiny_lm()
+    convert(lm, TTTConfig(layers=[1], chunk_size=4, target="token_embeddings"))
+    active_targets(lm)
+    user_a, forced_a = stream_inputs(lm, 2, 10)
+    user_b, forced_b = stream_inputs(lm, 2, 10)
+    gen = LMGen(lm, use_sampling=False)
+    state = lm.transformer.layers[1].gating._streaming_state
+    with gen.streaming(2):
+        stream(gen, user_a, forced_a)
+        state = lm.transformer.layers[1].gating._streaming_state.steps
+        before = state.fast_sum.clone()
+        assert (before.flatten(1).norm(dim=1) > 0).all()
+        gen.reset_streaming(torch.tensor([False, True]))  # row 1 starts a new conversation
+        assert torch.equal(state.fast_sum[0], before[0]) and not state.fast_sum[1].any()
+        mixed, _ = stream(gen, torch.stack([user_a[0], user_b[1]]), torch.stack([forced_a[0], forced_b[1]]))
+    fresh_gen = LMGen(lm, use_sampling=False)
+    with fresh_gen.streaming(2):
+        fresh, _ = stream(fresh_gen, user_b, forced_b)
+    torch.testing.assert_close(mixed[1], fresh[1], rtol=1e-5, atol=1e-5)
+
+
+def test_exec_mask_freezes_the_rows_it_masks():
+    lm = tiny_lm()
+    convert(lm, TTTConfig(layers=[0], chunk_size=2, target="hidden_states"))
+    active_targets(lm)
+    user, forced = stream_inputs(lm, 2, 6)
+    gen = LMGen(lm, use_sampling=False, support_out_of_sync=True)
+    with gen.streaming(2):
+        gen.set_exec_mask(torch.tensor([True, False]))
+        stream(gen, user, forced)
+        steps = lm.transformer.layers[0].gating._streaming_state.steps
+        assert steps.next_pos.tolist() == [6, 0] and steps.updates.tolist() == [3, 0]
+        assert not steps.fast_sum[1].any() and steps.fast_sum[0].any()
+
+
+def write_tiny_checkpoint(path, seed=0) -> LMModel:
+    """A tiny LMModel's weights in the layout `get_moshi_lm` reads (one safetensors state dict)."""
+    lm = tiny_lm(seed)
+    save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(path))
+    return lm
+
+
+def test_moshi_loader_then_convert_then_save_and_load(tmp_path):
+    original = write_tiny_checkpoint(tmp_path / "model.safetensors")
+    lm = load_moshi(tmp_path / "model.safetensors", TINY, config=TTTConfig(layers=[0, 2], chunk_size=4), dtype=torch.float32)
+    codes = random_codes(lm, 2, 12)
+    ref = logits(original, codes)
+    out = logits(lm, codes)
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])  # exact warm start through moshi's loader
+    active_targets(lm)  # stands in for training
+    with torch.no_grad():
+        lm.transformer.layers[0].gating.linear_out.weight.mul_(1.1)  # trained base weights travel too
+    trained = logits(lm, codes)
+    save_ttt(lm, tmp_path / "run")
+    loaded = load_moshi(tmp_path / "run" / "model.safetensors", TINY, ttt_file=tmp_path / "run" / "ttt.safetensors", dtype=torch.float32)
+    again = logits(loaded, codes)
+    assert torch.equal(again[0], trained[0]) and torch.equal(again[1], trained[1])
+    assert loaded.inplace_ttt["layers"] == [0, 2] and loaded.inplace_ttt["chunk_size"] == 4
+    clipped = load_moshi(tmp_path / "run" / "model.safetensors", TINY, ttt_file=tmp_path / "run" / "ttt.safetensors", dtype=torch.float32, clip_tau=1e-5)
+    assert all(layer.clip_tau == 1e-5 for _, layer in ttt_layers(clipped))
+
+
+def test_bad_input_is_refused_with_the_field_named(tmp_path):
+    lm = tiny_lm()
+    with pytest.raises(ValueError, match="outside the model"):
+        convert(lm, TTTConfig(layers=[5]))
+    with pytest.raises(ValueError, match="rope_scaling.factor"):
+        convert(lm, TTTConfig(layers=[0]), rope_scaling={"rope_type": "yarn", "factor": 0.5, "original_max_position_embeddings": 64})
+    with pytest.raises(ValueError, match="unknown rope_scaling keys"):
+        convert(lm, TTTConfig(layers=[0]), rope_scaling={"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64})
+    assert not any(isinstance(m, MoshiTTTGating) for m in lm.modules())  # nothing changed
+    with lm.streaming(1):
+        with pytest.raises(ValueError, match="before streaming"):
+            convert(lm, TTTConfig(layers=[0]))
+    convert(lm, TTTConfig(layers=[0]))
+    with pytest.raises(ValueError, match="already"):
+        convert(lm, TTTConfig(layers=[1]))
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="no In-Place TTT settings"):
+        load_moshi(tmp_path / "bad.safetensors", TINY, ttt_file=tmp_path / "bad.safetensors")
