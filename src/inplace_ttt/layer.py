@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .cache import FastWeightState, FixedStepState
 from .config import TTTConfig
-from .ops import chunk_conv, chunk_update, clip_factor, find_segments, inplace_ttt, state_dtype
+from .ops import chunk_conv, chunk_update, clip_factor, context_parallel_ttt, find_segments, inplace_ttt, sequence_shard, state_dtype
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ class InPlaceTTTMLP(nn.Module):
         self.ttt_lr = config.ttt_lr
         self.clip_tau = config.clip_tau
         self.target = config.target
+        self.cp_group = None  # a process group splitting sequences along time (context parallelism)
         weight = getattr(self, spec.down).weight
         d = weight.shape[0]
         self.ttt = TargetGenerator(d, d, config.conv_kernel, dtype=weight.dtype, device=weight.device)
@@ -128,21 +129,38 @@ class InPlaceTTTMLP(nn.Module):
             default to the next ones) and the state is updated in place.
         """
         z = self.spec.hidden(self, x)
-        if x.shape[1] == 0:  # no tokens: no update, no state change
+        if x.shape[1] == 0 and self.cp_group is None:  # no tokens: no update, no state change
             return self.down(z)
         src = self._source(x, target_source)
         if state is None:
-            seg = find_segments(position_ids, x.shape[0], x.shape[1], self.chunk_size, x.device)
-            v = self.ttt(src, seg.seg_key).to(z.dtype)
             stats = {} if self.record_stats else None
-            fast = inplace_ttt(
-                z, v, None, self.ttt_lr, self.chunk_size, position_ids=position_ids, clip_tau=self.clip_tau, stats=stats
-            )
+            if self.cp_group is None:
+                seg = find_segments(position_ids, x.shape[0], x.shape[1], self.chunk_size, x.device)
+                v = self.ttt(src, seg.seg_key).to(z.dtype)
+                fast = inplace_ttt(
+                    z, v, None, self.ttt_lr, self.chunk_size, position_ids=position_ids, clip_tau=self.clip_tau, stats=stats
+                )
+            else:
+                fast = self._context_parallel(z, src, position_ids, stats)
             if stats is not None:
                 self._record(stats)
         else:
             fast = self._stream(z, src, position_ids, state)
         return self.down(z) + fast
+
+    def _context_parallel(self, z: Tensor, src: Tensor, position_ids: Tensor | None, stats: dict | None) -> Tensor:
+        """The fast term on this rank's slice of sequences split across `cp_group`: the convolution
+        reads its neighbours' edge tokens, the op their carry (`ops.distributed`)."""
+        B, T, h = z.shape
+        shard = sequence_shard(
+            self.cp_group, position_ids, B, T, self.chunk_size, widths=(src.shape[-1], h), dtype=z.dtype, device=z.device,
+            settings=(self.ttt_lr, self.clip_tau, False), halo=self.ttt.conv_weight.shape[1] // 2,
+        )
+        src_ext, key_ext, own = shard.with_halo(src)
+        v = self.ttt(src_ext, key_ext)[:, own].to(z.dtype)
+        return context_parallel_ttt(
+            z, v, None, self.ttt_lr, self.chunk_size, group=self.cp_group, clip_tau=self.clip_tau, stats=stats, shard=shard
+        )
 
     def _record(self, stats: dict) -> None:
         """Telemetry of the last forward: ``lr ||S|| / ||W0||`` and the share of clipped chunk updates."""

@@ -38,6 +38,7 @@ def inplace_ttt(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     stats: dict | None = None,
+    group=None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """In-Place TTT down projection.
 
@@ -64,10 +65,20 @@ def inplace_ttt(
         stats: a dict to fill with telemetry: ``updates`` (chunk updates folded in),
             ``clipped`` (how many of them clipping scaled down) and ``fast_norm`` (mean over rows
             of ``||S||_F`` at the end). Costs a host sync; for logging, not for every step.
+        group: a `torch.distributed` process group over which the sequences are split along
+            time: this rank holds a contiguous slice of every row (see `distributed.py`), and
+            `position_ids` are that slice's global positions.
 
     Returns:
         ``out`` ``[B, T, d]``, and the float32 (float64) final state ``[B, d, h]`` if asked.
     """
+    if group is not None:
+        from .distributed import context_parallel_ttt
+
+        return context_parallel_ttt(
+            z, v, w0, lr, chunk_size, group=group, position_ids=position_ids, clip_tau=clip_tau, stats=stats,
+            single_process_only=initial_state is not None or output_final_state,
+        )
     _check(z, v, w0, lr, chunk_size, clip_tau, initial_state)
     B, T, h = z.shape
     if B == 0 or T == 0:  # nothing to read: the state passes through

@@ -1,0 +1,347 @@
+"""Context parallelism: one batch of sequences split along time across a process group.
+
+Each rank holds a contiguous slice of the same rows. Chunk updates are associative, so a rank
+runs the ordinary op on its slice (from a zero state) and then corrects its outputs with the
+carry of the ranks before it: ``S`` (the clipped complete-chunk updates of the document its
+slice continues) and ``P`` (the unclipped partial update of a chunk that straddles the rank
+boundary: clipping needs the norm of the whole chunk). A rank describes how its slice maps an
+incoming ``(S, P)`` to an outgoing one with three ``[B, d, h]`` tensors: its own final state,
+its head partial ``H`` (tokens continuing the incoming chunk) and its tail partial; one
+all_gather of those, and every rank folds the descriptions of the ranks before it. Backward is
+one all_reduce of the gradients of those pieces: a rank's state receives the gradient of every
+later token of its document, and each rank's ``w0`` gradient is its own share.
+
+Every collective is preceded by a small metadata all_gather that checks shapes, dtypes and
+settings on every rank, so bad input raises the same error everywhere instead of hanging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .chunked import _check, chunk_update, inplace_ttt
+from .segments import Segments, find_segments
+
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_AGREED = ("batch size B", "model width d", "hidden width h", "dtype", "position_ids given", "halo", "chunk_size", "lr", "clip_tau", "w0 given")
+
+
+@dataclass
+class SequenceShard:
+    """This rank's place in sequences split across `group`, from one metadata exchange.
+
+    `positions` are the global positions of the local slice (generated from the lengths of the
+    earlier ranks when the caller gave none). Per rank `k` and row `b` (``[R, B]`` bool):
+    `empty` (no token), `reset` (a document starts in the slice), `done` (the chunk the slice
+    begins in ends inside it), `cont` (the first token continues the previous rank's document);
+    `straddle`: some chunk crosses a rank boundary, so partial updates must travel.
+    """
+
+    group: object
+    rank: int
+    world: int
+    chunk_size: int
+    segments: Segments  # of the local slice, at its global positions
+    empty: Tensor
+    reset: Tensor
+    done: Tensor
+    cont: Tensor
+    straddle: bool
+    halo_positions: tuple[Tensor, Tensor]  # positions of the previous rank's tail, the next rank's head
+
+    def with_halo(self, x: Tensor) -> tuple[Tensor, Tensor, slice]:
+        """`x` `[B, T, F]` with ``halo`` tokens of each neighbour on either side, the segment keys of
+        that extended slice (chunks and documents as in the whole sequence) and the slice of its
+        own tokens: a convolution that stays inside chunks then sees what it would see unsplit.
+        Differentiable: the gradient of a neighbour's tokens goes back to that neighbour."""
+        before, after = self.halo_positions
+        r = before.shape[1]
+        edges = _Gather.apply(torch.cat([x[:, :r], x[:, x.shape[1] - r :]], 1), self.group)  # [R, B, 2r, F]
+        zeros = x.new_zeros(x.shape[0], r, x.shape[-1])
+        left = edges[self.rank - 1, :, r:] if self.rank > 0 else zeros
+        right = edges[self.rank + 1, :, :r] if self.rank + 1 < self.world else zeros
+        pos = torch.cat([before, self.positions, after], 1)
+        seg = find_segments(pos, x.shape[0], pos.shape[1], self.chunk_size, x.device)
+        return torch.cat([left, x, right], 1), seg.seg_key, slice(r, r + x.shape[1])
+
+    @property
+    def positions(self) -> Tensor:
+        return self.segments.positions
+
+
+def sequence_shard(
+    group,
+    position_ids: Tensor | None,
+    batch: int,
+    length: int,
+    chunk_size: int,
+    *,
+    widths: tuple[int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+    settings: tuple[float, float | None, bool] = (0.0, None, False),
+    halo: int = 0,
+    error: str | None = None,
+) -> SequenceShard:
+    """Exchange and check what every rank holds; raises the same error on every rank.
+
+    `widths` ``(d, h)``, `dtype` and `settings` ``(lr, clip_tau, w0 given)`` must agree across
+    ranks, as must `batch` and whether `position_ids` are given; lengths may differ. `error`: a
+    local problem already found (raised on this rank, reported on the others).
+    """
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    seg = None
+    if error is None and position_ids is not None:
+        try:
+            seg = find_segments(position_ids, batch, length, chunk_size, device)
+        except ValueError as e:
+            error = str(e)
+    lr, tau, has_w0 = settings
+    code = _DTYPES.index(dtype) if dtype in _DTYPES else -1
+    header = [batch, *widths, code, position_ids is not None, halo, chunk_size, float(lr), -1.0 if tau is None else float(tau), has_w0]
+    table = _all_gather(torch.tensor([error is not None, length, *header], dtype=torch.float64), group)
+    if error is not None:
+        raise ValueError(error)
+    bad = table[:, 0].nonzero()[:, 0].tolist()
+    if bad:
+        raise ValueError(f"context-parallel rank(s) {bad} got invalid input (see the error raised there)")
+    for i, name in enumerate(_AGREED):
+        column = table[:, 2 + i]
+        if bool((column != column[0]).any()):
+            shown = [_DTYPES[int(c)] if name == "dtype" and c >= 0 else c.item() for c in column]
+            raise ValueError(
+                f"context-parallel ranks disagree on {name}: {shown} (rank order); every rank must hold the same "
+                f"rows, widths and settings, only the sequence is split"
+            )
+    lengths = table[:, 1].long()
+    if halo and bool((lengths < halo).any()):
+        raise ValueError(f"every context-parallel rank must hold at least {halo} tokens (the convolution's reach); lengths {lengths.tolist()}")
+    if position_ids is None:
+        offset = int(lengths[:rank].sum())
+        pos = torch.arange(offset, offset + length, device=device).expand(batch, length)
+        seg = find_segments(pos, batch, length, chunk_size, device)
+    rows = _all_gather(_row_summary(seg, halo), group)  # [R, B, 6 + 2 halo]
+    return _derive(group, rank, world, seg, rows, lengths, chunk_size, halo)
+
+
+def _row_summary(seg, halo: int) -> Tensor:
+    """Per row: first/last position and column of its tokens (-1 if none), whether a document starts
+    after its first token, its number of segments, and the positions of its first and last `halo` columns."""
+    B, T = seg.shape
+    cols = torch.arange(T, device=seg.valid.device)
+    has = seg.valid.any(1)
+    first_col = torch.where(has, seg.valid.long().argmax(1), -1)
+    last_col = torch.where(seg.valid, cols, -1).max(1).values if T else first_col
+
+    def pick(c: Tensor) -> Tensor:
+        return torch.where(has, seg.positions.gather(1, c.clamp(min=0)[:, None])[:, 0], -1)
+
+    inner_start = (seg.doc_start & (cols[None] != first_col[:, None])).any(1)
+    n_seg = seg.seg_start.sum(1)
+    edges = torch.cat([seg.positions[:, :halo], seg.positions[:, T - halo :]], 1) if halo else seg.positions[:, :0]
+    return torch.cat([torch.stack([pick(first_col), pick(last_col), first_col, last_col, inner_start.long(), n_seg], 1), edges], 1)
+
+
+def _derive(group, rank, world, seg, rows, lengths, C, halo) -> SequenceShard:
+    """The whole sequence's structure at the rank boundaries, identical on every rank."""
+    first, last, first_col, last_col, inner, n_seg = rows[..., :6].unbind(-1)  # each [R, B]
+    has = first >= 0
+    prev_last = torch.full_like(first[0], -1)  # last position before rank k's slice
+    gap = torch.zeros_like(has[0])  # padding between that token and rank k's slice
+    starts, cont, straddle = [], [], []
+    for k in range(world):
+        s = has[k] & ((prev_last < 0) | (first[k] == 0) | (first[k] != prev_last + 1))
+        c = has[k] & ~s
+        same_chunk = c & (first[k] // C == prev_last // C)
+        if bool((same_chunk & (gap | (first_col[k] != 0))).any()):
+            b = int((same_chunk & (gap | (first_col[k] != 0))).nonzero()[0])
+            raise ValueError(
+                f"padding inside a chunk of a document (row {b}, at the start of context-parallel rank {k}): put padding "
+                f"at the start or end of a row or between documents, never between tokens of one document"
+            )
+        starts.append(s), cont.append(c), straddle.append(same_chunk)
+        gap = torch.where(has[k], last_col[k] != lengths[k] - 1, gap | (lengths[k] > 0))
+        prev_last = torch.where(has[k], last[k], prev_last)
+    starts, cont = torch.stack(starts), torch.stack(cont)
+    done = has & ((n_seg > 1) | ((last + 1) % C == 0))
+    before = rows[rank - 1, :, 6 + halo :] if rank > 0 else torch.full_like(rows[0, :, :halo], -1)
+    after = rows[rank + 1, :, 6 : 6 + halo] if rank + 1 < world else torch.full_like(rows[0, :, :halo], -1)
+    return SequenceShard(
+        group, rank, world, C, seg, ~has, starts | (inner > 0), done, cont, bool(torch.stack(straddle).any()), (before, after)
+    )
+
+
+def context_parallel_ttt(
+    z: Tensor,
+    v: Tensor,
+    w0: Tensor | None,
+    lr: float,
+    chunk_size: int,
+    *,
+    group,
+    position_ids: Tensor | None = None,
+    clip_tau: float | None = None,
+    stats: dict | None = None,
+    shard: SequenceShard | None = None,
+    single_process_only: bool = False,
+) -> Tensor:
+    """`inplace_ttt` on this rank's slice of sequences split along time across `group`.
+
+    `position_ids` are the slice's global positions; without them the rows are single documents
+    and each rank's positions start after the tokens of the ranks before it. `shard`: the
+    metadata exchange already done by the caller (the layer shares it with its convolution).
+    `stats` describe this rank's updates only. `single_process_only`: the caller asked for an
+    option this path lacks (an initial or final state), reported on every rank.
+    """
+    if shard is None:
+        error = None
+        try:
+            _check(z, v, w0, lr, chunk_size, clip_tau, None)
+        except ValueError as e:
+            error = str(e)
+        if single_process_only:
+            error = "initial_state and output_final_state are not supported with a process group (they belong to streaming, which runs on one rank)"
+        B, T, h = z.shape if z.dim() == 3 else (-1, -1, -1)
+        d = v.shape[-1] if v.dim() == 3 else -1
+        shard = sequence_shard(
+            group, position_ids, B, T, chunk_size, widths=(d, h), dtype=z.dtype, device=z.device,
+            settings=(lr, clip_tau, w0 is not None), error=error,
+        )
+    out, final = inplace_ttt(z, v, w0, lr, chunk_size, position_ids=shard.positions, clip_tau=clip_tau, output_final_state=True, stats=stats)
+    pieces = [final]
+    seg = shard.segments
+    if shard.straddle:
+        last = seg.seg_start.sum(1, keepdim=True) - 1
+        cols = torch.arange(z.shape[1], device=z.device)
+        last_pos = seg.positions.gather(1, torch.where(seg.valid, cols, -1).max(1, keepdim=True).values.clamp(min=0))
+        open_tail = (last_pos + 1) % chunk_size != 0
+        pieces += [_partial(v, z, seg.valid & (seg.seg_index == 0)), _partial(v, z, seg.valid & (seg.seg_index == last) & open_tail)]
+    first_doc = seg.valid & (torch.cumsum(seg.doc_start & (seg.seg_index > 0), 1) == 0) & shard.cont[shard.rank][:, None]
+    head = first_doc & (seg.seg_index == 0)
+    return _Carry.apply(out, z, shard, first_doc, head, float(lr), clip_tau, *pieces)
+
+
+def _partial(v: Tensor, z: Tensor, mask: Tensor) -> Tensor:
+    """The unclipped update ``v^T z`` of the tokens in `mask` `[B, T]`, per row (state dtype)."""
+    m = mask[..., None]
+    return chunk_update(torch.where(m, v, 0), torch.where(m, z, 0))
+
+
+def _clip(x: Tensor, tau: float | None) -> Tensor:
+    """``x`` scaled to Frobenius norm `tau` per row where larger; differentiable, also at zero."""
+    if tau is None:
+        return x
+    norm = x.flatten(1).norm(dim=1)
+    return x * (tau / torch.maximum(norm, norm.new_tensor(tau)))[:, None, None]
+
+
+def _carry_in(shard: SequenceShard, pieces: Tensor, own_head: Tensor | None, tau: float | None) -> tuple[Tensor, Tensor]:
+    """Fold the descriptions ``(final, head, tail)`` (`pieces` ``[R, m, B, d, h]``) of the ranks
+    before this one: the state ``S`` its slice starts from, and ``delta``, what the chunk it begins
+    in adds to ``S`` once complete beyond what the local op added (``clip(P + H) - clip(H)``)."""
+    S = torch.zeros_like(pieces[0, 0])
+    P = torch.zeros_like(S) if shard.straddle else None
+    col = lambda t: t[:, None, None]  # noqa: E731
+    for k in range(shard.rank):
+        final = pieces[k, 0]
+        add = final
+        if P is not None:
+            head, tail = pieces[k, 1], pieces[k, 2]
+            add = final + torch.where(col(shard.done[k]), _clip(P + head, tau) - _clip(head, tau), 0)
+            P = tail + torch.where(col(~shard.reset[k] & ~shard.done[k]), P, 0)
+        S = torch.where(col(shard.reset[k]), final, S + add)
+    delta = None if P is None else _clip(P + own_head, tau) - _clip(own_head, tau)
+    return S, delta
+
+
+class _Carry(torch.autograd.Function):
+    """Local outputs plus the carry of the earlier ranks: ``out += lr z S^T`` on the tokens of the
+    document the slice continues, and ``+ lr z delta^T`` on those after its first chunk."""
+
+    @staticmethod
+    def forward(ctx, out, z, shard, first_doc, head, lr, tau, *pieces):
+        with torch.autocast(z.device.type, enabled=False):
+            gathered = _all_gather(torch.stack(pieces, 0), shard.group)  # [R, m, B, d, h]
+            own_head = pieces[1] if len(pieces) > 1 else None
+            S, delta = _carry_in(shard, gathered, own_head, tau)
+            lo, hi = _span(first_doc)
+            if hi > lo:
+                zs = z[:, lo:hi]
+                out[:, lo:hi] += torch.where(first_doc[:, lo:hi, None], zs @ (lr * S).to(z.dtype).mT, 0)
+                if delta is not None:
+                    out[:, lo:hi] += torch.where((first_doc & ~head)[:, lo:hi, None], zs @ (lr * delta).to(z.dtype).mT, 0)
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(z, gathered, S, delta, first_doc, head, own_head)
+        ctx.shard, ctx.lr, ctx.tau, ctx.n = shard, lr, tau, len(pieces)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        z, gathered, S, delta, first_doc, head, own_head = ctx.saved_tensors
+        shard, lr, tau = ctx.shard, ctx.lr, ctx.tau
+        with torch.autocast(z.device.type, enabled=False):
+            grad_z = torch.zeros_like(z) if ctx.needs_input_grad[1] else None
+            g_S = torch.zeros_like(S)
+            g_delta = None if delta is None else torch.zeros_like(delta)
+            lo, hi = _span(first_doc)
+            if g is not None and hi > lo:
+                gs, zs = g[:, lo:hi], z[:, lo:hi]
+                for mask, W, g_W in ((first_doc, S, g_S), (first_doc & ~head, delta, g_delta)):
+                    if W is None:
+                        continue
+                    gm = torch.where(mask[:, lo:hi, None], gs, 0)
+                    if grad_z is not None:
+                        grad_z[:, lo:hi] += gm @ (lr * W).to(z.dtype)
+                    g_W += lr * chunk_update(gm, zs)
+            # through the fold: the gradient of every rank's pieces, summed over the ranks that read them
+            leaves = gathered.detach().requires_grad_()
+            own = None if own_head is None else own_head.detach().requires_grad_()
+            with torch.enable_grad():
+                pairs = [(t, gt) for t, gt in zip(_carry_in(shard, leaves, own, tau), (g_S, g_delta)) if t is not None and t.requires_grad]
+                wrt = [leaves] + ([own] if own is not None else [])
+                outs, grads = zip(*pairs) if pairs else ((), ())
+                found = torch.autograd.grad(outs, wrt, grads, allow_unused=True) if pairs else [None] * len(wrt)
+            g_pieces = found[0] if found[0] is not None else torch.zeros_like(gathered)
+            if own is not None and found[1] is not None:
+                g_pieces[shard.rank, 1] += found[1]
+            dist.all_reduce(g_pieces, group=shard.group)
+            mine = g_pieces[shard.rank]
+        return (g, grad_z, None, None, None, None, None, *mine.unbind(0))
+
+
+def _span(mask: Tensor) -> tuple[int, int]:
+    """The column range `[lo, hi)` holding every `True` of `mask` `[B, T]` (empty if none)."""
+    cols = mask.any(0).nonzero()[:, 0]
+    return (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 0)
+
+
+def _all_gather(t: Tensor, group) -> Tensor:
+    """`[R, ...]`: `t` from every rank of `group`, in rank order."""
+    out = t.new_empty(dist.get_world_size(group), *t.shape)
+    dist.all_gather(list(out.unbind(0)), t.contiguous(), group=group)
+    return out
+
+
+class _Gather(torch.autograd.Function):
+    """Differentiable all_gather: the gradient of a rank's piece is the sum over the ranks that read it."""
+
+    @staticmethod
+    def forward(ctx, t, group):
+        ctx.group = group
+        return _all_gather(t, group)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        g = g.contiguous()
+        dist.all_reduce(g, group=ctx.group)
+        return g[dist.get_rank(ctx.group)], None
+
+
+__all__ = ["SequenceShard", "context_parallel_ttt", "sequence_shard"]
