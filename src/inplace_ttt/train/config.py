@@ -101,8 +101,9 @@ class RunConfig:
         return d
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read the YAML file (if any), apply ``--section.key value`` overrides, validate."""
+def load_config(path: str | Path | None, overrides: list[str] = (), schema: type = RunConfig):
+    """Read the YAML file (if any), apply ``--section.key value`` overrides, validate as `schema`
+    (a dataclass of sections: `RunConfig` for `ittt train`, `PretrainConfig` for `ittt pretrain`)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -123,7 +124,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             if not isinstance(node, dict):
                 raise ValueError(f"{key}: {part} is not a section")
         node[leaf] = yaml.safe_load(value)
-    return _build(RunConfig, data, "")
+    if schema is RunConfig and data.get("model_type") == "moshi":  # `ittt train` of a Moshi model
+        from .moshi import MoshiRunConfig
+
+        schema = MoshiRunConfig
+    return _build(schema, data, "")
 
 
 def _build(cls, data: Any, where: str):
@@ -180,5 +185,5 @@ def _convert(tp, value, where: str):
     return value
 
 
-def dump_config(config: RunConfig) -> str:
+def dump_config(config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -16,6 +16,7 @@ TensorBoard, resumable checkpoints. We add what is specific to In-Place TTT:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from ..adapters import convert, from_pretrained, ttt_layers
 from ..adapters.hf import CONFIG_KEY
 from ..doctor import doctor
 from ..files import write_atomic
-from .config import RunConfig, dump_config
+from .config import DataConfig, RunConfig, TrainConfig, dump_config
 from ..documents import read_documents
 from .data import PackedRows, collate, pack, tokenize
 from .telemetry import MetricsJsonl, TTTTelemetry
@@ -121,6 +122,16 @@ class TTTTrainer(Trainer):
             )
 
 
+def require_two_chunks(row_length: int, layers: dict) -> None:
+    """Refuse rows shorter than two chunks of the TTT layers: nothing precedes a row's first chunk."""
+    chunk = max(layer.chunk_size for layer in layers.values())
+    if row_length < 2 * chunk:
+        raise RunError(
+            f"data.row_length={row_length} is shorter than two TTT chunks (chunk_size {chunk}): nothing "
+            "precedes a row's first chunk, so TTT would be inert. Use rows of at least 2 chunks or a smaller chunk_size"
+        )
+
+
 def _is_ttt_param(name: str) -> bool:
     return ".ttt." in name
 
@@ -184,14 +195,15 @@ def use_bf16(setting: str) -> bool:
     return setting == "true"
 
 
-def build_dataset(config: RunConfig, tokenizer, paths: list[str]) -> PackedRows:
-    docs = tokenize(read_documents(paths, config.data.text_field, config.data.txt_split), tokenizer, config.data.add_eos)
+def build_dataset(data: DataConfig, tokenizer, paths: list[str]) -> PackedRows:
+    docs = tokenize(read_documents(paths, data.text_field, data.txt_split), tokenizer, data.add_eos)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    return pack(docs, config.data.row_length, pad)
+    return pack(docs, data.row_length, pad)
 
 
-def train(config: RunConfig, resume: bool = False) -> Path:
-    """Run training as configured; returns the directory of the final model."""
+def prepare_run_dir(config, resume: bool) -> Path | None:
+    """Create `train.output_dir` (refusing to overwrite a run unless resuming) and write the
+    config there; returns the checkpoint to resume from."""
     out = Path(config.train.output_dir)
     checkpoint = None
     if resume:
@@ -205,34 +217,18 @@ def train(config: RunConfig, resume: bool = False) -> Path:
         raise RunError(f"{out} already holds a run: pass --resume to continue it, or choose another train.output_dir")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", dump_config(config))
+    return checkpoint
 
-    bf16 = use_bf16(config.train.bf16)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
-    except OSError as e:
-        raise RunError(f"tokenizer: cannot load {config.tokenizer or config.model!r}: {e}") from None
-    train_rows = build_dataset(config, tokenizer, config.data.train)  # data errors first: nothing loaded yet
-    eval_rows = build_dataset(config, tokenizer, config.data.eval) if config.data.eval else None
-    model = load_model(config, torch.float32)
-    layers = dict(ttt_layers(model))
-    chunk = max(layer.chunk_size for layer in layers.values())
-    if config.data.row_length < 2 * chunk:
-        raise RunError(
-            f"data.row_length={config.data.row_length} is shorter than two TTT chunks (chunk_size {chunk}): nothing "
-            "precedes a row's first chunk, so TTT would be inert. Use rows of at least 2 chunks or a smaller chunk_size"
-        )
-    vocab_rows = model.get_input_embeddings().weight.shape[0]
-    for rows in (train_rows, eval_rows or train_rows):
-        top = int(rows.input_ids.max())
-        if top >= vocab_rows:
-            raise RunError(
-                f"tokenizer mismatch: the data has token id {top} but the model's embedding has {vocab_rows} rows; "
-                "use the model's own tokenizer"
-            )
-    model = apply_mode(model, config)
 
-    t = config.train
-    args = TrainingArguments(
+# transformers renamed `gradient_checkpointing` to `activation_checkpointing` (5.2x); accept both
+_CHECKPOINTING_ARG = next(
+    name for name in ("activation_checkpointing", "gradient_checkpointing") if name in {f.name for f in dataclasses.fields(TrainingArguments)}
+)
+
+
+def training_arguments(t: TrainConfig, out: Path, bf16: bool, evaluate: bool) -> TrainingArguments:
+    """The Trainer's arguments from the `train` section."""
+    return TrainingArguments(
         output_dir=str(out),
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
@@ -245,11 +241,11 @@ def train(config: RunConfig, resume: bool = False) -> Path:
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         bf16=bf16,
-        activation_checkpointing=t.gradient_checkpointing,
+        **{_CHECKPOINTING_ARG: t.gradient_checkpointing},
         logging_steps=t.logging_steps,
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if eval_rows is not None and t.eval_steps else "no",
+        eval_strategy="steps" if evaluate and t.eval_steps else "no",
         eval_steps=t.eval_steps,
         seed=t.seed,
         data_seed=t.seed,
@@ -261,6 +257,39 @@ def train(config: RunConfig, resume: bool = False) -> Path:
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
+
+
+def train(config: RunConfig, resume: bool = False) -> Path:
+    """Run training as configured; returns the directory of the final model."""
+    if getattr(config, "model_type", None) == "moshi":
+        from .moshi import train_moshi
+
+        return train_moshi(config, resume=resume)
+    out = Path(config.train.output_dir)
+    checkpoint = prepare_run_dir(config, resume)
+
+    bf16 = use_bf16(config.train.bf16)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+    except OSError as e:
+        raise RunError(f"tokenizer: cannot load {config.tokenizer or config.model!r}: {e}") from None
+    train_rows = build_dataset(config.data, tokenizer, config.data.train)  # data errors first: nothing loaded yet
+    eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
+    model = load_model(config, torch.float32)
+    layers = dict(ttt_layers(model))
+    require_two_chunks(config.data.row_length, layers)
+    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    for rows in (train_rows, eval_rows or train_rows):
+        top = int(rows.input_ids.max())
+        if top >= vocab_rows:
+            raise RunError(
+                f"tokenizer mismatch: the data has token id {top} but the model's embedding has {vocab_rows} rows; "
+                "use the model's own tokenizer"
+            )
+    model = apply_mode(model, config)
+
+    t = config.train
+    args = training_arguments(t, out, bf16, evaluate=eval_rows is not None)
     telemetry = TTTTelemetry(layers)
     trainer = TTTTrainer(
         model=model,

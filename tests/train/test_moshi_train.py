@@ -1,0 +1,119 @@
+"""`ittt train` for Moshi: conversation files, moshi-finetune's loss, ttt_only and lora runs."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("moshi")
+from tests.adapters.test_moshi import TINY, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from inplace_ttt import TTTConfig, convert  # noqa: E402
+from inplace_ttt.adapters.moshi import load_moshi  # noqa: E402
+from inplace_ttt.cli import main  # noqa: E402
+from inplace_ttt.train.config import load_config  # noqa: E402
+from inplace_ttt.train.moshi import MoshiRunConfig, conversation_rows, moshi_loss  # noqa: E402
+
+
+def test_loss_is_moshi_finetunes_weighted_cross_entropy():
+    lm = tiny_lm()
+    codes = random_codes(lm, 2, 7)
+    codes[0, 0, :3] = lm.text_padding_token_id
+    codes[1, 0, 2] = lm.end_of_text_padding_id
+    codes[1, :, 5:] = -1  # missing values: no loss
+    loss, parts = moshi_loss(lm, codes, first_codebook_weight=3.0, text_padding_weight=0.25)
+    out = lm(codes)
+    sums = {"text": [0.0, 0.0], "audio": [0.0, 0.0]}  # weighted CE sum, weight sum: a plain loop
+    for b in range(2):
+        for t in range(7):
+            if out.text_mask[b, 0, t]:
+                target = int(codes[b, 0, t])
+                w = 0.25 if target in (lm.text_padding_token_id, lm.end_of_text_padding_id) else 1.0
+                ce = -torch.log_softmax(out.text_logits[b, 0, t].double(), -1)[target]
+                sums["text"][0] += w * float(ce)
+                sums["text"][1] += w
+            for k in range(lm.dep_q):
+                if out.mask[b, k, t]:
+                    w = 3.0 if k == 0 else 1.0
+                    ce = -torch.log_softmax(out.logits[b, k, t].double(), -1)[int(codes[b, 1 + k, t])]
+                    sums["audio"][0] += w * float(ce)
+                    sums["audio"][1] += w
+    text, audio = (sums[k][0] / sums[k][1] for k in ("text", "audio"))
+    assert parts["text_loss"] == pytest.approx(text, rel=1e-5) and parts["audio_loss"] == pytest.approx(audio, rel=1e-5)
+    assert float(loss) == pytest.approx(text + audio, rel=1e-5)
+
+
+def test_conversations_become_rows_padded_with_missing_values():
+    a, b = torch.arange(3 * 10).view(3, 10), torch.arange(3 * 4).view(3, 4)
+    rows = conversation_rows([a, b], 4)
+    assert rows.shape == (4, 3, 4)  # 10 steps -> 4 + 4 + 2(+2 padding); 4 steps -> one row
+    assert torch.equal(rows[0], a[:, :4]) and torch.equal(rows[2, :, :2], a[:, 8:]) and (rows[2, :, 2:] == -1).all()
+    assert torch.equal(rows[3], b)
+
+
+def write_run(tmp_path, mode, steps=3):
+    write_tiny_checkpoint(tmp_path / "model.safetensors")
+    (tmp_path / "lm.json").write_text(json.dumps(TINY))
+    data = tmp_path / "conversations"
+    data.mkdir()
+    lm = tiny_lm()
+    for i, T in enumerate([40, 33, 16]):
+        codes = random_codes(lm, 1, T)[0].to(torch.int32)
+        save_file({"codes": codes}, str(data / f"conv{i}.safetensors"))
+    config = {
+        "model_type": "moshi",
+        "model": {"weights": str(tmp_path / "model.safetensors"), "lm_kwargs": str(tmp_path / "lm.json")},
+        "ttt": {"layers": [0, 2], "chunk_size": 4, "target": "token_embeddings"},
+        "data": {"train": [str(data)], "row_length": 16},
+        "train": {"output_dir": str(tmp_path / "run"), "mode": mode, "learning_rate": 1e-2, "max_steps": steps,
+                  "batch_size": 2, "logging_steps": 1},
+        "lora": {"r": 2, "alpha": 4, "target_modules": ["linear_in", "linear_out"]},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["ttt_only", "lora"])
+def test_a_short_run_trains_the_ttt_layers_and_saves_a_loadable_model(tmp_path, mode):
+    path = write_run(tmp_path, mode)
+    assert isinstance(load_config(path), MoshiRunConfig)
+    assert main(["train", str(path)]) == 0
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [log["step"] for log in logs] == [1, 2, 3]
+    for log in logs:
+        assert torch.isfinite(torch.tensor(log["loss"]))
+        assert log["ttt/layer0/grad_conv"] > 0 and log["ttt/layer2/grad_conv"] > 0  # read before clipping
+        assert (mode == "ttt_only") == ("ttt/layer2/grad_down" in log)  # LoRA mode freezes the down projection
+    assert logs[-1]["ttt/layer0/grad_target"] > 0
+    final = tmp_path / "run" / "final"
+    base = load_file(str(tmp_path / "model.safetensors"))
+    saved = load_file(str(final / "model.safetensors"))
+    assert set(saved) == set(base)  # moshi's own layout: LoRA merged, names unchanged
+    assert torch.equal(saved["text_emb.weight"], base["text_emb.weight"])  # frozen in both modes
+    down = "transformer.layers.0.gating.linear_out.weight"
+    assert not torch.equal(saved[down], base[down])  # trained (ttt_only) or LoRA-merged (lora)
+    if mode == "ttt_only":
+        other = "transformer.layers.1.gating.linear_out.weight"
+        assert torch.equal(saved[other], base[other])
+    lm = load_moshi(final / "model.safetensors", TINY, ttt_file=final / "ttt.safetensors", dtype=torch.float32)
+    assert lm.transformer.layers[0].gating.ttt.conv_weight.abs().sum() > 0  # the TTT weights trained and travelled
+    fresh = convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    codes = random_codes(lm, 1, 16)
+    assert not torch.allclose(lm(codes).text_logits.nan_to_num(), fresh(codes).text_logits.nan_to_num())
+
+
+def test_bad_runs_are_refused_with_the_field_named(tmp_path):
+    path = write_run(tmp_path, "ttt_only")
+    assert main(["train", str(path), "--data.row_length", "6"]) == 2  # fewer than two chunks of 4
+    with pytest.raises(ValueError, match="two TTT chunks"):
+        from inplace_ttt.train.trainer import train
+
+        train(load_config(path, ["--data.row_length", "6"]))
+    with pytest.raises(ValueError, match="train.mode"):
+        load_config(path, ["--train.mode", "prefix"])
+    save_file({"codes": torch.zeros(3, 20, dtype=torch.int64)}, str(tmp_path / "conversations" / "bad.safetensors"))
+    with pytest.raises(ValueError, match="bad.safetensors.*3 streams"):
+        train(load_config(path, ["--train.output_dir", str(tmp_path / "run2")]))
