@@ -11,7 +11,9 @@ import pytest
 import torch
 
 pytest.importorskip("moshi")
+from moshi.conditioners import ConditionAttributes  # noqa: E402
 from moshi.models.lm import LMGen, LMModel  # noqa: E402
+from moshi.models.loaders import get_moshi_lm  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from inplace_ttt import TTTConfig, convert, ttt_layers  # noqa: E402
@@ -44,8 +46,8 @@ def active_targets(lm: LMModel, scale: float = 0.5) -> None:
             layer.ttt.conv_weight.normal_(0, scale)
 
 
-def logits(lm: LMModel, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    out = lm(codes)
+def logits(lm: LMModel, codes: torch.Tensor, conditions=None) -> tuple[torch.Tensor, torch.Tensor]:
+    out = lm(codes, conditions)
     return out.text_logits.nan_to_num(0), out.logits.nan_to_num(0)  # NaN marks positions the delays leave empty
 
 
@@ -157,6 +159,28 @@ def test_lmgen_streaming_equals_the_parallel_forward(target, clip_tau):
     assert torch.equal(parallel[:, 0, :4], untouched[:, 0, :4])  # the first chunk sees the pretrained weights
 
 
+def test_conditioned_lmgen_streaming_equals_the_parallel_forward():
+    """A model conditioned by a summed description (moshi's ConditionFuser): the condition is
+    part of the summed input embeddings, the target source, in both paths."""
+    lut = {"n_bins": 3, "dim": 8, "tokenizer": "noop", "possible_values": ["calm", "happy", "sad"]}
+    kwargs = {**TINY, "conditioners": {"description": {"type": "lut", "lut": lut}}, "fuser": {"sum": ["description"]}}
+    torch.manual_seed(0)
+    lm = get_moshi_lm(None, lm_kwargs=kwargs, dtype=torch.float32)
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    active_targets(lm)
+    conditions = lm.condition_provider.prepare_and_provide([ConditionAttributes(text={"description": v}, tensor={}) for v in ("happy", "sad")])
+    user, forced = stream_inputs(lm, 2, 13)
+    gen = LMGen(lm, use_sampling=False, condition_tensors=conditions)
+    with gen.streaming(2):
+        streamed, texts = stream(gen, user, forced)
+        assert all(c.tolist() == [3, 3] for c in update_counts(lm).values())
+    codes = codes_of_stream(lm, texts, user, forced)
+    parallel, _ = logits(lm, codes, conditions)
+    torch.testing.assert_close(streamed, parallel[:, 0], rtol=1e-5, atol=1e-5)
+    other = lm.condition_provider.prepare_and_provide([ConditionAttributes(text={"description": "calm"}, tensor={})] * 2)
+    assert not torch.allclose(logits(lm, codes, other)[0], parallel)  # the condition is in use
+
+
 def test_reset_streaming_restores_the_pretrained_weights_of_the_rows_reset():
     lm = tiny_lm()
     convert(lm, TTTConfig(layers=[1], chunk_size=4, target="token_embeddings"))
@@ -164,7 +188,6 @@ def test_reset_streaming_restores_the_pretrained_weights_of_the_rows_reset():
     user_a, forced_a = stream_inputs(lm, 2, 10)
     user_b, forced_b = stream_inputs(lm, 2, 10)
     gen = LMGen(lm, use_sampling=False)
-    state = lm.transformer.layers[1].gating._streaming_state
     with gen.streaming(2):
         stream(gen, user_a, forced_a)
         state = lm.transformer.layers[1].gating._streaming_state.steps
