@@ -24,11 +24,15 @@ from inplace_ttt.ops import inplace_ttt
 from tests.conftest import GatedMLP
 
 RTOL = 1e-5
-# (lengths of the documents in a row; None = padding of that many tokens): documents cross rank
-# boundaries, chunks straddle them, last chunks are ragged, rows differ, one row starts mid-document
+# a row: documents by length, ("from", p, n) for n positions from p (a jump starts a document),
+# (None, n) for n padding tokens. Documents cross rank boundaries, chunks straddle them (a chunk
+# spans up to 4 ranks), last chunks are ragged, a document starts at a boundary by a jump, padding
+# fills a whole rank between two chunks of one document, a row is empty on its first two ranks
 ROWS = [
-    [(None, 2), 11, 9, 3, 6, (None, 2)],
+    [(None, 2), 11, 9, ("from", 5, 3), ("from", 2, 6), (None, 2)],
     [("from", 3, 17), 1, 15],
+    [("from", 0, 16), (None, 9), ("from", 16, 8)],
+    [(None, 20), 13],
 ]
 T = 33
 SPLITS = {2: [14, 19], 4: [5, 11, 9, 8]}
@@ -81,7 +85,9 @@ def check_op(rank, world, with_positions, with_w0, tau, C):
     if pos is not None:
         weight = weight * (pos >= 0)[..., None]  # padding outputs are unspecified
     leaves = [t.requires_grad_() for t in (z, v, w0) if t is not None]
-    ref = inplace_ttt(z, v, w0, 0.7, C, position_ids=pos, clip_tau=tau)
+    stats = {}
+    ref = inplace_ttt(z, v, w0, 0.7, C, position_ids=pos, clip_tau=tau, stats=stats)
+    assert (stats["clipped"] > 0) == (tau is not None)  # clipping, when asked for, acts
     (ref * weight).sum().backward()
     want = [ref.detach()] + [t.grad for t in leaves]
 
@@ -161,7 +167,8 @@ def _worker(rank, world, store, job):
     try:
         if job == "match":
             for with_positions, with_w0, tau, C in [(False, True, None, 4), (True, True, None, 4), (True, False, 2.0, 4),
-                                                    (True, True, 4.0, 8), (False, False, 3.0, 8), (True, True, None, 16)]:
+                                                    (True, True, 4.0, 8), (False, False, 3.0, 8), (True, True, None, 16),
+                                                    (False, True, 5.0, 32)]:
                 check_op(rank, world, with_positions, with_w0, tau, C)
             for target, tau in [("hidden_states", None), ("token_embeddings", 1.0)]:
                 check_layer(rank, world, target, tau)

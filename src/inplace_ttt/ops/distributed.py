@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .chunked import _check, chunk_update, inplace_ttt
+from .chunked import _check, _clip_backward, chunk_update, clip_factor, inplace_ttt
 from .segments import Segments, find_segments
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -37,9 +37,9 @@ class SequenceShard:
 
     `positions` are the global positions of the local slice (generated from the lengths of the
     earlier ranks when the caller gave none). Per rank `k` and row `b` (``[R, B]`` bool):
-    `empty` (no token), `reset` (a document starts in the slice), `done` (the chunk the slice
-    begins in ends inside it), `cont` (the first token continues the previous rank's document);
-    `straddle`: some chunk crosses a rank boundary, so partial updates must travel.
+    `reset` (a document starts in the slice), `done` (the chunk the slice begins in ends inside
+    it), `cont` (the first token continues the previous rank's document); `straddle`: some chunk
+    crosses a rank boundary, so partial updates must travel.
     """
 
     group: object
@@ -47,7 +47,6 @@ class SequenceShard:
     world: int
     chunk_size: int
     segments: Segments  # of the local slice, at its global positions
-    empty: Tensor
     reset: Tensor
     done: Tensor
     cont: Tensor
@@ -104,7 +103,7 @@ def sequence_shard(
     lr, tau, has_w0 = settings
     code = _DTYPES.index(dtype) if dtype in _DTYPES else -1
     header = [batch, *widths, code, position_ids is not None, halo, chunk_size, float(lr), -1.0 if tau is None else float(tau), has_w0]
-    table = _all_gather(torch.tensor([error is not None, length, *header], dtype=torch.float64), group)
+    table = _all_gather(torch.tensor([error is not None, length, *header], dtype=torch.float64, device=device), group)
     if error is not None:
         raise ValueError(error)
     bad = table[:, 0].nonzero()[:, 0].tolist()
@@ -172,7 +171,7 @@ def _derive(group, rank, world, seg, rows, lengths, C, halo) -> SequenceShard:
     before = rows[rank - 1, :, 6 + halo :] if rank > 0 else torch.full_like(rows[0, :, :halo], -1)
     after = rows[rank + 1, :, 6 : 6 + halo] if rank + 1 < world else torch.full_like(rows[0, :, :halo], -1)
     return SequenceShard(
-        group, rank, world, C, seg, ~has, starts | (inner > 0), done, cont, bool(torch.stack(straddle).any()), (before, after)
+        group, rank, world, C, seg, starts | (inner > 0), done, cont, bool(torch.stack(straddle).any()), (before, after)
     )
 
 
@@ -215,12 +214,13 @@ def context_parallel_ttt(
     out, final = inplace_ttt(z, v, w0, lr, chunk_size, position_ids=shard.positions, clip_tau=clip_tau, output_final_state=True, stats=stats)
     pieces = [final]
     seg = shard.segments
-    if shard.straddle:
+    if shard.straddle:  # the partial updates of the first and the unfinished last chunk
         last = seg.seg_start.sum(1, keepdim=True) - 1
         cols = torch.arange(z.shape[1], device=z.device)
         last_pos = seg.positions.gather(1, torch.where(seg.valid, cols, -1).max(1, keepdim=True).values.clamp(min=0))
         open_tail = (last_pos + 1) % chunk_size != 0
-        pieces += [_partial(v, z, seg.valid & (seg.seg_index == 0)), _partial(v, z, seg.valid & (seg.seg_index == last) & open_tail)]
+        with torch.autocast(z.device.type, enabled=False):
+            pieces += [_partial(v, z, seg.valid & (seg.seg_index == 0)), _partial(v, z, seg.valid & (seg.seg_index == last) & open_tail)]
     first_doc = seg.valid & (torch.cumsum(seg.doc_start & (seg.seg_index > 0), 1) == 0) & shard.cont[shard.rank][:, None]
     head = first_doc & (seg.seg_index == 0)
     return _Carry.apply(out, z, shard, first_doc, head, float(lr), clip_tau, *pieces)
@@ -233,86 +233,96 @@ def _partial(v: Tensor, z: Tensor, mask: Tensor) -> Tensor:
 
 
 def _clip(x: Tensor, tau: float | None) -> Tensor:
-    """``x`` scaled to Frobenius norm `tau` per row where larger; differentiable, also at zero."""
-    if tau is None:
-        return x
-    norm = x.flatten(1).norm(dim=1)
-    return x * (tau / torch.maximum(norm, norm.new_tensor(tau)))[:, None, None]
+    return x if tau is None else x * clip_factor(x, tau)[:, None, None]
 
 
-def _carry_in(shard: SequenceShard, pieces: Tensor, own_head: Tensor | None, tau: float | None) -> tuple[Tensor, Tensor]:
-    """Fold the descriptions ``(final, head, tail)`` (`pieces` ``[R, m, B, d, h]``) of the ranks
-    before this one: the state ``S`` its slice starts from, and ``delta``, what the chunk it begins
-    in adds to ``S`` once complete beyond what the local op added (``clip(P + H) - clip(H)``)."""
-    S = torch.zeros_like(pieces[0, 0])
-    P = torch.zeros_like(S) if shard.straddle else None
-    col = lambda t: t[:, None, None]  # noqa: E731
-    for k in range(shard.rank):
-        final = pieces[k, 0]
-        add = final
-        if P is not None:
-            head, tail = pieces[k, 1], pieces[k, 2]
-            add = final + torch.where(col(shard.done[k]), _clip(P + head, tau) - _clip(head, tau), 0)
-            P = tail + torch.where(col(~shard.reset[k] & ~shard.done[k]), P, 0)
-        S = torch.where(col(shard.reset[k]), final, S + add)
-    delta = None if P is None else _clip(P + own_head, tau) - _clip(own_head, tau)
-    return S, delta
+def _clip_grad(g: Tensor, x: Tensor, tau: float | None) -> Tensor:
+    return g if tau is None else _clip_backward(g, x, clip_factor(x, tau))
+
+
+def _scan(pieces: Tensor, carry: Tensor, upto: int) -> Tensor:
+    """``acc = pieces[k] + carry[k] * acc`` over ranks ``k < upto`` (`carry` ``[R, B]`` bool): a
+    prefix sum that restarts where `carry` is False."""
+    acc = torch.zeros_like(pieces[0])
+    for k in range(upto):
+        acc = pieces[k] + torch.where(carry[k][:, None, None], acc, 0)
+    return acc
+
+
+def _suffix(pieces: Tensor, carry: Tensor, after: int) -> Tensor:
+    """The adjoint of `_scan`: the gradient of rank ``after``'s piece, given every rank's gradient
+    of its scan result in `pieces`: ``sum over r > after`` of ``pieces[r]`` while ranks in between carry."""
+    acc = torch.zeros_like(pieces[0])
+    for k in reversed(range(after + 1, len(pieces))):
+        acc = pieces[k] + torch.where(carry[k][:, None, None], acc, 0)
+    return acc
 
 
 class _Carry(torch.autograd.Function):
-    """Local outputs plus the carry of the earlier ranks: ``out += lr z S^T`` on the tokens of the
-    document the slice continues, and ``+ lr z delta^T`` on those after its first chunk."""
+    """Local outputs plus the carry of the earlier ranks.
+
+    Two prefix scans over ranks, each one all_gather of a ``[B, d, h]`` piece per rank: (1) where
+    chunks straddle rank boundaries, the partial update ``P`` of the chunk this slice begins in
+    (the tails of the ranks before, summed while a rank leaves its chunk open); this rank then adds
+    ``jump = clip(P + H) - clip(H)`` to its own total, what its first chunk adds beyond the local
+    op once complete; (2) the state ``S``: the totals of the ranks since the last document start.
+    Outputs: ``+ lr z S^T`` on the tokens of the document the slice continues, ``+ lr z jump^T`` on
+    those after its first chunk. Backward runs both scans in reverse (one all_gather each).
+    """
 
     @staticmethod
-    def forward(ctx, out, z, shard, first_doc, head, lr, tau, *pieces):
+    def forward(ctx, out, z, shard, first_doc, head, lr, tau, final, *partials):
+        k = shard.rank
+        through = ~shard.reset
         with torch.autocast(z.device.type, enabled=False):
-            gathered = _all_gather(torch.stack(pieces, 0), shard.group)  # [R, m, B, d, h]
-            own_head = pieces[1] if len(pieces) > 1 else None
-            S, delta = _carry_in(shard, gathered, own_head, tau)
+            jump = P = H = None
+            total = final
+            if partials:  # (own head, own tail)
+                H, tail = partials
+                P = _scan(_all_gather(tail, shard.group), through & ~shard.done, k)
+                jump = _clip(P + H, tau) - _clip(H, tau)
+                total = final + torch.where((through[k] & shard.done[k])[:, None, None], jump, 0)
+            S = _scan(_all_gather(total, shard.group), through, k)
             lo, hi = _span(first_doc)
             if hi > lo:
                 zs = z[:, lo:hi]
-                out[:, lo:hi] += torch.where(first_doc[:, lo:hi, None], zs @ (lr * S).to(z.dtype).mT, 0)
-                if delta is not None:
-                    out[:, lo:hi] += torch.where((first_doc & ~head)[:, lo:hi, None], zs @ (lr * delta).to(z.dtype).mT, 0)
+                for mask, W in ((first_doc, S), (first_doc & ~head, jump)):
+                    if W is not None:
+                        out[:, lo:hi] += torch.where(mask[:, lo:hi, None], zs @ (lr * W).to(z.dtype).mT, 0)
         ctx.mark_dirty(out)
-        ctx.save_for_backward(z, gathered, S, delta, first_doc, head, own_head)
-        ctx.shard, ctx.lr, ctx.tau, ctx.n = shard, lr, tau, len(pieces)
+        ctx.save_for_backward(z, first_doc, head, S, P, H)
+        ctx.shard, ctx.lr, ctx.tau = shard, lr, tau
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        z, gathered, S, delta, first_doc, head, own_head = ctx.saved_tensors
+        z, first_doc, head, S, P, H = ctx.saved_tensors
         shard, lr, tau = ctx.shard, ctx.lr, ctx.tau
+        k = shard.rank
+        through = ~shard.reset
         with torch.autocast(z.device.type, enabled=False):
+            jump = None if P is None else _clip(P + H, tau) - _clip(H, tau)
             grad_z = torch.zeros_like(z) if ctx.needs_input_grad[1] else None
             g_S = torch.zeros_like(S)
-            g_delta = None if delta is None else torch.zeros_like(delta)
+            g_jump = None if jump is None else torch.zeros_like(jump)
             lo, hi = _span(first_doc)
-            if g is not None and hi > lo:
+            if hi > lo:
                 gs, zs = g[:, lo:hi], z[:, lo:hi]
-                for mask, W, g_W in ((first_doc, S, g_S), (first_doc & ~head, delta, g_delta)):
-                    if W is None:
-                        continue
-                    gm = torch.where(mask[:, lo:hi, None], gs, 0)
-                    if grad_z is not None:
-                        grad_z[:, lo:hi] += gm @ (lr * W).to(z.dtype)
-                    g_W += lr * chunk_update(gm, zs)
-            # through the fold: the gradient of every rank's pieces, summed over the ranks that read them
-            leaves = gathered.detach().requires_grad_()
-            own = None if own_head is None else own_head.detach().requires_grad_()
-            with torch.enable_grad():
-                pairs = [(t, gt) for t, gt in zip(_carry_in(shard, leaves, own, tau), (g_S, g_delta)) if t is not None and t.requires_grad]
-                wrt = [leaves] + ([own] if own is not None else [])
-                outs, grads = zip(*pairs) if pairs else ((), ())
-                found = torch.autograd.grad(outs, wrt, grads, allow_unused=True) if pairs else [None] * len(wrt)
-            g_pieces = found[0] if found[0] is not None else torch.zeros_like(gathered)
-            if own is not None and found[1] is not None:
-                g_pieces[shard.rank, 1] += found[1]
-            dist.all_reduce(g_pieces, group=shard.group)
-            mine = g_pieces[shard.rank]
-        return (g, grad_z, None, None, None, None, None, *mine.unbind(0))
+                for mask, W, g_W in ((first_doc, S, g_S), (first_doc & ~head, jump, g_jump)):
+                    if W is not None:
+                        gm = torch.where(mask[:, lo:hi, None], gs, 0)
+                        if grad_z is not None:
+                            grad_z[:, lo:hi] += gm @ (lr * W).to(z.dtype)
+                        g_W += lr * chunk_update(gm, zs)
+            g_total = _suffix(_all_gather(g_S, shard.group), through, k)
+            if jump is None:
+                return g, grad_z, None, None, None, None, None, g_total
+            g_jump += torch.where((through[k] & shard.done[k])[:, None, None], g_total, 0)
+            g_P = _clip_grad(g_jump, P + H, tau)
+            g_H = g_P - _clip_grad(g_jump, H, tau)
+            g_tail = _suffix(_all_gather(g_P, shard.group), through & ~shard.done, k)
+        return g, grad_z, None, None, None, None, None, g_total, g_H, g_tail
 
 
 def _span(mask: Tensor) -> tuple[int, int]:
