@@ -159,6 +159,17 @@ def test_lmgen_streaming_equals_the_parallel_forward(target, clip_tau):
     assert torch.equal(parallel[:, 0, :4], untouched[:, 0, :4])  # the first chunk sees the pretrained weights
 
 
+def test_streaming_pieces_of_several_steps_equal_one_forward():
+    lm = tiny_lm()
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    active_targets(lm)
+    sequence = random_codes(lm, 2, 14)  # the temporal transformer's input codes, already delayed
+    _, whole = lm.forward_text(sequence)
+    with lm.streaming(2):
+        pieces = [lm.forward_text(sequence[:, :, a:b])[1] for a, b in ((0, 5), (5, 6), (6, 14))]
+    torch.testing.assert_close(torch.cat(pieces, 2), whole, rtol=1e-5, atol=1e-5)
+
+
 def test_conditioned_lmgen_streaming_equals_the_parallel_forward():
     """A model conditioned by a summed description (moshi's ConditionFuser): the condition is
     part of the summed input embeddings, the target source, in both paths."""
