@@ -100,6 +100,15 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .train.config import load_config
+    from .train.pretrain import PretrainConfig, pretrain
+
+    final = pretrain(load_config(args.config, overrides, schema=PretrainConfig), resume=args.resume)
+    print(f"final model: {final}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .eval.runner import ALL_TASKS, EvalSettings, evaluate, parse_lengths
 
@@ -152,11 +161,20 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("config", help="the run's YAML file")
     tr.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
     tr.set_defaults(func=_train)
+    pre = sub.add_parser(
+        "pretrain",
+        help="train a small Llama model and its BPE tokenizer from scratch (how the embedded base model was made)",
+        description="Options after CONFIG override the file: --section.key value, e.g. --train.max_steps 100",
+    )
+    pre.add_argument("config", help="the run's YAML file, e.g. configs/pretrain-tiny.yaml")
+    pre.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    pre.set_defaults(func=_pretrain)
     args, rest = parser.parse_known_args(argv)
-    if args.command != "train" and rest:
+    takes_overrides = args.command in ("train", "pretrain")
+    if not takes_overrides and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return args.func(args, rest) if args.command == "train" else args.func(args)
+        return args.func(args, rest) if takes_overrides else args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"ittt {args.command}: error: {e}", file=sys.stderr)
         return 2
