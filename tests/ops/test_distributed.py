@@ -137,6 +137,42 @@ def check_layer(rank, world, target, tau):
         assert_close(summed(p.grad), want[name], f"{what}: grad {name}")
 
 
+def check_hf(rank, world):
+    """A converted transformers model, its sequence split across ranks: the TTT layers get the global
+    positions, the token embeddings and the group through the adapter's hooks. Attention's output
+    projection is zero, so attention (not split here) cannot make the ranks differ."""
+    from inplace_ttt.adapters.hf import set_context_parallel
+    from tests.tiny_hf import VOCAB, converted
+
+    model = converted(target="token_embeddings").train()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+    pos = positions()[:3]
+    mask = (pos >= 0).long()
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, VOCAB, pos.shape, generator=g)
+    weight = torch.randn(*pos.shape, VOCAB, generator=g) * mask[..., None]
+    kw = lambda lo, hi: dict(input_ids=ids[:, lo:hi], attention_mask=mask[:, lo:hi], position_ids=pos[:, lo:hi].clamp(min=0), use_cache=False)  # noqa: E731
+    ref = model(**kw(0, T)).logits
+    (ref * weight).sum().backward()
+    compared = {n: p for n, p in model.named_parameters() if "self_attn" not in n}
+    want = {n: p.grad.clone() for n, p in compared.items()}
+    model.zero_grad()
+
+    set_context_parallel(model, dist.group.WORLD)
+    lo = sum(SPLITS[world][:rank])
+    hi = lo + SPLITS[world][rank]
+    out = model(**kw(lo, hi)).logits
+    (out * weight[:, lo:hi]).sum().backward()
+    valid = mask[:, lo:hi, None].bool()
+    assert_close(torch.where(valid, out.detach(), 0), torch.where(valid, ref.detach()[:, lo:hi], 0), "hf: logits")
+    for name, p in compared.items():
+        assert_close(summed(p.grad), want[name], f"hf: grad {name}")
+    with pytest.raises(ValueError, match="pass position_ids"):
+        model(input_ids=ids[:, lo:hi], use_cache=False)
+
+
 def check_bad_input(rank, world):
     """Ranks that disagree on a shape raise the same clear error; none waits for the others."""
     z, v = torch.randn(2, 5, 6), torch.randn(2, 5, 4)
@@ -172,6 +208,8 @@ def _worker(rank, world, store, job):
                 check_op(rank, world, with_positions, with_w0, tau, C)
             for target, tau in [("hidden_states", None), ("token_embeddings", 1.0)]:
                 check_layer(rank, world, target, tau)
+            if world == 2:  # the adapter plumbing; the op and the layer cover 4 ranks
+                check_hf(rank, world)
         else:
             check_bad_input(rank, world)
     finally:

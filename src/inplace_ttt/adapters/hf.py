@@ -47,6 +47,7 @@ class _ForwardContext:
         self.positions: Tensor | None = None
         self.embeddings: Tensor | None = None
         self._cache = None
+        self.cp_group = None  # set by `set_context_parallel`
 
     @property
     def cache(self) -> FastWeightCacheMixin | None:
@@ -79,13 +80,14 @@ def is_converted(model: nn.Module) -> bool:
     return any(isinstance(m, InPlaceTTTMLP) for m in model.modules()) or hasattr(getattr(model, "config", None), CONFIG_KEY)
 
 
-def convert(model: nn.Module, config: TTTConfig) -> nn.Module:
+def convert(model: nn.Module, config: TTTConfig, *, cp_group=None) -> nn.Module:
     """Turn the chosen MLPs of a transformers causal LM into In-Place TTT MLPs, in place.
 
     Exact warm start: the converted model computes what the original did until the new
     parameters train. The settings go into ``model.config.inplace_ttt`` and travel with
     `save_pretrained`. Raises, before changing anything, for a model without gated MLPs,
-    a layer index outside the model, or a model converted already.
+    a layer index outside the model, or a model converted already. `cp_group`: see
+    `set_context_parallel`.
     """
     if is_converted(model):
         raise ValueError(f"{type(model).__name__} is already an In-Place TTT model; convert the original model instead")
@@ -103,7 +105,19 @@ def convert(model: nn.Module, config: TTTConfig) -> nn.Module:
         layers[i].mlp = InPlaceTTTMLP(layers[i].mlp, config, spec, layer_idx=i)
     model.config.inplace_ttt = {**config.to_dict(), "layers": list(indices), "base_model_type": model.config.model_type}
     _install(model, base)
+    set_context_parallel(model, cp_group)
     return model
+
+
+def set_context_parallel(model: nn.Module, group) -> None:
+    """Split sequences along time across the ranks of `group` (a `torch.distributed` process
+    group; None: off). Each rank then passes its contiguous slice of the rows (``input_ids``,
+    ``labels``) with ``position_ids`` the global positions of its tokens, and no cache; the TTT
+    layers exchange their carries over `group`. Attention needs its own context parallelism
+    with the same contiguous split (PyTorch's ``context_parallel`` without load balancing)."""
+    for _, layer in ttt_layers(model):
+        layer.cp_group = group
+    model._ttt_context.cp_group = group
 
 
 def set_clip_tau(model: nn.Module, clip_tau: float | None) -> float | None:
@@ -157,7 +171,9 @@ def _before_forward(config, params, ctx: _ForwardContext, module, args, kwargs):
     use_cache = bound.get("use_cache")
     if use_cache is None:
         use_cache = getattr(config, "use_cache", False)
-    if cache is None and use_cache:
+    if ctx.cp_group is not None:
+        _check_context_parallel(cache, bound.get("position_ids"))
+    elif cache is None and use_cache:
         from transformers import DynamicCache
 
         cache = kwargs[cache_key] = DynamicCache(config=config)
@@ -173,6 +189,17 @@ def _before_forward(config, params, ctx: _ForwardContext, module, args, kwargs):
     ctx.embeddings = bound.get("inputs_embeds")
     ctx.cache = cache
     return args, kwargs
+
+
+def _check_context_parallel(cache, position_ids) -> None:
+    """A split sequence needs its global positions (a slice cannot count them) and no cache."""
+    if cache is not None:
+        raise ValueError("a context-parallel forward (sequences split across ranks) does not stream: pass no cache (use_cache=False)")
+    if position_ids is None:
+        raise ValueError(
+            "with context parallelism pass position_ids: the global positions of this rank's tokens "
+            "(rotary attention needs them too)"
+        )
 
 
 def ttt_positions(batch: int, length: int, attention_mask, position_ids, past: int, device) -> Tensor:
