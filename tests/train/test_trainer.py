@@ -217,3 +217,24 @@ def test_accumulation_checkpointing_and_bf16_autocast(workspace):
     logged = [r for r in rows if "loss" in r]
     assert len(logged) == 2 and all(r["ttt/layer0/grad_conv"] > 0 for r in logged)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged)
+
+
+def test_ttt_null_trains_the_plain_model_as_the_fair_baseline(workspace):
+    edit(workspace["config"], ttt=None, train={"max_steps": 3, "save_steps": 100})
+    assert main(["train", str(workspace["config"])]) == 0
+    final = workspace["run"] / "final"
+    assert "inplace_ttt" not in json.loads((final / "config.json").read_text())
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(final)
+    start = AutoModelForCausalLM.from_pretrained(workspace["model"])
+    assert list(inplace_ttt.ttt_layers(trained)) == []
+    moved = [n for n, p in trained.named_parameters() if not torch.equal(p, dict(start.named_parameters())[n])]
+    assert any(".mlp.down_proj." in n for n in moved) and any("self_attn" in n for n in moved)
+
+
+def test_ttt_null_refuses_an_in_place_ttt_checkpoint(workspace, capsys):
+    assert main(["train", str(workspace["config"])]) == 0
+    edit(workspace["config"], model=str(workspace["run"] / "final"), ttt=None, train={"output_dir": str(workspace["root"] / "run2")})
+    assert main(["train", str(workspace["config"])]) == 2
+    assert "is an In-Place TTT checkpoint" in capsys.readouterr().err

@@ -84,7 +84,7 @@ class LoraSettings:
 class RunConfig:
     model: str = ""
     tokenizer: str | None = None
-    ttt: TTTConfig = field(default_factory=TTTConfig)
+    ttt: TTTConfig | None = field(default_factory=TTTConfig)  # None (`ttt: null`): train without TTT, the fair baseline
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -97,7 +97,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["ttt"] = self.ttt.to_dict()
+        d["ttt"] = self.ttt.to_dict() if self.ttt is not None else None
         return d
 
 
@@ -152,6 +152,8 @@ def _convert(tp, value, where: str):
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error names the problem
+            return _convert(options[0], value, where)
         errors = []
         for option in options:
             try:

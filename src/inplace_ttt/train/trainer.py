@@ -151,15 +151,18 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def load_model(config: RunConfig, dtype: torch.dtype):
-    """The model to train: a saved In-Place TTT model as it is, or a base model converted."""
+    """The model to train: a saved In-Place TTT model as it is, or a base model converted
+    (left as it is with ``ttt: null``, the baseline without TTT)."""
     config_file = Path(config.model) / "config.json"
     if config_file.is_file() and CONFIG_KEY in json.loads(config_file.read_text()):
+        if config.ttt is None:
+            raise RunError(f"ttt: null trains a model without TTT, but {config.model} is an In-Place TTT checkpoint")
         return from_pretrained(config.model, dtype=dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
     except OSError as e:
         raise RunError(f"model: cannot load {config.model!r}: {e}") from None
-    return convert(model, config.ttt)
+    return model if config.ttt is None else convert(model, config.ttt)
 
 
 def apply_mode(model, config: RunConfig):
@@ -277,7 +280,8 @@ def train(config: RunConfig, resume: bool = False) -> Path:
     eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
     model = load_model(config, torch.float32)
     layers = dict(ttt_layers(model))
-    require_two_chunks(config.data.row_length, layers)
+    if layers:
+        require_two_chunks(config.data.row_length, layers)
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     for rows in (train_rows, eval_rows or train_rows):
         top = int(rows.input_ids.max())
@@ -302,7 +306,7 @@ def train(config: RunConfig, resume: bool = False) -> Path:
         ttt_learning_rate=t.ttt_learning_rate,
         telemetry=telemetry,
     )
-    if t.doctor:
+    if t.doctor and layers:
         trainer.create_optimizer()
         first = collate([train_rows[i] for i in range(min(t.per_device_train_batch_size, len(train_rows)))])
         inner = model.base_model.model if _is_peft(model) else model
