@@ -4,54 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-import torch
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """End-to-end smoke run of one TTT layer: warm start, training steps, streaming."""
-    from . import FastWeightState, InPlaceTTTMLP, TTTConfig
+    """The whole pipeline on the embedded model and corpus (see `inplace_ttt.demo`)."""
+    from .config import TTTConfig
+    from .demo import DemoSettings, run_demo
+    from .eval.runner import parse_lengths
 
-    torch.manual_seed(args.seed)
-    d, h, T = 64, 256, args.length
-
-    class GatedMLP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.gate_proj = torch.nn.Linear(d, h, bias=False)
-            self.up_proj = torch.nn.Linear(d, h, bias=False)
-            self.down_proj = torch.nn.Linear(h, d, bias=False)
-            self.act_fn = torch.nn.SiLU()
-
-        def forward(self, x):
-            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-
-    mlp = GatedMLP()
-    layer = InPlaceTTTMLP(mlp, TTTConfig(layers=[0], chunk_size=args.chunk_size, ttt_lr=1.0))
-    # a repetitive sequence: the same block of inputs over and over, target = the next input
-    block = torch.randn(1, args.chunk_size, d)
-    x = block.repeat(1, T // args.chunk_size + 1, 1)[:, : T + 1]
-    inputs, targets = x[:, :-1], x[:, 1:]
-    print(f"In-Place TTT smoke run: gated MLP d={d} h={h}, {T} tokens, chunk {args.chunk_size}")
-    print(f"  warm start  max |TTT - original| = {(layer(inputs) - mlp(inputs)).abs().max().item():.2e}")
-    opt = torch.optim.AdamW([p for n, p in layer.named_parameters() if n.startswith("ttt.")], lr=args.lr)
-    t0 = time.perf_counter()
-    for step in range(args.steps):
-        loss = (layer(inputs) - targets).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        norms = {n.split(".")[-1]: p.grad.norm().item() for n, p in layer.named_parameters() if n.startswith("ttt.")}
-        opt.step()
-        if step % max(1, args.steps // 5) == 0 or step == args.steps - 1:
-            print(f"  step {step:3d}  loss {loss.item():.4f}  grad conv {norms['conv_weight']:.2e}  W_target {norms['target_weight']:.2e}")
-    print(f"  {args.steps} steps in {time.perf_counter() - t0:.1f}s")
-    with torch.no_grad():
-        full = layer(inputs)
-        state = FastWeightState()
-        pieces = [layer(inputs[:, : T // 2], state=state)] + [layer(inputs[:, t : t + 1], state=state) for t in range(T // 2, T)]
-        streamed = torch.cat(pieces, 1)
-    print(f"  streaming   max |stream - full| = {(streamed - full).abs().max().item():.2e}")
+    ttt = TTTConfig(layers=args.layers, chunk_size=args.chunk_size, ttt_lr=args.ttt_lr)
+    run_demo(DemoSettings(
+        out=args.out, steps=args.steps, row_length=args.row_length, batch_size=args.batch_size, learning_rate=args.lr,
+        ttt_learning_rate=args.ttt_param_lr, ttt=ttt, eval_lengths=parse_lengths(args.lengths), samples=args.samples, seed=args.seed,
+    ))
     return 0
 
 
@@ -114,7 +80,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     tasks = list(ALL_TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     settings = EvalSettings(
-        models=args.model, tasks=tasks, lengths=parse_lengths(args.lengths), samples=args.samples, data=args.data or [],
+        models=args.model, names=args.names.split(",") if args.names else None, tasks=tasks, lengths=parse_lengths(args.lengths), samples=args.samples, data=args.data or [],
         clip_tau=args.clip_tau, seed=args.seed, piece=args.piece, block=args.block, dtype=args.dtype, out=args.out,
     )
     report = evaluate(settings)
@@ -125,11 +91,18 @@ def _eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ittt", description="In-Place Test-Time Training")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a small end-to-end run")
-    demo.add_argument("--steps", type=int, default=30)
-    demo.add_argument("--length", type=int, default=512)
-    demo.add_argument("--chunk-size", type=int, default=64)
-    demo.add_argument("--lr", type=float, default=1e-2)
+    demo = sub.add_parser("demo", help="the whole pipeline on the embedded model and corpus: convert, train with and without TTT, evaluate, report")
+    demo.add_argument("--out", help="run directory (default: runs/demo-<date>-<time>)")
+    demo.add_argument("--steps", type=int, default=60, help="training steps of each model")
+    demo.add_argument("--row-length", type=int, default=1024, help="tokens per training row")
+    demo.add_argument("--batch-size", type=int, default=2, help="rows per step")
+    demo.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    demo.add_argument("--ttt-param-lr", type=float, default=3e-3, help="AdamW learning rate of the new TTT parameters")
+    demo.add_argument("--layers", default="every 2 from 1", help="TTT layers (indices like 1,3 or a rule)")
+    demo.add_argument("--chunk-size", type=int, default=128)
+    demo.add_argument("--ttt-lr", type=float, default=3.0, help="the fast-weight learning rate")
+    demo.add_argument("--lengths", default="1k,2k", help="RULER-style prompt lengths")
+    demo.add_argument("--samples", type=int, default=3, help="samples per task and length")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
     doc = sub.add_parser("doctor", help="check the In-Place TTT invariants on a model and data")
@@ -145,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--tasks", default="all", help="comma-separated: loss, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all")
     ev.add_argument("--lengths", default="1k,2k,4k", help="prompt lengths in tokens, e.g. 1k,2k,4k,8k")
     ev.add_argument("--samples", type=int, default=10, help="samples per task and length")
-    ev.add_argument("--data", action="append", help="held-out documents (file or folder) for the loss task and as haystack text")
+    ev.add_argument("--names", help="comma-separated names for the models in the report (default: their directory names)")
+    ev.add_argument("--data", action="append", help="held-out documents (file or folder) for the loss task and as haystack text (default: the embedded corpus's held-out books)")
     ev.add_argument("--clip-tau", type=float, help="inference clipping for In-Place TTT models (the paper used 1e-5)")
     ev.add_argument("--out", default="eval-report", help="output directory")
     ev.add_argument("--seed", type=int, default=0)

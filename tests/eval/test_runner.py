@@ -7,6 +7,7 @@ import time
 import pytest
 
 from inplace_ttt.adapters import ttt_layers
+from inplace_ttt.assets import corpus_files
 from inplace_ttt.cli import main
 from inplace_ttt.eval.runner import ALL_TASKS, EvalSettings, evaluate, load_model, parse_lengths
 from inplace_ttt.eval.ruler import TASK_NAMES
@@ -95,8 +96,9 @@ def test_parse_lengths():
 def test_bad_settings_are_named(models, heldout, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['qa'\]"):
         EvalSettings(models=["m"], tasks=["qa"])
-    with pytest.raises(ValueError, match="needs held-out documents"):
-        EvalSettings(models=["m"], tasks=["loss"])
+    assert EvalSettings(models=["m"], tasks=["loss"]).data == corpus_files("heldout")  # the embedded corpus by default
+    with pytest.raises(ValueError, match="one distinct name per model"):
+        EvalSettings(models=["m", "n"], names=["a", "a"])
     with pytest.raises(ValueError, match="lengths must be >= 16"):
         EvalSettings(models=["m"], tasks=["vt"], lengths=[8])
     assert set(ALL_TASKS) == {"loss", *TASK_NAMES}

@@ -15,10 +15,10 @@ def _human(n: int) -> str:
     return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
-def write_report(results: dict, out: Path) -> Path:
+def write_report(results: dict, out: Path, preamble: list[str] = ()) -> Path:
     models = results["models"]
     names = list(models)
-    lines = ["# In-Place TTT evaluation", ""]
+    lines = ["# In-Place TTT evaluation", "", *preamble]
     s = results["settings"]
     lines += [
         "Models: " + ", ".join(f"`{n}` ({m['path']}{', In-Place TTT' if m['ttt'] else ''})" for n, m in models.items()) + ".",
@@ -140,6 +140,24 @@ def _plot_sliding(models, path: Path) -> Path:
     ax.set_xlabel("context before the final block (tokens, log scale; 0 shown at 1)")
     ax.set_ylabel("perplexity of the final block")
     ax.set_title("Sliding-window perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training(curves: dict[str, dict[int, float]], path: Path) -> Path:
+    """Training loss against step, one line per run."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, curve in curves.items():
+        steps = sorted(curve)
+        ax.plot(steps, [curve[s] for s in steps], marker=".", label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (nats)")
+    ax.set_title("Training loss")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

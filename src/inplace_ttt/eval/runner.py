@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import from_pretrained, set_clip_tau
 from ..adapters.hf import CONFIG_KEY
+from ..assets import corpus_files
 from ..documents import read_documents
 from ..files import write_atomic
 from .loss import bucket_edges, loss_by_position, sliding_window
@@ -31,10 +32,11 @@ ALL_TASKS = (LOSS_TASK,) + TASK_NAMES
 @dataclass
 class EvalSettings:
     models: list[str]
+    names: list[str] | None = None  # how the report calls each model (default: its directory's name)
     tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
     lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
     samples: int = 10
-    data: list[str] = field(default_factory=list)  # held-out documents (loss; and a text haystack)
+    data: list[str] = field(default_factory=list)  # held-out documents (loss; and a text haystack); default: the embedded corpus's
     clip_tau: float | None = None
     seed: int = 0
     piece: int = 2048
@@ -49,8 +51,10 @@ class EvalSettings:
             raise ValueError(f"unknown task(s) {unknown}; tasks: {list(ALL_TASKS)}")
         if not self.models:
             raise ValueError("give at least one --model")
-        if LOSS_TASK in self.tasks and not self.data:
-            raise ValueError("the loss task needs held-out documents: give --data FILE_OR_FOLDER")
+        if self.names is not None and (len(self.names) != len(self.models) or len(set(self.names)) != len(self.names)):
+            raise ValueError(f"names must be one distinct name per model ({len(self.models)}); got {self.names}")
+        if not self.data:
+            self.data = corpus_files("heldout")
         if any(n < 16 for n in self.lengths):
             raise ValueError(f"lengths must be >= 16 tokens; got {self.lengths}")
 
@@ -103,8 +107,9 @@ def model_names(paths: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n} ({i + 1})" for i, n in enumerate(names)]
 
 
-def evaluate(settings: EvalSettings) -> Path:
-    """Run everything, write results.json, report.md and the plots; returns the report path."""
+def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
+    """Run everything, write results.json, report.md (`preamble`: markdown lines after its
+    title) and the plots; returns the report path."""
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, settings.dtype)
@@ -126,7 +131,7 @@ def evaluate(settings: EvalSettings) -> Path:
 
     results = {"settings": asdict(settings), "device": device, "models": {}}
     work = len(settings.models) * (len(samples) + (2 * len(docs) if do_loss else 0))
-    names = model_names(settings.models)
+    names = settings.names or model_names(settings.models)
     with tqdm(total=work, desc="eval", unit="item") as bar:
         for name, path in zip(names, settings.models):
             started = time.perf_counter()
@@ -155,4 +160,4 @@ def evaluate(settings: EvalSettings) -> Path:
             results["models"][name] = entry
             del model
     write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
-    return write_report(results, out)
+    return write_report(results, out, preamble)
