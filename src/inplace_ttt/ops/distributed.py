@@ -227,9 +227,11 @@ def context_parallel_ttt(
 
 
 def _partial(v: Tensor, z: Tensor, mask: Tensor) -> Tensor:
-    """The unclipped update ``v^T z`` of the tokens in `mask` `[B, T]`, per row (state dtype)."""
-    m = mask[..., None]
-    return chunk_update(torch.where(m, v, 0), torch.where(m, z, 0))
+    """The unclipped update ``v^T z`` of the tokens in `mask` `[B, T]` (at most a chunk per row), per
+    row (state dtype)."""
+    lo, hi = _span(mask)
+    m = mask[:, lo:hi, None]
+    return chunk_update(torch.where(m, v[:, lo:hi], 0), torch.where(m, z[:, lo:hi], 0))
 
 
 def _clip(x: Tensor, tau: float | None) -> Tensor:
