@@ -4,6 +4,7 @@ A tiny random `LMModel` (3 temporal layers, dim 32, 8 + 8 audio codebooks) stand
 """
 
 import os
+from copy import deepcopy
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")  # before moshi is imported: no torch.compile on CPU
 
@@ -122,6 +123,17 @@ def test_gradient_reaches_every_ttt_parameter_from_the_start():
     moshi_loss(lm, codes).backward()
     for n, p in ttt_params.items():  # after one step, every TTT parameter has gradient
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+
+
+def test_a_copy_of_a_converted_model_is_self_contained():
+    lm = tiny_lm()
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    active_targets(lm)
+    copy = deepcopy(lm)
+    a, b = random_codes(lm, 2, 12), random_codes(lm, 2, 12)
+    expected = logits(lm, b)[0]
+    logits(lm, a)  # the original's last input must not leak into the copy
+    assert torch.equal(logits(copy, b)[0], expected)
 
 
 def test_outputs_never_depend_on_later_codes():

@@ -146,7 +146,8 @@ def convert(lm: nn.Module, config: TTTConfig, *, rope_scaling: dict | None = Non
     context = _ForwardContext()
     for i in indices:
         layers[i].gating = MoshiTTTGating(layers[i].gating, config, i, context)
-    lm.transformer.register_forward_pre_hook(lambda module, args: setattr(context, "embeddings", args[0]))
+    lm.transformer._ttt_context = context  # found through the module, so that copies of the model stay self-contained
+    lm.transformer.register_forward_pre_hook(_keep_embeddings)
     if rope_scaling is not None:
         _install_yarn(lm.transformer, rope_scaling)
     for module in lm.modules():  # moshi caches each module's streaming children: find the new ones
@@ -154,6 +155,10 @@ def convert(lm: nn.Module, config: TTTConfig, *, rope_scaling: dict | None = Non
             module._cached_children = None
     setattr(lm, SETTINGS_KEY, {**config.to_dict(), "layers": list(indices), "rope_scaling": rope_scaling})
     return lm
+
+
+def _keep_embeddings(transformer: nn.Module, args: tuple) -> None:
+    transformer._ttt_context.embeddings = args[0]
 
 
 def _install_yarn(transformer: nn.Module, rope_scaling: dict) -> None:
