@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
-
 def _demo(args: argparse.Namespace) -> int:
-    """The whole pipeline on the embedded model and corpus (see `inplace_ttt.demo`)."""
-    from .config import TTTConfig
+    """The whole pipeline on the embedded model and corpus (see `inplace_ttt.demo`); flags left
+    out keep `DemoSettings`' defaults."""
     from .demo import DemoSettings, run_demo
     from .eval.runner import parse_lengths
 
-    ttt = TTTConfig(layers=args.layers, chunk_size=args.chunk_size, ttt_lr=args.ttt_lr)
-    run_demo(DemoSettings(
-        out=args.out, steps=args.steps, row_length=args.row_length, batch_size=args.batch_size, learning_rate=args.lr,
-        ttt_learning_rate=args.ttt_param_lr, ttt=ttt, eval_lengths=parse_lengths(args.lengths), samples=args.samples, seed=args.seed,
-    ))
+    defaults = DemoSettings()
+    given = lambda name: getattr(args, name) is not None  # noqa: E731
+    if given("layers") and re.fullmatch(r"[\d,\s]+", args.layers):
+        args.layers = [int(i) for i in args.layers.split(",") if i.strip()]
+    ttt = defaults.ttt.replace(**{k: getattr(args, k) for k in ("layers", "chunk_size", "ttt_lr") if given(k)})
+    kwargs = {k: getattr(args, k) for k in ("out", "steps", "row_length", "batch_size", "learning_rate", "ttt_learning_rate", "samples", "seed") if given(k)}
+    if given("lengths"):
+        kwargs["eval_lengths"] = parse_lengths(args.lengths)
+    run_demo(DemoSettings(ttt=ttt, **kwargs))
     return 0
 
 
@@ -91,19 +95,23 @@ def _eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ittt", description="In-Place Test-Time Training")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the whole pipeline on the embedded model and corpus: convert, train with and without TTT, evaluate, report")
+    demo = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the embedded model and corpus: convert, train with and without TTT, evaluate, report",
+        epilog="A flag left out keeps its default from inplace_ttt.demo.DemoSettings (150 steps of 2 x 1024 tokens, TTT on layers 1 and 3).",
+    )
     demo.add_argument("--out", help="run directory (default: runs/demo-<date>-<time>)")
-    demo.add_argument("--steps", type=int, default=60, help="training steps of each model")
-    demo.add_argument("--row-length", type=int, default=1024, help="tokens per training row")
-    demo.add_argument("--batch-size", type=int, default=2, help="rows per step")
-    demo.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
-    demo.add_argument("--ttt-param-lr", type=float, default=3e-3, help="AdamW learning rate of the new TTT parameters")
-    demo.add_argument("--layers", default="every 2 from 1", help="TTT layers (indices like 1,3 or a rule)")
-    demo.add_argument("--chunk-size", type=int, default=128)
-    demo.add_argument("--ttt-lr", type=float, default=3.0, help="the fast-weight learning rate")
-    demo.add_argument("--lengths", default="1k,2k", help="RULER-style prompt lengths")
-    demo.add_argument("--samples", type=int, default=3, help="samples per task and length")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=int, help="training steps of each model")
+    demo.add_argument("--row-length", type=int, help="tokens per training row")
+    demo.add_argument("--batch-size", type=int, help="rows per step")
+    demo.add_argument("--learning-rate", type=float, help="AdamW learning rate")
+    demo.add_argument("--ttt-learning-rate", type=float, help="AdamW learning rate of the new TTT parameters")
+    demo.add_argument("--layers", help="TTT layers: indices like 1,3 or a rule like 'every 2 from 1'")
+    demo.add_argument("--chunk-size", type=int, help="TTT chunk size")
+    demo.add_argument("--ttt-lr", type=float, help="the fast-weight learning rate")
+    demo.add_argument("--lengths", help="RULER-style prompt lengths")
+    demo.add_argument("--samples", type=int, help="samples per task and length")
+    demo.add_argument("--seed", type=int)
     demo.set_defaults(func=_demo)
     doc = sub.add_parser("doctor", help="check the In-Place TTT invariants on a model and data")
     doc.add_argument("model_dir", help="a directory saved by a converted model's save_pretrained")

@@ -34,11 +34,11 @@ DEMO_TASKS = (LOSS_TASK, "niah_single", "niah_multikey", "vt")
 @dataclass
 class DemoSettings:
     out: str | None = None  # default: runs/demo-<date>-<time>
-    steps: int = 60
+    steps: int = 150
     row_length: int = 1024
     batch_size: int = 2
     learning_rate: float = 3e-4
-    ttt_learning_rate: float = 3e-3
+    ttt_learning_rate: float = 1e-5
     ttt: TTTConfig = field(default_factory=lambda: TTTConfig(layers="every 2 from 1", chunk_size=128, ttt_lr=3.0))
     eval_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
     samples: int = 3
