@@ -148,18 +148,29 @@ def _plot_sliding(models, path: Path) -> Path:
     return path
 
 
-def plot_training(curves: dict[str, dict[int, float]], path: Path) -> Path:
-    """Training loss against step, one line per run."""
+def plot_training(curves: dict[str, dict[int, float]], path: Path, reference: str | None = None) -> Path:
+    """Training loss against step, one line per run; with a `reference` run, a second panel shows
+    each run's loss minus the reference's at the same steps (same batches: the noise cancels)."""
     plt = _figure()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    panels = 2 if reference in curves else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4), squeeze=False)
     for name, curve in curves.items():
         steps = sorted(curve)
-        ax.plot(steps, [curve[s] for s in steps], marker=".", label=name)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (nats)")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        axes[0, 0].plot(steps, [curve[s] for s in steps], marker=".", label=name)
+        if panels == 2 and name != reference:
+            ref = curves[reference]
+            shared = [s for s in steps if s in ref]
+            axes[0, 1].plot(shared, [curve[s] - ref[s] for s in shared], marker=".", label=f"{name} - {reference}")
+    axes[0, 0].set_ylabel("training loss (nats)")
+    axes[0, 0].set_title("Training loss")
+    if panels == 2:
+        axes[0, 1].axhline(0, color="grey", lw=1)
+        axes[0, 1].set_ylabel("loss difference (nats)")
+        axes[0, 1].set_title(f"Training loss minus {reference}'s (same batches)")
+    for ax in axes.flat:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
