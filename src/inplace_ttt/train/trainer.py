@@ -310,7 +310,9 @@ def train(config: RunConfig, resume: bool = False) -> Path:
         trainer.create_optimizer()
         first = collate([train_rows[i] for i in range(min(t.per_device_train_batch_size, len(train_rows)))])
         inner = model.base_model.model if _is_peft(model) else model
-        report = doctor(inner, {"input_ids": first["input_ids"], "position_ids": first["position_ids"]}, optimizer=trainer.optimizer, training=True)
+        device = next(inner.parameters()).device  # the Trainer has placed the model (on a GPU, say)
+        batch = {k: first[k].to(device) for k in ("input_ids", "position_ids")}
+        report = doctor(inner, batch, optimizer=trainer.optimizer, training=True)
         if trainer.is_world_process_zero():
             print(f"doctor on the first batch:\n{report}", flush=True)
         if not report.ok:
