@@ -92,6 +92,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_command(sub, name: str, func, help: str, example: str) -> None:
+    """A command that runs from a YAML config, with `--section.key value` overrides and `--resume`."""
+    cmd = sub.add_parser(name, help=help, description=f"Options after CONFIG override the file: --section.key value, e.g. {example}")
+    cmd.add_argument("config", help="the run's YAML file")
+    cmd.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    cmd.set_defaults(func=func)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ittt", description="In-Place Test-Time Training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,22 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--block", type=int, default=256, help="final block of the sliding-window perplexity")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ev.set_defaults(func=_eval)
-    tr = sub.add_parser(
-        "train",
-        help="continual training with In-Place TTT (transformers Trainer)",
-        description="Options after CONFIG override the file: --section.key value, e.g. --train.learning_rate 1e-5",
+    _add_run_command(sub, "train", _train, "continual training with In-Place TTT (transformers Trainer)", "--train.learning_rate 1e-5")
+    _add_run_command(
+        sub, "pretrain", _pretrain,
+        "train a small Llama model and its BPE tokenizer from scratch (how the embedded base model was made)", "--train.max_steps 100",
     )
-    tr.add_argument("config", help="the run's YAML file")
-    tr.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
-    tr.set_defaults(func=_train)
-    pre = sub.add_parser(
-        "pretrain",
-        help="train a small Llama model and its BPE tokenizer from scratch (how the embedded base model was made)",
-        description="Options after CONFIG override the file: --section.key value, e.g. --train.max_steps 100",
-    )
-    pre.add_argument("config", help="the run's YAML file, e.g. configs/pretrain-tiny.yaml")
-    pre.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
-    pre.set_defaults(func=_pretrain)
     args, rest = parser.parse_known_args(argv)
     takes_overrides = args.command in ("train", "pretrain")
     if not takes_overrides and rest:

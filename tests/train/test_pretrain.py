@@ -1,0 +1,104 @@
+"""`ittt pretrain`: tokenizer training, config validation, and a tiny run on CPU that learns."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from inplace_ttt.cli import main
+from inplace_ttt.train.config import load_config
+from inplace_ttt.train.pretrain import SUMMARY, ArchitectureConfig, PretrainConfig, build_model, train_tokenizer
+from tests.train.conftest import write_docs
+
+TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "num_key_value_heads": 1, "max_position_embeddings": 128}
+
+
+@pytest.fixture
+def run_config(tmp_path):
+    config = {
+        "model": TINY_MODEL,
+        "tokenizer": {"vocab_size": 300},
+        "data": {"train": [str(write_docs(tmp_path / "train", 12))], "eval": [str(write_docs(tmp_path / "eval", 3, seed=1))],
+                 "row_length": 64},
+        "train": {"output_dir": str(tmp_path / "run"), "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_steps": 30,
+                  "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 1000, "report_to": [], "seed": 0},
+    }
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_tokenizer_is_byte_level_bpe_with_special_tokens(tmp_path):
+    tok = train_tokenizer(["the quick brown fox jumps over the lazy dog. " * 20, "a second document, shorter."], 300)
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    unseen = "Zürich ∮ 🙂\ttab\n\nnew paragraph  two spaces"
+    ids = tok(unseen, add_special_tokens=False).input_ids
+    assert tok.decode(ids) == unseen  # bytes never seen in training still encode
+    assert len(tok("the quick brown fox", add_special_tokens=False).input_ids) < len("the quick brown fox")  # merges learned
+    tok.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded(unseen, add_special_tokens=False).input_ids == ids and reloaded.eos_token == "</s>"
+
+
+def test_model_is_a_llama_with_gated_silu_sized_by_the_tokenizer():
+    tok = train_tokenizer(["some text to learn merges from " * 10], 300)
+    model = build_model(ArchitectureConfig(**TINY_MODEL), tok)
+    assert isinstance(model, LlamaForCausalLM)
+    assert model.config.hidden_act == "silu" and model.config.vocab_size == len(tok)
+    assert model.config.num_key_value_heads == 1 and model.config.max_position_embeddings == 128
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+
+
+def test_pretrain_on_cpu_lowers_the_loss_and_saves_a_loadable_model(run_config, tmp_path):
+    assert main(["pretrain", str(run_config)]) == 0
+    final = tmp_path / "run" / "final"
+    summary = json.loads((final / SUMMARY).read_text())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if "loss" in row]
+    uniform = math.log(summary["vocab_size"])
+    assert abs(losses[0] - uniform) < 0.5  # an untrained model is near uniform...
+    assert summary["final_train_loss"] < losses[0] - 1.0  # ...and training lowers the loss
+    assert summary["heldout_loss"] < uniform - 1.0  # on documents it never saw too
+    assert summary["steps"] == 30 and summary["tokens_seen"] == 30 * 4 * 64
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tok = AutoTokenizer.from_pretrained(final)
+    assert model.num_parameters() == summary["parameters"] and len(tok) == summary["vocab_size"] == 300
+    assert model.config.use_cache  # switched off for training only
+    # the saved model gives the held-out loss the summary reports (fp32 both)
+    ids = torch.tensor([tok((tmp_path / "eval" / "doc000.txt").read_text(), add_special_tokens=False).input_ids[:64]])
+    with torch.no_grad():
+        assert model(input_ids=ids, labels=ids).loss.item() < uniform - 1.0
+
+
+def test_pretrain_refuses_to_overwrite_a_run(run_config, tmp_path, capsys):
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    assert main(["pretrain", str(run_config)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--model.num_hidden_layer", "2"], "valid keys here"),
+        (["--model.hidden_size", "31"], "multiple of model.num_attention_heads"),
+        (["--model.num_key_value_heads", "3"], "multiple of model.num_key_value_heads"),
+        (["--data.row_length", "256"], "exceeds model.max_position_embeddings"),
+        (["--tokenizer.vocab_size", "100"], "tokenizer.vocab_size must be >= 300"),
+        (["--model.hidden_size", "big"], "model.hidden_size: expected int"),
+    ],
+)
+def test_bad_config_names_the_field(run_config, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(run_config, overrides, schema=PretrainConfig)
+
+
+def test_the_shipped_recipe_config_is_valid():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "pretrain-tiny.yaml", schema=PretrainConfig)
+    assert config.data.row_length == 2048 and config.model.max_position_embeddings >= 4096
+    assert config.tokenizer.vocab_size == 4096 and config.tokenizer.path is None
