@@ -268,8 +268,8 @@ class _Carry(torch.autograd.Function):
     (the tails of the ranks before, summed while a rank leaves its chunk open); this rank then adds
     ``jump = clip(P + H) - clip(H)`` to its own total, what its first chunk adds beyond the local
     op once complete; (2) the state ``S``: the totals of the ranks since the last document start.
-    Outputs: ``+ lr z S^T`` on the tokens of the document the slice continues, ``+ lr z jump^T`` on
-    those after its first chunk. Backward runs both scans in reverse (one all_gather each).
+    Outputs: ``+ lr z S^T`` on the tokens of the document the slice continues, ``+ lr z (S + jump)^T``
+    instead on those after its first chunk. Backward runs both scans in reverse (one all_gather each).
     """
 
     @staticmethod
@@ -285,12 +285,11 @@ class _Carry(torch.autograd.Function):
                 jump = _clip(P + H, tau) - _clip(H, tau)
                 total = final + torch.where((through[k] & shard.done[k])[:, None, None], jump, 0)
             S = _scan(_all_gather(total, shard.group), through, k)
-            lo, hi = _span(first_doc)
-            if hi > lo:
-                zs = z[:, lo:hi]
-                for mask, W in ((first_doc, S), (first_doc & ~head, jump)):
-                    if W is not None:
-                        out[:, lo:hi] += torch.where(mask[:, lo:hi, None], zs @ (lr * W).to(z.dtype).mT, 0)
+            if jump is None:
+                _add_fast_term(out, z, first_doc, (lr * S).to(z.dtype))
+            else:  # the first chunk reads S, the rest S + jump: disjoint spans, one matmul's work
+                _add_fast_term(out, z, first_doc & head, (lr * S).to(z.dtype))
+                _add_fast_term(out, z, first_doc & ~head, (lr * (S + jump)).to(z.dtype))
         ctx.mark_dirty(out)
         ctx.save_for_backward(z, first_doc, head, S, P, H)
         ctx.shard, ctx.lr, ctx.tau = shard, lr, tau
@@ -306,17 +305,11 @@ class _Carry(torch.autograd.Function):
         with torch.autocast(z.device.type, enabled=False):
             jump = None if P is None else _clip(P + H, tau) - _clip(H, tau)
             grad_z = torch.zeros_like(z) if ctx.needs_input_grad[1] else None
-            g_S = torch.zeros_like(S)
-            g_jump = None if jump is None else torch.zeros_like(jump)
-            lo, hi = _span(first_doc)
-            if hi > lo:
-                gs, zs = g[:, lo:hi], z[:, lo:hi]
-                for mask, W, g_W in ((first_doc, S, g_S), (first_doc & ~head, jump, g_jump)):
-                    if W is not None:
-                        gm = torch.where(mask[:, lo:hi, None], gs, 0)
-                        if grad_z is not None:
-                            grad_z[:, lo:hi] += gm @ (lr * W).to(z.dtype)
-                        g_W += lr * chunk_update(gm, zs)
+            if jump is None:
+                g_S = _fast_term_backward(grad_z, g, z, first_doc, S, lr)
+            else:
+                g_jump = _fast_term_backward(grad_z, g, z, first_doc & ~head, S + jump, lr)
+                g_S = _fast_term_backward(grad_z, g, z, first_doc & head, S, lr) + g_jump
             g_total = _suffix(_all_gather(g_S, shard.group), through, k)
             if jump is None:
                 return g, grad_z, None, None, None, None, None, g_total
@@ -325,6 +318,28 @@ class _Carry(torch.autograd.Function):
             g_H = g_P - _clip_grad(g_jump, H, tau)
             g_tail = _suffix(_all_gather(g_P, shard.group), through & ~shard.done, k)
         return g, grad_z, None, None, None, None, None, g_total, g_H, g_tail
+
+
+def _add_fast_term(out: Tensor, z: Tensor, mask: Tensor, W: Tensor) -> None:
+    """``out += z W^T`` on the tokens in `mask` `[B, T]` (`W` ``[B, d, h]``), in place."""
+    lo, hi = _span(mask)
+    if hi == lo:
+        return
+    if bool(mask[:, lo:hi].all()):  # one document over the span: no masking copies
+        out[:, lo:hi].baddbmm_(z[:, lo:hi], W.mT)
+    else:
+        out[:, lo:hi] += torch.where(mask[:, lo:hi, None], z[:, lo:hi] @ W.mT, 0)
+
+
+def _fast_term_backward(grad_z: Tensor | None, g: Tensor, z: Tensor, mask: Tensor, W: Tensor, lr: float) -> Tensor:
+    """Backward of `_add_fast_term` with ``lr W``: adds into `grad_z` (if given), returns dL/dW."""
+    lo, hi = _span(mask)
+    if hi == lo:
+        return torch.zeros_like(W)
+    gm = g[:, lo:hi] if bool(mask[:, lo:hi].all()) else torch.where(mask[:, lo:hi, None], g[:, lo:hi], 0)
+    if grad_z is not None:
+        grad_z[:, lo:hi].baddbmm_(gm, W.to(z.dtype), alpha=lr)
+    return lr * chunk_update(gm, z[:, lo:hi])
 
 
 def _span(mask: Tensor) -> tuple[int, int]:
