@@ -9,6 +9,7 @@ interleaved); the ratio is TTT / original.
 
     python benchmarks/moshi_stream.py
     python benchmarks/moshi_stream.py --dim 512 --layers 12 --batch 1 4 --device cuda
+    python benchmarks/moshi_stream.py --threads 1
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def main():
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (one is steadier on a shared machine)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     base, ttt = build(args, device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; temporal dim {args.dim}, "
