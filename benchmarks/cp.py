@@ -5,8 +5,10 @@ backward, medians over the repeats:
 
   local     the op on this rank's slice alone (no group): the compute a rank does anyway
   cp        the op on the slice with the group (metadata check, carry, corrections)
-  coll      time inside torch.distributed collectives during `cp` (waiting for the slowest
-            rank included), counted by wrapping `all_gather` / `all_reduce`
+  wait      time a rank waits for the others before the collectives of `cp` (a barrier is
+            put before each one: imbalance, not transfer); the most any rank waited
+  coll      time inside those torch.distributed collectives once all ranks are there, counted by
+            wrapping `all_gather` / `all_reduce`
   bytes     what one rank receives in those collectives (all_gather: the other ranks' pieces)
 
 Two layouts: `aligned` (slices of whole chunks: the carry is the state alone) and `straddle`
@@ -35,24 +37,27 @@ LR = 1.0
 
 
 class CollectiveMeter:
-    """Wraps `dist.all_gather` and `dist.all_reduce` to add up their time and received bytes."""
+    """Wraps `dist.all_gather` and `dist.all_reduce` to add up their time (after a barrier, whose
+    time is the wait) and received bytes."""
 
     def __init__(self):
-        self.seconds = 0.0
-        self.bytes = 0
+        self.reset()
         gather, reduce = dist.all_gather, dist.all_reduce
         dist.all_gather = lambda out, t, **kw: self._timed(gather, (len(out) - 1) * t.numel() * t.element_size(), out, t, **kw)
         dist.all_reduce = lambda t, **kw: self._timed(reduce, 2 * t.numel() * t.element_size(), t, **kw)  # ring: ~2x
 
     def _timed(self, fn, received, *args, **kwargs):
         start = time.perf_counter()
+        dist.barrier(group=kwargs.get("group"))
+        arrived = time.perf_counter()
         result = fn(*args, **kwargs)
-        self.seconds += time.perf_counter() - start
+        self.wait += arrived - start
+        self.seconds += time.perf_counter() - arrived
         self.bytes += received
         return result
 
     def reset(self):
-        self.seconds, self.bytes = 0.0, 0
+        self.seconds, self.wait, self.bytes = 0.0, 0.0, 0
 
 
 def fwd_bwd(z, v, w0, grad, C, group):
@@ -73,7 +78,7 @@ def worker(rank, world, store, args, layout, results):
     w0 = (torch.randn(args.dim, args.hidden, generator=g) * 0.02).requires_grad_()
     grad = torch.randn(1, hi - lo, args.dim, generator=g)
     meter = CollectiveMeter()
-    times = {"local": [], "cp": [], "coll": []}
+    times = {"local": [], "cp": [], "coll": [], "wait": []}
     for i in range(args.repeats + 1):  # the first run warms up
         dist.barrier()
         start = time.perf_counter()
@@ -85,7 +90,7 @@ def worker(rank, world, store, args, layout, results):
         fwd_bwd(z, v, w0, grad, args.chunk, dist.group.WORLD)
         cp = time.perf_counter() - start
         if i:
-            times["local"].append(local), times["cp"].append(cp), times["coll"].append(meter.seconds)
+            times["local"].append(local), times["cp"].append(cp), times["coll"].append(meter.seconds), times["wait"].append(meter.wait)
     row = {k: statistics.median(t) * 1e3 for k, t in times.items()}
     row["bytes"] = meter.bytes
     gathered = [None] * world
@@ -108,9 +113,9 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, args.threads // max(args.ranks))))
     print(f"d={args.dim} h={args.hidden} T={args.length} C={args.chunk} B=1 fp32, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__}; per layer, forward + backward, median of {args.repeats}, slowest rank")
-    print("| ranks | layout | received / rank | collectives ms | local op ms | cp op ms | cp / local | collectives / local |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"torch {torch.__version__}; per layer, forward + backward, median of {args.repeats}, slowest rank (wait: most waiting rank)")
+    print("| ranks | layout | received / rank | collectives ms | wait ms | local op ms | cp op ms | cp / local | collectives / local |")
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     ctx = mp.get_context("spawn")
     for world in args.ranks:
@@ -120,9 +125,9 @@ def main():
                 mp.start_processes(worker, args=(world, os.path.join(tmp, "store"), args, layout, results), nprocs=world, start_method="spawn")
             per_rank = results.get()
             worst = max(per_rank, key=lambda r: r["cp"])
-            row = {"ranks": world, "layout": layout, **worst}
+            row = {"ranks": world, "layout": layout, **worst, "wait": max(r["wait"] for r in per_rank)}
             rows.append(row)
-            print(f"| {world} | {layout} | {worst['bytes'] / 2**20:.1f} MiB | {worst['coll']:.1f} | {worst['local']:.1f} | "
+            print(f"| {world} | {layout} | {worst['bytes'] / 2**20:.1f} MiB | {worst['coll']:.1f} | {worst['wait']:.1f} | {worst['local']:.1f} | "
                   f"{worst['cp']:.1f} | {worst['cp'] / worst['local']:.2f} | {worst['coll'] / worst['local']:.2f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
