@@ -104,44 +104,44 @@ def _plot_ruler(models, tasks, lengths, path: Path) -> Path:
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     axes.flat[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _plot_loss(models, path: Path) -> Path:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    series = {}
     for name, m in models.items():
         lp = m["loss_by_position"]
-        mids = [max(1, (a + b) / 2) for a, b in zip(lp["edges"][:-1], lp["edges"][1:])]
-        ax.plot(mids, lp["loss"], marker="o", label=name)
-    _log2_axis(ax)
-    ax.set_xlabel("token position in document (bucket middle, log scale)")
-    ax.set_ylabel("mean token loss (nats)")
-    ax.set_title("Loss by position")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        series[name] = ([max(1, (a + b) / 2) for a, b in zip(lp["edges"][:-1], lp["edges"][1:])], lp["loss"])
+    return _log2_chart(series, path, "Loss by position", "token position in document (bucket middle, log scale)", "mean token loss (nats)")
 
 
 def _plot_sliding(models, path: Path) -> Path:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    series = {}
     for name, m in models.items():
         rows = m["sliding_window"]["contexts"]
         cs = sorted(int(c) for c in rows)
-        ax.plot([max(c, 1) for c in cs], [rows.get(c, rows.get(str(c)))["ppl"] for c in cs], marker="o", label=name)
+        series[name] = ([max(c, 1) for c in cs], [rows.get(c, rows.get(str(c)))["ppl"] for c in cs])
+    return _log2_chart(
+        series, path, "Sliding-window perplexity", "context before the final block (tokens, log scale; 0 shown at 1)", "perplexity of the final block"
+    )
+
+
+def _log2_chart(series: dict[str, tuple[list, list]], path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """One line per model over a log-2 token axis."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, marker="o", label=name)
     _log2_axis(ax)
-    ax.set_xlabel("context before the final block (tokens, log scale; 0 shown at 1)")
-    ax.set_ylabel("perplexity of the final block")
-    ax.set_title("Sliding-window perplexity")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -171,7 +171,4 @@ def plot_training(curves: dict[str, dict[int, float]], path: Path, reference: st
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
