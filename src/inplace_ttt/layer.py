@@ -129,6 +129,8 @@ class InPlaceTTTMLP(nn.Module):
             default to the next ones) and the state is updated in place.
         """
         z = self.spec.hidden(self, x)
+        if state is not None and self.cp_group is not None:
+            raise ValueError("streaming (a state) runs on one rank: clear cp_group (context parallelism) to generate")
         if x.shape[1] == 0 and self.cp_group is None:  # no tokens: no update, no state change
             return self.down(z)
         src = self._source(x, target_source)

@@ -4,15 +4,16 @@ Each rank holds a contiguous slice of the same rows. Chunk updates are associati
 runs the ordinary op on its slice (from a zero state) and then corrects its outputs with the
 carry of the ranks before it: ``S`` (the clipped complete-chunk updates of the document its
 slice continues) and ``P`` (the unclipped partial update of a chunk that straddles the rank
-boundary: clipping needs the norm of the whole chunk). A rank describes how its slice maps an
-incoming ``(S, P)`` to an outgoing one with three ``[B, d, h]`` tensors: its own final state,
-its head partial ``H`` (tokens continuing the incoming chunk) and its tail partial; one
-all_gather of those, and every rank folds the descriptions of the ranks before it. Backward is
-one all_reduce of the gradients of those pieces: a rank's state receives the gradient of every
-later token of its document, and each rank's ``w0`` gradient is its own share.
+boundary: clipping needs the norm of the whole chunk). Both are prefix sums over ranks that
+restart at document starts, so each is one all_gather of one ``[B, d, h]`` piece per rank (``P``
+only when some chunk straddles a boundary); backward runs the same scans in reverse, one
+all_gather each: a rank's state receives the gradient of every later token of its document,
+and each rank's ``w0`` gradient is its own share (summed by data-parallel reduction).
 
-Every collective is preceded by a small metadata all_gather that checks shapes, dtypes and
-settings on every rank, so bad input raises the same error everywhere instead of hanging.
+The convolution of the layer's target reads ``kernel // 2`` tokens of each neighbouring rank
+(`SequenceShard.with_halo`). Every exchange is preceded by a small metadata all_gather that
+checks shapes, dtypes and settings on every rank, so bad input raises the same error everywhere
+instead of hanging.
 """
 
 from __future__ import annotations
