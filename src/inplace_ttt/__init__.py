@@ -1,6 +1,6 @@
 """In-Place Test-Time Training for pretrained gated-MLP language models."""
 
-from .adapters import clip_tau, convert, from_pretrained, set_clip_tau, ttt_layers
+from .adapters import clip_tau, convert, from_pretrained, set_clip_tau, set_context_parallel, ttt_layers
 from .cache import FastWeightState
 from .config import TTTConfig
 from .layer import GatedMLPSpec, InPlaceTTTMLP, TargetGenerator
@@ -15,6 +15,7 @@ __all__ = [
     "from_pretrained",
     "set_clip_tau",
     "clip_tau",
+    "set_context_parallel",
     "ttt_layers",
 ]
 __version__ = "0.1.0"

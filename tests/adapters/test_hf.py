@@ -245,3 +245,11 @@ def test_bad_conversions_are_refused_before_any_change():
     with pytest.raises(ValueError, match=r"PhiForCausalLM: the MLP of layer 0 \(PhiMLP\) is not a gated MLP"):
         inplace_ttt.convert(phi, TTTConfig(layers="all"))
     assert not inplace_ttt.adapters.is_converted(phi)
+
+
+def test_top_level_convert_passes_the_context_parallel_group_and_refuses_other_options():
+    model = inplace_ttt.convert(tiny(), ttt_config(), cp_group=None)
+    assert [layer.cp_group for _, layer in inplace_ttt.ttt_layers(model)] == [None, None]
+    with pytest.raises(TypeError, match=r"takes only cp_group=, not \['rope_scaling'\]"):
+        inplace_ttt.convert(tiny(), ttt_config(), rope_scaling={"rope_type": "yarn", "factor": 2.0})
+    assert inplace_ttt.set_context_parallel is inplace_ttt.adapters.hf.set_context_parallel

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..config import TTTConfig
 from . import hf
-from .hf import clip_tau, decoder_layers, from_pretrained, is_converted, set_clip_tau, ttt_positions
+from .hf import clip_tau, decoder_layers, from_pretrained, is_converted, set_clip_tau, set_context_parallel, ttt_positions
 
 
 def _is_moshi_lm(model: nn.Module) -> bool:
@@ -17,15 +17,17 @@ def _is_moshi_lm(model: nn.Module) -> bool:
 
 
 def convert(model: nn.Module, config: TTTConfig, **options) -> nn.Module:
-    """Put In-Place TTT into a transformers causal LM (`adapters.hf.convert`) or a moshi
-    `LMModel` (`adapters.moshi.convert`, which takes ``rope_scaling=`` for YaRN), in place."""
+    """Put In-Place TTT into a transformers causal LM (`adapters.hf.convert`, which takes
+    ``cp_group=`` for context parallelism) or a moshi `LMModel` (`adapters.moshi.convert`, which
+    takes ``rope_scaling=`` for YaRN), in place."""
     if _is_moshi_lm(model):
         from . import moshi
 
         return moshi.convert(model, config, **options)
-    if options:
-        raise TypeError(f"convert() of a transformers model takes no options {sorted(options)}; set YaRN on its config instead")
-    return hf.convert(model, config)
+    unknown = sorted(set(options) - {"cp_group"})
+    if unknown:
+        raise TypeError(f"convert() of a transformers model takes only cp_group=, not {unknown}; set YaRN on its config instead")
+    return hf.convert(model, config, **options)
 
 
 def ttt_layers(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
@@ -37,4 +39,4 @@ def ttt_layers(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
     return hf.ttt_layers(model)
 
 
-__all__ = ["convert", "from_pretrained", "set_clip_tau", "clip_tau", "ttt_layers", "decoder_layers", "is_converted", "ttt_positions"]
+__all__ = ["convert", "from_pretrained", "set_clip_tau", "clip_tau", "set_context_parallel", "ttt_layers", "decoder_layers", "is_converted", "ttt_positions"]
