@@ -22,3 +22,12 @@ def test_transformers_example(tmp_path, capsys):
     assert ns["out"].shape == (2, 60)
     assert "all checks passed" in capsys.readouterr().out
     assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+def test_moshi_example(tmp_path, capsys):
+    import os
+
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    ns = run(EXAMPLES[2].replace("/tmp/ittt-moshi", str(tmp_path / "moshi")))
+    assert "{0: tensor([2, 2])}" in capsys.readouterr().out
+    assert (tmp_path / "moshi" / "ttt.safetensors").is_file() and ns["again"] is not None
