@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..config import TTTConfig
 from ..files import write_atomic
-from .config import MODES, dump_config
+from .config import MODES, LoraSettings, dump_config
 
 CODES_KEY = "codes"
 
@@ -90,21 +90,15 @@ class MoshiTrainConfig:
 
 
 @dataclass
-class MoshiLoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["in_projs.0", "out_projs.0", "linear_in", "linear_out"])
-
-
-@dataclass
 class MoshiRunConfig:
     model_type: str = "moshi"
     model: MoshiModelConfig = field(default_factory=MoshiModelConfig)
     ttt: TTTConfig = field(default_factory=lambda: TTTConfig(target="token_embeddings"))
     data: MoshiDataConfig = field(default_factory=MoshiDataConfig)
     train: MoshiTrainConfig = field(default_factory=MoshiTrainConfig)
-    lora: MoshiLoraSettings = field(default_factory=MoshiLoraSettings)
+    lora: LoraSettings = field(
+        default_factory=lambda: LoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"])
+    )
 
     def __post_init__(self) -> None:
         if self.model_type != "moshi":
