@@ -266,6 +266,20 @@ def test_moshi_loader_then_convert_then_save_and_load(tmp_path):
     assert all(layer.clip_tau == 1e-5 for _, layer in ttt_layers(clipped))
 
 
+def test_rope_scaling_given_at_load_replaces_the_saved_one(tmp_path):
+    write_tiny_checkpoint(tmp_path / "model.safetensors")
+    saved = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16}
+    lm = load_moshi(tmp_path / "model.safetensors", TINY, config=TTTConfig(layers=[0], chunk_size=4), dtype=torch.float32, rope_scaling=saved)
+    save_ttt(lm, tmp_path / "run")
+    run = tmp_path / "run"
+    kept = load_moshi(run / "model.safetensors", TINY, ttt_file=run / "ttt.safetensors", dtype=torch.float32)
+    assert kept.inplace_ttt["rope_scaling"]["factor"] == 2.0 and kept.transformer.rope.attention_factor == lm.transformer.rope.attention_factor
+    longer = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    loaded = load_moshi(run / "model.safetensors", TINY, ttt_file=run / "ttt.safetensors", dtype=torch.float32, rope_scaling=longer)
+    assert loaded.inplace_ttt["rope_scaling"]["factor"] == 4.0 and loaded.inplace_ttt["chunk_size"] == 4
+    assert loaded.transformer.rope.attention_factor > lm.transformer.rope.attention_factor
+
+
 def test_bad_input_is_refused_with_the_field_named(tmp_path):
     lm = tiny_lm()
     with pytest.raises(ValueError, match="outside the model"):

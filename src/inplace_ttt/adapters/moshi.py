@@ -214,7 +214,8 @@ def load_moshi(
     From published files: ``load_moshi(path_to_model_safetensors, config=TTTConfig(...))``
     (`lm_kwargs` defaults to Moshi 7B's, as in moshi). From `save_ttt`'s output: also give
     ``ttt_file`` (its ``ttt.safetensors``): the settings come from it and the trained TTT
-    weights are loaded (all must be there). `clip_tau` overrides the saved inference clipping.
+    weights are loaded (all must be there). `clip_tau` overrides the saved inference clipping,
+    `rope_scaling` the saved YaRN settings.
     """
     from moshi.models.loaders import get_moshi_lm
     from safetensors import safe_open
@@ -227,7 +228,8 @@ def load_moshi(
                 raise ValueError(f"{ttt_file} holds no In-Place TTT settings (metadata key '{SETTINGS_KEY}'): not written by save_ttt")
             ttt_weights = {k: f.get_tensor(k) for k in f.keys()}
         settings = json.loads(raw)
-        rope_scaling = settings.pop("rope_scaling") if rope_scaling is None else rope_scaling
+        saved_rope_scaling = settings.pop("rope_scaling", None)  # not a TTTConfig field
+        rope_scaling = saved_rope_scaling if rope_scaling is None else rope_scaling
         config = TTTConfig.from_dict(settings)
     if config is None:
         raise ValueError("load_moshi: give config=TTTConfig(...) to convert a pretrained model, or ttt_file= to load a converted one")
