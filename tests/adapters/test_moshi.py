@@ -239,6 +239,36 @@ def test_exec_mask_freezes_the_rows_it_masks():
         assert not steps.fast_sum[1].any() and steps.fast_sum[0].any()
 
 
+@pytest.mark.parametrize("target", ["token_embeddings", "hidden_states"])
+def test_rows_out_of_step_and_reset_mid_chunk_each_stream_like_their_own_forward(target):
+    """Rows at different positions (an exec mask skips steps of row 1; row 0 starts over mid-chunk
+    while row 1 goes on): each row's streamed outputs equal the parallel forward of the steps it ran."""
+    lm = tiny_lm()
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target=target))
+    active_targets(lm)
+    T = 20
+    sequence = random_codes(lm, 2, T)
+    skipped = {2, 3, 7, 12, 13, 14}  # steps row 1 does not run
+    reset_row0_at = 10  # mid-chunk (position 10 of chunk size 4), row 1 then mid-chunk too
+    outs, ran = [[], []], [[], []]
+    with torch.no_grad(), lm.streaming(2):
+        for t in range(T):
+            if t == reset_row0_at:
+                lm.reset_streaming(torch.tensor([True, False]))
+                outs[0], ran[0] = [], []
+            lm.set_exec_mask(torch.tensor([True, t not in skipped]))
+            _, step = lm.forward_text(sequence[:, :, t : t + 1])
+            for b in range(2):
+                if b == 0 or t not in skipped:
+                    outs[b].append(step[b, :, 0])
+                    ran[b].append(t)
+        assert update_counts(lm)[0].tolist() == [4, 3]  # 10 + 10 steps (row 0), 14 steps (row 1)
+    with torch.no_grad():
+        for b in range(2):
+            _, whole = lm.forward_text(sequence[b : b + 1, :, ran[b]])
+            torch.testing.assert_close(torch.stack(outs[b], 1), whole[0], rtol=1e-5, atol=1e-5)
+
+
 def write_tiny_checkpoint(path, seed=0) -> LMModel:
     """A tiny LMModel's weights in the layout `get_moshi_lm` reads (one safetensors state dict)."""
     lm = tiny_lm(seed)
