@@ -192,6 +192,12 @@ def check_bad_input(rank, world):
     pos = torch.tensor([[0, 1, 2, -1, -1]] if rank == 0 else [[3, 4, 5, 6, 7]]).expand(2, 5)
     with pytest.raises(ValueError, match="padding inside a chunk"):
         inplace_ttt(z, v, None, 1.0, 4, position_ids=pos, group=dist.group.WORLD)
+    # an empty slice on one rank (a sequence shorter than the group): the same error everywhere, no hang
+    for given in (False, True):
+        T_mine = 0 if rank == 1 else 5
+        pos = torch.arange(T_mine).expand(2, T_mine) if given else None
+        with pytest.raises(ValueError, match="at least 1 token"):
+            inplace_ttt(torch.randn(2, T_mine, 6), torch.randn(2, T_mine, 4), None, 1.0, 4, position_ids=pos, group=dist.group.WORLD)
     # after the errors the group still works
     out = inplace_ttt(z, v, None, 1.0, 4, group=dist.group.WORLD)
     assert out.shape == (2, 5, 4)

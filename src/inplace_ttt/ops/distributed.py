@@ -96,7 +96,7 @@ def sequence_shard(
     """
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     seg = None
-    if error is None and position_ids is not None:
+    if error is None and position_ids is not None and length > 0:  # an empty slice is refused below, on every rank
         try:
             seg = find_segments(position_ids, batch, length, chunk_size, device)
         except ValueError as e:
@@ -119,8 +119,9 @@ def sequence_shard(
                 f"rows, widths and settings, only the sequence is split"
             )
     lengths = table[:, 1].long()
-    if halo and bool((lengths < halo).any()):
-        raise ValueError(f"every context-parallel rank must hold at least {halo} tokens (the convolution's reach); lengths {lengths.tolist()}")
+    least = max(halo, 1)  # the convolution reads `halo` tokens of each neighbour
+    if bool((lengths < least).any()):
+        raise ValueError(f"every context-parallel rank must hold at least {least} token(s) of the sequence; lengths {lengths.tolist()}")
     if position_ids is None:
         offset = int(lengths[:rank].sum())
         pos = torch.arange(offset, offset + length, device=device).expand(batch, length)
