@@ -11,9 +11,9 @@ all_gather each: a rank's state receives the gradient of every later token of it
 and each rank's ``w0`` gradient is its own share (summed by data-parallel reduction).
 
 The convolution of the layer's target reads ``kernel // 2`` tokens of each neighbouring rank
-(`SequenceShard.with_halo`). Every exchange is preceded by a small metadata all_gather that
-checks shapes, dtypes and settings on every rank, so bad input raises the same error everywhere
-instead of hanging.
+(`SequenceShard.with_halo`). Each call begins with a small metadata exchange (two all_gathers,
+`sequence_shard`) that checks shapes, dtypes and settings on every rank, so bad input raises the
+same error everywhere instead of hanging.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _row_summary(seg, halo: int) -> Tensor:
     cols = torch.arange(T, device=seg.valid.device)
     has = seg.valid.any(1)
     first_col = torch.where(has, seg.valid.long().argmax(1), -1)
-    last_col = torch.where(seg.valid, cols, -1).max(1).values if T else first_col
+    last_col = torch.where(seg.valid, cols, -1).max(1).values  # T >= 1: `sequence_shard` refuses empty slices
 
     def pick(c: Tensor) -> Tensor:
         return torch.where(has, seg.positions.gather(1, c.clamp(min=0)[:, None])[:, 0], -1)
