@@ -54,6 +54,7 @@ def test_conversations_become_rows_padded_with_missing_values():
 
 
 def write_run(tmp_path, mode, steps=3):
+    tmp_path.mkdir(exist_ok=True)
     write_tiny_checkpoint(tmp_path / "model.safetensors")
     (tmp_path / "lm.json").write_text(json.dumps(TINY))
     data = tmp_path / "conversations"
@@ -117,3 +118,24 @@ def test_bad_runs_are_refused_with_the_field_named(tmp_path):
     save_file({"codes": torch.zeros(3, 20, dtype=torch.int64)}, str(tmp_path / "conversations" / "bad.safetensors"))
     with pytest.raises(ValueError, match="bad.safetensors.*3 streams"):
         train(load_config(path, ["--train.output_dir", str(tmp_path / "run2")]))
+
+
+def test_a_bfloat16_run_trains_as_far_as_a_float32_run(tmp_path):
+    """In bf16 the optimizer steps float32 copies: stepping the bf16 weights in place rounds
+    steps below half their spacing away (most of the down projection's at lr 1e-5, all of
+    W_target's diagonal of ones at 5e-4)."""
+    moved, diagonal = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        path = write_run(tmp_path / dtype, "ttt_only")
+        args = ["--model.dtype", dtype, "--train.learning_rate", "1e-5", "--train.ttt_learning_rate", "5e-4",
+                "--train.max_steps", "60", "--train.logging_steps", "60"]
+        assert main(["train", str(path), *args]) == 0
+        final = tmp_path / dtype / "run" / "final"
+        key = "transformer.layers.0.gating.linear_out.weight"
+        saved = load_file(str(final / "model.safetensors"))[key]
+        base = load_file(str(tmp_path / dtype / "model.safetensors"))[key].to(saved.dtype)  # as loaded
+        moved[dtype] = (saved.float() - base.float()).norm().item()
+        target = load_file(str(final / "ttt.safetensors"))["transformer.layers.0.gating.ttt.target_weight"]
+        diagonal[dtype] = (target.float().diagonal() - 1).abs().max().item()
+    assert moved["float32"] > 0 and 0.5 < moved["bfloat16"] / moved["float32"] < 2, moved
+    assert diagonal["bfloat16"] > 0, diagonal

@@ -15,7 +15,8 @@ codebook weighted by `train.first_codebook_weight` and text padding tokens by
 Modes: `ttt_only` (the TTT parameters and the TTT layers' down projections), `lora` (PEFT LoRA
 on `lora.target_modules`, TTT parameters trained in full and never wrapped; `final/` has the
 LoRA merged) and `full`. The loop is a plain one (AdamW, warmup + cosine, clipping with the
-norm logged before clipping, per-layer TTT telemetry); `final/` holds moshi's own
+norm logged before clipping, per-layer TTT telemetry; with `model.dtype: bfloat16` the
+optimizer updates float32 copies of the trainable parameters); `final/` holds moshi's own
 ``model.safetensors`` plus ``ttt.safetensors``, loaded with `adapters.moshi.load_moshi`.
 """
 
@@ -221,6 +222,14 @@ def merge_lora(lm) -> None:
             setattr(lm.get_submodule(parent_name) if parent_name else lm, child, module.get_base_layer())
 
 
+def master_weights(params: list[torch.nn.Parameter]) -> dict[int, torch.Tensor]:
+    """What the optimizer updates, by `id` of each parameter: the parameter itself if float32,
+    else a float32 copy, written back to the parameter after each step (as moshi-finetune's
+    mixed precision does). A bf16 parameter updated in place loses any step below half its
+    spacing: at lr 2e-6, every step of a 0.02 weight (spacing 1.2e-4) and of W_target's 1.0."""
+    return {id(p): p if p.dtype == torch.float32 else p.detach().float() for p in params}
+
+
 def _schedule(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -258,10 +267,12 @@ def train_moshi(config: MoshiRunConfig, resume: bool = False) -> Path:
         warnings.warn(f"{short} of {len(rows)} rows hold fewer than two chunks ({2 * chunk} steps): TTT is inert in them")
     lm.transformer.checkpointing = t.gradient_checkpointing
     trainable = apply_mode(lm, config)
+    master = master_weights(trainable)
     ttt_ids = {id(p) for n, p in lm.named_parameters() if ".ttt." in n}
-    groups = [{"params": [p for p in trainable if id(p) not in ttt_ids]},
-              {"params": [p for p in trainable if id(p) in ttt_ids], "lr": t.ttt_learning_rate or t.learning_rate}]
+    groups = [{"params": [master[id(p)] for p in trainable if id(p) not in ttt_ids]},
+              {"params": [master[id(p)] for p in trainable if id(p) in ttt_ids], "lr": t.ttt_learning_rate or t.learning_rate}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate, weight_decay=t.weight_decay)
+    low = [(p, master[id(p)]) for p in trainable if master[id(p)] is not p]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, t.warmup_steps, t.max_steps))
     telemetry = TTTTelemetry(layers)
     telemetry.enable()
@@ -274,12 +285,18 @@ def train_moshi(config: MoshiRunConfig, resume: bool = False) -> Path:
     for step in range(t.max_steps):
         take = order[(step * t.batch_size + torch.arange(t.batch_size)) % len(rows)]  # epochs cycle through a shuffled order
         loss, parts = moshi_loss(lm, rows[take].to(device), t.first_codebook_weight, t.text_padding_weight)
-        optimizer.zero_grad(set_to_none=True)
+        for p in trainable:
+            p.grad = None
         loss.backward()
         telemetry.record_gradients()
         telemetry.record_forward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm)  # returns the norm before clipping
+        for p, m in low:
+            m.grad = None if p.grad is None else p.grad.float()
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(master.values()), t.max_grad_norm)  # returns the norm before clipping
         optimizer.step()
+        with torch.no_grad():
+            for p, m in low:
+                p.copy_(m)
         scheduler.step()
         for k, v in {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **parts}.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + v
