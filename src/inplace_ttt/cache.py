@@ -170,5 +170,8 @@ class FixedStepState:
         mask = mask.to(device=self.next_pos.device, dtype=torch.bool)
         self.fast_sum.masked_fill_(mask[:, None, None], 0)  # not a multiply: inf * 0 would stay NaN
         self.pending.masked_fill_(mask[:, None, None], 0)
+        # the old window is masked out by window_pos, but its z enter a matmul with zero targets: 0 * inf is NaN
+        self.window_src.masked_fill_(mask[:, None, None], 0)
+        self.window_z.masked_fill_(mask[:, None, None], 0)
         self.window_pos.masked_fill_(mask[:, None], -1)
         self.next_pos.masked_fill_(mask, 0)

@@ -269,6 +269,25 @@ def test_rows_out_of_step_and_reset_mid_chunk_each_stream_like_their_own_forward
             torch.testing.assert_close(torch.stack(outs[b], 1), whole[0], rtol=1e-5, atol=1e-5)
 
 
+def test_a_reset_clears_an_overflowed_conversation():
+    """A row whose last conversation overflowed (inf in its state) starts the next one clean."""
+    lm = tiny_lm()
+    convert(lm, TTTConfig(layers=[1], chunk_size=4, target="token_embeddings"))
+    active_targets(lm)
+    sequence = random_codes(lm, 2, 9)
+    with torch.no_grad(), lm.streaming(2):
+        lm.forward_text(sequence[:, :, :3])
+        steps = lm.transformer.layers[1].gating._streaming_state.steps
+        for t in (steps.window_src, steps.window_z, steps.pending, steps.fast_sum):
+            t[1] = float("inf")  # as an overflow in fp16 would leave it
+        lm.reset_streaming(torch.tensor([False, True]))
+        _, streamed = lm.forward_text(sequence[:, :, 3:])
+        assert torch.isfinite(steps.fast_sum[1]).all() and steps.updates[1] > 0
+    with torch.no_grad():
+        _, whole = lm.forward_text(sequence[1:, :, 3:])
+    torch.testing.assert_close(streamed[1], whole[0], rtol=1e-5, atol=1e-5)
+
+
 def write_tiny_checkpoint(path, seed=0) -> LMModel:
     """A tiny LMModel's weights in the layout `get_moshi_lm` reads (one safetensors state dict)."""
     lm = tiny_lm(seed)
