@@ -139,3 +139,11 @@ def test_a_bfloat16_run_trains_as_far_as_a_float32_run(tmp_path):
         diagonal[dtype] = (target.float().diagonal() - 1).abs().max().item()
     assert moved["float32"] > 0 and 0.5 < moved["bfloat16"] / moved["float32"] < 2, moved
     assert diagonal["bfloat16"] > 0, diagonal
+
+
+def test_an_empty_conversation_is_refused_with_its_file_named(tmp_path):
+    from inplace_ttt.train.moshi import read_conversation
+
+    save_file({"codes": torch.zeros(17, 0, dtype=torch.int64)}, str(tmp_path / "empty.safetensors"))
+    with pytest.raises(ValueError, match="empty.safetensors.*no steps"):
+        read_conversation(tmp_path / "empty.safetensors", 17, 48, 32)

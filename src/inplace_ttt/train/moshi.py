@@ -146,8 +146,10 @@ def read_conversation(path: Path, num_codebooks: int, text_card: int, card: int)
         raise ValueError(f"{path}: '{CODES_KEY}' must be an integer tensor [K, T]; got {codes.dtype} {list(codes.shape)}")
     if codes.shape[0] != num_codebooks:
         raise ValueError(f"{path}: '{CODES_KEY}' has {codes.shape[0]} streams; the model reads {num_codebooks} (text + {num_codebooks - 1} audio codebooks)")
+    if codes.shape[1] == 0:
+        raise ValueError(f"{path}: '{CODES_KEY}' holds no steps ({list(codes.shape)})")
     codes = codes.long()
-    if codes.min() < -1 or codes[0].max() >= text_card or (codes.shape[1] and codes[1:].max() >= card):
+    if codes.min() < -1 or codes[0].max() >= text_card or codes[1:].max() >= card:
         raise ValueError(f"{path}: codes outside the model's vocabularies (text < {text_card}, audio < {card}, -1 for missing)")
     return codes
 
