@@ -125,6 +125,29 @@ def test_gradient_reaches_every_ttt_parameter_from_the_start():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
 
 
+def test_activation_checkpointing_gives_the_same_gradients_after_a_later_forward():
+    """A checkpointed layer re-runs in the backward: it must read the embeddings of its own
+    forward, not those of a forward that came in between (gradient accumulation)."""
+    lm = tiny_lm()
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    active_targets(lm)
+    lm.train()
+    codes, other = random_codes(lm, 2, 16), random_codes(lm, 2, 16)
+
+    def ttt_grads(checkpointing: bool) -> dict:
+        lm.zero_grad()
+        lm.transformer.checkpointing = checkpointing
+        loss = moshi_loss(lm, codes)
+        moshi_loss(lm, other)  # a second forward before the first backward
+        loss.backward()
+        return {n: p.grad.clone() for n, p in lm.named_parameters() if ".ttt." in n}
+
+    plain, checkpointed = ttt_grads(False), ttt_grads(True)
+    assert all(plain[n].abs().sum() > 0 for n in plain)
+    for n in plain:
+        torch.testing.assert_close(checkpointed[n], plain[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
 def test_a_copy_of_a_converted_model_is_self_contained():
     lm = tiny_lm()
     convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))

@@ -28,6 +28,7 @@ import torch.nn as nn
 from moshi.models.lm import LMModel
 from moshi.modules.streaming import State, StreamingModule
 from torch import Tensor
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..cache import FixedStepState
 from ..config import TTTConfig
@@ -54,10 +55,26 @@ class MoshiGatingSpec(GatedMLPSpec):
 
 
 class _ForwardContext:
-    """The temporal transformer's input of the forward in flight (the summed input embeddings)."""
+    """The temporal transformer's input of the forward in flight (the summed input embeddings).
+
+    While gradients are recorded it also remembers which embeddings each TTT layer's input
+    belongs to: an activation checkpoint re-runs the layer in the backward, possibly after
+    later forwards have replaced `embeddings` (gradient accumulation, a second loss pass).
+    """
 
     def __init__(self) -> None:
         self.embeddings: Tensor | None = None
+        self.by_layer_input = WeakTensorKeyDictionary()
+
+    def source_for(self, layer_input: Tensor) -> Tensor | None:
+        if not torch.is_grad_enabled():
+            return self.embeddings
+        if layer_input not in self.by_layer_input:
+            self.by_layer_input[layer_input] = self.embeddings
+        return self.by_layer_input[layer_input]
+
+    def __reduce__(self):
+        return (_ForwardContext, ())  # a copy (or a pickle) has no forward in flight
 
 
 @dataclass
@@ -76,6 +93,7 @@ class MoshiTTTGating(InPlaceTTTMLP, StreamingModule):
         super().__init__(gating, config, MoshiGatingSpec(), layer_idx=layer_idx)
         self.conv_kernel = config.conv_kernel
         self._context = context
+        self._layer_source: Tensor | None = None  # set by `_bind_source` as the layer starts
 
     def _init_streaming_state(self, batch_size: int) -> _TTTStreamingState:
         w_out, w_in = self.down.weight, self.linear_in.weight
@@ -86,7 +104,7 @@ class MoshiTTTGating(InPlaceTTTMLP, StreamingModule):
     def forward(self, x: Tensor) -> Tensor:
         source = None
         if self.target == "token_embeddings":
-            source = self._context.embeddings
+            source, self._layer_source = self._layer_source, None
             if source is None or source.shape[:2] != x.shape[:2]:
                 raise RuntimeError(
                     f"TTT layer {self.layer_idx} got input {list(x.shape)} but the model's input embeddings are "
@@ -146,6 +164,7 @@ def convert(lm: nn.Module, config: TTTConfig, *, rope_scaling: dict | None = Non
     context = _ForwardContext()
     for i in indices:
         layers[i].gating = MoshiTTTGating(layers[i].gating, config, i, context)
+        layers[i].register_forward_pre_hook(_bind_source)
     lm.transformer._ttt_context = context  # found through the module, so that copies of the model stay self-contained
     lm.transformer.register_forward_pre_hook(_keep_embeddings)
     if rope_scaling is not None:
@@ -159,6 +178,11 @@ def convert(lm: nn.Module, config: TTTConfig, *, rope_scaling: dict | None = Non
 
 def _keep_embeddings(transformer: nn.Module, args: tuple) -> None:
     transformer._ttt_context.embeddings = args[0]
+
+
+def _bind_source(layer: nn.Module, args: tuple) -> None:
+    """Give a TTT layer's gating the embeddings of the forward its input belongs to."""
+    layer.gating._layer_source = layer.gating._context.source_for(args[0])
 
 
 def _install_yarn(transformer: nn.Module, rope_scaling: dict) -> None:
