@@ -129,34 +129,37 @@ class InPlaceTTTMLP(nn.Module):
             default to the next ones) and the state is updated in place.
         """
         z = self.spec.hidden(self, x)
-        if state is not None and self.cp_group is not None:
+        if state is not None and self.cp_group is not None:  # at once, before any collective: streaming runs on one rank
             raise ValueError("streaming (a state) runs on one rank: clear cp_group (context parallelism) to generate")
-        if x.shape[1] == 0 and self.cp_group is None:  # no tokens: no update, no state change
+        stats = {} if self.record_stats and state is None else None
+        if self.cp_group is not None:
+            fast = self._context_parallel(z, x, target_source, position_ids, stats)
+        elif x.shape[1] == 0:  # no tokens: no update, no state change
             return self.down(z)
-        src = self._source(x, target_source)
-        if state is None:
-            stats = {} if self.record_stats else None
-            if self.cp_group is None:
-                seg = find_segments(position_ids, x.shape[0], x.shape[1], self.chunk_size, x.device)
-                v = self.ttt(src, seg.seg_key).to(z.dtype)
-                fast = inplace_ttt(
-                    z, v, None, self.ttt_lr, self.chunk_size, position_ids=position_ids, clip_tau=self.clip_tau, stats=stats
-                )
-            else:
-                fast = self._context_parallel(z, src, position_ids, stats)
-            if stats is not None:
-                self._record(stats)
+        elif state is None:
+            src = self._source(x, target_source)
+            seg = find_segments(position_ids, x.shape[0], x.shape[1], self.chunk_size, x.device)
+            v = self.ttt(src, seg.seg_key).to(z.dtype)
+            fast = inplace_ttt(z, v, None, self.ttt_lr, self.chunk_size, position_ids=position_ids, clip_tau=self.clip_tau, stats=stats)
         else:
-            fast = self._stream(z, src, position_ids, state)
+            fast = self._stream(z, self._source(x, target_source), position_ids, state)
+        if stats is not None:
+            self._record(stats)
         return self.down(z) + fast
 
-    def _context_parallel(self, z: Tensor, src: Tensor, position_ids: Tensor | None, stats: dict | None) -> Tensor:
+    def _context_parallel(self, z: Tensor, x: Tensor, target_source: Tensor | None, position_ids: Tensor | None, stats: dict | None) -> Tensor:
         """The fast term on this rank's slice of sequences split across `cp_group`: the convolution
-        reads its neighbours' edge tokens, the op their carry (`ops.distributed`)."""
+        reads its neighbours' edge tokens, the op their carry (`ops.distributed`). A bad argument
+        is raised on every rank (after the metadata exchange), so no rank waits for one that failed."""
         B, T, h = z.shape
+        error, src = None, x
+        try:
+            src = self._source(x, target_source)
+        except ValueError as e:
+            error = str(e)
         shard = sequence_shard(
             self.cp_group, position_ids, B, T, self.chunk_size, widths=(src.shape[-1], h), dtype=z.dtype, device=z.device,
-            settings=(self.ttt_lr, self.clip_tau, False), halo=self.ttt.conv_weight.shape[1] // 2,
+            settings=(self.ttt_lr, self.clip_tau, False), halo=self.ttt.conv_weight.shape[1] // 2, error=error,
         )
         src_ext, key_ext, own = shard.with_halo(src)
         v = self.ttt(src_ext, key_ext)[:, own].to(z.dtype)

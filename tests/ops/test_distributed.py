@@ -198,6 +198,13 @@ def check_bad_input(rank, world):
         pos = torch.arange(T_mine).expand(2, T_mine) if given else None
         with pytest.raises(ValueError, match="at least 1 token"):
             inplace_ttt(torch.randn(2, T_mine, 6), torch.randn(2, T_mine, 4), None, 1.0, 4, position_ids=pos, group=dist.group.WORLD)
+    # a layer given a bad argument on one rank: that rank names it, the others point to it (none waits)
+    layer = InPlaceTTTMLP(GatedMLP(4, 6), TTTConfig(chunk_size=4, target="token_embeddings"))
+    x = torch.randn(2, 5, 4)
+    emb = torch.randn(2, 3 if rank == 1 else 5, 4)
+    layer.cp_group = dist.group.WORLD
+    with pytest.raises(ValueError, match="target_source must be" if rank == 1 else "rank\\(s\\) \\[1\\] got invalid input"):
+        layer(x, target_source=emb)
     # after the errors the group still works
     out = inplace_ttt(z, v, None, 1.0, 4, group=dist.group.WORLD)
     assert out.shape == (2, 5, 4)
