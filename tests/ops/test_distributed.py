@@ -10,6 +10,7 @@ here with an all_reduce as data parallelism would.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from datetime import timedelta
 
@@ -227,6 +228,10 @@ def _worker(rank, world, store, job):
             check_bad_input(rank, world)
     finally:
         dist.destroy_process_group()
+    # passed: leave without interpreter teardown, where a rank that ran transformers (check_hf) aborts
+    # now and then ("terminate called without an active exception", about 1 run in 10 on a 2-core machine)
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(world: int, job: str) -> None:
