@@ -67,7 +67,9 @@ def inplace_ttt(
             of ``||S||_F`` at the end). Costs a host sync; for logging, not for every step.
         group: a `torch.distributed` process group over which the sequences are split along
             time: this rank holds a contiguous slice of every row (see `distributed.py`), and
-            `position_ids` are that slice's global positions.
+            `position_ids` are that slice's global positions. A collective: every rank of the
+            group calls it, each with at least one token; no `initial_state` or
+            `output_final_state` (those belong to streaming, on one rank).
 
     Returns:
         ``out`` ``[B, T, d]``, and the float32 (float64) final state ``[B, d, h]`` if asked.
