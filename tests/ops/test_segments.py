@@ -34,3 +34,8 @@ def test_without_positions_each_row_is_one_document():
 def test_padding_inside_a_chunk_is_refused():
     with pytest.raises(ValueError, match=r"row 0, column 2"):
         find_segments(torch.tensor([[0, -1, 1]]), 1, 3, 4, torch.device("cpu"))
+
+
+def test_an_empty_batch_has_no_segments():
+    seg = find_segments(torch.zeros(2, 0, dtype=torch.long), 2, 0, 4, torch.device("cpu"))
+    assert seg.seg_index.shape == (2, 0) and not seg.valid.any()

@@ -54,7 +54,7 @@ def find_segments(position_ids: Tensor | None, batch: int, length: int, chunk_si
         valid = pos >= 0
         # column of the previous non-padding token in the row (-1 if none)
         last_valid = torch.cummax(torch.where(valid, col, -1), dim=1).values
-        prev_col = torch.cat([last_valid.new_full((batch, 1), -1), last_valid[:, :-1]], dim=1)
+        prev_col = torch.cat([last_valid.new_full((batch, 1), -1), last_valid[:, :-1]], dim=1)[:, :length]  # [B, 0] stays empty
         has_prev = prev_col >= 0
         prev_pos = pos.gather(1, prev_col.clamp(min=0))
         doc_start = valid & ((pos == 0) | (has_prev & (pos != prev_pos + 1)))
