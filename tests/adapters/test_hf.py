@@ -253,3 +253,5 @@ def test_top_level_convert_passes_the_context_parallel_group_and_refuses_other_o
     with pytest.raises(TypeError, match=r"takes only cp_group=, not \['rope_scaling'\]"):
         inplace_ttt.convert(tiny(), ttt_config(), rope_scaling={"rope_type": "yarn", "factor": 2.0})
     assert inplace_ttt.set_context_parallel is inplace_ttt.adapters.hf.set_context_parallel
+    with pytest.raises(ValueError, match="convert it first"):
+        inplace_ttt.set_context_parallel(tiny(), None)

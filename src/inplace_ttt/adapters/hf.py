@@ -115,6 +115,8 @@ def set_context_parallel(model: nn.Module, group) -> None:
     ``labels``) with ``position_ids`` the global positions of its tokens, and no cache; the TTT
     layers exchange their carries over `group`. Attention needs its own context parallelism
     with the same contiguous split (PyTorch's ``context_parallel`` without load balancing)."""
+    if not hasattr(model, "_ttt_context"):
+        raise ValueError(f"{type(model).__name__} has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
     for _, layer in ttt_layers(model):
         layer.cp_group = group
     model._ttt_context.cp_group = group
