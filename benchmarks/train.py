@@ -12,7 +12,6 @@ before the model existed.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics

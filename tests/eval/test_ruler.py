@@ -19,7 +19,7 @@ def test_single_needles_sweep_the_depths_and_land_there(tokenizer):
     for s in samples:
         intro, rest = s.prompt.split("\n", 1)
         context = rest.rsplit("\n", 1)[0]
-        needle = f"The secret code for"
+        needle = "The secret code for"
         before = context[: context.index(needle)]
         depth = n_tokens(tokenizer, before) / n_tokens(tokenizer, context)
         assert abs(depth - s.depths[0]) < 0.03, (depth, s.depths[0])
