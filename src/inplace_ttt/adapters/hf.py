@@ -252,6 +252,26 @@ def _save_pretrained(model, save_directory, *args, **kwargs):
         write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def is_ttt_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory saved by a converted model (its config.json carries the TTT settings)."""
+    config_file = Path(path) / "config.json"
+    return config_file.is_file() and CONFIG_KEY in json.loads(config_file.read_text())
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' warnings off for a block: loading an In-Place TTT directory makes it warn, by
+    design (unknown model_type, weights the base class does not know)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **kwargs) -> nn.Module:
     """Load a converted model saved with `model.save_pretrained` (safetensors only).
 
@@ -261,7 +281,6 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-    from transformers.utils import logging as hf_logging
 
     path = Path(path)
     config_file = path / "config.json"
@@ -277,12 +296,8 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} has no .safetensors weights (In-Place TTT checkpoints are safetensors only)")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the base class does not know the TTT weights; we load them below
-    try:
+    with quiet_transformers():  # the base class does not know the TTT weights; we load them below
         model = AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     ttt_config = TTTConfig.from_dict(settings)
     if clip_tau is not ...:
         ttt_config = ttt_config.replace(clip_tau=clip_tau)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import from_pretrained, set_clip_tau
-from ..adapters.hf import CONFIG_KEY
+from ..adapters.hf import CONFIG_KEY, is_ttt_checkpoint, quiet_transformers
 from ..assets import corpus_files
 from ..documents import read_documents
 from ..files import write_atomic
@@ -74,8 +74,7 @@ def parse_lengths(text: str) -> list[int]:
 def load_model(path: str, dtype: torch.dtype, clip_tau: float | None):
     from transformers import AutoModelForCausalLM
 
-    config = Path(path) / "config.json"
-    if config.is_file() and CONFIG_KEY in json.loads(config.read_text()):
+    if is_ttt_checkpoint(path):
         model = from_pretrained(path, dtype=dtype)
         if clip_tau is not None:
             set_clip_tau(model, clip_tau)
@@ -87,14 +86,9 @@ def load_model(path: str, dtype: torch.dtype, clip_tau: float | None):
 def load_tokenizer(paths: list[str]):
     """The models' shared tokenizer; different tokenizers would mean different inputs."""
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
-    try:
+    with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
         tokenizers = [AutoTokenizer.from_pretrained(p) for p in paths]
-    finally:
-        hf_logging.set_verbosity(verbosity)
     first = tokenizers[0].get_vocab()
     for p, tok in zip(paths[1:], tokenizers[1:]):
         if tok.get_vocab() != first:

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 from transformers.trainer_utils import rotate_checkpoints
 
 from ..adapters import convert, from_pretrained, ttt_layers
-from ..adapters.hf import CONFIG_KEY
+from ..adapters.hf import is_ttt_checkpoint
 from ..doctor import doctor
 from ..files import write_atomic
 from .config import DataConfig, RunConfig, TrainConfig, dump_config
@@ -153,8 +153,7 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
 def load_model(config: RunConfig, dtype: torch.dtype):
     """The model to train: a saved In-Place TTT model as it is, or a base model converted
     (left as it is with ``ttt: null``, the baseline without TTT)."""
-    config_file = Path(config.model) / "config.json"
-    if config_file.is_file() and CONFIG_KEY in json.loads(config_file.read_text()):
+    if is_ttt_checkpoint(config.model):
         if config.ttt is None:
             raise RunError(f"ttt: null trains a model without TTT, but {config.model} is an In-Place TTT checkpoint")
         return from_pretrained(config.model, dtype=dtype)
