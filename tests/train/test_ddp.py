@@ -23,7 +23,7 @@ def test_two_processes_match_one(workspace):
     assert one.returncode == 0, one.stderr[-2000:]
     edit(config, train={"per_device_train_batch_size": 1, "output_dir": str(workspace["root"] / "two")})
     two = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29533", "-m", "inplace_ttt.cli", "train", str(config)],
+        [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "inplace_ttt.cli", "train", str(config)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert two.returncode == 0, two.stderr[-3000:]
