@@ -26,46 +26,71 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    """Load a converted model and its tokenizer, read some text, run `inplace_ttt.doctor`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a converted model and a batch of its data, run `inplace_ttt.doctor`."""
+    from pathlib import Path
 
-    from . import from_pretrained, ttt_layers
+    from .adapters import MOSHI_TTT_WEIGHTS
     from .doctor import doctor
 
-    model = from_pretrained(args.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    chunk = max(layer.chunk_size for _, layer in ttt_layers(model))
-    length = args.length or 3 * chunk
-    ids = tokenizer(_read_text(args.data), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    rows = max(1, min(args.rows, len(ids) // length))
-    ids = ids[: rows * length].view(rows, -1)
-    base = AutoModelForCausalLM.from_pretrained(args.base) if args.base else None
+    moshi = (Path(args.model_dir) / MOSHI_TTT_WEIGHTS).is_file()
+    model, batch, base, what = (_moshi_doctor_inputs if moshi else _text_doctor_inputs)(args)
     model.train(not args.inference)
-    report = doctor(model, ids, base, training=not args.inference)
-    print(f"doctor: {args.model_dir} on {rows} x {ids.shape[1]} tokens of {args.data}")
+    report = doctor(model, batch, base, training=not args.inference)
+    print(f"doctor: {args.model_dir} on {what} of {args.data}")
     print(report)
     return 0 if report.ok else 1
 
 
-def _read_text(path: str) -> str:
-    """The text of a .txt file, or the "text" fields of a .jsonl file."""
-    import json
+def _rows(length: int, steps: int, wanted: int) -> int:
+    if length < 1 or wanted < 1:
+        raise ValueError(f"--length and --rows must be >= 1; got {length} and {wanted}")
+    return max(1, min(wanted, steps // length))
+
+
+def _text_doctor_inputs(args: argparse.Namespace):
+    """A transformers checkpoint, rows of tokenized text from `--data`, the `--base` model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import from_pretrained, ttt_layers
+    from .documents import read_documents
+
+    model = from_pretrained(args.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    length = 3 * max(layer.chunk_size for _, layer in ttt_layers(model)) if args.length is None else args.length
+    text = "\n\n".join(read_documents([args.data]))
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    rows = _rows(length, len(ids), args.rows)
+    ids = ids[: rows * length].view(rows, -1)
+    base = AutoModelForCausalLM.from_pretrained(args.base) if args.base else None
+    return model, ids, base, f"{rows} x {ids.shape[1]} tokens"
+
+
+def _moshi_doctor_inputs(args: argparse.Namespace):
+    """A Moshi `final/` (moshi's model.safetensors + ttt.safetensors), rows of one conversation's
+    codes from `--data` (a .safetensors codes file), the `--base` model.safetensors."""
     from pathlib import Path
 
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"ittt: no such data file: {path}")
-    if p.suffix == ".jsonl":
-        return "\n\n".join(json.loads(line)["text"] for line in p.read_text().splitlines() if line.strip())
-    return p.read_text()
+    import torch.nn.functional as F
+
+    from .adapters.moshi import TTT_WEIGHTS, load_base, ttt_layers
+    from .train.moshi import MoshiModelConfig, load_lm, read_conversation, read_lm_kwargs
+
+    d = Path(args.model_dir)
+    files = MoshiModelConfig(weights=str(d / "model.safetensors"), ttt_weights=str(d / TTT_WEIGHTS), lm_kwargs=args.lm_kwargs)
+    lm = load_lm(files, None)
+    length = 3 * max(layer.chunk_size for _, layer in ttt_layers(lm)) if args.length is None else args.length
+    codes = read_conversation(Path(args.data), lm.num_codebooks, lm.text_card, lm.card)
+    rows = _rows(length, codes.shape[1], args.rows)
+    codes = F.pad(codes, (0, max(0, rows * length - codes.shape[1])), value=-1)[:, : rows * length]
+    batch = codes.unflatten(1, (rows, length)).transpose(0, 1)
+    base = load_base(args.base, read_lm_kwargs(args.lm_kwargs)) if args.base else None
+    return lm, {"codes": batch}, base, f"{rows} x {length} steps"
 
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .train.config import load_config
-    from .train.trainer import train
+    from .train.run import load_run_config, train
 
-    config = load_config(args.config, overrides)
-    final = train(config, resume=args.resume)
+    final = train(load_run_config(args.config, overrides), resume=args.resume)
     print(f"final model: {final}")
     return 0
 
@@ -122,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int)
     demo.set_defaults(func=_demo)
     doc = sub.add_parser("doctor", help="check the In-Place TTT invariants on a model and data")
-    doc.add_argument("model_dir", help="a directory saved by a converted model's save_pretrained")
-    doc.add_argument("--data", required=True, help=".txt or .jsonl (field 'text') to draw a batch from")
-    doc.add_argument("--base", help="the unconverted model directory, for the warm-start check")
-    doc.add_argument("--length", type=int, help="tokens per row (default 3 chunks)")
+    doc.add_argument("model_dir", help="a converted model's directory: transformers' save_pretrained, or a Moshi final/ (model.safetensors + ttt.safetensors)")
+    doc.add_argument("--data", required=True, help="documents to draw a batch from (.txt, .jsonl or .parquet); for Moshi a .safetensors conversation of codes")
+    doc.add_argument("--base", help="the unconverted model (a directory; for Moshi its model.safetensors), for the warm-start and activation checks")
+    doc.add_argument("--lm-kwargs", help="Moshi: a JSON file of LMModel keyword arguments (default: Moshi 7B's)")
+    doc.add_argument("--length", type=int, help="tokens (Moshi: steps) per row (default 3 chunks)")
     doc.add_argument("--rows", type=int, default=2)
     doc.add_argument("--inference", action="store_true", help="the model is for inference: allow clipping and short data")
     doc.set_defaults(func=_doctor)

@@ -26,7 +26,7 @@ from .config import TTTConfig
 from .eval.report import plot_training
 from .eval.runner import LOSS_TASK, EvalSettings, evaluate
 from .train.config import DataConfig, RunConfig, TrainConfig
-from .train.trainer import train
+from .train.run import train
 
 DEMO_TASKS = (LOSS_TASK, "niah_single", "niah_multikey", "vt")
 

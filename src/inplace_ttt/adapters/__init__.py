@@ -11,6 +11,9 @@ from . import hf
 from .hf import clip_tau, decoder_layers, from_pretrained, is_converted, set_clip_tau, set_context_parallel, ttt_positions
 
 
+MOSHI_TTT_WEIGHTS = "ttt.safetensors"  # beside moshi's model.safetensors: our weights and settings
+
+
 def _is_moshi_lm(model: nn.Module) -> bool:
     """A moshi `LMModel`, recognised without importing moshi (an optional install)."""
     return any(c.__name__ == "LMModel" and c.__module__.startswith("moshi.") for c in type(model).__mro__)
@@ -30,6 +33,15 @@ def convert(model: nn.Module, config: TTTConfig, **options) -> nn.Module:
     return hf.convert(model, config, **options)
 
 
+def probe(model: nn.Module):
+    """How the doctor runs `model` (a `probe.ModelProbe` of its family)."""
+    if _is_moshi_lm(model):
+        from . import moshi
+
+        return moshi.PROBE
+    return hf.PROBE
+
+
 def ttt_layers(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
     """`(layer index, TTT layer)` for every TTT layer of a converted model."""
     if _is_moshi_lm(model):
@@ -39,4 +51,4 @@ def ttt_layers(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
     return hf.ttt_layers(model)
 
 
-__all__ = ["convert", "from_pretrained", "set_clip_tau", "clip_tau", "set_context_parallel", "ttt_layers", "decoder_layers", "is_converted", "ttt_positions"]
+__all__ = ["convert", "from_pretrained", "set_clip_tau", "clip_tau", "set_context_parallel", "ttt_layers", "probe", "decoder_layers", "is_converted", "ttt_positions"]

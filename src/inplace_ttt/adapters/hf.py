@@ -33,8 +33,9 @@ from torch import Tensor
 
 from ..config import TTTConfig
 from ..files import write_atomic
-from ..layer import GatedMLPSpec, InPlaceTTTMLP
+from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param
 from .hf_cache import FastWeightCacheMixin, adopt_cache
+from .probe import ModelProbe
 
 CONFIG_KEY = "inplace_ttt"
 CHECKPOINT_MODEL_TYPE = "inplace_ttt"  # what config.json says, so plain transformers refuses to load it
@@ -302,7 +303,7 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
     if clip_tau is not ...:
         ttt_config = ttt_config.replace(clip_tau=clip_tau)
     convert(model, ttt_config)
-    wanted = {name for name, _ in model.named_parameters() if ".ttt." in name}
+    wanted = {name for name, _ in model.named_parameters() if is_ttt_param(name)}
     found = {}
     for file in files:
         with safe_open(file, framework="pt") as f:
@@ -317,3 +318,40 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
         for key, tensor in found.items():
             params[key].copy_(tensor)
     return model
+
+
+# the doctor's view of a transformers model ------------------------------------------------------
+
+
+def _positions(batch: dict) -> Tensor:
+    ids = batch["input_ids"]
+    return ttt_positions(ids.shape[0], ids.shape[1], batch.get("attention_mask"), batch.get("position_ids"), 0, ids.device)
+
+
+def _logits(model: nn.Module, batch: dict) -> Tensor:
+    with torch.no_grad():
+        return model(**batch, use_cache=False).logits.float()
+
+
+def _loss(model: nn.Module, batch: dict) -> Tensor:
+    labels = batch["input_ids"].clone()
+    if batch.get("attention_mask") is not None:
+        labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    return model(**batch, labels=labels, use_cache=False).loss
+
+
+def _causality_gap(model: nn.Module, batch: dict) -> float:
+    """How far changing the last token moves the logits of the earlier positions."""
+    ids = batch["input_ids"]
+    t = ids.shape[1] - 1
+    if t == 0:
+        return 0.0
+    changed = dict(batch, input_ids=ids.clone())
+    changed["input_ids"][:, t] = (ids[:, t] + 1) % max(int(ids.max()) + 1, 2)
+    return (_logits(model, changed)[:, :t] - _logits(model, batch)[:, :t]).abs().max().item()
+
+
+PROBE = ModelProbe(
+    positions=_positions, logits=_logits, loss=_loss, causality_gap=_causality_gap,
+    original_mlp=lambda base, idx: decoder_layers(base)[1][idx].mlp,
+)

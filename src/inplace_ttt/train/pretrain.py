@@ -20,9 +20,9 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 from ..documents import read_documents
 from ..files import write_atomic
 from .config import DataConfig, TrainConfig
-from .data import collate
+from .data import build_dataset, collate
 from .telemetry import MetricsJsonl, TTTTelemetry
-from .trainer import RunError, TTTTrainer, build_dataset, prepare_run_dir, training_arguments, use_bf16
+from .trainer import RunError, TTTTrainer, prepare_run_dir, training_arguments, use_bf16
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 SUMMARY = "pretrain_summary.json"
