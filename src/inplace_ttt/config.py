@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 TARGETS = ("hidden_states", "token_embeddings")
+CONFIG_KEY = "inplace_ttt"  # where a converted transformers model's config keeps these settings
 
 _RULE = re.compile(r"^\s*every\s+(\d+)(?:st|nd|rd|th)?(?:\s+layers?)?(?:\s+from\s+(\d+))?\s*$")
 
