@@ -96,7 +96,7 @@ def errors(ours, ref, ref_weights, ids):
 
 
 @pytest.mark.parametrize("family", ["qwen3", "llama"])
-@pytest.mark.parametrize("proj", [True])
+@pytest.mark.parametrize("proj", [True, False])
 @pytest.mark.parametrize("target", ["hidden_states", "input_embed"])
 @pytest.mark.parametrize("T", [12, 14])  # a multiple of the chunk and not (their zero-padded last chunk)
 def test_loaded_model_equals_their_math(tmp_path, family, proj, target, T):
@@ -126,8 +126,9 @@ def test_a_wrong_mapping_fails_the_comparison(tmp_path, wrong):
     assert errs["logits"] > 1e-3, errs["logits"]  # the correct mapping gives <= 1e-9
 
 
-def test_export_import_round_trip_is_exact(tmp_path):
-    model = converted("qwen3").double()
+@pytest.mark.parametrize("proj", [True, False])
+def test_export_import_round_trip_is_exact(tmp_path, proj):
+    model = converted("qwen3", target_projection=proj).double()
     out = inplace_ttt.export_release(model, tmp_path / "release")
     loaded = inplace_ttt.from_pretrained(out, dtype=torch.float64)
     ids = torch.randint(3, VOCAB, (2, 14), generator=torch.Generator().manual_seed(3))
@@ -138,21 +139,30 @@ def test_export_import_round_trip_is_exact(tmp_path):
         assert torch.equal(params[name], p), name
 
 
-@pytest.mark.parametrize("family", ["qwen3", "llama"])
-@pytest.mark.parametrize("target", ["hidden_states", "token_embeddings"])
-def test_export_is_what_their_model_computes(tmp_path, family, target):
-    model = converted(family, target=target).double()
+@pytest.mark.parametrize(
+    "family, switches",
+    [
+        ("qwen3", {"target": "hidden_states"}),
+        ("llama", {"target": "token_embeddings"}),
+        ("qwen3", {"target_projection": False}),  # their ttt_proj: false
+        ("llama", {"target_conv": False}),  # written as a convolution with one centre tap
+    ],
+)
+def test_export_is_what_their_model_computes(tmp_path, family, switches):
+    model = converted(family, **switches).double()
     out = inplace_ttt.export_release(model, tmp_path / "release")
     data = json.loads((out / "config.json").read_text())
+    proj = switches.get("target_projection", True)
     assert data["model_type"] == family and data["architectures"] == [FAMILY_ARCH[family]]
     assert {k: data[k] for k in ("ttt_mode", "ttt_layers", "ttt_chunk", "ttt_lr", "ttt_proj", "ttt_target")} == {
-        "ttt_mode": True, "ttt_layers": [0, 2], "ttt_chunk": 4, "ttt_lr": 0.5, "ttt_proj": True,
-        "ttt_target": {"hidden_states": "hidden_states", "token_embeddings": "input_embed"}[target],
+        "ttt_mode": True, "ttt_layers": [0, 2], "ttt_chunk": 4, "ttt_lr": 0.5, "ttt_proj": proj,
+        "ttt_target": {"hidden_states": "hidden_states", "token_embeddings": "input_embed"}[switches.get("target", "hidden_states")],
     }
     assert data["rope_theta"] == model.config.rope_parameters["rope_theta"] and data["rope_scaling"] is None  # what 4.57 reads
     assert "inplace_ttt" not in data
     tensors = load_file(out / "model.safetensors")
-    assert sorted(k for k in tensors if "ttt" in k) == [f"model.layers.{i}.mlp.ttt_{w}.weight" for i in (0, 2) for w in ("conv", "proj")]
+    kinds = ("conv", "proj") if proj else ("conv",)
+    assert sorted(k for k in tensors if "ttt" in k) == [f"model.layers.{i}.mlp.ttt_{w}.weight" for i in (0, 2) for w in kinds]
     assert tensors["model.layers.0.mlp.ttt_conv.weight"].shape == (32, 1, 5)
     ref, ref_weights = release_reference(out)
     ids = torch.randint(3, VOCAB, (2, 14), generator=torch.Generator().manual_seed(3))

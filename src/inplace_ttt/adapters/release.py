@@ -74,7 +74,7 @@ def read_release(path: str | os.PathLike, data: dict):
     tensors = _read_tensors(path, files, layers, settings["ttt_proj"], base.hidden_size)
     config = TTTConfig(
         layers=layers, chunk_size=settings["ttt_chunk"], ttt_lr=float(settings["ttt_lr"]),
-        target=TARGETS[settings["ttt_target"]], conv_kernel=KERNEL, **({} if settings["ttt_proj"] else {"target_projection": False}),  # TEMP until the switches land
+        target=TARGETS[settings["ttt_target"]], conv_kernel=KERNEL, target_projection=settings["ttt_proj"],
     )
     return config, base, tensors
 
@@ -198,15 +198,14 @@ def export_release(model: nn.Module, save_directory: str | os.PathLike, *, token
     if family == "llama" and getattr(model.config, "mlp_bias", False):
         raise ValueError("export_release: mlp_bias is true: the release's TTT layers drop the down projection's bias, so their model would compute something else")
     first = next(iter(layers.values()))
-    kernel = first.ttt.conv_weight.shape[1]
-    if kernel != KERNEL:
-        raise ValueError(f"export_release: conv_kernel is {kernel}; the release's convolution has width {KERNEL}")
+    if first.ttt.conv_weight is not None and first.ttt.kernel != KERNEL:
+        raise ValueError(f"export_release: conv_kernel is {first.ttt.kernel}; the release's convolution has width {KERNEL}")
     dest = Path(save_directory)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ValueError(f"export_release: {dest} exists and is not an empty directory; export into a new one")
     state = {k: v for k, v in model.state_dict().items() if not any(k.startswith(f"{p}.ttt.") for p in layers)}
     for prefix, layer in layers.items():
-        state[f"{prefix}.ttt_conv.weight"] = layer.ttt.conv_weight.detach()[:, None].contiguous()
+        state[f"{prefix}.ttt_conv.weight"] = _release_conv(layer)
         if layer.ttt.target_weight is not None:
             state[f"{prefix}.ttt_proj.weight"] = layer.ttt.target_weight.detach().T.contiguous()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +235,18 @@ def _ttt_mlps(model: nn.Module) -> dict[str, InPlaceTTTMLP]:
     if odd:
         raise ValueError(f"export_release: TTT layers at {odd}; the release format names them model.layers.{{i}}.mlp")
     return layers
+
+
+def _release_conv(layer: InPlaceTTTMLP) -> Tensor:
+    """Their ``[d, 1, 5]`` convolution weight; without a convolution (``target_conv=False``) the
+    identity, a single centre tap of 1, which computes exactly the same ``V``."""
+    conv = layer.ttt.conv_weight
+    if conv is not None:
+        return conv.detach()[:, None].contiguous()
+    weight = layer.ttt.target_weight
+    identity = torch.zeros(weight.shape[1], 1, KERNEL, dtype=weight.dtype, device=weight.device)
+    identity[:, 0, KERNEL // 2] = 1
+    return identity
 
 
 def _release_config(data: dict, layer: InPlaceTTTMLP, indices: list[int]) -> dict:
