@@ -99,7 +99,7 @@ def _export(args: argparse.Namespace) -> int:
     from . import export_release, from_pretrained
     from .adapters.hf import quiet_transformers
 
-    model = from_pretrained(args.model_dir)
+    model = from_pretrained(args.model_dir, dtype="auto")  # written in the dtype it was saved in
     try:
         with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
             tokenizer = AutoTokenizer.from_pretrained(args.model_dir)

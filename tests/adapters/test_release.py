@@ -179,6 +179,49 @@ def test_a_loaded_release_model_generates_for_a_batch(tmp_path):
     assert torch.equal(out, torch.cat(alone))
 
 
+def test_ittt_eval_reads_a_release_checkpoint(tmp_path, capsys):
+    from inplace_ttt.cli import main
+    from tests.tiny_hf import tiny_tokenizer
+
+    path = release_checkpoint(tmp_path / "release")
+    tiny_tokenizer(["a", "b", "c"]).save_pretrained(path)
+    (tmp_path / "doc.txt").write_text(" ".join("abc"[i % 3] for i in range(200)))
+    with pytest.warns(UserWarning, match=r"ttt_layers lists \[4\]"):
+        code = main(["eval", "--model", str(path), "--tasks", "loss", "--lengths", "64", "--data", str(tmp_path / "doc.txt"), "--out", str(tmp_path / "eval")])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["models"]["release"]["ttt"] is True and results["models"]["release"]["loss_by_position"]["loss"]
+
+
+def test_ittt_train_continues_a_release_checkpoint_and_exports_it_back(tmp_path, capsys):
+    import yaml
+
+    from inplace_ttt.cli import main
+    from tests.tiny_hf import tiny_tokenizer
+
+    path = release_checkpoint(tmp_path / "release")
+    words = [f"w{i}" for i in range(40)]
+    tiny_tokenizer(words).save_pretrained(path)
+    (tmp_path / "data").mkdir()
+    for i in range(4):
+        (tmp_path / "data" / f"{i}.txt").write_text(" ".join(words[(i + j) % 7] for j in range(40)))
+    config = {
+        "model": str(path), "ttt": {"layers": "every 2", "chunk_size": 4},  # ignored: the checkpoint's own settings load
+        "data": {"train": [str(tmp_path / "data")], "row_length": 16},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 100,
+                  "learning_rate": 1e-3, "report_to": [], "doctor": False},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    with pytest.warns(UserWarning, match=r"ttt_layers lists \[4\]"):
+        assert main(["train", str(tmp_path / "run.yaml")]) == 0, capsys.readouterr().err
+    trained = inplace_ttt.from_pretrained(tmp_path / "run" / "final", dtype=torch.float64)
+    assert trained.config.inplace_ttt["layers"] == [0, 2] and trained.config.inplace_ttt["chunk_size"] == C
+    start = load_file(path / "model.safetensors")["model.layers.0.mlp.ttt_conv.weight"][:, 0]
+    assert not torch.equal(dict(trained.named_parameters())["model.layers.0.mlp.ttt.conv_weight"], start)  # it trained
+    assert main(["export", str(tmp_path / "run" / "final"), str(tmp_path / "back"), "--format", "release"]) == 0
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["ttt_layers"] == [0, 2]
+
+
 def test_is_ttt_checkpoint_recognises_the_release(tmp_path):
     path = release_checkpoint(tmp_path)
     assert is_ttt_checkpoint(path)
@@ -232,6 +275,31 @@ def test_bad_config_is_named(tmp_path, changes, message):
         inplace_ttt.from_pretrained(path)
 
 
+def test_pickled_weights_are_not_read(tmp_path):
+    path = release_checkpoint(tmp_path)
+    (path / "model.safetensors").rename(path / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="has no .safetensors weights"):
+        inplace_ttt.from_pretrained(path)
+
+
+def test_a_sharded_checkpoint_loads(tmp_path):
+    """As their merge script writes a large model: several safetensors files and an index."""
+    one = release_checkpoint(tmp_path / "one")
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    tensors = load_file(one / "model.safetensors")
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in halves.items():
+        save_file({k: tensors[k] for k in keys}, sharded / file, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: file for file, keys in halves.items() for k in keys}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    (sharded / "config.json").write_text((one / "config.json").read_text())
+    ids = torch.randint(3, VOCAB, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(load(sharded)(input_ids=ids).logits, load(one)(input_ids=ids).logits)
+
+
 def test_llama_with_mlp_bias_is_refused(tmp_path):
     path = release_checkpoint(tmp_path, "llama")
     _edit_config(path, mlp_bias=True)
@@ -256,6 +324,10 @@ def _wide_proj(weights):
     weights["model.layers.0.mlp.ttt_proj.weight"] = torch.zeros(32, 33, dtype=torch.float64)
 
 
+def _fork_weight(weights):
+    weights["model.layers.0.mlp.ttt_key_norm.weight"] = torch.ones(64, dtype=torch.float64)
+
+
 def _stray_layer(weights):
     weights["model.layers.1.mlp.ttt_conv.weight"] = weights["model.layers.0.mlp.ttt_conv.weight"].clone()
 
@@ -267,6 +339,7 @@ def _stray_layer(weights):
         (_drop_proj, {}, r"ttt_proj true\) needs \['model.layers.2.mlp.ttt_proj.weight'\], which no weight file holds"),
         (_short_kernel, {}, r"model.layers.2.mlp.ttt_conv.weight has shape \[32, 1, 3\]; hidden_size 32 and their kernel 5 make it \[32, 1, 5\]"),
         (_wide_proj, {}, r"model.layers.0.mlp.ttt_proj.weight has shape \[32, 33\]; .* make it \[32, 32\]"),
+        (_fork_weight, {}, r"model.layers.0.mlp.ttt_key_norm.weight is not a TTT weight of the release format"),
         (_stray_layer, {}, r"the weights hold \['model.layers.1.mlp.ttt_conv.weight'\], but config.json's ttt_layers is \[0, 2\]"),
         (lambda w: None, {"ttt_proj": False}, r"the weights hold \['model.layers.0.mlp.ttt_proj.weight', 'model.layers.2.mlp.ttt_proj.weight'\], but config.json's ttt_proj is false"),
     ],
@@ -289,6 +362,7 @@ def test_weights_that_do_not_match_the_config_are_named_before_anything_loads(tm
         (lambda m: inplace_ttt.convert(tiny("mistral"), inplace_ttt.TTTConfig(layers=[0], chunk_size=4)), r"model_type 'mistral': the release's model files cover only \['llama', 'qwen3'\]"),
         (lambda m: inplace_ttt.convert(tiny("qwen3"), inplace_ttt.TTTConfig(layers=[0], chunk_size=4, conv_kernel=3)), r"conv_kernel is 3; the release's convolution has width 5"),
         (lambda m: tiny("qwen3"), r"has no In-Place TTT layers: convert it first"),
+        (lambda m: inplace_ttt.convert(tiny("llama", mlp_bias=True), inplace_ttt.TTTConfig(layers=[0], chunk_size=4)), r"mlp_bias is true"),
     ],
 )
 def test_export_refuses_what_their_files_cannot_express(tmp_path, setup, message):

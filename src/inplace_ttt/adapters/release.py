@@ -46,7 +46,7 @@ KEYS = ("ttt_mode", "ttt_layers", "ttt_chunk", "ttt_lr", "ttt_proj", "ttt_target
 # their config classes' defaults for a key left out (the same in the training and inference classes)
 DEFAULTS = {"ttt_layers": [0, 6, 12, 18, 24, 30], "ttt_chunk": 8192, "ttt_lr": 0.3, "ttt_proj": True, "ttt_target": "hidden_states"}
 KERNEL = 5  # their convolution's width, fixed in their model files
-_TTT_WEIGHT = re.compile(r"^model\.layers\.(\d+)\.mlp\.ttt_(\w+)\.weight$")
+_TTT_WEIGHT = re.compile(r"^model\.layers\.(\d+)\.mlp\.ttt_(conv|proj)\.weight$")
 
 
 def is_release_config(data: dict) -> bool:
