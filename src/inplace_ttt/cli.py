@@ -117,6 +117,24 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """A saved model (ours or a release checkpoint) written in the authors' release format, with its tokenizer."""
+    from transformers import AutoTokenizer
+
+    from . import export_release, from_pretrained
+    from .adapters.hf import quiet_transformers
+
+    model = from_pretrained(args.model_dir, dtype="auto")  # written in the dtype it was saved in
+    try:
+        with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
+            tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    except (OSError, ValueError):
+        tokenizer = None
+        print(f"ittt export: {args.model_dir} has no tokenizer; their RULER pipeline needs one beside the weights", file=sys.stderr)
+    print(f"release checkpoint: {export_release(model, args.out, tokenizer=tokenizer)}")
+    return 0
+
+
 def _add_run_command(sub, name: str, func, help: str, example: str) -> None:
     """A command that runs from a YAML config, with `--section.key value` overrides and `--resume`."""
     cmd = sub.add_parser(name, help=help, description=f"Options after CONFIG override the file: --section.key value, e.g. {example}")
@@ -169,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--block", type=int, default=256, help="final block of the sliding-window perplexity")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ev.set_defaults(func=_eval)
+    ex = sub.add_parser("export", help="write a saved In-Place TTT model in another format: the authors' release (their config keys and weight names)")
+    ex.add_argument("model_dir", help="a directory saved by a converted model's save_pretrained")
+    ex.add_argument("out", help="the new directory to write (must not hold files)")
+    ex.add_argument("--format", required=True, choices=["release"], help="release: ByteDance-Seed/In-Place-TTT's Qwen3 / Llama checkpoints")
+    ex.set_defaults(func=_export)
     _add_run_command(sub, "train", _train, "continual training with In-Place TTT (transformers Trainer)", "--train.learning_rate 1e-5")
     _add_run_command(
         sub, "pretrain", _pretrain,

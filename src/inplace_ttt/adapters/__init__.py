@@ -9,6 +9,7 @@ import torch.nn as nn
 from ..config import TTTConfig
 from . import hf
 from .hf import clip_tau, decoder_layers, from_pretrained, is_converted, set_clip_tau, set_context_parallel, ttt_positions
+from .release import export_release
 
 
 MOSHI_TTT_WEIGHTS = "ttt.safetensors"  # beside moshi's model.safetensors: our weights and settings
@@ -51,4 +52,4 @@ def ttt_layers(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
     return hf.ttt_layers(model)
 
 
-__all__ = ["convert", "from_pretrained", "set_clip_tau", "clip_tau", "set_context_parallel", "ttt_layers", "probe", "decoder_layers", "is_converted", "ttt_positions"]
+__all__ = ["convert", "from_pretrained", "export_release", "set_clip_tau", "clip_tau", "set_context_parallel", "ttt_layers", "probe", "decoder_layers", "is_converted", "ttt_positions"]

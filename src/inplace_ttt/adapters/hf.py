@@ -31,13 +31,13 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..config import TTTConfig
+from ..config import CONFIG_KEY, TTTConfig
 from ..files import write_atomic
 from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param
+from . import release
 from .hf_cache import FastWeightCacheMixin, adopt_cache
 from .probe import ModelProbe
 
-CONFIG_KEY = "inplace_ttt"
 CHECKPOINT_MODEL_TYPE = "inplace_ttt"  # what config.json says, so plain transformers refuses to load it
 
 
@@ -254,9 +254,13 @@ def _save_pretrained(model, save_directory, *args, **kwargs):
 
 
 def is_ttt_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether `path` is a directory saved by a converted model (its config.json carries the TTT settings)."""
+    """Whether `path` is a directory saved by a converted model (its config.json carries the TTT
+    settings) or by the authors' release (`adapters.release`)."""
     config_file = Path(path) / "config.json"
-    return config_file.is_file() and CONFIG_KEY in json.loads(config_file.read_text())
+    if not config_file.is_file():
+        return False
+    data = json.loads(config_file.read_text())
+    return CONFIG_KEY in data or release.is_release_config(data)
 
 
 @contextlib.contextmanager
@@ -274,7 +278,8 @@ def quiet_transformers():
 
 
 def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **kwargs) -> nn.Module:
-    """Load a converted model saved with `model.save_pretrained` (safetensors only).
+    """Load a converted model saved with `model.save_pretrained`, or a checkpoint of the authors'
+    release (`adapters.release`), safetensors only.
 
     `clip_tau` overrides the saved inference clipping; other keyword arguments go to
     `AutoModelForCausalLM.from_pretrained` (dtype, device_map, ...).
@@ -289,27 +294,32 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
         raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
     data = json.loads(config_file.read_text())
     settings = data.pop(CONFIG_KEY, None)
-    if settings is None:
+    found = None
+    if settings is None and release.is_release_config(data):
+        ttt_config, config, found = release.read_release(path, data)  # checked before anything loads
+    elif settings is None:
         raise ValueError(f"{path} is not an In-Place TTT checkpoint (no '{CONFIG_KEY}' in config.json): load it with transformers and call inplace_ttt.convert")
-    base_type = settings.pop("base_model_type")
-    data["model_type"] = base_type
-    config = CONFIG_MAPPING[base_type].from_dict(data)
+    else:
+        base_type = settings.pop("base_model_type")
+        data["model_type"] = base_type
+        config = CONFIG_MAPPING[base_type].from_dict(data)
+        ttt_config = TTTConfig.from_dict(settings)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} has no .safetensors weights (In-Place TTT checkpoints are safetensors only)")
     with quiet_transformers():  # the base class does not know the TTT weights; we load them below
         model = AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, **kwargs)
-    ttt_config = TTTConfig.from_dict(settings)
     if clip_tau is not ...:
         ttt_config = ttt_config.replace(clip_tau=clip_tau)
     convert(model, ttt_config)
     wanted = {name for name, _ in model.named_parameters() if is_ttt_param(name)}
-    found = {}
-    for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                if key in wanted:
-                    found[key] = f.get_tensor(key)
+    if found is None:
+        found = {}
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    if key in wanted:
+                        found[key] = f.get_tensor(key)
     missing = sorted(wanted - set(found))
     if missing:
         raise ValueError(f"{path} lacks trained TTT weights {missing[:4]}{' ...' if len(missing) > 4 else ''}")
