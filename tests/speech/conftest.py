@@ -122,6 +122,16 @@ def dialogue(duration: float, seed: int) -> tuple[list, list]:
     return main, user
 
 
+@pytest.fixture(scope="package", autouse=True)
+def one_thread():
+    """One thread for these tiny models: on a busy 2-core machine two threads make them many times
+    slower (OpenMP's synchronisation dominates ops this small; a 3-s moshi-infer took 100 s, not 2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def kit(tmp_path_factory):
     """Files of the parts: Mimi weights and settings, tokenizer, tiny LMModel (weights + settings)."""

@@ -62,19 +62,22 @@ def test_frames_words_and_audio_codes_are_where_moshi_expects_them(kit, dataset,
         text = codes[0].tolist()
         assert sum(t not in (3, 0) for t in text) == laid  # nothing else: the user's words are not Moshi's text
         assert record["words"] == len(main_words)
-        # the audio: Mimi's one-shot encode of each channel, resampled whole
+        # the audio: Mimi's one-shot encode of each channel, resampled whole. Not every code equals
+        # it: frames near a tie between two codes go either way with float rounding (silent frames
+        # share one latent, so they flip together; moshi's own one-shot encode of one channel and of
+        # both at once differ as much), so each codebook must agree on 95% of its frames, and agree
+        # far less with the other channel's codes (the channels are where they belong)
         audio, rate = sf.read(str(dataset["root"] / entry["path"]), dtype="float32")
-        for channel, rows in ((0, slice(1, 9)), (1, slice(9, 17))):
+        references = []
+        for channel in (0, 1):
             x = torch.from_numpy(soxr.resample(audio[:, channel], rate, 24000))[None, None]
             with torch.no_grad():
-                reference = mimi.encode(x)[0]
-            assert reference.shape[-1] == T
-            # the first two codebooks exactly; the later ones quantize small residuals whose nearest
-            # codes are near ties that float rounding settles either way (moshi's own one-shot
-            # encode of one channel and of both channels at once differ on about 1% of them)
-            got = codes[rows].long()
-            assert torch.equal(got[:2], reference[:2]), (entry["path"], channel)
-            assert (got == reference).float().mean() > 0.95, (entry["path"], channel)
+                references.append(mimi.encode(x)[0])
+            assert references[-1].shape[-1] == T
+        model, user = codes[1:9].long(), codes[9:17].long()
+        agree = lambda a, b: (a == b).float().mean(-1)  # noqa: E731  (per codebook)
+        assert (agree(model, references[0]) > 0.95).all() and (agree(user, references[1]) > 0.95).all(), entry["path"]
+        assert agree(model, references[1]).mean() < 0.8 and agree(user, references[0]).mean() < 0.8, entry["path"]
         assert all(len(codes[k].unique()) > 3 for k in range(1, 17))  # codes follow the audio
 
 

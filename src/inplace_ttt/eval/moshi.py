@@ -29,7 +29,7 @@ import torch
 
 from ..files import write_atomic
 from ..speech.kv_cache import widen_kv_caches
-from ..speech.loading import Streams, load_lm, resolve_device
+from ..speech.loading import Streams, load_lm, resolve_device, safetensors_file
 from ..speech.transcript import FRAME_RATE
 from .report import _figure, _save
 
@@ -71,6 +71,17 @@ class ModelSpec:
         except ValueError:
             raise ValueError(f"--model {text!r}: clip_tau and yarn take numbers") from None
         return cls(name, weights, ttt, **numbers)
+
+    def check(self) -> None:
+        """The files exist and the options fit, before anything runs."""
+        try:
+            safetensors_file(self.weights, "model weights")
+            if self.ttt is not None:
+                safetensors_file(self.ttt, "TTT weights")
+            elif self.clip_tau is not None or self.yarn is not None:
+                raise ValueError("clip_tau and yarn need an In-Place TTT model (a ttt.safetensors)")
+        except ValueError as e:
+            raise ValueError(f"--model {self.name}: {e}") from None
 
     def load(self, lm_kwargs: dict | None, device, dtype):
         rope_scaling = None
@@ -165,6 +176,8 @@ class MoshiEvalSettings:
             raise ValueError(f"--model: each model needs its own name; got {names}")
         if not self.specs:
             raise ValueError("--model: give at least one model")
+        for spec in self.specs:
+            spec.check()
         if self.piece < 1 or not self.bucket_minutes > 0:
             raise ValueError("--piece must be >= 1 and --bucket-minutes > 0")
 
@@ -210,23 +223,22 @@ def evaluate_moshi(settings: MoshiEvalSettings, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"settings": _settings_dict(settings), "device": str(device), "dtype": str(dtype).removeprefix("torch."), "models": {}}
     bucket_steps = round(settings.bucket_minutes * 60 * FRAME_RATE)
-    bar = tqdm(total=len(files) * len(settings.specs), desc="moshi-eval", unit="conversation", disable=not progress)
-    for spec in settings.specs:
-        lm = spec.load(settings.lm_kwargs, device, dtype)
-        streams = Streams.of(lm)
-        conversations = [read_conversation(f, lm.num_codebooks, streams.text_card, streams.card) for f in files]
-        n_buckets = max(1, math.ceil(max(c.shape[1] for c in conversations) / bucket_steps))
-        per_file = {}
-        for f, codes in zip(files, conversations):
-            per_file[str(f)] = bucket_sums(conversation_nll(lm, codes, settings.piece), bucket_steps, n_buckets)
-            bar.update(1)
-        results["models"][spec.name] = {
-            "weights": str(spec.weights), "ttt": None if spec.ttt is None else str(spec.ttt), "clip_tau": spec.clip_tau, "yarn": spec.yarn,
-            "ttt_layers": getattr(lm, "inplace_ttt", {}).get("layers", []), "context_steps": lm.transformer.layers[0].self_attn.context,
-            "buckets": _pooled(per_file, n_buckets), "conversations": per_file,
-        }
-        del lm
-    bar.close()
+    with tqdm(total=len(files) * len(settings.specs), desc="moshi-eval", unit="conversation", disable=not progress) as bar:
+        for spec in settings.specs:
+            lm = spec.load(settings.lm_kwargs, device, dtype)
+            streams = Streams.of(lm)
+            conversations = [read_conversation(f, lm.num_codebooks, streams.text_card, streams.card) for f in files]
+            n_buckets = max(1, math.ceil(max(c.shape[1] for c in conversations) / bucket_steps))
+            per_file = {}
+            for f, codes in zip(files, conversations):
+                per_file[str(f)] = bucket_sums(conversation_nll(lm, codes, settings.piece), bucket_steps, n_buckets)
+                bar.update(1)
+            results["models"][spec.name] = {
+                "weights": str(spec.weights), "ttt": None if spec.ttt is None else str(spec.ttt), "clip_tau": spec.clip_tau, "yarn": spec.yarn,
+                "ttt_layers": getattr(lm, "inplace_ttt", {}).get("layers", []), "context_steps": lm.transformer.layers[0].self_attn.context,
+                "buckets": _pooled(per_file, n_buckets), "conversations": per_file,
+            }
+            del lm
     write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
     return write_moshi_report(results, out)
 

@@ -24,7 +24,8 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     return dev, getattr(torch, dtype)
 
 
-def _safetensors_file(path: str | Path, what: str) -> str:
+def safetensors_file(path: str | Path, what: str) -> str:
+    """`path` as a string, if it is an existing safetensors file (else ValueError naming `what`)."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{what}: no such file: {p}")
@@ -93,14 +94,14 @@ def load_lm(weights: str | Path, lm_kwargs: dict | None = None, *, ttt: str | Pa
 
     from ..adapters.moshi import load_moshi
 
-    weights = _safetensors_file(weights, "model weights")
+    weights = safetensors_file(weights, "model weights")
     try:
         if ttt is None:
             if rope_scaling is not None or clip_tau not in (None, ...):
                 raise ValueError("rope_scaling and clip_tau need an In-Place TTT model: give its ttt.safetensors")
             lm = get_moshi_lm(weights, lm_kwargs=lm_kwargs, device=device, dtype=dtype)
         else:
-            lm = load_moshi(weights, lm_kwargs, ttt_file=_safetensors_file(ttt, "TTT weights"), clip_tau=clip_tau,
+            lm = load_moshi(weights, lm_kwargs, ttt_file=safetensors_file(ttt, "TTT weights"), clip_tau=clip_tau,
                             rope_scaling=rope_scaling, device=device, dtype=dtype)
     except RuntimeError as e:  # load_state_dict: the weights do not fit the LMModel settings
         raise ValueError(f"{weights} does not fit the LMModel settings (give the model's --lm-config): {str(e)[:300]}") from None
@@ -111,7 +112,7 @@ def load_mimi(path: str | Path, mimi_config: dict | None, num_codebooks: int, de
     """Mimi through moshi's `get_mimi` (`mimi_config` None: the published Mimi's settings)."""
     from moshi.models.loaders import get_mimi
 
-    path = _safetensors_file(path, "Mimi weights")
+    path = safetensors_file(path, "Mimi weights")
     try:
         mimi = get_mimi(path, mimi_config, device=device, num_codebooks=num_codebooks)
     except (RuntimeError, KeyError, TypeError) as e:
