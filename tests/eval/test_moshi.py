@@ -2,6 +2,7 @@
 the whole conversation; several models in one report, by minute."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +16,13 @@ from inplace_ttt import TTTConfig, convert  # noqa: E402
 from inplace_ttt.adapters.moshi import save_ttt  # noqa: E402
 from inplace_ttt.cli import main  # noqa: E402
 from inplace_ttt.eval.moshi import ModelSpec, conversation_nll  # noqa: E402
+from tests.speech.conftest import dataset, kit, single_thread  # noqa: E402, F401  (fixtures: a manifest of espeak-ng conversations, Mimi, tokenizer)
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: two threads on a busy 2-core machine are many times slower
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 def forward_nll(lm, codes):
@@ -127,3 +127,18 @@ def test_bad_runs_exit_2_naming_what_is_wrong(tmp_path, capsys):
         assert main(["moshi-eval", *extra, *base]) == 2, message
         err = capsys.readouterr().err
         assert err.startswith("ittt moshi-eval: error: ") and message in err, (message, err)
+
+
+def test_a_manifest_is_encoded_then_evaluated(kit, dataset, tmp_path):
+    """moshi-finetune's manifest as --data: encoded with Mimi and the tokenizer into OUT/codes/, then read."""
+    pytest.importorskip("soundfile")
+    out = tmp_path / "eval"
+    args = ["moshi-eval", "--model", f"base={kit['weights']}", "--data", str(dataset["manifest"]), "--lm-config", str(kit["lm_config"]),
+            "--mimi", str(kit["mimi"]), "--mimi-config", str(kit["mimi_config"]), "--tokenizer", str(kit["tokenizer"]),
+            "--bucket-minutes", "0.1", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(Path(p).name for p in results["models"]["base"]["conversations"]) == ["a.safetensors", "b.safetensors", "c.safetensors"]
+    assert (out / "codes" / "data" / "part" / "b.safetensors").is_file()
+    steps = sum(round(e["duration"] * 12.5) for e in dataset["entries"])  # each text step is predicted once
+    assert abs(sum(results["models"]["base"]["buckets"]["text"]["count"]) - steps) <= len(dataset["entries"])

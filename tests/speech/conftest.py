@@ -2,6 +2,7 @@
 with random weights, at a small width), a sentencepiece tokenizer trained here, a tiny
 `LMModel`, and stereo conversations spoken by espeak-ng (installed by ``scripts/setup.sh --dev``)."""
 
+import contextlib
 import copy
 import functools
 import io
@@ -36,8 +37,8 @@ def mimi_config() -> dict:
     return cfg
 
 
-def random_mimi(seed: int = 0, config: dict | None = None):
-    """moshi's Mimi with random weights (`config` None: the published Mimi's size). moshi starts
+def random_mimi(seed: int = 0, small: bool = True):
+    """moshi's Mimi with random weights (`small`: `mimi_config()`, else the published size). moshi starts
     its codebooks at zero, which maps every frame to code 0; forwards in training mode on spoken
     words let moshi's own k-means initialise them (each codebook the first time quantizer
     dropout reaches it), so that codes follow the audio."""
@@ -48,10 +49,12 @@ def random_mimi(seed: int = 0, config: dict | None = None):
 
     torch.manual_seed(seed)
     random.seed(seed)
-    mimi = loaders.get_mimi(None, mimi_config() if config is None else config, num_codebooks=8)
+    mimi = loaders.get_mimi(None, mimi_config() if small else None, num_codebooks=8)
     speech = soxr.resample(np.concatenate([spoken(w) for w in WORDS]), 22050, mimi.sample_rate)
     speech = torch.from_numpy(speech[: len(speech) // mimi.frame_size * mimi.frame_size])
-    codebooks = [m for m in mimi.modules() if hasattr(m, "embedding_sum")]
+    q = mimi.quantizer  # the codebooks in use: the semantic one(s), then the first acoustic ones
+    codebooks = [layer._codebook for layer in q.rvq_first.vq.layers[: q.n_q_semantic]]
+    codebooks += [layer._codebook for layer in q.rvq_rest.vq.layers[: mimi.num_codebooks - q.n_q_semantic]]
     mimi.train()
     with torch.no_grad():
         for _ in range(50):
@@ -122,14 +125,22 @@ def dialogue(duration: float, seed: int) -> tuple[list, list]:
     return main, user
 
 
-@pytest.fixture(scope="package", autouse=True)
-def one_thread():
+@contextlib.contextmanager
+def single_thread():
     """One thread for these tiny models: on a busy 2-core machine two threads make them many times
     slower (OpenMP's synchronisation dominates ops this small; a 3-s moshi-infer took 100 s, not 2)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_thread():
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +151,8 @@ def kit(tmp_path_factory):
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("kit")
-    mimi = random_mimi()
+    with single_thread():
+        mimi = random_mimi()
     save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(root / "mimi.safetensors"))
     (root / "mimi.json").write_text(json.dumps(mimi_config()))
     model = io.BytesIO()

@@ -167,3 +167,22 @@ def test_encoded_conversations_train_for_a_few_steps(kit, encoded, tmp_path):
     assert [log["step"] for log in logs] == [1, 2, 3]
     assert all(np.isfinite(log["loss"]) and log["ttt/layer0/grad_conv"] > 0 for log in logs)
     assert (tmp_path / "run" / "final" / "ttt.safetensors").is_file()
+
+
+def test_the_published_mimi_architecture_encodes_with_moshis_default_settings(kit, dataset, tmp_path):
+    """`loaders.get_mimi(None)` (the published size, random weights) read back through moshi's
+    default Mimi settings: no --mimi-config, Moshi's 2048 codes per codebook."""
+    from moshi.models import loaders
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    mimi = loaders.get_mimi(None)
+    save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(tmp_path / "mimi.safetensors"))
+    (tmp_path / "lm.json").write_text(json.dumps({**LM_KWARGS, "card": 2048}))
+    write_conversation(tmp_path / "short.wav", 2.0, 24000, [("hello", 0.2)], [("fine", 1.0)])
+    (tmp_path / "data.jsonl").write_text(json.dumps({"path": "short.wav", "duration": 2.0}) + "\n")
+    args = ["moshi-encode", str(tmp_path / "data.jsonl"), "--mimi", str(tmp_path / "mimi.safetensors"), "--tokenizer", str(kit["tokenizer"]),
+            "--lm-config", str(tmp_path / "lm.json"), "--out", str(tmp_path / "codes")]
+    assert main(args) == 0
+    codes, record = read_codes(tmp_path / "codes" / "short.safetensors")
+    assert codes.shape == (17, 25) and record["words"] == 1 and record["sample_rate"] == 24000

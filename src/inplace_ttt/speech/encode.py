@@ -135,6 +135,8 @@ class Encoder:
     def encode(self, conversation: Conversation) -> tuple[torch.Tensor, dict]:
         """``codes [K, T]`` (int32) and what to record about them."""
         info = audio_info(conversation.audio)
+        if info.samples == 0:
+            raise ValueError(f"{info.path} holds no audio")
         if info.channels != 2:
             raise ValueError(f"{info.path}: {info.channels} channel(s); a conversation is stereo: left the main speaker (Moshi), right the user")
         if abs(info.duration - conversation.duration) > DURATION_TOLERANCE:
@@ -149,14 +151,14 @@ class Encoder:
 
     def done(self, path: Path) -> bool:
         """Whether `path` holds codes from this encoder's settings (a file from other settings raises)."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         if not path.exists():
             return False
         try:
             with safe_open(str(path), framework="pt") as f:
                 saved = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}")).get("settings")
-        except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
+        except (SafetensorError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not a codes file ({e}); remove it or choose another --out") from None
         if saved != self.fingerprint:
             raise ValueError(f"{path} was encoded with other settings (Mimi, tokenizer, model or speaker); remove it or choose another --out")

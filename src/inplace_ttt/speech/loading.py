@@ -81,8 +81,8 @@ def lm_streams(lm_kwargs: dict | None) -> Streams:
 
     try:
         lm = get_moshi_lm(None, lm_kwargs=lm_kwargs, device="meta")
-    except TypeError as e:
-        raise ValueError(f"LMModel settings: {e}") from None
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"--lm-config: not LMModel settings ({e})") from None
     return Streams.of(lm)
 
 
@@ -103,8 +103,12 @@ def load_lm(weights: str | Path, lm_kwargs: dict | None = None, *, ttt: str | Pa
         else:
             lm = load_moshi(weights, lm_kwargs, ttt_file=safetensors_file(ttt, "TTT weights"), clip_tau=clip_tau,
                             rope_scaling=rope_scaling, device=device, dtype=dtype)
-    except RuntimeError as e:  # load_state_dict: the weights do not fit the LMModel settings
+    except RuntimeError as e:
+        if "state_dict" not in str(e):  # not load_state_dict's "the weights do not fit" (an out-of-memory, say)
+            raise
         raise ValueError(f"{weights} does not fit the LMModel settings (give the model's --lm-config): {str(e)[:300]}") from None
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"--lm-config: not LMModel settings ({e})") from None
     return lm.eval()
 
 
@@ -115,8 +119,12 @@ def load_mimi(path: str | Path, mimi_config: dict | None, num_codebooks: int, de
     path = safetensors_file(path, "Mimi weights")
     try:
         mimi = get_mimi(path, mimi_config, device=device, num_codebooks=num_codebooks)
-    except (RuntimeError, KeyError, TypeError) as e:
+    except RuntimeError as e:
+        if "state_dict" not in str(e):
+            raise
         raise ValueError(f"{path} does not fit the Mimi settings (give its --mimi-config): {str(e)[:300]}") from None
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"--mimi-config: not Mimi settings ({e})") from None
     return mimi.eval()
 
 
