@@ -129,7 +129,7 @@ def test_bad_runs_exit_2_naming_what_is_wrong(tmp_path, capsys):
         assert err.startswith("ittt moshi-eval: error: ") and message in err, (message, err)
 
 
-def test_a_manifest_is_encoded_then_evaluated(kit, dataset, tmp_path):
+def test_a_manifest_is_encoded_then_evaluated(kit, dataset, tmp_path):  # noqa: F811  (the imported fixtures)
     """moshi-finetune's manifest as --data: encoded with Mimi and the tokenizer into OUT/codes/, then read."""
     pytest.importorskip("soundfile")
     out = tmp_path / "eval"
