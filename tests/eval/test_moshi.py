@@ -131,7 +131,6 @@ def test_bad_runs_exit_2_naming_what_is_wrong(tmp_path, capsys):
 
 def test_a_manifest_is_encoded_then_evaluated(kit, dataset, tmp_path):  # noqa: F811  (the imported fixtures)
     """moshi-finetune's manifest as --data: encoded with Mimi and the tokenizer into OUT/codes/, then read."""
-    pytest.importorskip("soundfile")
     out = tmp_path / "eval"
     args = ["moshi-eval", "--model", f"base={kit['weights']}", "--data", str(dataset["manifest"]), "--lm-config", str(kit["lm_config"]),
             "--mimi", str(kit["mimi"]), "--mimi-config", str(kit["mimi_config"]), "--tokenizer", str(kit["tokenizer"]),
