@@ -33,7 +33,7 @@ import torch  # noqa: E402
 LM = dict(dim=256, num_heads=4, num_layers=12, context=3000, text_card=64)
 
 
-def build(root: Path, small_mimi: bool, device: str) -> dict:
+def build(root: Path, small_mimi: bool) -> dict:
     """Files of the parts (as a user would have them) in `root`."""
     import sentencepiece as spm
     from moshi.models.lm import LMModel
@@ -82,7 +82,7 @@ def encode_speed(parts: dict, root: Path, seconds: float, repeats: int, device: 
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        encoder.encode(Conversation("encode.wav", audio, seconds, 1))
+        encoder.encode(Conversation("encode.wav", audio, seconds))
         times.append(time.perf_counter() - start)
     return {"seconds": seconds, "wall": statistics.median(times), "audio_per_second": seconds / statistics.median(times)}
 
@@ -148,7 +148,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "small").mkdir()
-        parts = build(root, args.small_mimi, args.device)
+        parts = build(root, args.small_mimi)
         enc = encode_speed(parts, root, args.encode_seconds, args.repeats, args.device)
         print("\n| moshi-encode | stereo audio | wall s (median) | s of audio per s |\n|---|---|---|---|")
         print(f"| Mimi {'small' if args.small_mimi else 'full'} | {enc['seconds']:.0f} s | {enc['wall']:.2f} | {enc['audio_per_second']:.2f} |")
@@ -159,7 +159,7 @@ def main() -> None:
             print(f"| {name} | {r['rtf']:.2f} | {r['step_ms']:.1f} | {r['frame_ms']:.1f} | {r['updates'] or '-'} |")
         print(f"\nTTT / plain: real-time factor x{runs['ttt']['rtf'] / runs['plain']['rtf']:.3f}, LM step x{runs['ttt']['step_ms'] / runs['plain']['step_ms']:.3f}")
         print(f"load {os.getloadavg()[0]:.1f}")
-        small = build(root / "small", small_mimi=True, device=args.device) if not args.small_mimi else parts
+        small = build(root / "small", small_mimi=True) if not args.small_mimi else parts
         rss = [peak_rss_child(args, small, conversation(root, s, f"long{s:g}")) for s in args.rss_seconds]
     print("\n| moshi-infer input (small Mimi, fresh process) | frames | peak RSS MiB | RSS at the end MiB | updates per TTT layer |\n|---|---|---|---|---|")
     for r in rss:

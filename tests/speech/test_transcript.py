@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from inplace_ttt.speech.transcript import MAIN_SPEAKER, Word, num_frames, read_alignments, text_stream
+from inplace_ttt.speech.transcript import MAIN_SPEAKER, Word, read_alignments, text_stream
 
 PAD, END = 3, 0
 PIECES = {"a": [10], "bc": [11, 12], "def": [13, 14, 15]}
@@ -41,8 +41,8 @@ def test_a_word_starting_inside_the_previous_one_cuts_it_and_other_speakers_are_
 
 
 def test_tokens_past_the_last_frame_are_counted_as_cut():
-    tokens, stats = stream([main("def", 0.9, 1.0)], num_frames(1.0))  # 0.9 * 12.5 = 11.25 -> frame 11 of 13
-    assert num_frames(1.0) == 13 and tokens[10:] == [END, 13, 14] and stats.cut_tokens == 1
+    tokens, stats = stream([main("def", 0.9, 1.0)], 13)  # 0.9 * 12.5 = 11.25 -> frame 11 of 13 (1 s of audio)
+    assert tokens[10:] == [END, 13, 14] and stats.cut_tokens == 1
 
 
 def write(tmp_path, data) -> object:

@@ -45,7 +45,6 @@ class Conversation:
     path: str  # as written in the manifest
     audio: Path
     duration: float
-    line: int
 
 
 def read_manifest(manifest: str | Path) -> list[Conversation]:
@@ -73,7 +72,7 @@ def read_manifest(manifest: str | Path) -> list[Conversation]:
         if entry["path"] in seen:
             raise ValueError(f"{where}: {entry['path']} is listed twice")
         seen.add(entry["path"])
-        conversations.append(Conversation(entry["path"], manifest.parent / rel, float(duration), i))
+        conversations.append(Conversation(entry["path"], manifest.parent / rel, float(duration)))
     if not conversations:
         raise ValueError(f"manifest: {manifest} holds no conversations")
     return conversations

@@ -87,10 +87,6 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def num_frames(duration: float) -> int:
-    return math.ceil(duration * FRAME_RATE)
-
-
 def text_stream(words: list[Word], frames: int, tokenize, padding: int, end_of_padding: int, main_speaker: str = MAIN_SPEAKER) -> tuple[list[int], StreamStats]:
     """Moshi's text stream of `frames` steps for the main speaker's `words` (see the module
     docstring for the conventions); `tokenize(text) -> list[int]`."""
