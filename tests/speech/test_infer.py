@@ -9,6 +9,9 @@ import soundfile as sf
 import soxr
 import torch
 
+from moshi.models.loaders import get_moshi_lm
+from safetensors.torch import save_file
+
 from inplace_ttt import TTTConfig
 from inplace_ttt.adapters.moshi import load_moshi, save_ttt
 from inplace_ttt.cli import main
@@ -94,6 +97,16 @@ def test_bad_input_is_refused_naming_it_and_nothing_is_written(kit, ttt_model, t
          "TTT weights: no such file"),
         ([a for a in infer_args(kit, ttt_model, mono, out) if a not in ("--mimi-config", str(kit["mimi_config"]))], "does not fit the Mimi settings"),
     ]
+    lut = {"n_bins": 3, "dim": 8, "tokenizer": "noop", "possible_values": ["calm", "happy", "sad"]}
+    conditioned = {**LM_KWARGS, "conditioners": {"description": {"type": "lut", "lut": lut}}, "fuser": {"sum": ["description"]}}
+    (tmp_path / "conditioned.json").write_text(json.dumps(conditioned))
+    save_file({k: v.contiguous() for k, v in get_moshi_lm(None, lm_kwargs=conditioned, dtype=torch.float32).state_dict().items()},
+              str(tmp_path / "conditioned.safetensors"))
+    args = infer_args(kit, ttt_model, mono, out)
+    i = args.index("--ttt")
+    del args[i : i + 2]
+    args[args.index("--weights") + 1], args[args.index("--lm-config") + 1] = str(tmp_path / "conditioned.safetensors"), str(tmp_path / "conditioned.json")
+    cases.append((args, "a conditioned LMModel"))
     for args, message in cases:
         assert main(args) == 2, message
         err = capsys.readouterr().err

@@ -146,6 +146,8 @@ def run_inference(settings: InferSettings, progress: bool = True) -> dict:
     device, dtype = resolve_device(settings.device, settings.dtype)
     lm = load_lm(settings.weights, settings.lm_kwargs, ttt=settings.ttt, clip_tau=... if settings.clip_tau is None else settings.clip_tau,
                  device=device, dtype=dtype)
+    if lm.fuser is not None:
+        raise ValueError(f"{settings.weights}: a conditioned LMModel (condition fuser); moshi-infer plays unconditioned models only")
     streams = Streams.of(lm)
     mimi = load_mimi(settings.mimi, settings.mimi_config, streams.mimi_codebooks, device)
     if mimi.cardinality != streams.card:
