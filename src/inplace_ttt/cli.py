@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -135,6 +136,112 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _moshi_env(device: str) -> None:
+    """On a CPU, moshi's lazy torch.compile only costs time: turn it off (before moshi is imported)."""
+    import os
+
+    import torch
+
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+
+def _moshi_encode(args: argparse.Namespace) -> int:
+    _moshi_env(args.device)
+    from .speech.encode import EncodeSettings, encode_manifest
+    from .speech.loading import read_json, resolve_device
+
+    settings = EncodeSettings(
+        args.manifest, args.mimi, args.tokenizer, args.out, mimi_config=read_json(args.mimi_config, "--mimi-config"),
+        lm_kwargs=read_json(args.lm_config, "--lm-config"), main_speaker=args.main_speaker, device=str(resolve_device(args.device, "float32")[0]),
+    )
+    summary = encode_manifest(settings)
+    rate = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
+    print(f"moshi-encode: {len(summary.encoded)} encoded ({summary.audio_seconds:.1f} s of audio, {rate:.1f} s of audio per second), "
+          f"{len(summary.skipped)} already done, {len(summary.failed)} failed; codes in {args.out}")
+    for path, why in summary.failed:
+        print(f"ittt moshi-encode: error: {why}", file=sys.stderr)
+    return 2 if summary.failed else 0
+
+
+def _moshi_infer(args: argparse.Namespace) -> int:
+    _moshi_env(args.device)
+    from .speech.infer import InferSettings, run_inference
+    from .speech.loading import read_json
+
+    report = run_inference(InferSettings(
+        args.input, args.output, args.weights, args.mimi, ttt=args.ttt, tokenizer=args.tokenizer,
+        lm_kwargs=read_json(args.lm_config, "--lm-config"), mimi_config=read_json(args.mimi_config, "--mimi-config"), channel=args.channel,
+        clip_tau=args.clip_tau, device=args.device, dtype=args.dtype, seed=args.seed, greedy=args.greedy, temp=args.temp, temp_text=args.temp_text,
+    ))
+    step = report["step_ms"]
+    print(f"moshi-infer: {report['audio_seconds']:.1f} s of audio in {report['wall_seconds']:.1f} s (real-time factor {report['real_time_factor']:.2f}); "
+          f"LM step {step['median']:.1f} ms median, {step['p90']:.1f} ms p90, {step['max']:.1f} ms max over {report['steps']} steps; "
+          f"fast-weight updates per TTT layer {report['updates'] or 'none (no TTT)'}")
+    print(f"audio: {report['output']}  text: {report['transcript']}  report: {Path(report['output']).with_suffix('.json')}")
+    return 0
+
+
+def _moshi_eval(args: argparse.Namespace) -> int:
+    _moshi_env(args.device)
+    from .eval.moshi import MoshiEvalSettings, evaluate_moshi
+    from .speech.loading import read_json
+
+    settings = MoshiEvalSettings(
+        models=args.model, data=args.data, out=Path(args.out), lm_kwargs=read_json(args.lm_config, "--lm-config"), piece=args.piece,
+        bucket_minutes=args.bucket_minutes, device=args.device, dtype=args.dtype, mimi=args.mimi,
+        mimi_config=read_json(args.mimi_config, "--mimi-config"), tokenizer=args.tokenizer,
+    )
+    print(f"report: {evaluate_moshi(settings)}")
+    return 0
+
+
+def _add_moshi_commands(sub) -> None:
+    lm_config = "JSON file of the LMModel's keyword arguments (default: Moshi 7B's, as moshi's loaders)"
+    mimi_config = "JSON file of Mimi's settings (default: the published Mimi's, as moshi's loaders)"
+    enc = sub.add_parser("moshi-encode", help="moshi-finetune's conversations (manifest, stereo audio, word alignments) to the codes files ittt train reads")
+    enc.add_argument("manifest", type=Path, help='JSONL of {"path": "a.wav", "duration": 24.5}, paths relative to it; a.json alignments beside each file')
+    enc.add_argument("--mimi", type=Path, required=True, help="Mimi's weights (.safetensors)")
+    enc.add_argument("--tokenizer", type=Path, required=True, help="Moshi's text tokenizer (sentencepiece .model)")
+    enc.add_argument("--out", type=Path, required=True, help="folder for the codes files (one .safetensors per conversation, the manifest's layout)")
+    enc.add_argument("--mimi-config", help=mimi_config)
+    enc.add_argument("--lm-config", help=lm_config)
+    enc.add_argument("--main-speaker", default="SPEAKER_MAIN", help="speaker label of Moshi's words in the alignments")
+    enc.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    enc.set_defaults(func=_moshi_encode)
+    inf = sub.add_parser("moshi-infer", help="stream a user's recording through a Moshi model (In-Place TTT on); write Moshi's audio and text")
+    inf.add_argument("input", type=Path, help="the user's audio (mono, or stereo with --channel); any sample rate")
+    inf.add_argument("output", type=Path, help="Moshi's audio (.wav, 24 kHz); its text goes beside it as .txt, the run's report as .json")
+    inf.add_argument("--weights", type=Path, required=True, help="moshi's model.safetensors (published, or final/ of ittt train)")
+    inf.add_argument("--ttt", type=Path, help="ttt.safetensors beside it (omit: the model without TTT)")
+    inf.add_argument("--mimi", type=Path, required=True, help="Mimi's weights (.safetensors)")
+    inf.add_argument("--tokenizer", type=Path, help="Moshi's text tokenizer (omit: the transcript holds token ids)")
+    inf.add_argument("--lm-config", help=lm_config)
+    inf.add_argument("--mimi-config", help=mimi_config)
+    inf.add_argument("--channel", choices=["left", "right"], help="the user's channel of a stereo input")
+    inf.add_argument("--clip-tau", type=float, help="inference clipping of the fast-weight updates (default: the saved setting)")
+    inf.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    inf.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="the LM's dtype (auto: bfloat16 on cuda, else float32)")
+    inf.add_argument("--seed", type=int, default=0, help="sampling seed")
+    inf.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    inf.add_argument("--temp", type=float, default=0.8, help="audio sampling temperature (LMGen's default)")
+    inf.add_argument("--temp-text", type=float, default=0.7, help="text sampling temperature (LMGen's default)")
+    inf.set_defaults(func=_moshi_infer)
+    ev = sub.add_parser("moshi-eval", help="Moshi text and audio loss by minute of long held-out conversations, several models in one report")
+    ev.add_argument("--model", action="append", required=True, help="NAME=PATH[,ttt=FILE][,clip_tau=X][,yarn=F]: PATH a model.safetensors or a folder with it (and ttt.safetensors); repeat to compare")
+    ev.add_argument("--data", action="append", required=True, help="codes files (.safetensors), folders of them, or a moshi-finetune manifest (.jsonl, needs --mimi and --tokenizer); repeatable")
+    ev.add_argument("--lm-config", help=lm_config)
+    ev.add_argument("--mimi", type=Path, help="Mimi's weights, to encode a manifest")
+    ev.add_argument("--mimi-config", help=mimi_config)
+    ev.add_argument("--tokenizer", type=Path, help="Moshi's text tokenizer, to encode a manifest")
+    ev.add_argument("--piece", type=int, default=250, help="steps per forward (memory; the losses do not depend on it)")
+    ev.add_argument("--bucket-minutes", type=float, default=1.0, help="width of the time buckets")
+    ev.add_argument("--out", default="moshi-eval", help="output directory")
+    ev.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    ev.set_defaults(func=_moshi_eval)
+
+
 def _add_run_command(sub, name: str, func, help: str, example: str) -> None:
     """A command that runs from a YAML config, with `--section.key value` overrides and `--resume`."""
     cmd = sub.add_parser(name, help=help, description=f"Options after CONFIG override the file: --section.key value, e.g. {example}")
@@ -197,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         sub, "pretrain", _pretrain,
         "train a small Llama model and its BPE tokenizer from scratch (how the embedded base model was made)", "--train.max_steps 100",
     )
+    _add_moshi_commands(sub)
     args, rest = parser.parse_known_args(argv)
     takes_overrides = args.command in ("train", "pretrain")
     if not takes_overrides and rest:
