@@ -63,8 +63,8 @@ class TargetGenerator(nn.Module):
     Init (exact warm start with gradient from the first step): the convolution is zero, so
     ``V = 0`` and the model computes exactly what the pretrained one did, while ``W_target``
     is non-zero (the identity, or the release's random diagonal), so the convolution's gradient
-    ``W_target^T dL/dV * X`` is non-zero at the first backward; after one optimizer step the
-    convolution is non-zero and ``W_target`` gets gradient too. (Both factors zero would block
+    ``W_target^T dL/dV * X`` is non-zero at the first backward; after one optimizer step with a
+    non-zero learning rate the convolution is non-zero and ``W_target`` gets gradient too. (Both factors zero would block
     all gradient; small random values would break the warm start: both happened in the system
     this library replaces.) The ablations drop one factor: without the convolution ``W_target``
     starts at zero (its gradient ``dL/dV^T X`` is non-zero); without the projection the

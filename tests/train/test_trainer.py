@@ -271,3 +271,15 @@ def test_ttt_gradient_clipping_of_its_own_and_what_clipping_did_are_logged(works
         assert row["ttt/clip_scale"] == pytest.approx(min(1.0, 0.05 / ttt), rel=1e-4)
         assert row["clip_scale"] == pytest.approx(min(1.0, 1.0 / other), rel=1e-3)
         assert row["ttt/grad_share"] == pytest.approx(ttt**2 / row["grad_norm"] ** 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("warmup_steps, first", [(0, 2), (3, 3)])
+def test_w_target_first_gets_gradient_after_the_first_step_that_moves_the_convolution(workspace, warmup_steps, first):
+    """The convolution starts at zero, so W_target's gradient is zero until an optimizer step has moved it:
+    step 2 without warmup, step 3 with warmup (transformers' warmup gives step 1 a learning rate of 0)."""
+    edit(workspace["config"], train={"max_steps": 4, "save_steps": 100, "warmup_steps": warmup_steps, "eval_steps": None})
+    assert main(["train", str(workspace["config"])]) == 0
+    rows = {r["step"]: r for r in map(json.loads, (workspace["run"] / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    assert all(rows[s]["ttt/layer0/grad_conv"] > 0 for s in rows)  # from the first backward
+    assert [s for s in sorted(rows) if rows[s]["ttt/layer0/grad_target"] > 0] == list(range(first, 5))
+    assert (rows[1]["learning_rate"] == 0) == (warmup_steps > 0)
