@@ -231,7 +231,7 @@ SEED_FAILURES = {
     "clipping in training": (_clip, ["no clipping in training"], "starves TTT of gradient"),
     "both target factors zero": (_zero_targets, ["TTT gradients"], "both conv and W_target are zero"),
     "a frozen TTT parameter": (_freeze, ["TTT params trainable", "TTT gradients"], "layer 2 conv_weight"),
-    "pretrained weights overwritten": (_overwrite_pretrained, ["warm start"], "the pretrained weights or activation differ"),
+    "pretrained weights overwritten": (_overwrite_pretrained, ["warm start", "frozen weights unchanged"], "transformer.layers.0.gating.linear_out.weight"),
     "a leak from the future": (_leak, ["causality", "warm start"], "moves earlier logits"),
 }
 

@@ -8,6 +8,7 @@ parameters, a low-precision fast-weight sum, a leak from the future.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .adapters import probe, ttt_layers
+from .adapters.record import describe, may_change, split_training, trained_steps
 from .layer import InPlaceTTTMLP, TargetGenerator
 from .ops import find_segments, inplace_ttt
 
@@ -80,8 +82,12 @@ def doctor(
     _check_clipping(report, layers, training)
     _check_precision(report, layers)
     if base_model is not None:
-        _check_activation(report, layers, base_model, family)
-        _check_warm_start(report, model, layers, base_model, batch, family)
+        record = split_training(family.settings(model))[1]
+        trained = trained_steps(record) > 0 or not all(layer.ttt.starts_at_zero() for layer in layers.values())
+        changed = _check_frozen_weights(report, model, layers, base_model, record, trained)
+        with _borrowed(base_model, model, changed):  # the base with the weights the training changed
+            _check_activation(report, layers, base_model, family)
+            _check_warm_start(report, model, layers, base_model, batch, family, trained, len(changed))
     if all(isinstance(layer.ttt, TargetGenerator) for layer in layers.values()):
         _check_gradients(report, model, layers, batch, family)
         gap = family.causality_gap(model, batch)
@@ -159,7 +165,53 @@ def _check_activation(report, layers, base_model, family) -> None:
     report.add("activation matches the original MLP", not bad, "; ".join(bad) if bad else f"max |z - z_base| {worst:.1e}")
 
 
-def _check_warm_start(report, model, layers, base_model, batch, family) -> None:
+def _check_frozen_weights(report, model, layers, base_model, record, trained) -> list[str]:
+    """Compare every pretrained weight with the base's; those the training was not allowed to
+    change must be equal. Returns the names of the weights that differ and were allowed to."""
+    own = dict(model.named_parameters())
+    ttt_down = {name for name, p in own.items() if any(p is layer.down.weight for layer in layers.values())}
+    differ = []
+    for name, p in base_model.named_parameters():
+        if name in own and not torch.equal(own[name].detach(), p.detach().to(device=own[name].device, dtype=own[name].dtype)):
+            differ.append(name)
+    known = trained_steps(record) > 0
+    allowed = [n for n in differ if known and may_change(record, n, ttt_down)] if known else (differ if trained else [])
+    unexpected = [n for n in differ if n not in allowed]
+    shown = lambda names: f"{names[:4]}{' ...' if len(names) > 4 else ''}"  # noqa: E731
+    if unexpected:
+        why = f"the training ({describe(record)}) did not train them" if known else "a fresh conversion changes no weight"
+        report.add("frozen weights unchanged", False, f"{len(unexpected)} weight(s) differ from the base but {why}: {shown(unexpected)}")
+    elif known:
+        report.add("frozen weights unchanged", True, f"trained ({describe(record)}): {len(differ)} weight(s) differ from the base, all ones it trained")
+    elif differ:
+        report.add(
+            "frozen weights unchanged", True, warning=True,
+            detail=f"{len(differ)} weight(s) differ from the base {shown(differ)}, and the checkpoint does not say how it was trained "
+            "(ittt train records it), so which were meant to is not checked",
+        )
+    else:
+        report.add("frozen weights unchanged", True, "every pretrained weight equals the base's")
+    return allowed
+
+
+@contextlib.contextmanager
+def _borrowed(base_model: nn.Module, model: nn.Module, names: list[str]):
+    """`base_model` with `model`'s values of the weights `names`, for a block (restored after)."""
+    own, base = dict(model.named_parameters()), dict(base_model.named_parameters())
+    saved = {}
+    try:
+        for name in names:
+            saved[name] = base[name].data
+            base[name].data = own[name].detach().to(device=saved[name].device, dtype=saved[name].dtype)
+        yield
+    finally:
+        for name, data in saved.items():
+            base[name].data = data
+
+
+def _check_warm_start(report, model, layers, base_model, batch, family, trained, n_changed) -> None:
+    """Fresh: the model computes what its base computes, with and without TTT. Trained: with TTT
+    off it computes what the base computes with the weights the training changed."""
     saved = {i: layer.ttt_lr for i, layer in layers.items()}
     try:
         base_logits = family.logits(base_model, batch)
@@ -171,12 +223,17 @@ def _check_warm_start(report, model, layers, base_model, batch, family) -> None:
         for i, layer in layers.items():
             layer.ttt_lr = saved[i]
     tol = _tolerance(next(iter(layers.values())).down.weight.dtype)
-    fresh = all(layer.ttt.starts_at_zero() for layer in layers.values())
-    ok = off <= tol and (on <= tol or not fresh)
+    if trained:
+        detail = f"max |logit - base| {off:.1e} with TTT off, the base holding the {n_changed} trained weight(s) (tolerance {tol:.0e}); {on:.1e} with TTT on"
+        if off > tol:
+            detail += ": the model's own computation differs from its base model's (activation, wiring)"
+        report.add("TTT off reproduces the base", off <= tol, detail)
+        return
+    ok = off <= tol and on <= tol
     detail = f"max |logit - base| {on:.1e} with TTT, {off:.1e} with TTT off (tolerance {tol:.0e})"
     if off > tol:
         detail += ": the pretrained weights or activation differ from the base model"
-    elif fresh and on > tol:
+    elif on > tol:
         detail += ": a freshly converted model must compute what the base model did"
     report.add("warm start", ok, detail)
 

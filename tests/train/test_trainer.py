@@ -283,3 +283,60 @@ def test_w_target_first_gets_gradient_after_the_first_step_that_moves_the_convol
     assert all(rows[s]["ttt/layer0/grad_conv"] > 0 for s in rows)  # from the first backward
     assert [s for s in sorted(rows) if rows[s]["ttt/layer0/grad_target"] > 0] == list(range(first, 5))
     assert (rows[1]["learning_rate"] == 0) == (warmup_steps > 0)
+
+
+def _doctor_cli(model_dir, workspace, capsys):
+    code = main(["doctor", str(model_dir), "--data", str(workspace["train"]), "--base", str(workspace["model"]), "--length", "24"])
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["ttt_only", "lora", "full"])
+def test_the_doctor_knows_a_trained_checkpoint_and_checks_what_holds_for_it(workspace, capsys, mode):
+    edit(workspace["config"], train={"mode": mode, "max_steps": 2, "save_steps": 2}, lora={"r": 2, "target_modules": ["q_proj", "v_proj"]})
+    assert main(["train", str(workspace["config"])]) == 0
+    final = workspace["run"] / "final"
+    entry = {"mode": mode, "steps": 2, **({"lora_target_modules": ["q_proj", "v_proj"]} if mode == "lora" else {})}
+    assert json.loads((final / "config.json").read_text())["inplace_ttt"]["training"] == [entry]
+    code, out = _doctor_cli(final, workspace, capsys)  # the warm-start check compared a trained model with its base: FAIL
+    assert code == 0, out
+    assert "PASS  frozen weights unchanged" in out and f"trained ({mode} 2 steps)" in out
+    assert "PASS  TTT off reproduces the base" in out and "warm start" not in out
+    if mode != "lora":  # a checkpoint of the run says so too (lora checkpoints hold the adapter only)
+        saved = json.loads((workspace["run"] / "checkpoint-2" / "config.json").read_text())
+        assert saved["inplace_ttt"]["training"] == [entry]
+    if mode == "full":
+        return
+    # what the training froze is checked: a frozen weight changed after training is named
+    model = inplace_ttt.from_pretrained(final)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(1.01)  # frozen in ttt_only (not a TTT layer) and lora
+    model.save_pretrained(workspace["root"] / "tampered")
+    tiny_tokenizer([]).save_pretrained(workspace["root"] / "tampered")
+    code, out = _doctor_cli(workspace["root"] / "tampered", workspace, capsys)
+    assert code == 1 and "FAIL  frozen weights unchanged" in out and "model.layers.1.mlp.down_proj.weight" in out, out
+
+
+def test_a_trained_model_with_a_wrong_activation_fails_with_ttt_off(workspace, capsys):
+    edit(workspace["config"], train={"mode": "ttt_only", "max_steps": 2, "save_steps": 100})
+    assert main(["train", str(workspace["config"])]) == 0
+    model = inplace_ttt.from_pretrained(workspace["run"] / "final")
+    base = __import__("transformers").AutoModelForCausalLM.from_pretrained(workspace["model"])
+    dict(inplace_ttt.ttt_layers(model))[0].act_fn = torch.nn.GELU()  # the seed's mistake, after training
+    report = inplace_ttt.doctor(model.train(), torch.randint(3, 80, (2, 24)), base)
+    assert sorted(report.failed()) == ["TTT off reproduces the base", "activation matches the original MLP"], str(report)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_saved_models_keep_the_users_use_cache(workspace, use_cache):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(workspace["model"])
+    base.config.use_cache = use_cache
+    base.save_pretrained(workspace["model"])
+    edit(workspace["config"], train={"max_steps": 2, "save_steps": 2, "gradient_checkpointing": True})
+    assert main(["train", str(workspace["config"])]) == 0  # the Trainer sets use_cache False for training
+    for saved in ("checkpoint-2", "final"):
+        assert json.loads((workspace["run"] / saved / "config.json").read_text())["use_cache"] is use_cache, saved
+    model = inplace_ttt.from_pretrained(workspace["run"] / "final")
+    out = model(input_ids=torch.randint(3, 80, (1, 10)))
+    assert (out.past_key_values is not None) == use_cache

@@ -37,6 +37,7 @@ from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param
 from . import release
 from .hf_cache import FastWeightCacheMixin, adopt_cache
 from .probe import ModelProbe
+from .record import TRAINING_KEY, split_training
 
 CHECKPOINT_MODEL_TYPE = "inplace_ttt"  # what config.json says, so plain transformers refuses to load it
 
@@ -294,12 +295,13 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
         raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
     data = json.loads(config_file.read_text())
     settings = data.pop(CONFIG_KEY, None)
-    found = None
+    found, training = None, []
     if settings is None and release.is_release_config(data):
         ttt_config, config, found = release.read_release(path, data)  # checked before anything loads
     elif settings is None:
         raise ValueError(f"{path} is not an In-Place TTT checkpoint (no '{CONFIG_KEY}' in config.json): load it with transformers and call inplace_ttt.convert")
     else:
+        settings, training = split_training(settings)
         base_type = settings.pop("base_model_type")
         data["model_type"] = base_type
         config = CONFIG_MAPPING[base_type].from_dict(data)
@@ -312,6 +314,8 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
     if clip_tau is not ...:
         ttt_config = ttt_config.replace(clip_tau=clip_tau)
     convert(model, ttt_config)
+    if training:
+        model.config.inplace_ttt[TRAINING_KEY] = training
     wanted = {name for name, _ in model.named_parameters() if is_ttt_param(name)}
     if found is None:
         found = {}
@@ -363,5 +367,5 @@ def _causality_gap(model: nn.Module, batch: dict) -> float:
 
 PROBE = ModelProbe(
     positions=_positions, logits=_logits, loss=_loss, causality_gap=_causality_gap,
-    original_mlp=lambda base, idx: decoder_layers(base)[1][idx].mlp,
+    original_mlp=lambda base, idx: decoder_layers(base)[1][idx].mlp, settings=lambda model: model.config.inplace_ttt,
 )

@@ -38,6 +38,7 @@ from ..ops import state_dtype
 from . import MOSHI_TTT_WEIGHTS as TTT_WEIGHTS
 from .moshi_rope import YarnRotaryEmbedding, check_rope_scaling, yarn_parameters
 from .probe import ModelProbe
+from .record import TRAINING_KEY, split_training
 
 SETTINGS_KEY = "inplace_ttt"  # metadata key of the TTT weights file
 
@@ -280,13 +281,14 @@ def load_moshi(
     from safetensors import safe_open
 
     ttt_weights: dict[str, Tensor] = {}
+    training: list[dict] = []
     if ttt_file is not None:
         with safe_open(str(ttt_file), framework="pt") as f:
             raw = (f.metadata() or {}).get(SETTINGS_KEY)
             if raw is None:
                 raise ValueError(f"{ttt_file} holds no In-Place TTT settings (metadata key '{SETTINGS_KEY}'): not written by save_ttt")
             ttt_weights = {k: f.get_tensor(k) for k in f.keys()}
-        settings = json.loads(raw)
+        settings, training = split_training(json.loads(raw))
         saved_rope_scaling = settings.pop("rope_scaling", None)  # not a TTTConfig field
         rope_scaling = saved_rope_scaling if rope_scaling is None else rope_scaling
         config = TTTConfig.from_dict(settings)
@@ -296,6 +298,8 @@ def load_moshi(
         config = config.replace(clip_tau=clip_tau)
     lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
     convert(lm, config, rope_scaling=rope_scaling)
+    if training:
+        getattr(lm, SETTINGS_KEY)[TRAINING_KEY] = training
     if ttt_file is not None:
         params = {k: p for k, p in lm.named_parameters() if is_ttt_param(k)}
         missing, unknown = sorted(set(params) - set(ttt_weights)), sorted(set(ttt_weights) - set(params))
@@ -345,5 +349,5 @@ def _causality_gap(lm: nn.Module, batch: dict) -> float:
 
 PROBE = ModelProbe(
     positions=_positions, logits=_logits, loss=lambda lm, batch: training_loss(lm, batch["codes"])["loss"], causality_gap=_causality_gap,
-    original_mlp=lambda base, idx: base.transformer.layers[idx].gating,
+    original_mlp=lambda base, idx: base.transformer.layers[idx].gating, settings=lambda lm: getattr(lm, SETTINGS_KEY),
 )

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..adapters import convert, from_pretrained, ttt_layers
 from ..adapters.hf import is_ttt_checkpoint
+from ..config import CONFIG_KEY
 from ..doctor import doctor
 from .config import RunConfig
 from .data import build_dataset, collate
@@ -60,10 +61,8 @@ def prepare(config: RunConfig) -> RunParts:
                 f"tokenizer mismatch: the data has token id {top} but the model's embedding has {vocab_rows} rows; "
                 "use the model's own tokenizer"
             )
-    use_cache = model.config.use_cache  # the Trainer turns it off for training
 
     def save_final(trained: nn.Module, directory: Path) -> None:
-        trained.config.use_cache = use_cache
         trained.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
@@ -73,5 +72,5 @@ def prepare(config: RunConfig) -> RunParts:
 
     return RunParts(
         module=model, layers=layers, train_dataset=train_rows, eval_dataset=eval_rows, collate=collate,
-        save_final=save_final, doctor=first_batch_doctor, processing_class=tokenizer,
+        save_final=save_final, doctor=first_batch_doctor, processing_class=tokenizer, settings=getattr(model.config, CONFIG_KEY, None),
     )

@@ -260,7 +260,7 @@ def read_lm_kwargs(path: str | None) -> dict | None:
 
 def prepare(config: MoshiRunConfig) -> RunParts:
     """Model and conversations, checked against each other before anything trains."""
-    from ..adapters.moshi import save_ttt, ttt_layers
+    from ..adapters.moshi import SETTINGS_KEY, save_ttt, ttt_layers
     from ..doctor import doctor
     from .modes import unwrap
 
@@ -292,4 +292,5 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         label_names=[CODES_KEY],
         enable_checkpointing=enable_checkpointing,
         use_cpu=device.type == "cpu",
+        settings=getattr(lm, SETTINGS_KEY),
     )

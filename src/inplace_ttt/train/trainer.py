@@ -23,6 +23,7 @@ We add what is specific to In-Place TTT:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,10 +39,11 @@ import torch.nn as nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import rotate_checkpoints
 
+from ..adapters.record import TRAINING_KEY, run_entry, split_training
 from ..files import write_atomic
 from ..layer import InPlaceTTTMLP, is_ttt_param
 from .config import TrainConfig, dump_config
-from .modes import ModeError, apply_mode, is_peft, merged
+from .modes import ModeError, apply_mode, is_peft, merged, unwrap
 from .precision import MasterWeights
 from .telemetry import MetricsJsonl, TTTTelemetry, truncate_metrics
 
@@ -69,6 +71,7 @@ class RunParts:
     enable_checkpointing: Callable[[nn.Module], None] | None = None  # the family's own activation checkpointing (None: the Trainer's)
     processing_class: Any = None  # a tokenizer, saved with checkpoints
     use_cpu: bool | None = None  # None: train on the accelerator where there is one
+    settings: dict | None = None  # the TTT settings saved with the model: the engine records each run's training there
 
 
 class TTTTrainer(Trainer):
@@ -76,12 +79,16 @@ class TTTTrainer(Trainer):
     weights for low-precision parameters, pre-clip telemetry and complete-only checkpoints."""
 
     def __init__(
-        self, *args, ttt_learning_rate: float | None = None, ttt_max_grad_norm: float | None = None, telemetry: TTTTelemetry, **kwargs
+        self, *args, ttt_learning_rate: float | None = None, ttt_max_grad_norm: float | None = None, telemetry: TTTTelemetry,
+        before_save: Callable[[int], None] | None = None, **kwargs
     ):
+        # the Trainer sets `use_cache` to its own argument (False) for training: saved models keep the user's
+        self.user_config = _cache_setting(kwargs.get("model"))
         super().__init__(*args, **kwargs)
         self.ttt_learning_rate = ttt_learning_rate
         self.ttt_max_grad_norm = ttt_max_grad_norm
         self.telemetry = telemetry
+        self.before_save = before_save  # called with the step before every save (the training record)
         self.master_weights: MasterWeights | None = None
 
     def create_optimizer(self, model=None):
@@ -147,12 +154,28 @@ class TTTTrainer(Trainer):
         if not isinstance(self.model, PreTrainedModel) and not is_peft(self.model) and state_dict is None:
             # a module of ours (Moshi): what it trained; what it froze comes from its weights file on resume
             state_dict = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
-        super()._save(output_dir, state_dict)
+        if self.before_save is not None:
+            self.before_save(self.state.global_step)
+        with self.user_settings():
+            super()._save(output_dir, state_dict)
         if is_peft(self.model) and self.args.should_save:  # PEFT saves the adapter only
             from safetensors.torch import save_file
 
             ttt = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if is_ttt_param(n)}
             save_file(ttt, os.path.join(output_dir, TTT_WEIGHTS))
+
+    @contextlib.contextmanager
+    def user_settings(self):
+        """The model's config as the user's model had it (`use_cache`), for a block."""
+        config = getattr(unwrap(self.model), "config", None)
+        during = {k: getattr(config, k) for k in self.user_config}
+        try:
+            for key, value in self.user_config.items():
+                setattr(config, key, value)
+            yield
+        finally:
+            for key, value in during.items():
+                setattr(config, key, value)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -188,6 +211,12 @@ class TTTTrainer(Trainer):
             rotate_checkpoints(
                 output_dir=str(latest.parent), save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint
             )
+
+
+def _cache_setting(model) -> dict:
+    """`use_cache` of a model's config, where it has one."""
+    config = getattr(unwrap(model), "config", None) if model is not None else None
+    return {"use_cache": config.use_cache} if hasattr(config, "use_cache") else {}
 
 
 def clip_groups(named_parameters, ttt_max: float, other_max: float) -> tuple[float, float]:
@@ -340,6 +369,7 @@ def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = Fals
         trainer_checkpointing=parts.enable_checkpointing is None, use_cpu=parts.use_cpu,
     )
     telemetry = TTTTelemetry(parts.layers)
+    record = _training_recorder(parts.settings, config)
     trainer = TTTTrainer(
         model=module,
         args=args,
@@ -351,6 +381,7 @@ def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = Fals
         ttt_learning_rate=t.ttt_learning_rate,
         ttt_max_grad_norm=t.ttt_max_grad_norm,
         telemetry=telemetry,
+        before_save=record,
     )
     if t.doctor and parts.layers and parts.doctor is not None:
         trainer.create_optimizer()
@@ -367,5 +398,20 @@ def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = Fals
 
     final = out / "final"
     if trainer.is_world_process_zero():
-        parts.save_final(merged(module), final)
+        if record is not None:
+            record(trainer.state.global_step)
+        with trainer.user_settings():
+            parts.save_final(merged(module), final)
     return final
+
+
+def _training_recorder(settings: dict | None, config) -> Callable[[int], None] | None:
+    """Writes this run into the model's training record (after the runs it already holds), at a step."""
+    if settings is None:
+        return None
+    earlier = split_training(settings)[1]
+
+    def record(step: int) -> None:
+        settings[TRAINING_KEY] = [*earlier, run_entry(config.train.mode, step, config.lora.target_modules)]
+
+    return record
