@@ -50,19 +50,21 @@ def _rows(length: int, steps: int, wanted: int) -> int:
 
 def _text_doctor_inputs(args: argparse.Namespace):
     """A transformers checkpoint, rows of tokenized text from `--data`, the `--base` model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from . import from_pretrained, ttt_layers
+    from .adapters.hf import load_causal_lm, quiet_transformers
     from .documents import read_documents
 
     model = from_pretrained(args.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     length = 3 * max(layer.chunk_size for _, layer in ttt_layers(model)) if args.length is None else args.length
     text = "\n\n".join(read_documents([args.data]))
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
     rows = _rows(length, len(ids), args.rows)
     ids = ids[: rows * length].view(rows, -1)
-    base = AutoModelForCausalLM.from_pretrained(args.base) if args.base else None
+    base = load_causal_lm(args.base, gguf_file=args.base_gguf_file) if args.base else None
     return model, ids, base, f"{rows} x {ids.shape[1]} tokens"
 
 
@@ -275,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.add_argument("model_dir", help="a converted model's directory: transformers' save_pretrained, or a Moshi final/ (model.safetensors + ttt.safetensors)")
     doc.add_argument("--data", required=True, help="documents to draw a batch from (.txt, .jsonl or .parquet); for Moshi a .safetensors conversation of codes")
     doc.add_argument("--base", help="the unconverted model (a directory; for Moshi its model.safetensors), for the warm-start and activation checks")
+    doc.add_argument("--base-gguf-file", help="the base model is this GGUF file in --base (read dequantized, as ittt train --gguf-file does)")
     doc.add_argument("--lm-kwargs", help="Moshi: a JSON file of LMModel keyword arguments (default: Moshi 7B's)")
     doc.add_argument("--length", type=int, help="tokens (Moshi: steps) per row (default 3 chunks)")
     doc.add_argument("--rows", type=int, default=2)

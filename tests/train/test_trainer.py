@@ -340,3 +340,32 @@ def test_saved_models_keep_the_users_use_cache(workspace, use_cache):
     model = inplace_ttt.from_pretrained(workspace["run"] / "final")
     out = model(input_ids=torch.randint(3, 80, (1, 10)))
     assert (out.past_key_values is not None) == use_cache
+
+
+def test_training_a_gguf_checkpoint_gives_a_normal_float_checkpoint(workspace, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from inplace_ttt.documents import read_documents
+    from tests.tiny_gguf import byte_bpe_tokenizer, write_gguf
+    from tests.tiny_hf import tiny
+
+    texts = read_documents([str(workspace["train"])])
+    tokenizer = byte_bpe_tokenizer(texts, 300)
+    gguf_dir = workspace["root"] / "gguf"
+    gguf_dir.mkdir()
+    write_gguf(tiny(vocab_size=300, tie_word_embeddings=True), gguf_dir / "tiny.gguf", tokenizer=tokenizer)  # no other file
+    edit(workspace["config"], model=str(gguf_dir), train={"mode": "ttt_only", "max_steps": 2, "save_steps": 100})
+    assert main(["train", str(workspace["config"]), "--gguf-file", "tiny.gguf"]) == 0
+    final = workspace["run"] / "final"
+    saved = json.loads((final / "config.json").read_text())
+    assert "quantization_config" not in saved and saved["tie_word_embeddings"] is True
+    model = inplace_ttt.from_pretrained(final)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    base = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file="tiny.gguf")
+    assert not torch.equal(model.model.layers[0].mlp.down_proj.weight, base.model.layers[0].mlp.down_proj.weight)  # trained
+    text = " ".join(texts[:2])
+    assert tokenizer(text).input_ids == __import__("transformers").AutoTokenizer.from_pretrained(final)(text).input_ids
+    args = ["doctor", str(final), "--data", str(workspace["train"]), "--base", str(gguf_dir), "--base-gguf-file", "tiny.gguf"]
+    assert main([*args, "--length", "24"]) == 0, capsys.readouterr().out
+    missing = main(["train", str(workspace["config"]), "--gguf-file", "nothing.gguf", "--train.output_dir", str(workspace["root"] / "run2")])
+    assert missing == 2 and "gguf_file 'nothing.gguf'" in capsys.readouterr().err

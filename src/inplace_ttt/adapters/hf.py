@@ -103,12 +103,59 @@ def convert(model: nn.Module, config: TTTConfig, *, cp_group=None) -> nn.Module:
                 f"{type(model).__name__}: the MLP of layer {i} ({type(layers[i].mlp).__name__}) is not a gated MLP "
                 f"(missing {missing}); In-Place TTT needs gate_proj, up_proj, down_proj and act_fn"
             )
+    _check_float_weights(model)
+    _drop_gguf_quantizer(model)
+    _register_checkpoint_type()
     for i in indices:
         layers[i].mlp = InPlaceTTTMLP(layers[i].mlp, config, spec, layer_idx=i)
     model.config.inplace_ttt = {**config.to_dict(), "layers": list(indices), "base_model_type": model.config.model_type}
     _install(model, base)
     set_context_parallel(model, cp_group)
     return model
+
+
+def _register_checkpoint_type() -> None:
+    """Let `AutoConfig` read a saved In-Place TTT directory's config.json: `AutoTokenizer` reads it
+    before the tokenizer's own files and otherwise warns about the unknown model type. No model
+    class goes with it, so `AutoModelForCausalLM` still refuses the directory."""
+    from transformers import AutoConfig, PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if CHECKPOINT_MODEL_TYPE not in CONFIG_MAPPING:
+        config_class = type("InPlaceTTTCheckpointConfig", (PretrainedConfig,), {"model_type": CHECKPOINT_MODEL_TYPE, "__module__": __name__})
+        AutoConfig.register(CHECKPOINT_MODEL_TYPE, config_class)
+
+
+def _check_float_weights(model: nn.Module) -> None:
+    """The fast weights add to the down projections in float: refuse packed (quantized) weights."""
+    packed = sorted({type(m).__name__ for m in model.modules() for p in m.parameters(recurse=False) if not p.is_floating_point()})
+    if packed:
+        raise ValueError(
+            f"{type(model).__name__} holds quantized weights ({', '.join(packed)}); In-Place TTT needs float weights: load the "
+            "model unquantized (a GGUF file with quantization_config=GgufConfig(dequantize=True), or inplace_ttt.adapters.hf.load_causal_lm)"
+        )
+
+
+def _drop_gguf_quantizer(model: nn.Module) -> None:
+    """A model transformers read from a GGUF file holds float weights (dequantized at load) but keeps
+    the GGUF quantizer, which makes `save_pretrained` refuse it: remove it (transformers' own
+    `remove_quantization_config`, what loading with ``GgufConfig(dequantize=True)`` does)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is not None and str(getattr(method, "value", method)) == "gguf":
+        quantizer.remove_quantization_config(model)
+        model.config._is_quantized = False
+
+
+def load_causal_lm(path: str | os.PathLike, *, gguf_file: str | None = None, **kwargs) -> nn.Module:
+    """`AutoModelForCausalLM.from_pretrained(path, **kwargs)`; with `gguf_file` (a file inside
+    `path`, or a path of its own) the GGUF checkpoint, dequantized to plain float weights: a
+    model that saves like any other (tied embeddings stay tied)."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    if gguf_file is None:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, gguf_file=str(gguf_file), quantization_config=GgufConfig(dequantize=True), **kwargs)
 
 
 def set_context_parallel(model: nn.Module, group) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from ..adapters import convert, from_pretrained, ttt_layers
-from ..adapters.hf import is_ttt_checkpoint
+from ..adapters.hf import is_ttt_checkpoint, load_causal_lm
 from ..config import CONFIG_KEY
 from ..doctor import doctor
 from .config import RunConfig
@@ -31,22 +31,38 @@ def load_model(config: RunConfig, dtype: torch.dtype) -> nn.Module:
     """The model to train: a saved In-Place TTT model as it is, or a base model converted
     (left as it is with ``ttt: null``, the baseline without TTT)."""
     if is_ttt_checkpoint(config.model):
+        if config.gguf_file is not None:
+            raise RunError(f"gguf_file: {config.model} is an In-Place TTT checkpoint (safetensors), not a GGUF model's directory")
         if config.ttt is None:
             raise RunError(f"ttt: null trains a model without TTT, but {config.model} is an In-Place TTT checkpoint")
         return from_pretrained(config.model, dtype=dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+        model = load_causal_lm(config.model, gguf_file=config.gguf_file, dtype=dtype)
     except OSError as e:
-        raise RunError(f"model: cannot load {config.model!r}: {e}") from None
+        raise RunError(f"model: cannot load {config.model!r}{_gguf_part(config)}: {e}") from None
     return model if config.ttt is None else convert(model, config.ttt)
+
+
+def load_tokenizer(config: RunConfig):
+    """`tokenizer` if given, else the model directory's tokenizer files, else (with `gguf_file`)
+    the tokenizer the GGUF file carries."""
+    source = config.tokenizer or config.model
+    from_gguf = config.tokenizer is None and config.gguf_file is not None and not any(
+        (Path(config.model) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    )
+    try:
+        return AutoTokenizer.from_pretrained(source, **({"gguf_file": config.gguf_file} if from_gguf else {}))
+    except OSError as e:
+        raise RunError(f"tokenizer: cannot load {source!r}{_gguf_part(config) if from_gguf else ''}: {e}") from None
+
+
+def _gguf_part(config: RunConfig) -> str:
+    return f" (gguf_file {config.gguf_file!r})" if config.gguf_file else ""
 
 
 def prepare(config: RunConfig) -> RunParts:
     """Tokenizer, data, model; checked against each other before anything trains."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
-    except OSError as e:
-        raise RunError(f"tokenizer: cannot load {config.tokenizer or config.model!r}: {e}") from None
+    tokenizer = load_tokenizer(config)
     train_rows = build_dataset(config.data, tokenizer, config.data.train)  # data errors first: nothing loaded yet
     eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
     model = load_model(config, torch.float32)
