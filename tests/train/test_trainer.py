@@ -64,7 +64,13 @@ def train_dying_in_checkpoint(config, step: int):
 def test_full_run_logs_telemetry_and_saves_every_weight(workspace, capsys):
     edit(workspace["config"], train={"report_to": ["tensorboard"]})
     assert main(["train", str(workspace["config"])]) == 0
-    assert "PASS  TTT gradients" in capsys.readouterr().out  # the doctor ran on the first batch
+    printed = capsys.readouterr()
+    assert "PASS  TTT gradients" in printed.out  # the doctor ran on the first batch
+    # one readable line per log; the per-layer numbers go to the files only
+    lines = [line for line in (printed.out + printed.err).splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines if " loss " in line] == [f"{s}/6" for s in range(1, 7)]
+    assert all(len(line) < 250 and "ttt/layer" not in line for line in lines), lines
+    assert "| ttt: grad_share" in lines[0] and "train_runtime" in lines[-1], lines
     run = workspace["run"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = rows[1]
@@ -138,6 +144,9 @@ def test_separate_learning_rate_for_ttt_parameters(workspace):
 
 
 def test_killed_run_resumes_from_its_last_complete_checkpoint_exactly(workspace):
+    from tests.tiny_hf import tiny
+
+    tiny(tie_word_embeddings=True).save_pretrained(workspace["model"])  # a tied head is one weight: not "missing" on resume
     config = workspace["config"]
     reference = workspace["root"] / "reference"
     edit(config, train={"output_dir": str(reference)})
@@ -152,9 +161,12 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint_exactly(workspace)
     assert len(dict(inplace_ttt.ttt_layers(loaded))) == 2
     again = run_cli("train", str(config))
     assert again.returncode == 2 and "already holds a run: pass --resume" in again.stderr
-    assert run_cli("train", str(config), "--resume").returncode == 0
+    resumed = run_cli("train", str(config), "--resume")
+    assert resumed.returncode == 0 and "missing keys" not in resumed.stderr.lower(), resumed.stderr
     assert not (run / "checkpoint-4").exists() or (run / "checkpoint-4" / COMPLETE).is_file()
     assert losses(run) == losses(reference)  # the uninterrupted run's losses, exactly
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert logged == list(range(1, 7))  # steps 3 and 4, logged before the kill, once each
 
 
 def test_doctor_stops_a_broken_run(workspace, capsys):

@@ -37,6 +37,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from ..adapters.record import TRAINING_KEY, run_entry, split_training
@@ -45,7 +46,7 @@ from ..layer import InPlaceTTTMLP, is_ttt_param
 from .config import TrainConfig, dump_config
 from .modes import ModeError, apply_mode, is_peft, merged, unwrap
 from .precision import MasterWeights
-from .telemetry import MetricsJsonl, TTTTelemetry, truncate_metrics
+from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry, truncate_metrics
 
 COMPLETE = "COMPLETE"
 TTT_WEIGHTS = "ttt_weights.safetensors"
@@ -85,6 +86,8 @@ class TTTTrainer(Trainer):
         # the Trainer sets `use_cache` to its own argument (False) for training: saved models keep the user's
         self.user_config = _cache_setting(kwargs.get("model"))
         super().__init__(*args, **kwargs)
+        if self.pop_callback(ProgressCallback) is not None:  # one readable line per log (the whole dict stays in the files)
+            self.add_callback(SummaryProgress)
         self.ttt_learning_rate = ttt_learning_rate
         self.ttt_max_grad_norm = ttt_max_grad_norm
         self.telemetry = telemetry
