@@ -113,7 +113,7 @@ def _eval(args: argparse.Namespace) -> int:
     tasks = list(ALL_TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     settings = EvalSettings(
         models=args.model, names=args.names.split(",") if args.names else None, tasks=tasks, lengths=parse_lengths(args.lengths), samples=args.samples, data=args.data or [],
-        clip_tau=args.clip_tau, seed=args.seed, piece=args.piece, block=args.block, dtype=args.dtype, out=args.out,
+        clip_tau=args.clip_tau, seed=args.seed, piece=args.piece, block=args.block, dtype=args.dtype, out=args.out, chat_template=args.chat_template,
     )
     report = evaluate(settings)
     print(f"report: {report}")
@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--piece", type=int, default=2048, help="tokens per forward when reading long inputs")
     ev.add_argument("--block", type=int, default=256, help="final block of the sliding-window perplexity")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ev.add_argument("--chat-template", action="store_true", help="instruct models: each task prompt is a user turn of the tokenizer's chat template, the answer starts the assistant's turn")
     ev.set_defaults(func=_eval)
     ex = sub.add_parser("export", help="write a saved In-Place TTT model in another format: the authors' release (their config keys and weight names)")
     ex.add_argument("model_dir", help="a directory saved by a converted model's save_pretrained")

@@ -42,6 +42,7 @@ class EvalSettings:
     piece: int = 2048
     block: int = 256
     max_docs: int = 16
+    chat_template: bool = False  # wrap each task prompt in the tokenizer's chat template (instruct models)
     dtype: str = "float32"
     out: str = "eval-report"
 
@@ -117,7 +118,7 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
         ids = tokenizer(texts[: settings.max_docs], add_special_tokens=False)["input_ids"]
         docs = [torch.tensor(d) for d in ids if len(d) > 1]
     tasks = [t for t in settings.tasks if t != LOSS_TASK]
-    samples = [s for t in tasks for n in settings.lengths for s in make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack)]
+    samples = [s for t in tasks for n in settings.lengths for s in make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack, settings.chat_template)]
     max_len = max(settings.lengths)
     edges = bucket_edges(min(max_len, max((len(d) for d in docs), default=max_len)))
     contexts = [0] + [n - settings.block for n in settings.lengths if n > settings.block]
