@@ -197,8 +197,8 @@ def clip_tau(model: nn.Module, value: float | None):
 def _install(model: nn.Module, base: nn.Module) -> None:
     ctx = _ForwardContext()
     model._ttt_context = ctx
-    params = inspect.signature(base.forward).parameters
-    base.register_forward_pre_hook(partial(_before_forward, model.config, params, ctx), with_kwargs=True)
+    signature = inspect.signature(base.forward)
+    base.register_forward_pre_hook(partial(_before_forward, model.config, signature, ctx), with_kwargs=True)
     if any(layer.target == "token_embeddings" for _, layer in ttt_layers(model)):
         base.get_input_embeddings().register_forward_hook(partial(_keep_embeddings, ctx))
     for _, layer in ttt_layers(model):
@@ -210,8 +210,9 @@ def _keep_embeddings(ctx: _ForwardContext, module, args, output) -> None:
     ctx.embeddings = output
 
 
-def _before_forward(config, params, ctx: _ForwardContext, module, args, kwargs):
-    bound = dict(inspect.Signature(list(params.values())).bind_partial(*args, **kwargs).arguments)
+def _before_forward(config, signature: inspect.Signature, ctx: _ForwardContext, module, args, kwargs):
+    params = signature.parameters
+    bound = dict(signature.bind_partial(*args, **kwargs).arguments)
     for name, p in params.items():  # arguments a decorator renames arrive in **kwargs
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             bound.update(bound.pop(name, {}))
