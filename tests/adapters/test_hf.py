@@ -313,3 +313,22 @@ def test_a_converted_directorys_tokenizer_loads_without_a_model_type_warning(tmp
     assert "TokenizersBackend" in run.stdout and "model of type" not in run.stderr, run.stderr
     with pytest.raises(ValueError, match="inplace_ttt"):  # a model class still refuses it
         AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_batched_generation_needs_left_padding_from_a_tokenizer_that_pads_right():
+    """Tokenizers often ship padding on the right; batched `generate` then continues the shorter row
+    after its padding. With ``padding_side = "left"`` each row generates what it generates alone."""
+    from tests.tiny_hf import tiny_tokenizer
+
+    words = [f"w{i}" for i in range(VOCAB - 4)]
+    tokenizer = tiny_tokenizer(words)
+    assert tokenizer.padding_side == "right"
+    model = converted()  # chunk 4: the prompts cross chunks, so fast weights act
+    prompts = [" ".join(words[i % 40] for i in range(3, 9)), " ".join(words[i % 40] for i in range(5, 22))]
+    alone = [model.generate(**tokenizer(p, return_tensors="pt"), max_new_tokens=6, do_sample=False)[0, -6:] for p in prompts]
+    for side, expect_equal in (("left", True), ("right", False)):
+        tokenizer.padding_side = side
+        batch = tokenizer(prompts, return_tensors="pt", padding=True)
+        new = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)[:, -6:]
+        assert torch.equal(new[1], alone[1])  # the longest row has no padding either way
+        assert torch.equal(new[0], alone[0]) == expect_equal, side
