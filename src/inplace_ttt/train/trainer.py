@@ -32,11 +32,11 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
-from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
@@ -352,10 +352,10 @@ def training_arguments(
 # the run ---------------------------------------------------------------------------------------
 
 
-def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = False) -> Path:
+def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = False, callbacks: Sequence[TrainerCallback] = ()) -> Path:
     """Train as `config` says, the model and data coming from a family's `prepare`; returns the
     directory of the final model. Everything is validated (config, model, data, the first-batch
-    doctor) before the run folder is created or touched."""
+    doctor) before the run folder is created or touched. `callbacks`: more `TrainerCallback`s."""
     t = config.train
     out = Path(t.output_dir)
     checkpoint = resume_point(out, resume)
@@ -380,7 +380,7 @@ def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = Fals
         eval_dataset=parts.eval_dataset,
         data_collator=parts.collate,
         processing_class=parts.processing_class,
-        callbacks=[MetricsJsonl(out / "metrics.jsonl")],
+        callbacks=[MetricsJsonl(out / "metrics.jsonl"), *callbacks],
         ttt_learning_rate=t.ttt_learning_rate,
         ttt_max_grad_norm=t.ttt_max_grad_norm,
         telemetry=telemetry,
