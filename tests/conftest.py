@@ -64,3 +64,14 @@ def per_segment_conv(x, weight, pos, C):
             piece = x[b, cols].T[None]  # [1, F, n]
             y[b, cols] = F.conv1d(piece, weight[:, None, :], padding=K // 2, groups=x.shape[-1])[0].T
     return y
+
+
+def perturb_targets(layer, conv_std: float = 0.5, target_std: float = 0.3, generator=None):
+    """Give a layer's target generator non-trivial weights, as after some training (whichever
+    of the convolution and `W_target` it has)."""
+    with torch.no_grad():
+        if layer.ttt.conv_weight is not None:
+            layer.ttt.conv_weight.copy_(torch.randn(layer.ttt.conv_weight.shape, generator=generator, dtype=layer.ttt.conv_weight.dtype) * conv_std)
+        if layer.ttt.target_weight is not None:
+            w = layer.ttt.target_weight
+            w.add_(torch.randn(w.shape, generator=generator, dtype=w.dtype) * target_std)

@@ -5,16 +5,14 @@ import pytest
 import torch
 
 from inplace_ttt import FastWeightState, InPlaceTTTMLP, TTTConfig
-from tests.conftest import GatedMLP, packed_positions
+from tests.conftest import GatedMLP, packed_positions, perturb_targets
 
 D, H, C = 8, 16, 4
 
 
 def make_layer(**config):
     layer = InPlaceTTTMLP(GatedMLP(D, H).double(), TTTConfig(layers=[0], chunk_size=C, ttt_lr=0.5, **config))
-    with torch.no_grad():
-        layer.ttt.conv_weight.normal_(0, 0.5)
-        layer.ttt.target_weight.add_(torch.randn_like(layer.ttt.target_weight) * 0.3)
+    perturb_targets(layer)
     return layer
 
 
@@ -40,9 +38,10 @@ SCHEDULES = {
 }
 
 
+@pytest.mark.parametrize("variant", [{}, {"target_conv": False}, {"target_projection": False}], ids=["conv+W", "no conv", "no W"])
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=list(SCHEDULES))
-def test_streaming_equals_full_forward_with_left_padding(schedule):
-    layer = make_layer()
+def test_streaming_equals_full_forward_with_left_padding(schedule, variant):
+    layer = make_layer(**variant)
     x = torch.randn(3, 23, D, dtype=torch.float64)
     pos = packed_positions([[23], [18], [14]], 23, pad_left=[False, True, True])
     full = layer(x, position_ids=pos)

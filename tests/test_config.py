@@ -46,6 +46,10 @@ def test_explicit_layers_sorted_and_range_checked():
         ("layers", [-1], "layers must be distinct non-negative"),
         ("layers", "every other", "rule 'every other' not understood"),
         ("layers", "every 0", "not understood"),
+        ("target_init", "zeros", r"target_init must be one of \('identity', 'diagonal'\)"),
+        ("target_init_std", 0.0, "target_init_std must be a finite number > 0"),
+        ("target_conv", "no", "target_conv must be true or false"),
+        ("target_projection", 0, "target_projection must be true or false"),
     ],
 )
 def test_bad_values_name_the_field(field, value, message):
@@ -53,8 +57,14 @@ def test_bad_values_name_the_field(field, value, message):
         TTTConfig(**{field: value})
 
 
+def test_the_target_needs_the_convolution_or_the_projection():
+    with pytest.raises(ValueError, match="target_conv and target_projection cannot both be false"):
+        TTTConfig(target_conv=False, target_projection=False)
+    assert TTTConfig(target_conv=False).target_projection and TTTConfig(target_projection=False).target_conv
+
+
 def test_dict_round_trip_and_unknown_keys():
-    c = TTTConfig(layers=[0, 3], chunk_size=64, ttt_lr=1.5, target="token_embeddings", clip_tau=1e-5)
+    c = TTTConfig(layers=[0, 3], chunk_size=64, ttt_lr=1.5, target="token_embeddings", clip_tau=1e-5, target_init="diagonal", target_projection=False)
     assert TTTConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match=r"unknown TTTConfig fields \['chunk'\]"):
         TTTConfig.from_dict({"chunk": 3})

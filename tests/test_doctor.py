@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -31,6 +32,15 @@ def test_a_fresh_conversion_passes_everything():
     assert "0.0e+00 with TTT" in check(report, "warm start").detail
     assert "float32" in check(report, "fast-weight sum precision").detail
     assert str(report).endswith("all checks passed")
+
+
+@pytest.mark.parametrize("variant", [{"target_init": "diagonal"}, {"target_conv": False}, {"target_projection": False}])
+def test_a_fresh_conversion_of_each_target_variant_passes(variant):
+    base = tiny()
+    model = inplace_ttt.convert(copy.deepcopy(base), ttt_config(**variant)).train()
+    report = doctor(model, batch(), base, optimizer=torch.optim.AdamW(model.parameters()))
+    assert report.ok, str(report)
+    assert "0.0e+00 with TTT" in check(report, "warm start").detail
 
 
 def test_a_trained_model_passes_against_its_base():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from inplace_ttt import GatedMLPSpec, InPlaceTTTMLP, TTTConfig
 from inplace_ttt.ops import inplace_ttt_reference
-from tests.conftest import GatedMLP, packed_positions, per_segment_conv
+from tests.conftest import GatedMLP, packed_positions, per_segment_conv, perturb_targets
 
 D, H = 8, 16
 
@@ -19,11 +19,7 @@ def make(config=None, dtype=torch.float64, **mlp_kw):
     return mlp, layer
 
 
-def train_targets(layer):
-    """Give the target generator non-trivial weights, as after some training."""
-    with torch.no_grad():
-        layer.ttt.conv_weight.normal_(0, 0.5)
-        layer.ttt.target_weight.add_(torch.randn_like(layer.ttt.target_weight) * 0.3)
+train_targets = perturb_targets
 
 
 def test_adopts_the_wrapped_parameters_under_their_names():
@@ -201,3 +197,68 @@ def test_stats_report_how_far_the_fast_weight_moved():
     layer.clip_tau = 1e-9
     layer(torch.randn(2, 12, D, dtype=torch.float64))
     assert layer.last_stats["clipped_share"] == 1.0
+
+
+# the target generator's start and its ablations -------------------------------------------------
+
+VARIANTS = {
+    "identity": dict(),
+    "diagonal": dict(target_init="diagonal", target_init_std=0.3),
+    "no convolution": dict(target_conv=False),
+    "no projection": dict(target_projection=False),
+}
+
+
+def variant(name, **extra):
+    return make(TTTConfig(layers=[0], chunk_size=4, ttt_lr=0.5, **VARIANTS[name], **extra))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_target_variant_starts_exact_and_matches_an_independent_composition(name):
+    mlp, layer = variant(name)
+    x = torch.randn(2, 19, D, dtype=torch.float64)
+    pos = packed_positions([[7, 12], [3, 9]], 19, pad_left=[False, True])
+    valid = pos >= 0
+    assert torch.equal(layer(x, position_ids=pos)[valid], mlp(x)[valid])  # V = 0: the pretrained MLP
+    assert layer.ttt.starts_at_zero() and not layer.ttt.blocks_gradient()
+    train_targets(layer)
+    assert not layer.ttt.starts_at_zero()
+    z = F.silu(layer.gate_proj(x)) * layer.up_proj(x)
+    conv = x if layer.ttt.conv_weight is None else per_segment_conv(x, layer.ttt.conv_weight, pos, 4)
+    v = conv if layer.ttt.target_weight is None else conv @ layer.ttt.target_weight.T
+    ref = layer.down_proj(z) + inplace_ttt_reference(z, v, None, 0.5, 4, position_ids=pos)
+    torch.testing.assert_close(layer(x, position_ids=pos)[valid], ref[valid], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("identity", {"ttt.conv_weight", "ttt.target_weight"}),
+    ("no convolution", {"ttt.target_weight"}),
+    ("no projection", {"ttt.conv_weight"}),
+])
+def test_each_variant_has_its_parameters_and_gradient_at_the_first_backward(name, params):
+    _, layer = variant(name)
+    assert {n for n, _ in layer.named_parameters() if n.startswith("ttt.")} == params
+    layer(torch.randn(2, 12, D, dtype=torch.float64)).pow(2).mean().backward()
+    for n in params:  # the factor that starts at zero (or the only one) is pulled at once
+        grad = dict(layer.named_parameters())[n].grad
+        if n == "ttt.conv_weight" or name == "no convolution":
+            assert grad is not None and grad.abs().sum() > 0, n
+
+
+def test_the_releases_diagonal_start():
+    """The authors' init: a zero convolution and a random diagonal W_target of the given std; the
+    convolution's first gradient scales with the diagonal (an identity pulls it 1/std harder)."""
+    torch.manual_seed(0)
+    mlp = GatedMLP(256, 32).double()
+    layer = InPlaceTTTMLP(mlp, TTTConfig(layers=[0], chunk_size=4, target_init="diagonal", target_init_std=0.02))
+    w = layer.ttt.target_weight.detach()
+    off = w - torch.diag(w.diagonal())
+    assert torch.equal(off, torch.zeros_like(off)) and not layer.ttt.conv_weight.any()
+    assert 0.018 < float(w.diagonal().std()) < 0.022 and abs(float(w.diagonal().mean())) < 0.004
+    x = torch.randn(1, 12, 256, dtype=torch.float64)
+    layer(x).pow(2).mean().backward()
+    grad_diag = layer.ttt.conv_weight.grad.clone()
+    identity = InPlaceTTTMLP(mlp, TTTConfig(layers=[0], chunk_size=4))
+    identity(x).pow(2).mean().backward()
+    # dL/dconv[f] = W_target[f, f] * (identity's dL/dconv[f]) for a diagonal W_target
+    torch.testing.assert_close(grad_diag, identity.ttt.conv_weight.grad * w.diagonal()[:, None], rtol=1e-10, atol=1e-14)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 TARGETS = ("hidden_states", "token_embeddings")
+TARGET_INITS = ("identity", "diagonal")
 
 _RULE = re.compile(r"^\s*every\s+(\d+)(?:st|nd|rd|th)?(?:\s+layers?)?(?:\s+from\s+(\d+))?\s*$")
 
@@ -29,6 +30,15 @@ class TTTConfig:
         (``"hidden_states"``, what the released code recommends for continual training) or the
         model's token embeddings (``"token_embeddings"``, the paper's text).
     conv_kernel: width of the depthwise convolution of the target, odd, centred.
+    target_init: how ``W_target`` starts (the convolution always starts at zero, so ``V = 0``
+        and the warm start is exact): ``"identity"``, or ``"diagonal"``, the authors' release (a
+        random diagonal with standard deviation `target_init_std`). The start sets how strongly
+        the convolution is pulled at the first steps: its gradient scales with ``W_target``.
+    target_init_std: the standard deviation of the ``"diagonal"`` start.
+    target_conv: ``False`` is the paper's "no convolution" ablation: ``V = X W_target^T``, with
+        ``W_target`` starting at zero (the warm start stays exact; `target_init` does not apply).
+    target_projection: ``False`` is the release's ``ttt_proj: false``: ``V = Conv1D(X)``, no
+        ``W_target``. At most one of `target_conv` and `target_projection` may be off.
     clip_tau: if set, each chunk update is scaled down to Frobenius norm ``clip_tau``.
         An inference option (the paper used 1e-5 for long-context evaluation); clipping in
         training starves the new parameters of gradient.
@@ -40,6 +50,10 @@ class TTTConfig:
     target: str = "hidden_states"
     conv_kernel: int = 5
     clip_tau: float | None = None
+    target_init: str = "identity"
+    target_init_std: float = 0.02
+    target_conv: bool = True
+    target_projection: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str):
@@ -54,15 +68,28 @@ class TTTConfig:
             self.layers = tuple(sorted(int(i) for i in layers))
         if not _is_int(self.chunk_size) or self.chunk_size < 1:
             raise ValueError(f"TTTConfig.chunk_size must be an integer >= 1; got {self.chunk_size!r}")
-        if not isinstance(self.ttt_lr, (int, float)) or isinstance(self.ttt_lr, bool) or not math.isfinite(self.ttt_lr) or self.ttt_lr <= 0:
+        if not _is_positive(self.ttt_lr):
             raise ValueError(f"TTTConfig.ttt_lr must be a finite number > 0; got {self.ttt_lr!r}")
         self.ttt_lr = float(self.ttt_lr)
         if self.target not in TARGETS:
             raise ValueError(f"TTTConfig.target must be one of {TARGETS}; got {self.target!r}")
         if not _is_int(self.conv_kernel) or self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ValueError(f"TTTConfig.conv_kernel must be an odd integer >= 1 (centred); got {self.conv_kernel!r}")
+        if self.target_init not in TARGET_INITS:
+            raise ValueError(f"TTTConfig.target_init must be one of {TARGET_INITS}; got {self.target_init!r}")
+        if not _is_positive(self.target_init_std):
+            raise ValueError(f"TTTConfig.target_init_std must be a finite number > 0; got {self.target_init_std!r}")
+        self.target_init_std = float(self.target_init_std)
+        for name in ("target_conv", "target_projection"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TTTConfig.{name} must be true or false; got {getattr(self, name)!r}")
+        if not (self.target_conv or self.target_projection):
+            raise ValueError(
+                "TTTConfig: target_conv and target_projection cannot both be false: V would be the raw input, "
+                "with nothing to learn and no exact warm start"
+            )
         if self.clip_tau is not None:
-            if not isinstance(self.clip_tau, (int, float)) or isinstance(self.clip_tau, bool) or not math.isfinite(self.clip_tau) or self.clip_tau <= 0:
+            if not _is_positive(self.clip_tau):
                 raise ValueError(f"TTTConfig.clip_tau must be None or a finite number > 0; got {self.clip_tau!r}")
             self.clip_tau = float(self.clip_tau)
 
@@ -99,6 +126,11 @@ class TTTConfig:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_positive(x: Any) -> bool:
+    """A finite number > 0 (not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
 def _parse_rule(rule: str) -> tuple[int, int]:

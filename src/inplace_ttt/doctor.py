@@ -168,7 +168,7 @@ def _check_warm_start(report, model, layers, base_model, batch) -> None:
         for i, layer in layers.items():
             layer.ttt_lr = saved[i]
     tol = _tolerance(next(iter(layers.values())).down.weight.dtype)
-    fresh = all(not layer.ttt.conv_weight.any() for layer in layers.values())
+    fresh = all(layer.ttt.starts_at_zero() for layer in layers.values())
     ok = off <= tol and (on <= tol or not fresh)
     detail = f"max |logit - base| {on:.1e} with TTT, {off:.1e} with TTT off (tolerance {tol:.0e})"
     if off > tol:
@@ -193,7 +193,7 @@ def _check_gradients(report, model, layers, batch) -> None:
         conv, target = norms.get(f"layer {idx} conv_weight", 0.0), norms.get(f"layer {idx} target_weight", 0.0)
         if conv == 0.0 and target == 0.0:
             why = ""
-            if not layer.ttt.conv_weight.any() and not layer.ttt.target_weight.any():
+            if layer.ttt.blocks_gradient():
                 why = " (both conv and W_target are zero: V = 0 and neither can get gradient)"
             dead.append(f"layer {idx}{why}")
     shown = ", ".join(f"{n} {v:.1e}" for n, v in norms.items())

@@ -56,19 +56,60 @@ class TargetGenerator(nn.Module):
 
     Init (exact warm start with gradient from the first step): the convolution is zero, so
     ``V = 0`` and the model computes exactly what the pretrained one did, while ``W_target``
-    is the identity, so the convolution's gradient ``W_target^T dL/dV * X`` is non-zero at the
-    first backward; after one optimizer step the convolution is non-zero and ``W_target`` gets
-    gradient too. (Both factors zero would block all gradient; small random values would
-    break the warm start: both happened in the system this library replaces.)
+    is non-zero (the identity, or the release's random diagonal), so the convolution's gradient
+    ``W_target^T dL/dV * X`` is non-zero at the first backward; after one optimizer step the
+    convolution is non-zero and ``W_target`` gets gradient too. (Both factors zero would block
+    all gradient; small random values would break the warm start: both happened in the system
+    this library replaces.) The ablations drop one factor: without the convolution ``W_target``
+    starts at zero (its gradient ``dL/dV^T X`` is non-zero); without the projection the
+    convolution alone starts at zero.
     """
 
-    def __init__(self, source_dim: int, model_dim: int, kernel: int, *, dtype=None, device=None):
+    def __init__(self, source_dim: int, model_dim: int, config: TTTConfig, *, dtype=None, device=None):
         super().__init__()
-        self.conv_weight = nn.Parameter(torch.zeros(source_dim, kernel, dtype=dtype, device=device))
-        self.target_weight = nn.Parameter(torch.eye(model_dim, source_dim, dtype=dtype, device=device))
+        self.kernel = config.conv_kernel if config.target_conv else 1
+        if config.target_conv:
+            self.conv_weight = nn.Parameter(torch.zeros(source_dim, self.kernel, dtype=dtype, device=device))
+        else:
+            self.register_parameter("conv_weight", None)
+        if not config.target_projection:
+            if source_dim != model_dim:
+                raise ValueError(f"target_projection=False needs a target source of the model's width {model_dim}; got {source_dim}")
+            self.register_parameter("target_weight", None)
+            return
+        if not config.target_conv:
+            weight = torch.zeros(model_dim, source_dim, dtype=dtype, device=device)
+        elif config.target_init == "identity":
+            weight = torch.eye(model_dim, source_dim, dtype=dtype, device=device)
+        else:
+            diagonal = torch.randn(min(model_dim, source_dim), device=device) * config.target_init_std
+            weight = torch.zeros(model_dim, source_dim, dtype=dtype, device=device)
+            weight.diagonal().copy_(diagonal)
+        self.target_weight = nn.Parameter(weight)
+
+    def convolve(self, x: Tensor, seg_key: Tensor) -> Tensor:
+        return x if self.conv_weight is None else chunk_conv(x, self.conv_weight, seg_key)
+
+    def project(self, y: Tensor) -> Tensor:
+        return y if self.target_weight is None else F.linear(y, self.target_weight.to(y.dtype))
 
     def forward(self, x: Tensor, seg_key: Tensor) -> Tensor:
-        return F.linear(chunk_conv(x, self.conv_weight, seg_key), self.target_weight)
+        return self.project(self.convolve(x, seg_key))
+
+    def taps(self, dtype: torch.dtype) -> Tensor:
+        """The convolution's ``[F, kernel]`` weight; without one, the identity (a single centre tap)."""
+        if self.conv_weight is not None:
+            return self.conv_weight.to(dtype)
+        return torch.ones(self.target_weight.shape[1], 1, dtype=dtype, device=self.target_weight.device)
+
+    def starts_at_zero(self) -> bool:
+        """Whether ``V`` is zero as it is now (a fresh conversion: the model is the pretrained one)."""
+        factor = self.conv_weight if self.conv_weight is not None else self.target_weight
+        return not bool(factor.any())
+
+    def blocks_gradient(self) -> bool:
+        """Both factors zero: ``V = 0`` and neither can get gradient."""
+        return self.conv_weight is not None and self.target_weight is not None and not self.conv_weight.any() and not self.target_weight.any()
 
 
 class InPlaceTTTMLP(nn.Module):
@@ -104,7 +145,7 @@ class InPlaceTTTMLP(nn.Module):
         self.cp_group = None  # a process group splitting sequences along time (context parallelism)
         weight = getattr(self, spec.down).weight
         d = weight.shape[0]
-        self.ttt = TargetGenerator(d, d, config.conv_kernel, dtype=weight.dtype, device=weight.device)
+        self.ttt = TargetGenerator(d, d, config, dtype=weight.dtype, device=weight.device)
 
     @property
     def down(self) -> nn.Module:
@@ -159,7 +200,7 @@ class InPlaceTTTMLP(nn.Module):
             error = str(e)
         shard = sequence_shard(
             self.cp_group, position_ids, B, T, self.chunk_size, widths=(src.shape[-1], h), dtype=z.dtype, device=z.device,
-            settings=(self.ttt_lr, self.clip_tau, False), halo=self.ttt.conv_weight.shape[1] // 2, error=error,
+            settings=(self.ttt_lr, self.clip_tau, False), halo=self.ttt.kernel // 2, error=error,
         )
         src_ext, key_ext, own = shard.with_halo(src)
         v = self.ttt(src_ext, key_ext)[:, own].to(z.dtype)
@@ -280,8 +321,8 @@ class InPlaceTTTMLP(nn.Module):
         taps_chunk = torch.cat([chunk, chunk.new_full((B, r), -1)], 1).unfold(1, K, 1)  # [B, r+1, K]
         own_chunk = chunk[:, r:]  # [B, r+1]
         same = (taps_chunk == own_chunk[..., None]) & (own_chunk[..., None] >= 0)
-        conv = (torch.where(same[:, :, None], taps_src, 0) * self.ttt.conv_weight.to(win_src.dtype)).sum(-1)
-        v = F.linear(conv, self.ttt.target_weight.to(conv.dtype)).to(z.dtype)  # [B, r+1, d]
+        conv = (torch.where(same[:, :, None], taps_src, 0) * self.ttt.taps(win_src.dtype)).sum(-1)
+        v = self.ttt.project(conv).to(z.dtype)  # [B, r+1, d]
         # token t-r is final now; at a chunk's last token the r after it are too
         ends_chunk = pos % C == C - 1
         first = torch.arange(r + 1, device=z.device) == 0

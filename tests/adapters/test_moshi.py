@@ -19,6 +19,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from inplace_ttt import TTTConfig, convert, ttt_layers  # noqa: E402
 from inplace_ttt.adapters.moshi import MoshiTTTGating, load_moshi, save_ttt, update_counts  # noqa: E402
+from tests.conftest import perturb_targets  # noqa: E402
 
 TINY = dict(
     delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2, n_q=16, dep_q=8, card=32, text_card=48, dim=32, num_heads=4,
@@ -41,10 +42,11 @@ def random_codes(lm: LMModel, B: int, T: int) -> torch.Tensor:
 
 
 def active_targets(lm: LMModel, scale: float = 0.5) -> None:
-    """Give the target convolutions non-zero weights, as training would, so that updates change outputs."""
-    with torch.no_grad():
-        for _, layer in ttt_layers(lm):
-            layer.ttt.conv_weight.normal_(0, scale)
+    """Give the target generators non-zero weights, as training would, so that updates change outputs
+    (the convolution, or `W_target`, scaled to its width, where the convolution is ablated)."""
+    for _, layer in ttt_layers(lm):
+        width = layer.down.weight.shape[0]
+        perturb_targets(layer, conv_std=scale, target_std=0.0 if layer.ttt.conv_weight is not None else scale / width**0.5)
 
 
 def logits(lm: LMModel, codes: torch.Tensor, conditions=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,11 +176,14 @@ def test_outputs_never_depend_on_later_codes():
     assert not torch.allclose(text[:, :, t + 1 :], text2[:, :, t + 1 :])
 
 
-@pytest.mark.parametrize("target,clip_tau", [("token_embeddings", None), ("hidden_states", None), ("token_embeddings", 0.5)])
-def test_lmgen_streaming_equals_the_parallel_forward(target, clip_tau):
+@pytest.mark.parametrize("target,clip_tau,variant", [
+    ("token_embeddings", None, {}), ("hidden_states", None, {}), ("token_embeddings", 0.5, {}),
+    ("token_embeddings", None, {"target_conv": False}), ("hidden_states", None, {"target_projection": False}),
+])
+def test_lmgen_streaming_equals_the_parallel_forward(target, clip_tau, variant):
     lm = tiny_lm()
     base = tiny_lm()
-    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target=target, clip_tau=clip_tau))
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target=target, clip_tau=clip_tau, **variant))
     active_targets(lm)
     user, forced = stream_inputs(lm, 2, 14)  # 3 complete chunks of 4 steps, then 2 steps of a 4th
     gen = LMGen(lm, use_sampling=False)

@@ -91,14 +91,13 @@ class MoshiTTTGating(InPlaceTTTMLP, StreamingModule):
 
     def __init__(self, gating: nn.Module, config: TTTConfig, layer_idx: int, context: _ForwardContext):
         super().__init__(gating, config, MoshiGatingSpec(), layer_idx=layer_idx)
-        self.conv_kernel = config.conv_kernel
         self._context = context
         self._layer_source: Tensor | None = None  # set by `_bind_source` as the layer starts
 
     def _init_streaming_state(self, batch_size: int) -> _TTTStreamingState:
         w_out, w_in = self.down.weight, self.linear_in.weight
         d, h = w_out.shape
-        steps = FixedStepState(batch_size, d, h, d, self.conv_kernel, w_in.dtype, state_dtype(w_in.dtype), w_in.device)
+        steps = FixedStepState(batch_size, d, h, d, self.ttt.kernel, w_in.dtype, state_dtype(w_in.dtype), w_in.device)
         return _TTTStreamingState(batch_size, w_in.device, steps=steps)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ class TTTTelemetry:
         """Call after the backward of a step and before clipping."""
         for idx, layer in self.layers.items():
             for name, param in (("conv", layer.ttt.conv_weight), ("target", layer.ttt.target_weight), ("down", layer.down.weight)):
-                if param.grad is not None:
+                if param is not None and param.grad is not None:
                     self._add(f"ttt/layer{idx}/grad_{name}", param.grad.float().norm().item())
 
     def record_forward(self) -> None:
