@@ -48,6 +48,7 @@ class EvalSettings:
     block: int = 256
     contexts: list[int] | None = None  # sliding-window contexts; None: 0 and each length minus the block
     max_docs: int = 16
+    passages: int | None = None  # cut the documents into up to this many passages of max(lengths) + 1 tokens (the loss task's units)
     recall_pairs: int = 16
     batch: int = 8  # rows per forward
     dtype: str = "float32"
@@ -65,8 +66,10 @@ class EvalSettings:
             self.data = corpus_files("heldout")
         if any(n < 16 for n in self.lengths):
             raise ValueError(f"lengths must be >= 16 tokens; got {self.lengths}")
-        if self.batch < 1 or self.recall_pairs < 1:
-            raise ValueError(f"batch and recall_pairs must be >= 1; got {self.batch} and {self.recall_pairs}")
+        for name in ("batch", "recall_pairs", "passages"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1; got {value}")
         if self.contexts is not None and any(c < 0 for c in self.contexts):
             raise ValueError(f"contexts must be >= 0 tokens; got {self.contexts}")
 
@@ -128,6 +131,8 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
         haystack = " ".join(texts)
         ids = tokenizer(texts[: settings.max_docs], add_special_tokens=False)["input_ids"]
         docs = [torch.tensor(d) for d in ids if len(d) > 1]
+        if settings.passages is not None:
+            docs = passages(docs, max(settings.lengths) + 1, settings.passages)
     ruler_tasks = [t for t in settings.tasks if t in TASK_NAMES]
     groups = [make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack) for t in ruler_tasks for n in settings.lengths]
     recall = [make_recall(tokenizer, n, settings.samples, settings.seed, settings.recall_pairs) for n in settings.lengths] if RECALL_TASK in settings.tasks else []
@@ -178,6 +183,14 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
             del model
     write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
     return write_report(results, out, preamble)
+
+
+def passages(docs: list[torch.Tensor], length: int, count: int) -> list[torch.Tensor]:
+    """Up to `count` non-overlapping passages of `length` tokens, cut from the starts of the
+    documents onwards and taken evenly across all of them (a short tail is dropped)."""
+    cut = [d[i : i + length] for d in docs for i in range(0, len(d) - length + 1, length)]
+    step = max(1, len(cut) / count) if cut else 1
+    return [cut[int(k * step)] for k in range(min(count, len(cut)))]
 
 
 def _accuracy(cell: dict, seed: int) -> None:
