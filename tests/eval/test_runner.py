@@ -112,3 +112,16 @@ def test_bad_settings_are_named(models, heldout, tmp_path, capsys):
     code = main(["eval", "--model", str(models[0]), "--model", str(other), "--tasks", "vt", "--lengths", "256", "--out", str(tmp_path / "x")])
     assert code == 2
     assert "different tokenizer" in capsys.readouterr().err
+
+
+def test_passages_are_disjoint_slices_taken_evenly_across_documents():
+    import torch
+
+    from inplace_ttt.eval.runner import passages
+
+    docs = [torch.arange(100), torch.arange(1000, 1035), torch.arange(2000, 2250)]
+    cut = passages(docs, 30, 100)
+    starts = [int(p[0]) for p in cut]
+    assert starts == [0, 30, 60, 1000, 2000, 2030, 2060, 2090, 2120, 2150, 2180, 2210]  # short tails dropped
+    assert all(torch.equal(p, torch.arange(s, s + 30)) for p, s in zip(cut, starts))
+    assert [int(p[0]) for p in passages(docs, 30, 4)] == [0, 1000, 2060, 2150]  # every third of the 12
