@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import rotate_checkpoints
 
 from ..adapters import convert, from_pretrained, ttt_layers
@@ -277,6 +277,7 @@ def train(config: RunConfig, resume: bool = False) -> Path:
         raise RunError(f"tokenizer: cannot load {config.tokenizer or config.model!r}: {e}") from None
     train_rows = build_dataset(config.data, tokenizer, config.data.train)  # data errors first: nothing loaded yet
     eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
+    set_seed(config.train.seed)  # before the conversion: a random W_target start must be the same in every run
     model = load_model(config, torch.float32)
     layers = dict(ttt_layers(model))
     if layers:
