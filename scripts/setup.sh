@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv/ at the repo root and install inplace-ttt into it.
 #   scripts/setup.sh          the library and the `ittt` command
-#   scripts/setup.sh --moshi  plus Kyutai's moshi (for Moshi models)
-#   scripts/setup.sh --dev    plus the test tools and moshi (CI runs the Moshi tests)
+#   scripts/setup.sh --moshi  plus Kyutai's moshi and the audio libraries (for Moshi models)
+#   scripts/setup.sh --dev    plus the test tools, moshi and espeak-ng (CI runs the Moshi and speech tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras=""
+dev=0
 moshi=0
 for arg in "$@"; do
     case "$arg" in
-        --dev) extras="[dev]"; moshi=1 ;;
+        --dev) dev=1; moshi=1 ;;
         --moshi) moshi=1 ;;
         *) echo "setup.sh: unknown option $arg (use --dev and/or --moshi)" >&2; exit 2 ;;
     esac
@@ -22,12 +22,25 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first and pinned: this machine carries the 2.13.0 CPU wheel; a looser requirement
 # resolved later would pull a multi-GB CUDA build
 "${pip[@]}" "torch==2.13.0"
-"${pip[@]}" -e ".${extras}"
+extras=()
+[ "$dev" = 1 ] && extras+=(dev)
+# the `moshi` extra: what moshi's model code needs beyond our own requirements (einops,
+# sentencepiece) and the audio libraries of `ittt moshi-encode` / `moshi-infer` (soundfile, soxr)
+[ "$moshi" = 1 ] && extras+=(moshi)
+spec="."
+[ "${#extras[@]}" -gt 0 ] && spec=".[$(IFS=,; echo "${extras[*]}")]"
+"${pip[@]}" -e "$spec" "torch==2.13.0"
 if [ "$moshi" = 1 ]; then
     # moshi 0.2.x declares torch<2.10, huggingface-hub<1.0 and audio/server packages
     # (bitsandbytes, sounddevice, sphn, aiohttp) that its model code does not import: install it
-    # without its declared requirements, then the two its model code needs that we lack
-    # (torch, numpy, safetensors and huggingface_hub come with inplace-ttt)
+    # without its declared requirements (the ones its model code needs come with the extra above)
     "${pip[@]}" --no-deps "moshi==0.2.13"
-    "${pip[@]}" "einops>=0.7,<0.9" "sentencepiece>=0.2,<0.3" "torch==2.13.0"
+fi
+if [ "$dev" = 1 ] && ! command -v espeak-ng >/dev/null; then
+    # the speech tests speak their conversations with espeak-ng (a Debian package)
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null
+    else
+        echo "setup.sh: install espeak-ng (apt-get install espeak-ng) for the speech tests; they are skipped without it" >&2
+    fi
 fi

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 import inplace_ttt
 from inplace_ttt.doctor import doctor
+from tests.conftest import perturb_targets
 from tests.tiny_hf import VOCAB, converted, tiny, tiny_tokenizer, ttt_config
 
 
@@ -56,6 +57,17 @@ def test_both_factors_zero_is_named():
             layer.ttt.target_weight.zero_()
     c = check(doctor(model, batch()), "TTT gradients")
     assert not c.ok and "both conv and W_target are zero" in c.detail
+
+
+def test_random_targets_at_a_fresh_start_are_named_without_the_base_model():
+    """The seed's "small random" target start broke the warm start (loss 18 instead of 2-3): a fresh
+    conversion's logits must not move when TTT is switched off, no base model needed."""
+    model, _ = fresh()
+    for _, layer in inplace_ttt.ttt_layers(model):
+        perturb_targets(layer, conv_std=0.02, target_std=0.02)
+    c = check(doctor(model, batch(), fresh=True), "warm start")
+    assert not c.ok and "are the targets initialised at random?" in c.detail
+    assert "warm start" not in [c.name for c in doctor(model, batch()).checks]  # trained-looking targets: no claim to check
 
 
 def test_clipping_in_training_is_named():
@@ -154,3 +166,147 @@ def test_cli_doctor(tmp_path, capsys):
     tiny_tokenizer(words).save_pretrained(tmp_path / "clipped")
     assert main(["doctor", str(tmp_path / "clipped"), "--data", str(data)]) == 1
     assert "FAIL  no clipping in training" in capsys.readouterr().out
+
+
+def test_one_group_holding_the_gradient_is_a_warning_with_its_share():
+    model, _ = fresh()
+    report = doctor(model, batch())
+    c = check(report, "gradient balance")
+    grads = torch.autograd.grad(model(input_ids=batch(), labels=batch()).loss, [p for p in model.parameters()])
+    squares = {True: 0.0, False: 0.0}  # an independent sum over every parameter's gradient
+    for (name, _), g in zip(model.named_parameters(), grads):
+        squares[".ttt." in name] += float(g.pow(2).sum())
+    share = squares[True] / (squares[True] + squares[False])
+    assert c.ok and f"{share:.1%}" in c.detail
+    assert c.warning == (share > 0.9) and ("WARN  gradient balance" in str(report)) == (share > 0.9)
+    assert report.ok  # a warning does not fail the run
+
+
+# Moshi: the same checks on a moshi LMModel, each failure mode of the seed injected ---------------
+
+
+@pytest.fixture
+def moshi():
+    pytest.importorskip("moshi")
+    from tests.adapters.test_moshi import random_codes, tiny_lm
+
+    base = tiny_lm()
+    lm = inplace_ttt.convert(tiny_lm(), inplace_ttt.TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings")).train()
+    codes = random_codes(base, 2, 16)
+    return lm, base, {"codes": codes}
+
+
+def test_a_fresh_moshi_conversion_passes_everything(moshi):
+    lm, base, codes = moshi
+    report = doctor(lm, codes, base, optimizer=torch.optim.AdamW(lm.parameters()))
+    assert report.ok, str(report)
+    assert "0.0e+00 with TTT" in check(report, "warm start").detail
+    assert "changing a later step moves earlier logits by 0.0e+00" in check(report, "causality").detail
+
+
+def _moshi_layers(lm):
+    return dict(inplace_ttt.ttt_layers(lm))
+
+
+def _gelu(lm):  # the seed's TTT layers ran GELU in Moshi's SiLU gatings
+    _moshi_layers(lm)[0].activation = nn.GELU()
+
+
+def _clip(lm):  # the seed clipped at 1e-5 in training
+    for layer in _moshi_layers(lm).values():
+        layer.clip_tau = 1e-5
+
+
+def _zero_targets(lm):
+    with torch.no_grad():
+        for layer in _moshi_layers(lm).values():
+            layer.ttt.target_weight.zero_()
+
+
+def _freeze(lm):
+    _moshi_layers(lm)[2].ttt.conv_weight.requires_grad_(False)
+
+
+def _overwrite_pretrained(lm):  # the seed's per-document reset copied over the trainable down projection
+    with torch.no_grad():
+        _moshi_layers(lm)[0].linear_out.weight.mul_(1.5)
+
+
+def _random_targets(lm):  # the seed's "small random" start of both target factors
+    for layer in _moshi_layers(lm).values():
+        perturb_targets(layer, conv_std=0.02, target_std=0.02)
+
+
+def _leak(lm):
+    layer = _moshi_layers(lm)[2]
+    real = layer.forward
+    layer.forward = lambda x: real(x) + x.mean(1, keepdim=True)  # every step sees the whole row
+
+
+# the injection; the checks that fail with the unconverted model at hand, and without it (a fresh
+# conversion with TTT off is the unconverted model); words the failing checks use
+SEED_FAILURES = {
+    "GELU in a SiLU gating": (_gelu, ["activation matches the original MLP", "warm start"], [], "GELU vs silu"),
+    "clipping in training": (_clip, ["no clipping in training"], ["no clipping in training"], "starves TTT of gradient"),
+    "both target factors zero": (_zero_targets, ["TTT gradients"], ["TTT gradients"], "both conv and W_target are zero"),
+    "a frozen TTT parameter": (_freeze, ["TTT params trainable", "TTT gradients"], ["TTT params trainable", "TTT gradients"], "layer 2 conv_weight"),
+    "pretrained weights overwritten": (_overwrite_pretrained, ["warm start"], [], "the pretrained weights or activation differ"),
+    "a leak from the future": (_leak, ["causality", "warm start"], ["causality"], "moves earlier logits"),
+    "random targets at the start": (_random_targets, ["warm start"], ["warm start"], "a freshly converted model must compute what the base model did"),
+}
+
+
+@pytest.mark.parametrize("case", SEED_FAILURES)
+def test_each_failure_of_the_seed_is_named_on_a_moshi_model(moshi, case):
+    lm, base, codes = moshi
+    inject, with_base, without_base, words = SEED_FAILURES[case]
+    inject(lm)
+    for reference, failing in ((base, with_base), (None, without_base)):
+        report = doctor(lm, codes, reference, fresh=True)
+        assert sorted(report.failed()) == sorted(failing), str(report)
+        if failing:
+            assert any(words in c.detail for c in report.checks if not c.ok), str(report)
+
+
+def test_short_and_padded_moshi_rows_are_named(moshi):
+    lm, _, codes = moshi
+    short = {"codes": codes["codes"][:, :, :6]}  # one and a half chunks of 4
+    assert check(doctor(lm, short), "sequences span 2+ chunks").detail.startswith("longest document 6 tokens")
+    padded = codes["codes"].clone()
+    padded[:, :, 7:] = -1  # steps with every stream missing are padding, not part of the conversation
+    c = check(doctor(lm, {"codes": padded}), "sequences span 2+ chunks")
+    assert not c.ok and c.detail.startswith("longest document 7 tokens")
+
+
+def test_lora_wrapped_and_unoptimised_moshi_targets_are_named(moshi):
+    from peft import LoraConfig, get_peft_model
+
+    lm, _, codes = moshi
+    opt = torch.optim.AdamW([p for n, p in lm.named_parameters() if ".ttt." not in n])
+    c = check(doctor(lm, codes, optimizer=opt), "TTT params in optimizer")
+    assert not c.ok and "layer 0 conv_weight" in c.detail
+    wrapped = get_peft_model(lm, LoraConfig(r=2, target_parameters=["ttt.target_weight"]))
+    c = check(doctor(wrapped.base_model.model, codes), "TTT params not LoRA-wrapped")
+    assert not c.ok and "layer 0" in c.detail
+
+
+def test_cli_doctor_on_a_moshi_model_and_a_conversation(tmp_path, capsys, moshi):
+    import json
+
+    from safetensors.torch import save_file
+
+    from inplace_ttt.adapters.moshi import save_ttt
+    from inplace_ttt.cli import main
+    from tests.adapters.test_moshi import TINY, write_tiny_checkpoint
+
+    lm, base, codes = moshi
+    write_tiny_checkpoint(tmp_path / "base.safetensors")
+    save_ttt(lm, tmp_path / "final")
+    (tmp_path / "lm.json").write_text(json.dumps(TINY))
+    save_file({"codes": codes["codes"][0]}, str(tmp_path / "conversation.safetensors"))
+    args = ["doctor", str(tmp_path / "final"), "--data", str(tmp_path / "conversation.safetensors"), "--lm-kwargs", str(tmp_path / "lm.json")]
+    assert main([*args, "--base", str(tmp_path / "base.safetensors"), "--length", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "on 1 x 12 steps of" in out and "PASS  warm start" in out and "all checks passed" in out
+    assert main([*args, "--length", "0"]) == 2
+    assert "--length and --rows must be >= 1" in capsys.readouterr().err

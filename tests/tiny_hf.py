@@ -41,8 +41,10 @@ def converted(family="llama", trained=True, arch=None, **kw):
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for _, layer in inplace_ttt.ttt_layers(model):
-                layer.ttt.conv_weight.copy_(torch.randn(layer.ttt.conv_weight.shape, generator=g) * 0.3)
-                layer.ttt.target_weight.add_(torch.randn(layer.ttt.target_weight.shape, generator=g) * 0.2)
+                if layer.ttt.conv_weight is not None:  # None: the target switches' ablations
+                    layer.ttt.conv_weight.copy_(torch.randn(layer.ttt.conv_weight.shape, generator=g) * 0.3)
+                if layer.ttt.target_weight is not None:
+                    layer.ttt.target_weight.add_(torch.randn(layer.ttt.target_weight.shape, generator=g) * 0.2)
     return model
 
 

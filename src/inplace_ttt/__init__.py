@@ -1,6 +1,6 @@
 """In-Place Test-Time Training for pretrained gated-MLP language models."""
 
-from .adapters import clip_tau, convert, from_pretrained, set_clip_tau, set_context_parallel, ttt_layers
+from .adapters import clip_tau, convert, export_release, from_pretrained, set_clip_tau, set_context_parallel, ttt_layers
 from .cache import FastWeightState
 from .config import TTTConfig
 from .layer import GatedMLPSpec, InPlaceTTTMLP, TargetGenerator
@@ -13,6 +13,7 @@ __all__ = [
     "FastWeightState",
     "convert",
     "from_pretrained",
+    "export_release",
     "set_clip_tau",
     "clip_tau",
     "set_context_parallel",

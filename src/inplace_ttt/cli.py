@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 
 from .config import TARGET_INITS
 
@@ -32,46 +33,71 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    """Load a converted model and its tokenizer, read some text, run `inplace_ttt.doctor`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a converted model and a batch of its data, run `inplace_ttt.doctor`."""
+    from pathlib import Path
 
-    from . import from_pretrained, ttt_layers
+    from .adapters import MOSHI_TTT_WEIGHTS
     from .doctor import doctor
 
-    model = from_pretrained(args.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    chunk = max(layer.chunk_size for _, layer in ttt_layers(model))
-    length = args.length or 3 * chunk
-    ids = tokenizer(_read_text(args.data), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    rows = max(1, min(args.rows, len(ids) // length))
-    ids = ids[: rows * length].view(rows, -1)
-    base = AutoModelForCausalLM.from_pretrained(args.base) if args.base else None
+    moshi = (Path(args.model_dir) / MOSHI_TTT_WEIGHTS).is_file()
+    model, batch, base, what = (_moshi_doctor_inputs if moshi else _text_doctor_inputs)(args)
     model.train(not args.inference)
-    report = doctor(model, ids, base, training=not args.inference)
-    print(f"doctor: {args.model_dir} on {rows} x {ids.shape[1]} tokens of {args.data}")
+    report = doctor(model, batch, base, training=not args.inference)
+    print(f"doctor: {args.model_dir} on {what} of {args.data}")
     print(report)
     return 0 if report.ok else 1
 
 
-def _read_text(path: str) -> str:
-    """The text of a .txt file, or the "text" fields of a .jsonl file."""
-    import json
+def _rows(length: int, steps: int, wanted: int) -> int:
+    if length < 1 or wanted < 1:
+        raise ValueError(f"--length and --rows must be >= 1; got {length} and {wanted}")
+    return max(1, min(wanted, steps // length))
+
+
+def _text_doctor_inputs(args: argparse.Namespace):
+    """A transformers checkpoint, rows of tokenized text from `--data`, the `--base` model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import from_pretrained, ttt_layers
+    from .documents import read_documents
+
+    model = from_pretrained(args.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    length = 3 * max(layer.chunk_size for _, layer in ttt_layers(model)) if args.length is None else args.length
+    text = "\n\n".join(read_documents([args.data]))
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    rows = _rows(length, len(ids), args.rows)
+    ids = ids[: rows * length].view(rows, -1)
+    base = AutoModelForCausalLM.from_pretrained(args.base) if args.base else None
+    return model, ids, base, f"{rows} x {ids.shape[1]} tokens"
+
+
+def _moshi_doctor_inputs(args: argparse.Namespace):
+    """A Moshi `final/` (moshi's model.safetensors + ttt.safetensors), rows of one conversation's
+    codes from `--data` (a .safetensors codes file), the `--base` model.safetensors."""
     from pathlib import Path
 
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"ittt: no such data file: {path}")
-    if p.suffix == ".jsonl":
-        return "\n\n".join(json.loads(line)["text"] for line in p.read_text().splitlines() if line.strip())
-    return p.read_text()
+    import torch.nn.functional as F
+
+    from .adapters.moshi import TTT_WEIGHTS, load_base, ttt_layers
+    from .train.moshi import MoshiModelConfig, load_lm, read_conversation, read_lm_kwargs
+
+    d = Path(args.model_dir)
+    files = MoshiModelConfig(weights=str(d / "model.safetensors"), ttt_weights=str(d / TTT_WEIGHTS), lm_kwargs=args.lm_kwargs)
+    lm = load_lm(files, None)
+    length = 3 * max(layer.chunk_size for _, layer in ttt_layers(lm)) if args.length is None else args.length
+    codes = read_conversation(Path(args.data), lm.num_codebooks, lm.text_card, lm.card)
+    rows = _rows(length, codes.shape[1], args.rows)
+    codes = F.pad(codes, (0, max(0, rows * length - codes.shape[1])), value=-1)[:, : rows * length]
+    batch = codes.unflatten(1, (rows, length)).transpose(0, 1)
+    base = load_base(args.base, read_lm_kwargs(args.lm_kwargs)) if args.base else None
+    return lm, {"codes": batch}, base, f"{rows} x {length} steps"
 
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .train.config import load_config
-    from .train.trainer import train
+    from .train.run import load_run_config, train
 
-    config = load_config(args.config, overrides)
-    final = train(config, resume=args.resume)
+    final = train(load_run_config(args.config, overrides), resume=args.resume)
     print(f"final model: {final}")
     return 0
 
@@ -97,6 +123,130 @@ def _eval(args: argparse.Namespace) -> int:
     report = evaluate(settings)
     print(f"report: {report}")
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """A saved model (ours or a release checkpoint) written in the authors' release format, with its tokenizer."""
+    from transformers import AutoTokenizer
+
+    from . import export_release, from_pretrained
+    from .adapters.hf import quiet_transformers
+
+    model = from_pretrained(args.model_dir, dtype="auto")  # written in the dtype it was saved in
+    try:
+        with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
+            tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    except (OSError, ValueError):
+        tokenizer = None
+        print(f"ittt export: {args.model_dir} has no tokenizer; their RULER pipeline needs one beside the weights", file=sys.stderr)
+    print(f"release checkpoint: {export_release(model, args.out, tokenizer=tokenizer)}")
+    return 0
+
+
+def _moshi_env(device: str) -> None:
+    """On a CPU, moshi's lazy torch.compile only costs time: turn it off (before moshi is imported)."""
+    import os
+
+    import torch
+
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+
+def _moshi_encode(args: argparse.Namespace) -> int:
+    _moshi_env(args.device)
+    from .speech.encode import EncodeSettings, encode_manifest
+    from .speech.loading import read_json, resolve_device
+
+    settings = EncodeSettings(
+        args.manifest, args.mimi, args.tokenizer, args.out, mimi_config=read_json(args.mimi_config, "--mimi-config"),
+        lm_kwargs=read_json(args.lm_config, "--lm-config"), main_speaker=args.main_speaker, device=str(resolve_device(args.device, "float32")[0]),
+    )
+    summary = encode_manifest(settings)
+    rate = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
+    print(f"moshi-encode: {len(summary.encoded)} encoded ({summary.audio_seconds:.1f} s of audio, {rate:.1f} s of audio per second), "
+          f"{len(summary.skipped)} already done, {len(summary.failed)} failed; codes in {args.out}")
+    for path, why in summary.failed:
+        print(f"ittt moshi-encode: error: {why}", file=sys.stderr)
+    return 2 if summary.failed else 0
+
+
+def _moshi_infer(args: argparse.Namespace) -> int:
+    _moshi_env(args.device)
+    from .speech.infer import InferSettings, run_inference
+    from .speech.loading import read_json
+
+    report = run_inference(InferSettings(
+        args.input, args.output, args.weights, args.mimi, ttt=args.ttt, tokenizer=args.tokenizer,
+        lm_kwargs=read_json(args.lm_config, "--lm-config"), mimi_config=read_json(args.mimi_config, "--mimi-config"), channel=args.channel,
+        clip_tau=args.clip_tau, device=args.device, dtype=args.dtype, seed=args.seed, greedy=args.greedy, temp=args.temp, temp_text=args.temp_text,
+    ))
+    step = report["step_ms"]
+    print(f"moshi-infer: {report['audio_seconds']:.1f} s of audio in {report['wall_seconds']:.1f} s (real-time factor {report['real_time_factor']:.2f}); "
+          f"LM step {step['median']:.1f} ms median, {step['p90']:.1f} ms p90, {step['max']:.1f} ms max over {report['steps']} steps; "
+          f"fast-weight updates per TTT layer {report['updates'] or 'none (no TTT)'}")
+    print(f"audio: {report['output']}  text: {report['transcript']}  report: {Path(report['output']).with_suffix('.json')}")
+    return 0
+
+
+def _moshi_eval(args: argparse.Namespace) -> int:
+    _moshi_env(args.device)
+    from .eval.moshi import MoshiEvalSettings, evaluate_moshi
+    from .speech.loading import read_json
+
+    settings = MoshiEvalSettings(
+        models=args.model, data=args.data, out=Path(args.out), lm_kwargs=read_json(args.lm_config, "--lm-config"), piece=args.piece,
+        bucket_minutes=args.bucket_minutes, device=args.device, dtype=args.dtype, mimi=args.mimi,
+        mimi_config=read_json(args.mimi_config, "--mimi-config"), tokenizer=args.tokenizer,
+    )
+    print(f"report: {evaluate_moshi(settings)}")
+    return 0
+
+
+def _add_moshi_commands(sub) -> None:
+    lm_config = "JSON file of the LMModel's keyword arguments (default: Moshi 7B's, as moshi's loaders)"
+    mimi_config = "JSON file of Mimi's settings (default: the published Mimi's, as moshi's loaders)"
+    enc = sub.add_parser("moshi-encode", help="moshi-finetune's conversations (manifest, stereo audio, word alignments) to the codes files ittt train reads")
+    enc.add_argument("manifest", type=Path, help='JSONL of {"path": "a.wav", "duration": 24.5}, paths relative to it; a.json alignments beside each file')
+    enc.add_argument("--mimi", type=Path, required=True, help="Mimi's weights (.safetensors)")
+    enc.add_argument("--tokenizer", type=Path, required=True, help="Moshi's text tokenizer (sentencepiece .model)")
+    enc.add_argument("--out", type=Path, required=True, help="folder for the codes files (one .safetensors per conversation, the manifest's layout)")
+    enc.add_argument("--mimi-config", help=mimi_config)
+    enc.add_argument("--lm-config", help=lm_config)
+    enc.add_argument("--main-speaker", default="SPEAKER_MAIN", help="speaker label of Moshi's words in the alignments")
+    enc.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    enc.set_defaults(func=_moshi_encode)
+    inf = sub.add_parser("moshi-infer", help="stream a user's recording through a Moshi model (In-Place TTT on); write Moshi's audio and text")
+    inf.add_argument("input", type=Path, help="the user's audio (mono, or stereo with --channel); any sample rate")
+    inf.add_argument("output", type=Path, help="Moshi's audio (.wav, 24 kHz); its text goes beside it as .txt, the run's report as .json")
+    inf.add_argument("--weights", type=Path, required=True, help="moshi's model.safetensors (published, or final/ of ittt train)")
+    inf.add_argument("--ttt", type=Path, help="ttt.safetensors beside it (omit: the model without TTT)")
+    inf.add_argument("--mimi", type=Path, required=True, help="Mimi's weights (.safetensors)")
+    inf.add_argument("--tokenizer", type=Path, help="Moshi's text tokenizer (omit: the transcript holds token ids)")
+    inf.add_argument("--lm-config", help=lm_config)
+    inf.add_argument("--mimi-config", help=mimi_config)
+    inf.add_argument("--channel", choices=["left", "right"], help="the user's channel of a stereo input")
+    inf.add_argument("--clip-tau", type=float, help="inference clipping of the fast-weight updates (default: the saved setting)")
+    inf.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    inf.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="the LM's dtype (auto: bfloat16 on cuda, else float32)")
+    inf.add_argument("--seed", type=int, default=0, help="sampling seed")
+    inf.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    inf.add_argument("--temp", type=float, default=0.8, help="audio sampling temperature (LMGen's default)")
+    inf.add_argument("--temp-text", type=float, default=0.7, help="text sampling temperature (LMGen's default)")
+    inf.set_defaults(func=_moshi_infer)
+    ev = sub.add_parser("moshi-eval", help="Moshi text and audio loss by minute of long held-out conversations, several models in one report")
+    ev.add_argument("--model", action="append", required=True, help="NAME=PATH[,ttt=FILE][,clip_tau=X][,yarn=F]: PATH a model.safetensors or a folder with it (and ttt.safetensors); repeat to compare")
+    ev.add_argument("--data", action="append", required=True, help="codes files (.safetensors), folders of them, or a moshi-finetune manifest (.jsonl, needs --mimi and --tokenizer); repeatable")
+    ev.add_argument("--lm-config", help=lm_config)
+    ev.add_argument("--mimi", type=Path, help="Mimi's weights, to encode a manifest")
+    ev.add_argument("--mimi-config", help=mimi_config)
+    ev.add_argument("--tokenizer", type=Path, help="Moshi's text tokenizer, to encode a manifest")
+    ev.add_argument("--piece", type=int, default=250, help="steps per forward (memory; the losses do not depend on it)")
+    ev.add_argument("--bucket-minutes", type=float, default=1.0, help="width of the time buckets")
+    ev.add_argument("--out", default="moshi-eval", help="output directory")
+    ev.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    ev.set_defaults(func=_moshi_eval)
 
 
 def _add_run_command(sub, name: str, func, help: str, example: str) -> None:
@@ -131,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int)
     demo.set_defaults(func=_demo)
     doc = sub.add_parser("doctor", help="check the In-Place TTT invariants on a model and data")
-    doc.add_argument("model_dir", help="a directory saved by a converted model's save_pretrained")
-    doc.add_argument("--data", required=True, help=".txt or .jsonl (field 'text') to draw a batch from")
-    doc.add_argument("--base", help="the unconverted model directory, for the warm-start check")
-    doc.add_argument("--length", type=int, help="tokens per row (default 3 chunks)")
+    doc.add_argument("model_dir", help="a converted model's directory: transformers' save_pretrained, or a Moshi final/ (model.safetensors + ttt.safetensors)")
+    doc.add_argument("--data", required=True, help="documents to draw a batch from (.txt, .jsonl or .parquet); for Moshi a .safetensors conversation of codes")
+    doc.add_argument("--base", help="the unconverted model (a directory; for Moshi its model.safetensors), for the warm-start and activation checks")
+    doc.add_argument("--lm-kwargs", help="Moshi: a JSON file of LMModel keyword arguments (default: Moshi 7B's)")
+    doc.add_argument("--length", type=int, help="tokens (Moshi: steps) per row (default 3 chunks)")
     doc.add_argument("--rows", type=int, default=2)
     doc.add_argument("--inference", action="store_true", help="the model is for inference: allow clipping and short data")
     doc.set_defaults(func=_doctor)
@@ -155,11 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--recall-pairs", type=int, default=16, help="key-value pairs per associative-recall sample")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ev.set_defaults(func=_eval)
+    ex = sub.add_parser("export", help="write a saved In-Place TTT model in another format: the authors' release (their config keys and weight names)")
+    ex.add_argument("model_dir", help="a directory saved by a converted model's save_pretrained")
+    ex.add_argument("out", help="the new directory to write (must not hold files)")
+    ex.add_argument("--format", required=True, choices=["release"], help="release: ByteDance-Seed/In-Place-TTT's Qwen3 / Llama checkpoints")
+    ex.set_defaults(func=_export)
     _add_run_command(sub, "train", _train, "continual training with In-Place TTT (transformers Trainer)", "--train.learning_rate 1e-5")
     _add_run_command(
         sub, "pretrain", _pretrain,
         "train a small Llama model and its BPE tokenizer from scratch (how the embedded base model was made)", "--train.max_steps 100",
     )
+    _add_moshi_commands(sub)
     args, rest = parser.parse_known_args(argv)
     takes_overrides = args.command in ("train", "pretrain")
     if not takes_overrides and rest:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 TARGETS = ("hidden_states", "token_embeddings")
 TARGET_INITS = ("identity", "diagonal")
+CONFIG_KEY = "inplace_ttt"  # where a converted transformers model's config keeps these settings
 
 _RULE = re.compile(r"^\s*every\s+(\d+)(?:st|nd|rd|th)?(?:\s+layers?)?(?:\s+from\s+(\d+))?\s*$")
 

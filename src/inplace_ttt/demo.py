@@ -32,7 +32,7 @@ from .eval.recall import TASK as RECALL_TASK
 from .eval.report import plot_training
 from .eval.runner import LOSS_TASK, EvalSettings, evaluate
 from .train.config import DataConfig, RunConfig, TrainConfig
-from .train.trainer import train
+from .train.run import train
 
 DEMO_TASKS = (LOSS_TASK, RECALL_TASK)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .adapters import ttt_layers, ttt_positions
+from .adapters import probe, ttt_layers
 from .layer import InPlaceTTTMLP, TargetGenerator
 from .ops import find_segments, inplace_ttt
 
@@ -24,6 +24,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # passes, but worth a look (printed as WARN)
 
 
 @dataclass
@@ -37,12 +38,13 @@ class Report:
     def failed(self) -> list[str]:
         return [c.name for c in self.checks if not c.ok]
 
-    def add(self, name: str, ok: bool, detail: str) -> None:
-        self.checks.append(Check(name, bool(ok), detail))
+    def add(self, name: str, ok: bool, detail: str, *, warning: bool = False) -> None:
+        self.checks.append(Check(name, bool(ok), detail, warning))
 
     def __str__(self) -> str:
         width = max((len(c.name) for c in self.checks), default=0)
-        lines = [f"{'PASS' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}" for c in self.checks]
+        status = lambda c: "FAIL" if not c.ok else "WARN" if c.warning else "PASS"  # noqa: E731
+        lines = [f"{status(c)}  {c.name:<{width}}  {c.detail}" for c in self.checks]
         verdict = "all checks passed" if self.ok else f"{len(self.failed())} check(s) failed: {', '.join(self.failed())}"
         return "\n".join(lines + [verdict])
 
@@ -54,16 +56,22 @@ def doctor(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     training: bool | None = None,
+    fresh: bool | None = None,
 ) -> Report:
-    """Run the checks on `model` (a converted transformers causal LM) with `batch`
-    (``input_ids`` and optionally ``attention_mask`` / ``position_ids``).
+    """Run the checks on `model` (a converted transformers causal LM, or a converted moshi
+    `LMModel`) with `batch` (transformers: ``input_ids`` and optionally ``attention_mask`` /
+    ``position_ids``, or the ids alone; Moshi: ``codes`` ``[B, K, T]``).
 
     base_model: the unconverted model, for the warm-start and activation checks.
     optimizer: the optimizer that will train `model`, to find TTT parameters it misses.
     training: whether `batch` is training data (checks clipping and sequence length);
         defaults to ``model.training``.
+    fresh: whether `model` is a fresh conversion, which must compute what the unconverted model
+        did (without `base_model`: what it computes with TTT off); defaults to whether every
+        target is zero now. (A "fresh" model with non-zero targets is the seed's random init.)
     """
-    batch = {"input_ids": batch} if isinstance(batch, Tensor) else dict(batch)
+    family = probe(model)
+    batch = {("codes" if batch.dim() == 3 else "input_ids"): batch} if isinstance(batch, Tensor) else dict(batch)
     training = model.training if training is None else training
     report = Report()
     layers = dict(ttt_layers(model))
@@ -72,15 +80,19 @@ def doctor(
         return report
     report.add("TTT layers", True, f"layers {sorted(layers)}")
     _check_parameters(report, model, layers, optimizer)
-    _check_lengths(report, layers, batch, training)
+    _check_lengths(report, layers, family.positions(batch), training)
     _check_clipping(report, layers, training)
     _check_precision(report, layers)
+    if fresh is None:
+        fresh = all(isinstance(layer.ttt, TargetGenerator) and layer.ttt.starts_at_zero() for layer in layers.values())
     if base_model is not None:
-        _check_activation(report, layers, base_model)
-        _check_warm_start(report, model, layers, base_model, batch)
+        _check_activation(report, layers, base_model, family)
+    if base_model is not None or fresh:
+        _check_warm_start(report, model, layers, base_model, batch, family, fresh)
     if all(isinstance(layer.ttt, TargetGenerator) for layer in layers.values()):
-        _check_gradients(report, model, layers, batch)
-        _check_causality(report, model, batch)
+        _check_gradients(report, model, layers, batch, family)
+        gap = family.causality_gap(model, batch)
+        report.add("causality", gap == 0.0, f"changing a later step moves earlier logits by {gap:.1e}")
     return report
 
 
@@ -107,9 +119,7 @@ def _check_parameters(report, model, layers, optimizer) -> None:
         report.add("TTT params in optimizer", not missing, f"missing: {missing}" if missing else "every trainable TTT parameter is optimised")
 
 
-def _check_lengths(report, layers, batch, training) -> None:
-    ids = batch["input_ids"]
-    pos = ttt_positions(ids.shape[0], ids.shape[1], batch.get("attention_mask"), batch.get("position_ids"), 0, ids.device)
+def _check_lengths(report, layers, pos, training) -> None:
     C = min(layer.chunk_size for layer in layers.values())
     seg = find_segments(pos, *pos.shape, C, pos.device)
     doc = seg.doc_start.long().cumsum(1)  # document number within the row (first counts as 0 or 1)
@@ -138,54 +148,65 @@ def _check_precision(report, layers) -> None:
     report.add("fast-weight sum precision", state.dtype in (torch.float32, torch.float64), f"{dtype} weights accumulate in {state.dtype}")
 
 
-def _check_activation(report, layers, base_model) -> None:
-    from .adapters import decoder_layers
-
-    base_layers = decoder_layers(base_model)[1]
+def _check_activation(report, layers, base_model, family) -> None:
     bad, worst = [], 0.0
     for idx, layer in layers.items():
-        base_mlp = base_layers[idx].mlp
+        base_mlp = family.original_mlp(base_model, idx)
         w = layer.down.weight
-        x = torch.randn(2, 3, w.shape[0], dtype=w.dtype, device=w.device, generator=torch.Generator().manual_seed(idx))
+        x = torch.randn(2, 3, w.shape[0], generator=torch.Generator().manual_seed(idx)).to(dtype=w.dtype, device=w.device)
+        base_w = getattr(base_mlp, layer.spec.down).weight
         with torch.no_grad():
-            diff = (layer.spec.hidden(layer, x) - layer.spec.hidden(base_mlp, x.to(base_mlp.down_proj.weight.dtype)).to(x.dtype)).abs().max().item()
+            base_z = layer.spec.hidden(base_mlp, x.to(dtype=base_w.dtype, device=base_w.device)).to(dtype=x.dtype, device=x.device)
+            diff = (layer.spec.hidden(layer, x) - base_z).abs().max().item()
         act, base_act = getattr(layer, layer.spec.act), getattr(base_mlp, layer.spec.act)
         worst = max(worst, diff)
-        if diff > _tolerance(w.dtype) or type(act) is not type(base_act):
-            bad.append(f"layer {idx}: {type(act).__name__} vs {type(base_act).__name__}, |dz| {diff:.1e}")
+        same = act is base_act or (isinstance(act, nn.Module) and type(act) is type(base_act))
+        if diff > _tolerance(w.dtype) or not same:
+            bad.append(f"layer {idx}: {_name(act)} vs {_name(base_act)}, |dz| {diff:.1e}")
     report.add("activation matches the original MLP", not bad, "; ".join(bad) if bad else f"max |z - z_base| {worst:.1e}")
 
 
-def _check_warm_start(report, model, layers, base_model, batch) -> None:
+def _check_warm_start(report, model, layers, base_model, batch, family, fresh: bool) -> None:
+    """With TTT on and off against the base model's logits; without a base model (a fresh
+    conversion with TTT off is the base model, by construction), TTT on against TTT off."""
     saved = {i: layer.ttt_lr for i, layer in layers.items()}
     try:
-        base_logits = _logits(base_model, batch)
-        on = (_logits(model, batch) - base_logits).abs().max().item()
+        on_logits = family.logits(model, batch)
         for layer in layers.values():
             layer.ttt_lr = 0.0
-        off = (_logits(model, batch) - base_logits).abs().max().item()
+        off_logits = family.logits(model, batch)
     finally:
         for i, layer in layers.items():
             layer.ttt_lr = saved[i]
     tol = _tolerance(next(iter(layers.values())).down.weight.dtype)
-    fresh = all(layer.ttt.starts_at_zero() for layer in layers.values())
+    if base_model is None:
+        on = (on_logits - off_logits).abs().max().item()
+        detail = f"max |logit with TTT - logit with TTT off| {on:.1e} (tolerance {tol:.0e})"
+        if on > tol:
+            detail += ": a freshly converted model must compute what the base model did (are the targets initialised at random?)"
+        report.add("warm start", on <= tol, detail)
+        return
+    base_logits = family.logits(base_model, batch)
+    on, off = ((x - base_logits).abs().max().item() for x in (on_logits, off_logits))
     ok = off <= tol and (on <= tol or not fresh)
     detail = f"max |logit - base| {on:.1e} with TTT, {off:.1e} with TTT off (tolerance {tol:.0e})"
     if off > tol:
         detail += ": the pretrained weights or activation differ from the base model"
     elif fresh and on > tol:
-        detail += ": a freshly converted model must compute what the base model did"
+        detail += ": a freshly converted model must compute what the base model did (are the targets initialised at random?)"
     report.add("warm start", ok, detail)
 
 
-def _check_gradients(report, model, layers, batch) -> None:
+def _check_gradients(report, model, layers, batch, family) -> None:
     down = {f"layer {i} {layer.spec.down}.weight": layer.down.weight for i, layer in layers.items()}
     params = {n: p for n, p in {**_ttt_params(layers), **down}.items() if p.requires_grad}
     if not params:
         report.add("TTT gradients", False, "no TTT parameter requires grad")
         return
-    loss = _loss(model, batch)
-    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    ttt_ids = {id(p) for p in _ttt_params(layers).values()}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in {id(q) for q in params.values()}]
+    loss = family.loss(model, batch)
+    grads = torch.autograd.grad(loss, [*params.values(), *others], allow_unused=True)
     norms = {n: (g.float().norm().item() if g is not None else 0.0) for n, g in zip(params, grads)}
     bad_numbers = [n for n, v in norms.items() if v != v or v in (float("inf"),)]
     dead = []
@@ -203,29 +224,27 @@ def _check_gradients(report, model, layers, batch) -> None:
         report.add("TTT gradients", False, f"no gradient reaches the targets of {dead}; norms: {shown}")
     else:
         report.add("TTT gradients", True, f"before clipping: {shown}")
+    if bad_numbers:
+        return
+    squares = [0.0, 0.0]  # the TTT parameters', everything else's
+    for p, g in zip([*params.values(), *others], grads):
+        if g is not None:
+            squares[0 if id(p) in ttt_ids else 1] += g.float().pow(2).sum().item()
+    share = squares[0] / max(sum(squares), 1e-30)
+    detail = f"the TTT parameters hold {share:.1%} of the squared gradient norm (global norm {sum(squares) ** 0.5:.1e})"
+    dominant = share > 0.9 and squares[1] > 0
+    if dominant:
+        detail += (
+            ": one global clip would scale every other parameter's update by as much as theirs; "
+            "clip the TTT parameters on their own (train.ttt_max_grad_norm) or start W_target smaller (target_init: diagonal)"
+        )
+    report.add("gradient balance", True, detail, warning=dominant)
 
 
-def _check_causality(report, model, batch) -> None:
-    ids = batch["input_ids"]
-    t = ids.shape[1] - 1
-    changed = dict(batch, input_ids=ids.clone())
-    changed["input_ids"][:, t] = (ids[:, t] + 1) % max(int(ids.max()) + 1, 2)
-    diff = (_logits(model, changed)[:, :t] - _logits(model, batch)[:, :t]).abs().max().item() if t > 0 else 0.0
-    report.add("causality", diff == 0.0, f"changing the last token moves earlier logits by {diff:.1e}")
+def _name(activation) -> str:
+    """An activation module's class name (`SiLU`), or a function's name (moshi's `silu`)."""
+    return type(activation).__name__ if isinstance(activation, nn.Module) else getattr(activation, "__name__", repr(activation))
 
 
 def _tolerance(dtype: torch.dtype) -> float:
     return 1e-5 if dtype in (torch.float32, torch.float64) else 5e-2
-
-
-def _logits(model, batch) -> Tensor:
-    with torch.no_grad():
-        return model(**batch, use_cache=False).logits.float()
-
-
-def _loss(model, batch) -> Tensor:
-    ids = batch["input_ids"]
-    labels = ids.clone()
-    if batch.get("attention_mask") is not None:
-        labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
-    return model(**batch, labels=labels, use_cache=False).loss

@@ -51,6 +51,12 @@ class GatedMLPSpec:
         return getattr(mlp, self.act)(getattr(mlp, self.gate)(x)) * getattr(mlp, self.up)(x)
 
 
+def is_ttt_param(name: str) -> bool:
+    """Whether a parameter name (of any model holding `InPlaceTTTMLP` layers) is one of the new
+    TTT parameters: they live in each layer's `ttt` module."""
+    return ".ttt." in name or name.startswith("ttt.")
+
+
 class TargetGenerator(nn.Module):
     """``V = Conv1D(X) W_target^T``, the convolution kept inside chunks.
 

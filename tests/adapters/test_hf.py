@@ -264,6 +264,8 @@ def test_top_level_convert_passes_the_context_parallel_group_and_refuses_other_o
     assert [layer.cp_group for _, layer in inplace_ttt.ttt_layers(model)] == [None, None]
     with pytest.raises(TypeError, match=r"takes only cp_group=, not \['rope_scaling'\]"):
         inplace_ttt.convert(tiny(), ttt_config(), rope_scaling={"rope_type": "yarn", "factor": 2.0})
-    assert inplace_ttt.set_context_parallel is inplace_ttt.adapters.hf.set_context_parallel
+    assert inplace_ttt.adapters.adapter_of(model) is inplace_ttt.adapters.hf  # the top-level functions dispatch to this adapter
+    inplace_ttt.set_context_parallel(model, None)
+    assert [layer.cp_group for _, layer in inplace_ttt.ttt_layers(model)] == [None, None] and model._ttt_context.cp_group is None
     with pytest.raises(ValueError, match="convert it first"):
         inplace_ttt.set_context_parallel(tiny(), None)

@@ -24,7 +24,7 @@ def test_yaml_and_overrides_with_types(tmp_path):
 @pytest.mark.parametrize(
     "text, overrides, message",
     [
-        (BASE + "trian: {}\n", [], r"unknown key\(s\) \['trian'\]; valid keys here: \['data', 'lora', 'model', 'tokenizer', 'train', 'ttt'\]"),
+        (BASE + "trian: {}\n", [], r"unknown key\(s\) \['trian'\]; valid keys here: \['data', 'lora', 'model', 'model_type', 'tokenizer', 'train', 'ttt'\]"),
         (BASE, ["--train.lr", "1"], r"unknown key\(s\) \['train.lr'\]; valid keys here: .*'learning_rate'"),
         (BASE, ["--train.mode", "half"], r"train.mode must be one of \('full', 'ttt_only', 'lora'\)"),
         (BASE, ["--train.max_steps", "ten"], "train.max_steps: expected int, got 'ten'"),

@@ -1,6 +1,9 @@
 """`ittt train` for Moshi: conversation files, moshi-finetune's loss, ttt_only and lora runs."""
 
 import json
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +14,10 @@ from tests.adapters.test_moshi import TINY, random_codes, tiny_lm, write_tiny_ch
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from inplace_ttt import TTTConfig, convert  # noqa: E402
-from inplace_ttt.adapters.moshi import load_moshi  # noqa: E402
+from inplace_ttt.adapters.moshi import load_moshi, training_loss  # noqa: E402
 from inplace_ttt.cli import main  # noqa: E402
-from inplace_ttt.train.config import load_config  # noqa: E402
-from inplace_ttt.train.moshi import MoshiRunConfig, conversation_rows, moshi_loss  # noqa: E402
+from inplace_ttt.train.moshi import MoshiRunConfig, conversation_rows  # noqa: E402
+from inplace_ttt.train.run import load_run_config as load_config  # noqa: E402
 
 
 def test_loss_is_moshi_finetunes_weighted_cross_entropy():
@@ -23,7 +26,8 @@ def test_loss_is_moshi_finetunes_weighted_cross_entropy():
     codes[0, 0, :3] = lm.text_padding_token_id
     codes[1, 0, 2] = lm.end_of_text_padding_id
     codes[1, :, 5:] = -1  # missing values: no loss
-    loss, parts = moshi_loss(lm, codes, first_codebook_weight=3.0, text_padding_weight=0.25)
+    parts = training_loss(lm, codes, first_codebook_weight=3.0, text_padding_weight=0.25)
+    loss = parts["loss"]
     out = lm(codes)
     sums = {"text": [0.0, 0.0], "audio": [0.0, 0.0]}  # weighted CE sum, weight sum: a plain loop
     for b in range(2):
@@ -83,6 +87,7 @@ def test_a_short_run_trains_the_ttt_layers_and_saves_a_loadable_model(tmp_path, 
     assert isinstance(load_config(path), MoshiRunConfig)
     assert main(["train", str(path)]) == 0
     logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logs = [log for log in logs if "loss" in log]  # the engine's last line is its summary (runtime, mean loss)
     assert [log["step"] for log in logs] == [1, 2, 3]
     for log in logs:
         assert torch.isfinite(torch.tensor(log["loss"]))
@@ -110,7 +115,7 @@ def test_bad_runs_are_refused_with_the_field_named(tmp_path):
     path = write_run(tmp_path, "ttt_only")
     assert main(["train", str(path), "--data.row_length", "6"]) == 2  # fewer than two chunks of 4
     with pytest.raises(ValueError, match="two TTT chunks"):
-        from inplace_ttt.train.trainer import train
+        from inplace_ttt.train.run import train
 
         train(load_config(path, ["--data.row_length", "6"]))
     with pytest.raises(ValueError, match="train.mode"):
@@ -147,3 +152,128 @@ def test_an_empty_conversation_is_refused_with_its_file_named(tmp_path):
     save_file({"codes": torch.zeros(17, 0, dtype=torch.int64)}, str(tmp_path / "empty.safetensors"))
     with pytest.raises(ValueError, match="empty.safetensors.*no steps"):
         read_conversation(tmp_path / "empty.safetensors", 17, 48, 32)
+
+
+# the shared engine: checkpoints, resume, accumulation, several processes, evaluation ------------
+
+from tests.train.test_trainer import REPO, edit, losses, run_cli, train_dying_in_checkpoint  # noqa: E402
+
+
+def moshi_run(tmp_path, train=None, **sections):
+    path = write_run(tmp_path, "ttt_only", steps=6)
+    defaults = {"save_steps": 2, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_learning_rate": 1e-2}
+    edit(path, train={**defaults, **(train or {})}, **sections)
+    return path
+
+
+def test_a_killed_moshi_run_resumes_exactly_bf16_master_weights_included(tmp_path):
+    path = moshi_run(tmp_path, model={"dtype": "bfloat16"})
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    edit(path, train={"output_dir": str(reference)})
+    assert run_cli("train", str(path)).returncode == 0
+    edit(path, train={"output_dir": str(run)})
+    died = train_dying_in_checkpoint(path, 4)
+    assert died.returncode == 9, died.stderr[-2000:]
+    assert (run / "checkpoint-2" / "COMPLETE").is_file() and not (run / "checkpoint-4" / "COMPLETE").exists()
+    assert (run / "checkpoint-2" / "master_weights.safetensors").is_file()  # the float32 copies of the bf16 weights
+    saved = load_file(str(run / "checkpoint-2" / "model.safetensors"))
+    assert all(".ttt." in k or "linear_out" in k for k in saved)  # ttt_only: the trained weights, not the frozen 16 layers
+    again = run_cli("train", str(path))
+    assert again.returncode == 2 and "already holds a run: pass --resume" in again.stderr
+    resumed = run_cli("train", str(path), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert losses(run) == losses(reference) and sorted(losses(run)) == [1, 2, 3, 4, 5, 6]  # exactly
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4, 5, 6]  # one line per step: the lines logged after checkpoint-2 went with the crash
+    final, ref_final = (load_file(str(d / "final" / "ttt.safetensors")) for d in (run, reference))
+    assert all(torch.equal(final[k], ref_final[k]) for k in ref_final)
+
+
+def test_lora_checkpoints_hold_the_adapter_and_the_ttt_weights_and_resume_exactly(tmp_path):
+    import shutil
+
+    path = write_run(tmp_path, "lora", steps=4)
+    edit(path, train={"save_steps": 2, "report_to": []})
+    assert main(["train", str(path)]) == 0
+    run = tmp_path / "run"
+    held = set(p.name for p in (run / "checkpoint-2").iterdir())
+    assert {"adapter_model.safetensors", "ttt_weights.safetensors", "COMPLETE"} <= held and "model.safetensors" not in held
+    first = losses(run)
+    shutil.rmtree(run / "checkpoint-4")
+    (run / "final").rename(tmp_path / "final-1")
+    assert main(["train", str(path), "--resume"]) == 0
+    assert losses(run) == first
+
+
+def test_accumulation_checkpointing_limits_tensorboard_and_telemetry(tmp_path):
+    path = moshi_run(tmp_path, train={"max_steps": 4, "save_steps": 1, "save_total_limit": 2, "gradient_accumulation_steps": 2,
+                                      "batch_size": 1, "report_to": ["tensorboard"]})
+    assert main(["train", str(path)]) == 0
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    assert list(run.rglob("events.out.tfevents*"))
+    plain = losses(run)
+    for key in ("ttt/grad_share", "ttt/grad_norm", "clip_scale", "text_loss", "audio_loss", "ttt/layer0/fast_ratio"):
+        assert key in json.loads((run / "metrics.jsonl").read_text().splitlines()[0]), key
+    # moshi's activation checkpointing gives the same losses
+    edit(path, train={"gradient_checkpointing": True, "output_dir": str(tmp_path / "checkpointed")})
+    assert main(["train", str(path)]) == 0
+    again = losses(tmp_path / "checkpointed")
+    assert sorted(again) == sorted(plain) and all(abs(again[s] - plain[s]) <= 1e-6 * abs(plain[s]) for s in plain)
+
+
+def test_evaluation_on_held_out_conversations_is_the_weighted_loss(tmp_path):
+    path = moshi_run(tmp_path, train={"max_steps": 4, "eval_steps": 2, "per_device_eval_batch_size": 1, "save_steps": 100})
+    held = tmp_path / "held-out"
+    held.mkdir()
+    lm = tiny_lm(1)
+    for i, T in enumerate([20, 12]):
+        save_file({"codes": random_codes(lm, 1, T)[0]}, str(held / f"h{i}.safetensors"))
+    edit(path, data={"eval": [str(held)]})
+    assert main(["train", str(path)]) == 0
+    logged = {json.loads(line)["step"]: json.loads(line)["eval_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line}
+    assert sorted(logged) == [2, 4]
+    final = tmp_path / "run" / "final"
+    trained = load_moshi(final / "model.safetensors", TINY, ttt_file=final / "ttt.safetensors", dtype=torch.float32)
+    rows = conversation_rows([load_file(str(held / f"h{i}.safetensors"))["codes"].long() for i in range(2)], 16)
+    with torch.no_grad():  # an independent loop: each held-out row's weighted loss, then their mean
+        per_row = [float(training_loss(trained, rows[i : i + 1], 100.0, 0.5)["loss"]) for i in range(len(rows))]
+    assert logged[4] == pytest.approx(sum(per_row) / len(per_row), rel=1e-5)
+
+
+# bad input: one message naming the file or field, exit code 2, nothing written -----------------
+
+
+def _bad_codes(tmp_path, codes):
+    folder = tmp_path / "bad-data"
+    folder.mkdir(exist_ok=True)
+    save_file({"codes": codes}, str(folder / "bad.safetensors"))
+    return {"data": {"train": [str(folder)]}}
+
+
+BAD_RUNS = {
+    "missing weights": (lambda tmp: {"model": {"weights": str(tmp / "nope.safetensors")}}, r"model.weights: no such file: .*nope.safetensors"),
+    "pickled weights": (lambda tmp: (tmp / "model.pt").write_bytes(b"x") and {"model": {"weights": str(tmp / "model.pt")}},
+                        r"model.weights: .*model.pt is not a .safetensors file"),
+    "lm_kwargs of another model": (lambda tmp: (tmp / "big.json").write_text(json.dumps({**TINY, "dim": 64})) and {"model": {"lm_kwargs": str(tmp / "big.json")}},
+                                   r"model.weights .*model.safetensors does not load with model.lm_kwargs .*big.json"),
+    "lm_kwargs not JSON": (lambda tmp: (tmp / "bad.json").write_text("{dim: ") and {"model": {"lm_kwargs": str(tmp / "bad.json")}},
+                           r"model.lm_kwargs: cannot read .*bad.json as JSON"),
+    "wrong number of streams": (lambda tmp: _bad_codes(tmp, torch.zeros(3, 20, dtype=torch.int64)), r"bad.safetensors: 'codes' has 3 streams; the model reads 17"),
+    "codes out of the vocabulary": (lambda tmp: _bad_codes(tmp, torch.full((17, 20), 40, dtype=torch.int64)), r"bad.safetensors: codes outside the model's vocabularies"),
+    "codes all missing": (lambda tmp: _bad_codes(tmp, torch.full((17, 20), -1, dtype=torch.int64)), r"bad.safetensors: every code is -1"),
+    "conversations shorter than two chunks": (lambda tmp: _bad_codes(tmp, torch.zeros(17, 7, dtype=torch.int64)),
+                                              r"data.train: every conversation row holds fewer than two TTT chunks \(8 steps; the longest has 7\)"),
+    "unknown mode": (lambda tmp: {"train": {"mode": "prefix"}}, r"train.mode must be one of \('full', 'ttt_only', 'lora'\)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RUNS)
+def test_bad_moshi_runs_get_one_message_and_write_nothing(tmp_path, capsys, case):
+    make, message = BAD_RUNS[case]
+    path = write_run(tmp_path, "ttt_only")
+    edit(path, **make(tmp_path))
+    assert main(["train", str(path)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("ittt train: error:") and re.search(message, last), last
+    assert not (tmp_path / "run").exists()

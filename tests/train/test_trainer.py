@@ -48,6 +48,19 @@ def run_cli(*args, env=None):
     return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
 
 
+def train_dying_in_checkpoint(config, step: int):
+    """`ittt train` in a process that dies while writing checkpoint-`step`: after its files, before its COMPLETE mark."""
+    crash = (
+        "import os, inplace_ttt.train.trainer as t; real = t.write_atomic\n"
+        "def write(path, text):\n"
+        f"    if 'checkpoint-{step}' in str(path): os._exit(9)\n"
+        "    real(path, text)\n"
+        "t.write_atomic = write\n"
+        "import sys; from inplace_ttt.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return subprocess.run([sys.executable, "-c", crash, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
 def test_full_run_logs_telemetry_and_saves_every_weight(workspace, capsys):
     edit(workspace["config"], train={"report_to": ["tensorboard"]})
     assert main(["train", str(workspace["config"])]) == 0
@@ -102,7 +115,7 @@ def test_lora_checkpoints_hold_the_ttt_weights_and_resume_restores_them(workspac
 
 
 def test_separate_learning_rate_for_ttt_parameters(workspace):
-    from inplace_ttt.train.config import load_config
+    from inplace_ttt.train.run import load_run_config, train
     from inplace_ttt.train.trainer import TTTTrainer
 
     seen = {}
@@ -116,7 +129,7 @@ def test_separate_learning_rate_for_ttt_parameters(workspace):
     TTTTrainer.create_optimizer = spy
     try:
         edit(workspace["config"], train={"max_steps": 1})
-        inplace_ttt.train.trainer.train(load_config(workspace["config"]))
+        train(load_run_config(workspace["config"]))
     finally:
         TTTTrainer.create_optimizer = real
     lrs = {lr for lr, _ in seen["groups"]}
@@ -130,16 +143,7 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint_exactly(workspace)
     edit(config, train={"output_dir": str(reference)})
     assert run_cli("train", str(config)).returncode == 0
     edit(config, train={"output_dir": str(workspace["run"])})
-    # die while writing checkpoint-4: after its files, before its COMPLETE mark
-    crash = (
-        "import os, inplace_ttt.train.trainer as t; real = t.write_atomic\n"
-        "def write(path, text):\n"
-        "    if 'checkpoint-4' in str(path): os._exit(9)\n"
-        "    real(path, text)\n"
-        "t.write_atomic = write\n"
-        "import sys; from inplace_ttt.cli import main; sys.exit(main(sys.argv[1:]))"
-    )
-    died = subprocess.run([sys.executable, "-c", crash, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    died = train_dying_in_checkpoint(config, 4)
     assert died.returncode == 9
     run = workspace["run"]
     assert (run / "checkpoint-4").is_dir() and not (run / "checkpoint-4" / COMPLETE).exists()
@@ -238,3 +242,32 @@ def test_ttt_null_refuses_an_in_place_ttt_checkpoint(workspace, capsys):
     edit(workspace["config"], model=str(workspace["run"] / "final"), ttt=None, train={"output_dir": str(workspace["root"] / "run2")})
     assert main(["train", str(workspace["config"])]) == 2
     assert "is an In-Place TTT checkpoint" in capsys.readouterr().err
+
+
+def test_clip_groups_clips_the_ttt_parameters_on_their_own():
+    from inplace_ttt.train.trainer import clip_groups
+
+    module = torch.nn.ModuleDict({"mlp": torch.nn.ModuleDict({"ttt": torch.nn.Linear(3, 4)}), "attn": torch.nn.Linear(2, 5)})
+    grads = {n: torch.randn(p.shape) * (100.0 if ".ttt." in n else 0.1) for n, p in module.named_parameters()}
+    for n, p in module.named_parameters():
+        p.grad = grads[n].clone()
+    ttt_norm, other_norm = clip_groups(module.named_parameters(), 1.0, 2.0)
+    expect = {flag: sum(float(g.pow(2).sum()) for n, g in grads.items() if (".ttt." in n) == flag) ** 0.5 for flag in (True, False)}
+    assert ttt_norm == pytest.approx(expect[True], rel=1e-6) and other_norm == pytest.approx(expect[False], rel=1e-6)
+    after = {flag: sum(float(p.grad.pow(2).sum()) for n, p in module.named_parameters() if (".ttt." in n) == flag) ** 0.5 for flag in (True, False)}
+    assert after[True] == pytest.approx(1.0, rel=1e-5)  # clipped to its own limit
+    assert after[False] == pytest.approx(expect[False], rel=1e-6)  # below its limit: untouched, not scaled by the TTT norm
+    for n, p in module.named_parameters():  # clipping scales, it never turns a gradient
+        assert torch.allclose(p.grad / p.grad.norm(), grads[n] / grads[n].norm(), atol=1e-6)
+
+
+def test_ttt_gradient_clipping_of_its_own_and_what_clipping_did_are_logged(workspace):
+    edit(workspace["config"], train={"max_steps": 2, "save_steps": 100, "ttt_max_grad_norm": 0.05, "max_grad_norm": 1.0})
+    assert main(["train", str(workspace["config"])]) == 0
+    logged = [json.loads(line) for line in (workspace["run"] / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    for row in logged:
+        ttt = row["ttt/grad_norm"]
+        other = (row["grad_norm"] ** 2 - ttt**2) ** 0.5  # the Trainer logs the global norm before clipping
+        assert row["ttt/clip_scale"] == pytest.approx(min(1.0, 0.05 / ttt), rel=1e-4)
+        assert row["clip_scale"] == pytest.approx(min(1.0, 1.0 / other), rel=1e-3)
+        assert row["ttt/grad_share"] == pytest.approx(ttt**2 / row["grad_norm"] ** 2, rel=1e-4)

@@ -31,12 +31,13 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..config import TTTConfig
+from ..config import CONFIG_KEY, TTTConfig
 from ..files import write_atomic
-from ..layer import GatedMLPSpec, InPlaceTTTMLP
+from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param
+from . import release
 from .hf_cache import FastWeightCacheMixin, adopt_cache
+from .probe import ModelProbe
 
-CONFIG_KEY = "inplace_ttt"
 CHECKPOINT_MODEL_TYPE = "inplace_ttt"  # what config.json says, so plain transformers refuses to load it
 
 
@@ -74,6 +75,19 @@ def ttt_layers(model: nn.Module) -> Iterator[tuple[int, InPlaceTTTMLP]]:
     for idx, layer in enumerate(decoder_layers(model)[1]):
         if isinstance(layer.mlp, InPlaceTTTMLP):
             yield idx, layer.mlp
+
+
+def owns(model: nn.Module) -> bool:
+    """A transformers model (anything that is not another family's: the adapter of last resort)."""
+    return True
+
+
+def settings(model: nn.Module) -> dict:
+    """The TTT settings in ``model.config.inplace_ttt`` (saved in config.json)."""
+    found = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
+    return found
 
 
 def is_converted(model: nn.Module) -> bool:
@@ -120,26 +134,6 @@ def set_context_parallel(model: nn.Module, group) -> None:
     for _, layer in ttt_layers(model):
         layer.cp_group = group
     model._ttt_context.cp_group = group
-
-
-def set_clip_tau(model: nn.Module, clip_tau: float | None) -> float | None:
-    """Set inference clipping on every TTT layer (and in the config); returns the previous value."""
-    TTTConfig(clip_tau=clip_tau)  # validates
-    previous = model.config.inplace_ttt["clip_tau"]
-    for _, layer in ttt_layers(model):
-        layer.clip_tau = clip_tau
-    model.config.inplace_ttt["clip_tau"] = clip_tau
-    return previous
-
-
-@contextlib.contextmanager
-def clip_tau(model: nn.Module, value: float | None):
-    """``with clip_tau(model, 1e-5): model.generate(...)``: clipping for a block, restored after."""
-    previous = set_clip_tau(model, value)
-    try:
-        yield model
-    finally:
-        set_clip_tau(model, previous)
 
 
 # hooks ---------------------------------------------------------------------------------------
@@ -253,9 +247,13 @@ def _save_pretrained(model, save_directory, *args, **kwargs):
 
 
 def is_ttt_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether `path` is a directory saved by a converted model (its config.json carries the TTT settings)."""
+    """Whether `path` is a directory saved by a converted model (its config.json carries the TTT
+    settings) or by the authors' release (`adapters.release`)."""
     config_file = Path(path) / "config.json"
-    return config_file.is_file() and CONFIG_KEY in json.loads(config_file.read_text())
+    if not config_file.is_file():
+        return False
+    data = json.loads(config_file.read_text())
+    return CONFIG_KEY in data or release.is_release_config(data)
 
 
 @contextlib.contextmanager
@@ -273,7 +271,8 @@ def quiet_transformers():
 
 
 def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **kwargs) -> nn.Module:
-    """Load a converted model saved with `model.save_pretrained` (safetensors only).
+    """Load a converted model saved with `model.save_pretrained`, or a checkpoint of the authors'
+    release (`adapters.release`), safetensors only.
 
     `clip_tau` overrides the saved inference clipping; other keyword arguments go to
     `AutoModelForCausalLM.from_pretrained` (dtype, device_map, ...).
@@ -288,27 +287,32 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
         raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
     data = json.loads(config_file.read_text())
     settings = data.pop(CONFIG_KEY, None)
-    if settings is None:
+    found = None
+    if settings is None and release.is_release_config(data):
+        ttt_config, config, found = release.read_release(path, data)  # checked before anything loads
+    elif settings is None:
         raise ValueError(f"{path} is not an In-Place TTT checkpoint (no '{CONFIG_KEY}' in config.json): load it with transformers and call inplace_ttt.convert")
-    base_type = settings.pop("base_model_type")
-    data["model_type"] = base_type
-    config = CONFIG_MAPPING[base_type].from_dict(data)
+    else:
+        base_type = settings.pop("base_model_type")
+        data["model_type"] = base_type
+        config = CONFIG_MAPPING[base_type].from_dict(data)
+        ttt_config = TTTConfig.from_dict(settings)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} has no .safetensors weights (In-Place TTT checkpoints are safetensors only)")
     with quiet_transformers():  # the base class does not know the TTT weights; we load them below
         model = AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, **kwargs)
-    ttt_config = TTTConfig.from_dict(settings)
     if clip_tau is not ...:
         ttt_config = ttt_config.replace(clip_tau=clip_tau)
     convert(model, ttt_config)
-    wanted = {name for name, _ in model.named_parameters() if ".ttt." in name}
-    found = {}
-    for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                if key in wanted:
-                    found[key] = f.get_tensor(key)
+    wanted = {name for name, _ in model.named_parameters() if is_ttt_param(name)}
+    if found is None:
+        found = {}
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    if key in wanted:
+                        found[key] = f.get_tensor(key)
     missing = sorted(wanted - set(found))
     if missing:
         raise ValueError(f"{path} lacks trained TTT weights {missing[:4]}{' ...' if len(missing) > 4 else ''}")
@@ -317,3 +321,51 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
         for key, tensor in found.items():
             params[key].copy_(tensor)
     return model
+
+
+# the doctor's view of a transformers model ------------------------------------------------------
+
+
+def _positions(batch: dict) -> Tensor:
+    ids = batch["input_ids"]
+    return ttt_positions(ids.shape[0], ids.shape[1], batch.get("attention_mask"), batch.get("position_ids"), 0, ids.device)
+
+
+def _logits(model: nn.Module, batch: dict) -> Tensor:
+    with torch.no_grad():
+        return model(**batch, use_cache=False).logits.float()
+
+
+def _loss(model: nn.Module, batch: dict) -> Tensor:
+    labels = batch["input_ids"].clone()
+    if batch.get("attention_mask") is not None:
+        labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    return model(**batch, labels=labels, use_cache=False).loss
+
+
+def _causality_gap(model: nn.Module, batch: dict) -> float:
+    """How far changing the last token moves the logits of the earlier positions."""
+    ids = batch["input_ids"]
+    t = ids.shape[1] - 1
+    if t == 0:
+        return 0.0
+    changed = dict(batch, input_ids=ids.clone())
+    changed["input_ids"][:, t] = (ids[:, t] + 1) % max(int(ids.max()) + 1, 2)
+    return (_logits(model, changed)[:, :t] - _logits(model, batch)[:, :t]).abs().max().item()
+
+
+PROBE = ModelProbe(
+    positions=_positions, logits=_logits, loss=_loss, causality_gap=_causality_gap,
+    original_mlp=lambda base, idx: decoder_layers(base)[1][idx].mlp,
+)
+
+
+def save(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """`model.save_pretrained(directory)` (safetensors; config.json says model_type "inplace_ttt")."""
+    model.save_pretrained(directory)
+    return Path(directory)
+
+
+def load(directory: str | os.PathLike, **options) -> nn.Module:
+    """`from_pretrained(directory, **options)`."""
+    return from_pretrained(directory, **options)

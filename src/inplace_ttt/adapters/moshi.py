@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from moshi.models.lm import LMModel
 from moshi.modules.streaming import State, StreamingModule
 from torch import Tensor
@@ -32,12 +33,13 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..cache import FixedStepState
 from ..config import TTTConfig
-from ..layer import GatedMLPSpec, InPlaceTTTMLP
+from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param
 from ..ops import state_dtype
+from . import MOSHI_TTT_WEIGHTS as TTT_WEIGHTS
 from .moshi_rope import YarnRotaryEmbedding, check_rope_scaling, yarn_parameters
+from .probe import ModelProbe
 
 SETTINGS_KEY = "inplace_ttt"  # metadata key of the TTT weights file
-TTT_WEIGHTS = "ttt.safetensors"
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,69 @@ class MoshiTTTGating(InPlaceTTTMLP, StreamingModule):
         state = self._streaming_state
         if state is None:
             return super().forward(x, target_source=source)
+        if self.cp_group is not None:
+            raise ValueError("streaming runs on one rank: clear the context-parallel group first (inplace_ttt.set_context_parallel(lm, None))")
         z = self.spec.hidden(self, x)
         src = self._source(x, source)
         fast = [self.fixed_step(z[:, t], src[:, t], state.steps, state.exec_mask) for t in range(x.shape[1])]
         return self.down(z) + torch.stack(fast, 1)
+
+
+def weighted_cross_entropy(logits: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """``sum(w * CE) / sum(w)`` over positions with ``w > 0`` (`logits` ``[..., V]``)."""
+    keep = weights > 0
+    ce = F.cross_entropy(logits[keep].float(), target[keep], reduction="none")
+    return (ce * weights[keep]).sum() / weights[keep].sum().clamp(min=1e-12)
+
+
+def training_loss(lm: nn.Module, codes: Tensor, first_codebook_weight: float = 1.0, text_padding_weight: float = 1.0) -> dict[str, Tensor]:
+    """moshi-finetune's loss on `codes` ``[B, K, T]``: the text stream's cross-entropy plus the
+    model's audio codebooks', each a weighted mean over the valid positions (`LMOutput`'s masks),
+    the first audio codebook weighted by `first_codebook_weight` and text padding tokens by
+    `text_padding_weight`. Returns ``loss``, ``text_loss`` and ``audio_loss``."""
+    out = lm(codes)
+    text_target = codes[:, : lm.audio_offset]
+    text_w = out.text_mask.float()
+    padding = (text_target == lm.text_padding_token_id) | (text_target == lm.end_of_text_padding_id)
+    text_w = torch.where(padding, text_w * text_padding_weight, text_w)
+    audio_target = codes[:, lm.audio_offset : lm.audio_offset + lm.dep_q]
+    audio_w = out.mask.float()
+    audio_w[:, 0] *= first_codebook_weight
+    text = weighted_cross_entropy(out.text_logits, text_target, text_w)
+    audio = weighted_cross_entropy(out.logits, audio_target, audio_w)
+    return {"loss": text + audio, "text_loss": text.detach(), "audio_loss": audio.detach()}
+
+
+def owns(model: nn.Module) -> bool:
+    return isinstance(model, LMModel)
+
+
+def settings(lm: nn.Module) -> dict:
+    """The TTT settings kept on the converted `LMModel` (saved in ttt.safetensors' metadata)."""
+    found = getattr(lm, SETTINGS_KEY, None)
+    if found is None:
+        raise ValueError("this LMModel has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
+    return found
+
+
+def set_context_parallel(lm: nn.Module, group) -> None:
+    """Split conversations along time across the ranks of `group` (None: off): each rank passes a
+    contiguous slice of the steps of every row, and the TTT layers exchange their carries over
+    `group` (the rows' positions continue from the ranks before). Attention needs its own context
+    parallelism with the same split. Streaming (`LMGen`) runs on one rank: clear the group first."""
+    settings(lm)  # converted?
+    for _, layer in ttt_layers(lm):
+        layer.cp_group = group
+
+
+def save(lm: nn.Module, directory: str | Path) -> Path:
+    return save_ttt(lm, directory)
+
+
+def load(directory: str | Path, lm_kwargs: dict[str, Any] | None = None, **options) -> nn.Module:
+    """`load_moshi` on what `save` wrote into `directory`."""
+    directory = Path(directory)
+    return load_moshi(directory / "model.safetensors", lm_kwargs, ttt_file=directory / TTT_WEIGHTS, **options)
 
 
 def ttt_layers(lm: nn.Module) -> Iterator[tuple[int, MoshiTTTGating]]:
@@ -207,18 +268,25 @@ def save_ttt(lm: nn.Module, directory: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    settings = getattr(lm, SETTINGS_KEY, None)
-    if settings is None:
-        raise ValueError("this LMModel has no In-Place TTT layers: convert it first")
+    saved = settings(lm)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in lm.state_dict().items()}
-    ttt = {k: state.pop(k) for k in list(state) if ".ttt." in k}
-    save_file(ttt, str(directory / (TTT_WEIGHTS + ".tmp")), metadata={SETTINGS_KEY: json.dumps(settings)})
+    ttt = {k: state.pop(k) for k in list(state) if is_ttt_param(k)}
+    save_file(ttt, str(directory / (TTT_WEIGHTS + ".tmp")), metadata={SETTINGS_KEY: json.dumps(saved)})
     save_file(state, str(directory / "model.safetensors.tmp"))
     (directory / "model.safetensors.tmp").replace(directory / "model.safetensors")
     (directory / (TTT_WEIGHTS + ".tmp")).replace(directory / TTT_WEIGHTS)
     return directory
+
+
+def load_base(model_file: str | Path, lm_kwargs: dict[str, Any] | None = None, *, device="cpu", dtype=torch.float32) -> nn.Module:
+    """An unconverted `LMModel` from moshi's own loader (safetensors only: moshi would unpickle anything else)."""
+    from moshi.models.loaders import get_moshi_lm
+
+    if Path(model_file).suffix != ".safetensors":
+        raise ValueError(f"{model_file} is not a .safetensors file; only safetensors weights are read")
+    return get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
 
 
 def load_moshi(
@@ -250,10 +318,10 @@ def load_moshi(
             if raw is None:
                 raise ValueError(f"{ttt_file} holds no In-Place TTT settings (metadata key '{SETTINGS_KEY}'): not written by save_ttt")
             ttt_weights = {k: f.get_tensor(k) for k in f.keys()}
-        settings = json.loads(raw)
-        saved_rope_scaling = settings.pop("rope_scaling", None)  # not a TTTConfig field
+        saved = json.loads(raw)
+        saved_rope_scaling = saved.pop("rope_scaling", None)  # not a TTTConfig field
         rope_scaling = saved_rope_scaling if rope_scaling is None else rope_scaling
-        config = TTTConfig.from_dict(settings)
+        config = TTTConfig.from_dict(saved)
     if config is None:
         raise ValueError("load_moshi: give config=TTTConfig(...) to convert a pretrained model, or ttt_file= to load a converted one")
     if clip_tau is not ...:
@@ -261,7 +329,7 @@ def load_moshi(
     lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
     convert(lm, config, rope_scaling=rope_scaling)
     if ttt_file is not None:
-        params = {k: p for k, p in lm.named_parameters() if ".ttt." in k}
+        params = {k: p for k, p in lm.named_parameters() if is_ttt_param(k)}
         missing, unknown = sorted(set(params) - set(ttt_weights)), sorted(set(ttt_weights) - set(params))
         if missing or unknown:
             raise ValueError(f"{ttt_file} does not match the model's TTT layers: missing {missing[:4]}, unexpected {unknown[:4]}")
@@ -270,3 +338,44 @@ def load_moshi(
                 p.copy_(ttt_weights[k])
     return lm
 
+
+
+# the doctor's view of a Moshi model -------------------------------------------------------------
+
+
+def _positions(batch: dict) -> Tensor:
+    """Each row is one conversation from step 0; steps where every stream is missing (-1) are padding."""
+    codes = batch["codes"]
+    steps = torch.arange(codes.shape[-1], device=codes.device).expand(codes.shape[0], -1)
+    return torch.where((codes != -1).any(1), steps, -1)
+
+
+def _logits(lm: nn.Module, batch: dict) -> Tensor:
+    """The text logits and the model's audio logits, ``[B, T, (1 + dep_q) * card]`` (the positions the
+    delays leave empty at 0)."""
+    with torch.no_grad():
+        out = lm(batch["codes"])
+    text = out.text_logits[:, 0].float().nan_to_num(0)
+    audio = out.logits.float().nan_to_num(0).permute(0, 2, 1, 3).flatten(2)
+    return torch.cat([text, audio], -1)
+
+
+def _causality_gap(lm: nn.Module, batch: dict) -> float:
+    """How far changing the codes of the middle step moves the text logits of the steps up to it.
+
+    The temporal transformer (where the TTT layers are) reads the codes of step t - 1 at step t,
+    so its outputs, and the text logits, of steps 0..t must not move. (Audio logits are not
+    compared: by moshi's delays, the depformer at a step reads later text on purpose.)"""
+    codes = batch["codes"]
+    t = codes.shape[-1] // 2
+    changed = codes.clone()
+    changed[:, :, t] = torch.where(codes[:, :, t] >= 0, (codes[:, :, t] + 1) % 2, codes[:, :, t])
+    with torch.no_grad():
+        before, after = lm(codes).text_logits, lm(changed).text_logits
+    return (after[..., : t + 1, :] - before[..., : t + 1, :]).float().nan_to_num(0).abs().max().item()
+
+
+PROBE = ModelProbe(
+    positions=_positions, logits=_logits, loss=lambda lm, batch: training_loss(lm, batch["codes"])["loss"], causality_gap=_causality_gap,
+    original_mlp=lambda base, idx: base.transformer.layers[idx].gating,
+)

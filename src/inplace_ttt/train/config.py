@@ -1,15 +1,20 @@
 """The run configuration of `ittt train`: one YAML file, overridable from the command line.
 
 Sections mirror what a user sets: `model`, `ttt` (a `TTTConfig`), `data`, `train`, `lora`.
-Unknown keys are errors that list the valid ones, and values are converted to the field's
-type, so ``--train.learning_rate 1e-5`` works even though YAML reads ``1e-5`` as a string.
+`TrainConfig` (the engine's settings) and `LoraSettings` are shared by every model family;
+`RunConfig` is a transformers run, `train.moshi.MoshiRunConfig` a Moshi run (which one a file
+is, `model_type` says: `train.run` reads it). Unknown keys are errors that list the valid
+ones, and values are converted to the field's type, so ``--train.learning_rate 1e-5`` works
+even though YAML reads ``1e-5`` as a string.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,14 +44,19 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    """The engine's settings, the same for every model family (most pass through to transformers'
+    `TrainingArguments`)."""
+
     output_dir: str = "runs/ittt"
     mode: str = "full"
     learning_rate: float = 5e-6
     ttt_learning_rate: float | None = None  # None: same as learning_rate
     weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # global clipping of the gradients (of the non-TTT parameters if ttt_max_grad_norm is set)
+    ttt_max_grad_norm: float | None = None  # clip the TTT parameters' gradients as their own group at this norm
     lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.02
+    warmup_ratio: float = 0.02  # share of the steps spent warming up, in [0, 1)
+    warmup_steps: int = 0  # if > 0, the number of warmup steps (instead of warmup_ratio)
     num_train_epochs: float = 1.0
     max_steps: int = -1
     per_device_train_batch_size: int = 1
@@ -70,6 +80,12 @@ class TrainConfig:
             raise ValueError(f"train.mode must be one of {MODES}; got {self.mode!r}")
         if self.bf16 not in ("auto", "true", "false"):
             raise ValueError(f"train.bf16 must be 'auto', 'true' or 'false'; got {self.bf16!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"train.warmup_ratio must be in [0, 1) (a share of the steps; use train.warmup_steps for a count); got {self.warmup_ratio}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be >= 0; got {self.warmup_steps}")
+        if self.ttt_max_grad_norm is not None and not (math.isfinite(self.ttt_max_grad_norm) and self.ttt_max_grad_norm > 0):
+            raise ValueError(f"train.ttt_max_grad_norm must be None or a finite number > 0; got {self.ttt_max_grad_norm}")
 
 
 @dataclass
@@ -82,6 +98,9 @@ class LoraSettings:
 
 @dataclass
 class RunConfig:
+    """A run of a transformers causal LM."""
+
+    model_type: str = "transformers"
     model: str = ""
     tokenizer: str | None = None
     ttt: TTTConfig | None = field(default_factory=TTTConfig)  # None (`ttt: null`): train without TTT, the fair baseline
@@ -90,6 +109,8 @@ class RunConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
+        if self.model_type != "transformers":
+            raise ValueError(f"model_type must be 'transformers' for this recipe; got {self.model_type!r}")
         if not self.model:
             raise ValueError("model: give a model directory or hub id")
         if not self.data.train:
@@ -101,9 +122,8 @@ class RunConfig:
         return d
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), schema: type = RunConfig):
-    """Read the YAML file (if any), apply ``--section.key value`` overrides, validate as `schema`
-    (a dataclass of sections: `RunConfig` for `ittt train`, `PretrainConfig` for `ittt pretrain`)."""
+def read_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
+    """The YAML file's mapping (if any) with ``--section.key value`` overrides applied, not yet validated."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -124,10 +144,17 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema: type
             if not isinstance(node, dict):
                 raise ValueError(f"{key}: {part} is not a section")
         node[leaf] = yaml.safe_load(value)
-    if schema is RunConfig and data.get("model_type") == "moshi":  # `ittt train` of a Moshi model
-        from .moshi import MoshiRunConfig
+    return data
 
-        schema = MoshiRunConfig
+
+def load_config(path: str | Path | None, overrides: list[str] = (), schema: type = RunConfig):
+    """Read the YAML file (if any), apply ``--section.key value`` overrides, validate as `schema`
+    (a dataclass of sections: `RunConfig` for a transformers run, `PretrainConfig` for `ittt pretrain`)."""
+    return build_config(schema, read_config(path, overrides))
+
+
+def build_config(schema: type, data: dict[str, Any]):
+    """Validate a mapping as `schema`, naming any unknown key or wrong value."""
     return _build(schema, data, "")
 
 
@@ -135,6 +162,12 @@ def _build(cls, data: Any, where: str):
     if not isinstance(data, dict):
         raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for old, new in getattr(cls, "ALIASES", {}).items():  # renamed keys, accepted for one release
+        if old in data:
+            if new in data:
+                raise ValueError(f"{where}{old} is the old name of {where}{new}: give one of them")
+            warnings.warn(f"{where}{old} is deprecated; use {where}{new}", FutureWarning, stacklevel=2)
+            data = {(new if k == old else k): v for k, v in data.items()}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown key(s) {[where + k for k in unknown]}; valid keys here: {sorted(fields)}")

@@ -14,6 +14,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ..documents import read_documents
+
 def tokenize(docs: Iterable[str], tokenizer, add_eos: bool = True) -> list[list[int]]:
     """Token ids per document, with the tokenizer's EOS appended when it has one."""
     eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
@@ -74,3 +76,10 @@ def pack(docs: Sequence[Sequence[int]], row_length: int, pad_id: int) -> PackedR
 def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack packed rows; no attention mask: `position_ids` carry the document edges."""
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def build_dataset(data, tokenizer, paths: list[str]) -> PackedRows:
+    """The documents of `paths` tokenized and packed as the `data` section (a `DataConfig`) says."""
+    docs = tokenize(read_documents(paths, data.text_field, data.txt_split), tokenizer, data.add_eos)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    return pack(docs, data.row_length, pad)

@@ -1,4 +1,4 @@
-"""`ittt train` for Kyutai Moshi: In-Place TTT trained on pre-encoded conversations.
+"""The Moshi family of `ittt train`: Kyutai Moshi and pre-encoded conversations, for the shared engine.
 
 A run YAML with ``model_type: moshi`` lands here. Data: one safetensors file per conversation
 holding ``codes``, an integer tensor ``[K, T]`` at Moshi's 12.5 Hz frame rate, K = 1 + n_q
@@ -7,34 +7,29 @@ streams in `LMModel` order (the text stream, the model's own audio codebooks, th
 of `data.row_length` steps (the last one right-padded with -1), and attention and fast weights
 start afresh in every row, as they do when streaming starts a conversation.
 
-Loss (moshi-finetune's): cross-entropy of the text stream plus that of the model's audio
-codebooks, each a weighted mean over the valid positions (`LMOutput`'s masks), the first audio
-codebook weighted by `train.first_codebook_weight` and text padding tokens by
-`train.text_padding_weight`.
-
-Modes: `ttt_only` (the TTT parameters and the TTT layers' down projections), `lora` (PEFT LoRA
-on `lora.target_modules`, TTT parameters trained in full and never wrapped; `final/` has the
-LoRA merged) and `full`. The loop is a plain one (AdamW, warmup + cosine, clipping with the
-norm logged before clipping, per-layer TTT telemetry; with `model.dtype: bfloat16` the
-optimizer updates float32 copies of the trainable parameters); `final/` holds moshi's own
-``model.safetensors`` plus ``ttt.safetensors``, loaded with `adapters.moshi.load_moshi`.
+The engine trains `MoshiLoss`, the `LMModel` with moshi-finetune's weighted loss
+(`adapters.moshi.training_loss`): the same modes, parameter groups, schedule, checkpoints,
+``--resume``, several processes, evaluation and doctor as a transformers run. With
+`model.dtype: bfloat16` the optimizer steps float32 copies of the trainable parameters
+(`train.precision`). `final/` holds moshi's own ``model.safetensors`` plus ``ttt.safetensors``,
+loaded with `adapters.moshi.load_moshi`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import TTTConfig
-from ..files import write_atomic
-from .config import MODES, LoraSettings, dump_config
+from .config import LoraSettings, TrainConfig
+from .trainer import RunError, RunParts, require_two_chunks
 
 CODES_KEY = "codes"
 
@@ -44,18 +39,21 @@ class MoshiModelConfig:
     weights: str = ""  # moshi's model.safetensors (published, or `final/` of an earlier run)
     ttt_weights: str | None = None  # ttt.safetensors of an earlier run: continue it (its settings win)
     lm_kwargs: str | None = None  # JSON file of LMModel keyword arguments; None: Moshi 7B's (moshi's defaults)
-    dtype: str = "float32"  # "float32" or "bfloat16"
-    device: str = "auto"  # "auto": cuda if available
+    dtype: str = "float32"  # "float32" or "bfloat16" (bf16 weights, float32 master copies of the trained ones)
+    device: str = "auto"  # "auto": cuda if available; "cpu"; "cuda"
     rope_scaling: dict[str, Any] | None = None  # YaRN, e.g. {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 3000}
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.dtype must be 'float32' or 'bfloat16'; got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"model.device must be 'auto', 'cpu' or 'cuda'; got {self.device!r}")
 
 
 @dataclass
 class MoshiDataConfig:
     train: list[str] = field(default_factory=list)  # .safetensors files or folders of them
+    eval: list[str] = field(default_factory=list)  # held-out conversations, evaluated every train.eval_steps
     row_length: int = 3000  # steps per row (12.5 per second: 3000 = 4 minutes)
 
     def __post_init__(self) -> None:
@@ -64,28 +62,21 @@ class MoshiDataConfig:
 
 
 @dataclass
-class MoshiTrainConfig:
+class MoshiTrainConfig(TrainConfig):
+    """The engine's settings with Moshi's defaults, plus moshi-finetune's loss weights."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"batch_size": "per_device_train_batch_size"}
+
     output_dir: str = "runs/moshi-ttt"
     mode: str = "ttt_only"
     learning_rate: float = 2e-6
-    ttt_learning_rate: float | None = None  # None: same as learning_rate
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
     max_steps: int = 1000
-    batch_size: int = 1
     first_codebook_weight: float = 100.0  # moshi-finetune's example recipe
     text_padding_weight: float = 0.5  # moshi-finetune's example recipe
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"train.mode must be one of {MODES}; got {self.mode!r}")
-        for name in ("max_steps", "batch_size", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1; got {getattr(self, name)}")
+        super().__post_init__()
         if self.first_codebook_weight < 0 or self.text_padding_weight < 0:
             raise ValueError("train.first_codebook_weight and train.text_padding_weight must be >= 0")
 
@@ -110,17 +101,18 @@ class MoshiRunConfig:
             raise ValueError("data.train: give at least one conversation file or folder")
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         d = asdict(self)
         d["ttt"] = self.ttt.to_dict()
         return d
 
 
+CONFIG = MoshiRunConfig
+
+
 # data -------------------------------------------------------------------------------------------
 
 
-def conversation_files(paths: list[str]) -> list[Path]:
+def conversation_files(paths: list[str], key: str = "data.train") -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -128,20 +120,23 @@ def conversation_files(paths: list[str]) -> list[Path]:
         elif p.is_file() and p.suffix == ".safetensors":
             files.append(p)
         else:
-            raise ValueError(f"data.train: {p} is neither a .safetensors conversation nor a folder of them")
+            raise ValueError(f"{key}: {p} is neither a .safetensors conversation nor a folder of them")
     if not files:
-        raise ValueError(f"data.train: {paths} holds no .safetensors conversations")
+        raise ValueError(f"{key}: {paths} holds no .safetensors conversations")
     return files
 
 
 def read_conversation(path: Path, num_codebooks: int, text_card: int, card: int) -> torch.Tensor:
     """The ``codes`` ``[K, T]`` (long) of one conversation file, checked against the model."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        if CODES_KEY not in f.keys():
-            raise ValueError(f"{path}: no '{CODES_KEY}' tensor (expected int codes [K, T]); found {list(f.keys())}")
-        codes = f.get_tensor(CODES_KEY)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if CODES_KEY not in f.keys():
+                raise ValueError(f"{path}: no '{CODES_KEY}' tensor (expected int codes [K, T]); found {list(f.keys())}")
+            codes = f.get_tensor(CODES_KEY)
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     if codes.dim() != 2 or codes.dtype.is_floating_point or codes.dtype == torch.bool:
         raise ValueError(f"{path}: '{CODES_KEY}' must be an integer tensor [K, T]; got {codes.dtype} {list(codes.shape)}")
     if codes.shape[0] != num_codebooks:
@@ -151,6 +146,8 @@ def read_conversation(path: Path, num_codebooks: int, text_card: int, card: int)
     codes = codes.long()
     if codes.min() < -1 or codes[0].max() >= text_card or codes[1:].max() >= card:
         raise ValueError(f"{path}: codes outside the model's vocabularies (text < {text_card}, audio < {card}, -1 for missing)")
+    if (codes == -1).all():
+        raise ValueError(f"{path}: every code is -1 (missing): nothing to train on")
     return codes
 
 
@@ -164,151 +161,135 @@ def conversation_rows(conversations: list[torch.Tensor], row_length: int) -> tor
     return torch.stack(rows)
 
 
-# loss -------------------------------------------------------------------------------------------
+class ConversationRows(torch.utils.data.Dataset):
+    """Rows ``[N, K, L]`` of conversation codes, one ``{"codes": [K, L]}`` item each."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {CODES_KEY: self.rows[i]}
 
 
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum(w * CE) / sum(w)`` over positions with ``w > 0`` (`logits` ``[..., V]``)."""
-    keep = weights > 0
-    ce = F.cross_entropy(logits[keep].float(), target[keep], reduction="none")
-    return (ce * weights[keep]).sum() / weights[keep].sum().clamp(min=1e-12)
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {CODES_KEY: torch.stack([item[CODES_KEY] for item in items])}
 
 
-def moshi_loss(lm, codes: torch.Tensor, first_codebook_weight: float = 1.0, text_padding_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """moshi-finetune's loss: text CE + audio CE over the valid positions; returns the loss and its parts."""
-    out = lm(codes)
-    text_target = codes[:, : lm.audio_offset]
-    text_w = out.text_mask.float()
-    padding = (text_target == lm.text_padding_token_id) | (text_target == lm.end_of_text_padding_id)
-    text_w = torch.where(padding, text_w * text_padding_weight, text_w)
-    audio_target = codes[:, lm.audio_offset : lm.audio_offset + lm.dep_q]
-    audio_w = out.mask.float()
-    audio_w[:, 0] *= first_codebook_weight
-    text = weighted_cross_entropy(out.text_logits, text_target, text_w)
-    audio = weighted_cross_entropy(out.logits, audio_target, audio_w)
-    return text + audio, {"text_loss": float(text.detach()), "audio_loss": float(audio.detach())}
+def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int, key: str) -> torch.Tensor:
+    """The conversations of `paths` as rows, refusing data in which TTT would be inert."""
+    try:
+        conversations = [read_conversation(p, lm.num_codebooks, lm.text_card, lm.card) for p in conversation_files(paths, key)]
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    rows = conversation_rows(conversations, row_length)
+    steps = (rows != -1).any(1).sum(1)  # steps holding any value, per row
+    short = int((steps < 2 * chunk).sum())
+    if short == len(rows):
+        raise RunError(
+            f"{key}: every conversation row holds fewer than two TTT chunks ({2 * chunk} steps; the longest has "
+            f"{int(steps.max())}): nothing precedes a row's first chunk, so TTT would be inert. Use longer conversations or a smaller chunk_size"
+        )
+    if short:
+        warnings.warn(f"{key}: {short} of {len(rows)} rows hold fewer than two chunks ({2 * chunk} steps): TTT is inert in them")
+    return rows
+
+
+# the module the engine trains -------------------------------------------------------------------
+
+
+class MoshiLoss(nn.Module):
+    """An `LMModel` whose forward is its training loss: ``forward(codes)`` returns moshi-finetune's
+    weighted loss with its text and audio parts (what the Trainer needs of a model)."""
+
+    def __init__(self, lm: nn.Module, first_codebook_weight: float, text_padding_weight: float):
+        super().__init__()
+        self.lm = lm
+        self.first_codebook_weight = first_codebook_weight
+        self.text_padding_weight = text_padding_weight
+
+    def forward(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        from ..adapters.moshi import training_loss
+
+        return training_loss(self.lm, codes, self.first_codebook_weight, self.text_padding_weight)
 
 
 # the run ----------------------------------------------------------------------------------------
 
 
-def apply_mode(lm, config: MoshiRunConfig) -> list[torch.nn.Parameter]:
-    """Freeze or wrap parameters for `train.mode`; returns the trainable ones."""
-    from ..adapters.moshi import ttt_layers
+def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | str = "cpu") -> nn.Module:
+    """moshi's `get_moshi_lm` on the files of a `model` section, converted with `ttt` (or as
+    saved in `m.ttt_weights`); every mismatch named with its file."""
+    from safetensors import SafetensorError
 
-    layers = dict(ttt_layers(lm))
-    mode = config.train.mode
-    if mode == "lora":
-        from peft import LoraConfig, inject_adapter_in_model
+    from ..adapters.moshi import load_moshi
 
-        lora = config.lora
-        inject_adapter_in_model(LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules), lm)
-    for name, p in lm.named_parameters():
-        if mode == "full":
-            p.requires_grad_(True)
-        elif mode == "ttt_only":
-            p.requires_grad_(".ttt." in name or any(p is layer.down.weight for layer in layers.values()))
-        else:  # TTT parameters train in full, never through LoRA
-            p.requires_grad_(".ttt." in name or "lora_" in name)
-    return [p for p in lm.parameters() if p.requires_grad]
-
-
-def merge_lora(lm) -> None:
-    """Fold every LoRA adapter into its base Linear and put the Linear back (original names)."""
-    from peft.tuners.lora import LoraLayer
-
-    for name, module in list(lm.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge()
-            parent_name, _, child = name.rpartition(".")
-            setattr(lm.get_submodule(parent_name) if parent_name else lm, child, module.get_base_layer())
+    for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights), ("model.lm_kwargs", m.lm_kwargs)):
+        if path is not None and not Path(path).is_file():
+            raise RunError(f"{key}: no such file: {path}")
+    for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights)):
+        if path is not None and Path(path).suffix != ".safetensors":  # moshi would unpickle anything else
+            raise RunError(f"{key}: {path} is not a .safetensors file; only safetensors weights are read")
+    lm_kwargs = read_lm_kwargs(m.lm_kwargs)
+    try:
+        return load_moshi(
+            m.weights, lm_kwargs, ttt_file=m.ttt_weights, config=None if m.ttt_weights else ttt,
+            rope_scaling=m.rope_scaling, device=device, dtype=getattr(torch, m.dtype),
+        )
+    except (RuntimeError, TypeError, SafetensorError) as e:  # load_state_dict's size mismatches, unknown LMModel arguments
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(
+            f"model.weights {m.weights} does not load with model.lm_kwargs {m.lm_kwargs or '(Moshi 7B defaults)'}: {first}"
+        ) from None
 
 
-def master_weights(params: list[torch.nn.Parameter]) -> dict[int, torch.Tensor]:
-    """What the optimizer updates, by `id` of each parameter: the parameter itself if float32,
-    else a float32 copy, written back to the parameter after each step (as moshi-finetune's
-    mixed precision does). A bf16 parameter updated in place loses any step below half its
-    spacing: at lr 2e-6, every step of a 0.02 weight (spacing 1.2e-4) and of W_target's 1.0."""
-    return {id(p): p if p.dtype == torch.float32 else p.detach().float() for p in params}
+def read_lm_kwargs(path: str | None) -> dict | None:
+    """The `LMModel` keyword arguments of a JSON file (None: moshi's Moshi 7B defaults)."""
+    if path is None:
+        return None
+    try:
+        lm_kwargs = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"model.lm_kwargs: cannot read {path} as JSON ({e})") from None
+    if not isinstance(lm_kwargs, dict):
+        raise RunError(f"model.lm_kwargs: {path} must hold a JSON object of LMModel keyword arguments")
+    return lm_kwargs
 
 
-def _schedule(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def prepare(config: MoshiRunConfig) -> RunParts:
+    """Model and conversations, checked against each other before anything trains."""
+    from ..adapters.moshi import save_ttt, ttt_layers
+    from ..doctor import doctor
+    from .modes import unwrap
 
-
-def train_moshi(config: MoshiRunConfig, resume: bool = False) -> Path:
-    """Run a Moshi training as configured; returns the directory of the final model."""
-    from ..adapters.moshi import load_moshi, save_ttt, ttt_layers
-    from .telemetry import TTTTelemetry
-    from .trainer import require_two_chunks
-
-    if resume:
-        raise ValueError("--resume is not supported for Moshi runs yet: start a new run with model.ttt_weights set to the last final/ttt.safetensors")
-    t = config.train
-    out = Path(t.output_dir)
-    if (out / "final").exists():
-        raise ValueError(f"{out} already holds a finished run; choose another train.output_dir")
-    torch.manual_seed(t.seed)
-    device = torch.device(config.model.device if config.model.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    lm_kwargs = json.loads(Path(config.model.lm_kwargs).read_text()) if config.model.lm_kwargs else None
-    lm = load_moshi(
-        config.model.weights, lm_kwargs, ttt_file=config.model.ttt_weights,
-        config=None if config.model.ttt_weights else config.ttt, rope_scaling=config.model.rope_scaling,
-        device=device, dtype=getattr(torch, config.model.dtype),
-    )
+    if config.model.device == "cuda" and not torch.cuda.is_available():
+        raise RunError("model.device: 'cuda' but no CUDA device is available")
+    device = torch.device("cuda" if config.model.device != "cpu" and torch.cuda.is_available() else "cpu")
+    lm = load_lm(config.model, config.ttt, device)
     layers = dict(ttt_layers(lm))
     require_two_chunks(config.data.row_length, layers)
     chunk = max(layer.chunk_size for layer in layers.values())
-    conversations = [read_conversation(p, lm.num_codebooks, lm.text_card, lm.card) for p in conversation_files(config.data.train)]
-    rows = conversation_rows(conversations, config.data.row_length)
-    short = int(((rows != -1).any(1).sum(1) < 2 * chunk).sum())  # steps holding any value, per row
-    if short:
-        warnings.warn(f"{short} of {len(rows)} rows hold fewer than two chunks ({2 * chunk} steps): TTT is inert in them")
-    lm.transformer.checkpointing = t.gradient_checkpointing
-    trainable = apply_mode(lm, config)
-    master = master_weights(trainable)
-    ttt_ids = {id(p) for n, p in lm.named_parameters() if ".ttt." in n}
-    groups = [{"params": [master[id(p)] for p in trainable if id(p) not in ttt_ids]},
-              {"params": [master[id(p)] for p in trainable if id(p) in ttt_ids], "lr": t.ttt_learning_rate or t.learning_rate}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate, weight_decay=t.weight_decay)
-    low = [(p, master[id(p)]) for p in trainable if master[id(p)] is not p]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, t.warmup_steps, t.max_steps))
-    telemetry = TTTTelemetry(layers)
-    telemetry.enable()
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.yaml", dump_config(config))
-    metrics = (out / "metrics.jsonl").open("a")
-    lm.train()
-    order = torch.randperm(len(rows))
-    parts_sum: dict[str, float] = {}
-    for step in range(t.max_steps):
-        take = order[(step * t.batch_size + torch.arange(t.batch_size)) % len(rows)]  # epochs cycle through a shuffled order
-        loss, parts = moshi_loss(lm, rows[take].to(device), t.first_codebook_weight, t.text_padding_weight)
-        for p in trainable:
-            p.grad = None
-        loss.backward()
-        telemetry.record_gradients()
-        telemetry.record_forward()
-        for p, m in low:
-            m.grad = None if p.grad is None else p.grad.float()
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(master.values()), t.max_grad_norm)  # returns the norm before clipping
-        optimizer.step()
-        with torch.no_grad():
-            for p, m in low:
-                p.copy_(m)
-        scheduler.step()
-        for k, v in {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **parts}.items():
-            parts_sum[k] = parts_sum.get(k, 0.0) + v
-        if (step + 1) % t.logging_steps == 0 or step + 1 == t.max_steps:
-            n = (step % t.logging_steps) + 1
-            logs = {"step": step + 1, **{k: v / n for k, v in parts_sum.items()}, "learning_rate": scheduler.get_last_lr()[0], **telemetry.flush()}
-            metrics.write(json.dumps(logs) + "\n")
-            metrics.flush()
-            parts_sum = {}
-    metrics.close()
-    if t.mode == "lora":
-        merge_lora(lm)
-    return save_ttt(lm, out / "final")
+    train_rows = load_rows(config.data.train, lm, config.data.row_length, chunk, "data.train")
+    eval_rows = load_rows(config.data.eval, lm, config.data.row_length, chunk, "data.eval") if config.data.eval else None
+    t = config.train
+
+    def enable_checkpointing(module: nn.Module) -> None:
+        unwrap(module).lm.transformer.checkpointing = True  # moshi's own activation checkpointing
+
+    def first_batch_doctor(module: nn.Module, batch: dict, optimizer):  # converted here unless it continues a run's TTT weights
+        return doctor(unwrap(module).lm, batch, optimizer=optimizer, training=True, fresh=config.model.ttt_weights is None)
+
+    return RunParts(
+        module=MoshiLoss(lm, t.first_codebook_weight, t.text_padding_weight),
+        layers=layers,
+        train_dataset=ConversationRows(train_rows),
+        eval_dataset=ConversationRows(eval_rows) if eval_rows is not None else None,
+        collate=collate,
+        save_final=lambda trained, directory: save_ttt(trained.lm, directory),
+        doctor=first_batch_doctor,
+        label_names=[CODES_KEY],
+        enable_checkpointing=enable_checkpointing,
+        use_cpu=device.type == "cpu",
+    )

@@ -25,9 +25,9 @@ from ..config import TTTConfig
 from ..documents import read_documents
 from ..files import write_atomic
 from .config import DataConfig, TrainConfig
-from .data import collate
+from .data import build_dataset, collate
 from .telemetry import MetricsJsonl, TTTTelemetry
-from .trainer import RunError, TTTTrainer, build_dataset, prepare_run_dir, require_two_chunks, training_arguments, use_bf16
+from .trainer import RunError, TTTTrainer, prepare_run_dir, require_two_chunks, training_arguments, use_bf16
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 SUMMARY = "pretrain_summary.json"
@@ -186,6 +186,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
         processing_class=tokenizer,
         callbacks=[MetricsJsonl(out / "metrics.jsonl")],
         ttt_learning_rate=t.ttt_learning_rate,
+        ttt_max_grad_norm=t.ttt_max_grad_norm,
         telemetry=telemetry,
     )
     telemetry.enable()

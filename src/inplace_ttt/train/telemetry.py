@@ -7,6 +7,13 @@ Per TTT layer, averaged over the steps since the last log:
 - ``fast_ratio``: ``lr ||sum dW|| / ||W0||`` at the end of a row, how far the fast weight moved;
 - ``clipped_share``: the share of chunk updates that clipping scaled down (0 unless clipping
   was asked for in training).
+
+For the whole model: ``ttt/grad_norm`` (all TTT parameters, before clipping), ``ttt/grad_share``
+(their share of the squared global gradient norm: near 1, the TTT parameters decide the global
+clipping), ``clip_scale`` (the factor clipping multiplied the other parameters' gradients by:
+at 1/400 they train at 1/400 of their learning rate) and ``ttt/clip_scale`` (the TTT
+parameters' factor), plus any parts of the loss the trained module reports (Moshi's
+``text_loss`` and ``audio_loss``).
 """
 
 from __future__ import annotations
@@ -14,15 +21,17 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterable
 
 import torch
+import torch.nn as nn
 from transformers import TrainerCallback
 
-from ..layer import InPlaceTTTMLP
+from ..layer import InPlaceTTTMLP, is_ttt_param
 
 
 class TTTTelemetry:
-    """Collects per-layer numbers between logs; `flush` returns their means and starts over."""
+    """Collects numbers between logs; `flush` returns their means and starts over."""
 
     def __init__(self, layers: dict[int, InPlaceTTTMLP]):
         self.layers = layers
@@ -33,29 +42,44 @@ class TTTTelemetry:
         for layer in self.layers.values():
             layer.record_stats = True
 
-    def _add(self, key: str, value: float) -> None:
+    def add(self, key: str, value: float) -> None:
         self._sums[key] += value
         self._counts[key] += 1
 
     @torch.no_grad()
-    def record_gradients(self) -> None:
+    def record_gradients(self, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
         """Call after the backward of a step and before clipping."""
         for idx, layer in self.layers.items():
             for name, param in (("conv", layer.ttt.conv_weight), ("target", layer.ttt.target_weight), ("down", layer.down.weight)):
                 if param is not None and param.grad is not None:
-                    self._add(f"ttt/layer{idx}/grad_{name}", param.grad.float().norm().item())
+                    self.add(f"ttt/layer{idx}/grad_{name}", param.grad.float().norm().item())
+        if self.layers:
+            ttt, other = group_norms(named_parameters)
+            self.add("ttt/grad_norm", ttt)
+            self.add("ttt/grad_share", ttt**2 / max(ttt**2 + other**2, 1e-30))
 
     def record_forward(self) -> None:
         """Call after a training step: the layers' statistics of their last forward."""
         for idx, layer in self.layers.items():
             for key, value in layer.last_stats.items():
-                self._add(f"ttt/layer{idx}/{key}", value)
+                self.add(f"ttt/layer{idx}/{key}", value)
 
     def flush(self) -> dict[str, float]:
         logs = {k: self._sums[k] / self._counts[k] for k in sorted(self._sums)}
         self._sums.clear()
         self._counts.clear()
         return logs
+
+
+@torch.no_grad()
+def group_norms(named_parameters: Iterable[tuple[str, nn.Parameter]]) -> tuple[float, float]:
+    """Gradient norms of the TTT parameters and of all the others."""
+    groups: tuple[list, list] = ([], [])
+    for name, p in named_parameters:
+        if p.grad is not None:
+            groups[0 if is_ttt_param(name) else 1].append(p.grad)
+    ttt, other = (float(torch.nn.utils.get_total_norm(g)) if g else 0.0 for g in groups)
+    return ttt, other
 
 
 class MetricsJsonl(TrainerCallback):
@@ -68,3 +92,13 @@ class MetricsJsonl(TrainerCallback):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the lines logged after `step` (a run resumed from checkpoint `step` logs them again)."""
+    from ..files import write_atomic
+
+    path = Path(path)
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        write_atomic(path, "".join(line + "\n" for line in kept))

@@ -1,64 +1,98 @@
-"""`ittt train`: continual training of a converted model on transformers' `Trainer`.
+"""The training engine of `ittt train`, the same for every model family: transformers' `Trainer`.
 
 The Trainer (on Accelerate) does what a distributed training loop needs: gradient
 accumulation, mixed precision, activation checkpointing, schedules, clipping, DDP/FSDP,
-TensorBoard, resumable checkpoints. We add what is specific to In-Place TTT:
+TensorBoard, a progress bar, evaluation, resumable checkpoints. It trains any `nn.Module`
+whose forward returns a dict with a ``loss``: a transformers causal LM as it is, a Moshi
+`LMModel` inside `train.moshi.MoshiLoss`. A model family (`train.causal_lm`, `train.moshi`)
+loads the model and the data and hands the engine a `RunParts`; `train.run` picks the family.
+We add what is specific to In-Place TTT:
 
-- modes: `full`, `ttt_only` (TTT parameters + the TTT layers' down projections), `lora` (PEFT
-  LoRA on base modules, TTT parameters trained in full), and a learning rate of their own for
-  the TTT parameters;
-- telemetry per TTT layer, gradient norms read before clipping;
+- modes (`train.modes`) and a learning rate of their own for the TTT parameters, and optionally
+  a gradient clipping of their own (`train.ttt_max_grad_norm`): at the warm start their
+  gradients can be hundreds of times the others', and one global clip then scales every other
+  update down by as much;
+- float32 master weights for trainable parameters held in bf16 (`train.precision`);
+- telemetry per TTT layer, gradient norms read before clipping (`train.telemetry`);
 - checkpoints that hold every trained weight (LoRA mode: the adapter plus the TTT weights) and
   count only once complete (a `COMPLETE` file is their last write), so a run killed at any
   moment resumes from its last complete checkpoint;
-- `doctor` on the first batch, stopping the run on a failed check.
+- `doctor` on the first batch, stopping the run on a failed check;
+- a run folder that is validated before anything is written to it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+import torch.nn as nn
+from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import rotate_checkpoints
 
-from ..adapters import convert, from_pretrained, ttt_layers
-from ..adapters.hf import is_ttt_checkpoint
-from ..doctor import doctor
 from ..files import write_atomic
-from .config import DataConfig, RunConfig, TrainConfig, dump_config
-from ..documents import read_documents
-from .data import PackedRows, collate, pack, tokenize
-from .telemetry import MetricsJsonl, TTTTelemetry
+from ..layer import InPlaceTTTMLP, is_ttt_param
+from .config import TrainConfig, dump_config
+from .modes import ModeError, apply_mode, is_peft, merged
+from .precision import MasterWeights
+from .telemetry import MetricsJsonl, TTTTelemetry, truncate_metrics
 
 COMPLETE = "COMPLETE"
 TTT_WEIGHTS = "ttt_weights.safetensors"
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
 class RunError(ValueError):
     """A run cannot start or go on; the message says why."""
 
 
-class TTTTrainer(Trainer):
-    """`Trainer` with TTT parameter groups, pre-clip telemetry and complete-only checkpoints."""
+@dataclass
+class RunParts:
+    """What a model family hands the engine."""
 
-    def __init__(self, *args, ttt_learning_rate: float | None = None, telemetry: TTTTelemetry, **kwargs):
+    module: nn.Module  # what the Trainer trains: forward(**batch) returns a dict with "loss"
+    layers: dict[int, InPlaceTTTMLP]  # its TTT layers
+    train_dataset: Any
+    eval_dataset: Any | None
+    collate: Callable[[list[dict]], dict]
+    save_final: Callable[[nn.Module, Path], None]  # writes the trained module (LoRA merged) as final/
+    doctor: Callable[[nn.Module, dict, torch.optim.Optimizer], Any] | None  # the first-batch doctor (returns a `Report`)
+    label_names: list[str] | None = None  # batch keys the loss reads, for evaluation (None: "labels")
+    enable_checkpointing: Callable[[nn.Module], None] | None = None  # the family's own activation checkpointing (None: the Trainer's)
+    processing_class: Any = None  # a tokenizer, saved with checkpoints
+    use_cpu: bool | None = None  # None: train on the accelerator where there is one
+
+
+class TTTTrainer(Trainer):
+    """`Trainer` with TTT parameter groups (own learning rate, own clipping), float32 master
+    weights for low-precision parameters, pre-clip telemetry and complete-only checkpoints."""
+
+    def __init__(
+        self, *args, ttt_learning_rate: float | None = None, ttt_max_grad_norm: float | None = None, telemetry: TTTTelemetry, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.ttt_learning_rate = ttt_learning_rate
+        self.ttt_max_grad_norm = ttt_max_grad_norm
         self.telemetry = telemetry
+        self.master_weights: MasterWeights | None = None
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
+            self.master_weights = MasterWeights(opt_model)
             decay = set(self.get_decay_parameter_names(opt_model))
             groups: dict[tuple[bool, bool], list] = {}
             for name, p in opt_model.named_parameters():
                 if p.requires_grad:
-                    groups.setdefault((name in decay, _is_ttt_param(name)), []).append(p)
+                    groups.setdefault((name in decay, is_ttt_param(name)), []).append(self.master_weights.stepped(p))
             param_groups = []
             for (decays, is_ttt), params in sorted(groups.items()):
                 group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
@@ -66,17 +100,37 @@ class TTTTrainer(Trainer):
                     group["lr"] = self.ttt_learning_rate
                 param_groups.append(group)
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            self.optimizer = cls(param_groups, **kwargs)
+            self.optimizer = self.master_weights.attach(cls(param_groups, **kwargs))
         return self.optimizer
 
     def _clip_grad_norm(self, model):
-        self.telemetry.record_gradients()
-        return super()._clip_grad_norm(model)
+        self.telemetry.record_gradients(model.named_parameters())
+        if self.ttt_max_grad_norm is None:
+            norm = super()._clip_grad_norm(model)
+            self.telemetry.add("clip_scale", _clip_scale(float(norm), self.args.max_grad_norm))
+            return norm
+        return self._clip_groups(model, self.args.max_grad_norm)
 
     def _get_grad_norm(self, model, grad_norm=None):
-        if grad_norm is None:  # no clipping configured: this is where the step's gradients are final
-            self.telemetry.record_gradients()
+        if grad_norm is None:  # no global clipping configured: this is where the step's gradients are final
+            self.telemetry.record_gradients(model.named_parameters())
+            if self.ttt_max_grad_norm is not None:
+                grad_norm = self._clip_groups(model, math.inf)
         return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def _clip_groups(self, model, other_max: float) -> torch.Tensor:
+        ttt_norm, other_norm = clip_groups(model.named_parameters(), self.ttt_max_grad_norm, other_max)
+        self.telemetry.add("ttt/clip_scale", _clip_scale(ttt_norm, self.ttt_max_grad_norm))
+        self.telemetry.add("clip_scale", _clip_scale(other_norm, other_max))
+        return torch.tensor(math.hypot(ttt_norm, other_norm))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and isinstance(outputs, dict):  # parts of the loss the module reports (Moshi's text and audio)
+            for key, value in outputs.items():
+                if key != "loss" and isinstance(value, torch.Tensor) and value.dim() == 0:
+                    self.telemetry.add(key, float(value))
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
@@ -89,12 +143,16 @@ class TTTTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir=None, state_dict=None):
+        output_dir = output_dir or self.args.output_dir
+        if not isinstance(self.model, PreTrainedModel) and not is_peft(self.model) and state_dict is None:
+            # a module of ours (Moshi): what it trained; what it froze comes from its weights file on resume
+            state_dict = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
         super()._save(output_dir, state_dict)
-        if _is_peft(self.model) and self.args.should_save:  # PEFT saves the adapter only
+        if is_peft(self.model) and self.args.should_save:  # PEFT saves the adapter only
             from safetensors.torch import save_file
 
-            ttt = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if _is_ttt_param(n)}
-            save_file(ttt, os.path.join(output_dir or self.args.output_dir, TTT_WEIGHTS))
+            ttt = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if is_ttt_param(n)}
+            save_file(ttt, os.path.join(output_dir, TTT_WEIGHTS))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -106,6 +164,14 @@ class TTTTrainer(Trainer):
             with torch.no_grad():
                 for name, tensor in load_file(extra).items():
                     params[name].copy_(tensor)
+        if self.master_weights:
+            self.master_weights.load(resume_from_checkpoint)
+
+    def _issue_warnings_after_load(self, load_result):
+        # a checkpoint holds what trained (and a tied head is one weight): only a trained weight missing is news
+        trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        missing = [k for k in load_result.missing_keys if k in trained]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def _save_checkpoint(self, model, trial):
         # write the checkpoint, mark it complete, and only then let older checkpoints go
@@ -116,10 +182,28 @@ class TTTTrainer(Trainer):
             self.args.save_total_limit = limit
         if self.args.should_save:
             latest = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            if self.master_weights:
+                self.master_weights.save(latest)
             write_atomic(latest / COMPLETE, json.dumps({"step": self.state.global_step}) + "\n")
             rotate_checkpoints(
                 output_dir=str(latest.parent), save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint
             )
+
+
+def clip_groups(named_parameters, ttt_max: float, other_max: float) -> tuple[float, float]:
+    """Clip the TTT parameters' gradients at `ttt_max` and all the others' at `other_max`, each
+    group on its own; returns both norms before clipping."""
+    groups: tuple[list, list] = ([], [])
+    for name, p in named_parameters:
+        if p.grad is not None:
+            groups[0 if is_ttt_param(name) else 1].append(p)
+    ttt, other = (float(torch.nn.utils.clip_grad_norm_(g, limit)) if g else 0.0 for g, limit in zip(groups, (ttt_max, other_max)))
+    return ttt, other
+
+
+def _clip_scale(norm: float, max_norm: float) -> float:
+    """The factor clipping at `max_norm` multiplies gradients of norm `norm` by."""
+    return min(1.0, max_norm / (norm + 1e-6)) if math.isfinite(max_norm) else 1.0
 
 
 def require_two_chunks(row_length: int, layers: dict) -> None:
@@ -132,93 +216,59 @@ def require_two_chunks(row_length: int, layers: dict) -> None:
         )
 
 
-def _is_ttt_param(name: str) -> bool:
-    return ".ttt." in name
-
-
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
-
-
-def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest `checkpoint-N` of a run that was completely written."""
-    done = [p for p in Path(output_dir).glob("checkpoint-*") if (p / COMPLETE).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-def load_model(config: RunConfig, dtype: torch.dtype):
-    """The model to train: a saved In-Place TTT model as it is, or a base model converted
-    (left as it is with ``ttt: null``, the baseline without TTT)."""
-    if is_ttt_checkpoint(config.model):
-        if config.ttt is None:
-            raise RunError(f"ttt: null trains a model without TTT, but {config.model} is an In-Place TTT checkpoint")
-        return from_pretrained(config.model, dtype=dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
-    except OSError as e:
-        raise RunError(f"model: cannot load {config.model!r}: {e}") from None
-    return model if config.ttt is None else convert(model, config.ttt)
-
-
-def apply_mode(model, config: RunConfig):
-    """Freeze / wrap parameters for the training mode; returns the model to train."""
-    layers = dict(ttt_layers(model))
-    mode = config.train.mode
-    if mode == "ttt_only":
-        if not layers:
-            raise RunError("train.mode=ttt_only but the model has no TTT layers")
-        trainable = {id(p) for layer in layers.values() for p in (*layer.ttt.parameters(), layer.down.weight)}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in trainable)
-        return model
-    if mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = config.lora
-        peft_model = get_peft_model(
-            model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
-        )
-        for name, p in peft_model.named_parameters():  # TTT parameters train in full, never through LoRA
-            if _is_ttt_param(name):
-                p.requires_grad_(True)
-        return peft_model
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
-
-
 def use_bf16(setting: str) -> bool:
     if setting == "auto":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return setting == "true"
 
 
-def build_dataset(data: DataConfig, tokenizer, paths: list[str]) -> PackedRows:
-    docs = tokenize(read_documents(paths, data.text_field, data.txt_split), tokenizer, data.add_eos)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    return pack(docs, data.row_length, pad)
+# the run folder --------------------------------------------------------------------------------
 
 
-def prepare_run_dir(config, resume: bool) -> Path | None:
-    """Create `train.output_dir` (refusing to overwrite a run unless resuming) and write the
-    config there; returns the checkpoint to resume from."""
-    out = Path(config.train.output_dir)
-    checkpoint = None
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a `checkpoint-<step>` folder this library writes; None for any other name."""
+    m = _CHECKPOINT.fullmatch(path.name)
+    return int(m.group(1)) if m else None
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest `checkpoint-<step>` of a run that was completely written."""
+    done = [p for p in Path(output_dir).glob("checkpoint-*") if checkpoint_step(p) is not None and (p / COMPLETE).is_file()]
+    return max(done, key=checkpoint_step, default=None)
+
+
+def resume_point(output_dir: str | Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from (with `resume`), or None for a fresh run; refuses a folder
+    that already holds a run unless resuming. Reads only: nothing is written or deleted."""
+    out = Path(output_dir)
     if resume:
         checkpoint = last_complete_checkpoint(out)
         if checkpoint is None:
             raise RunError(f"--resume: {out} holds no complete checkpoint")
-        for partial in out.glob("checkpoint-*"):  # a checkpoint cut off mid-write is never used
-            if not (partial / COMPLETE).is_file():
-                shutil.rmtree(partial)
-    elif any(out.glob("checkpoint-*")) or (out / "final").exists():
+        return checkpoint
+    if any(checkpoint_step(p) is not None for p in out.glob("checkpoint-*")) or (out / "final").exists():
         raise RunError(f"{out} already holds a run: pass --resume to continue it, or choose another train.output_dir")
+    return None
+
+
+def start_run_dir(config, checkpoint: Path | None) -> Path:
+    """Create `train.output_dir` and write the run's `config.yaml`; when resuming, delete the
+    checkpoints cut off mid-write (never used) and the metrics logged after `checkpoint`."""
+    out = Path(config.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None:
+        for partial in out.glob("checkpoint-*"):
+            if checkpoint_step(partial) is not None and not (partial / COMPLETE).is_file():
+                shutil.rmtree(partial)
+        truncate_metrics(out / "metrics.jsonl", checkpoint_step(checkpoint))
     write_atomic(out / "config.yaml", dump_config(config))
+    return out
+
+
+def prepare_run_dir(config, resume: bool) -> Path | None:
+    """`resume_point` then `start_run_dir`; returns the checkpoint to resume from."""
+    checkpoint = resume_point(config.train.output_dir, resume)
+    start_run_dir(config, checkpoint)
     return checkpoint
 
 
@@ -228,27 +278,33 @@ _CHECKPOINTING_ARG = next(
 )
 
 
-def training_arguments(t: TrainConfig, out: Path, bf16: bool, evaluate: bool) -> TrainingArguments:
-    """The Trainer's arguments from the `train` section."""
+def training_arguments(
+    t: TrainConfig, out: Path, bf16: bool, evaluate: bool, *, label_names: list[str] | None = None, trainer_checkpointing: bool = True,
+    use_cpu: bool | None = None,
+) -> TrainingArguments:
+    """The Trainer's arguments from the `train` section (`trainer_checkpointing`: the Trainer
+    turns activation checkpointing on, as transformers models support; otherwise the family does)."""
     return TrainingArguments(
         output_dir=str(out),
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,
+        warmup_steps=t.warmup_steps or t.warmup_ratio,  # transformers reads a number below 1 as a ratio
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         bf16=bf16,
-        **{_CHECKPOINTING_ARG: t.gradient_checkpointing},
+        **{_CHECKPOINTING_ARG: t.gradient_checkpointing and trainer_checkpointing},
         logging_steps=t.logging_steps,
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if evaluate and t.eval_steps else "no",
         eval_steps=t.eval_steps,
+        prediction_loss_only=True,  # evaluation is the loss: gathering logits of long rows would only cost memory
+        label_names=label_names,
         seed=t.seed,
         data_seed=t.seed,
         report_to=t.report_to,
@@ -256,73 +312,60 @@ def training_arguments(t: TrainConfig, out: Path, bf16: bool, evaluate: bool) ->
         dataloader_num_workers=t.dataloader_num_workers,
         fsdp=t.fsdp,
         fsdp_config=t.fsdp_config,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available() if use_cpu is None else use_cpu,
         ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
 
 
-def train(config: RunConfig, resume: bool = False) -> Path:
-    """Run training as configured; returns the directory of the final model."""
-    if getattr(config, "model_type", None) == "moshi":
-        from .moshi import train_moshi
+# the run ---------------------------------------------------------------------------------------
 
-        return train_moshi(config, resume=resume)
-    out = Path(config.train.output_dir)
-    checkpoint = prepare_run_dir(config, resume)
 
-    bf16 = use_bf16(config.train.bf16)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
-    except OSError as e:
-        raise RunError(f"tokenizer: cannot load {config.tokenizer or config.model!r}: {e}") from None
-    train_rows = build_dataset(config.data, tokenizer, config.data.train)  # data errors first: nothing loaded yet
-    eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
-    set_seed(config.train.seed)  # before the conversion: a random W_target start must be the same in every run
-    model = load_model(config, torch.float32)
-    layers = dict(ttt_layers(model))
-    if layers:
-        require_two_chunks(config.data.row_length, layers)
-    vocab_rows = model.get_input_embeddings().weight.shape[0]
-    for rows in (train_rows, eval_rows or train_rows):
-        top = int(rows.input_ids.max())
-        if top >= vocab_rows:
-            raise RunError(
-                f"tokenizer mismatch: the data has token id {top} but the model's embedding has {vocab_rows} rows; "
-                "use the model's own tokenizer"
-            )
-    model = apply_mode(model, config)
-
+def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = False) -> Path:
+    """Train as `config` says, the model and data coming from a family's `prepare`; returns the
+    directory of the final model. Everything is validated (config, model, data, the first-batch
+    doctor) before the run folder is created or touched."""
     t = config.train
-    args = training_arguments(t, out, bf16, evaluate=eval_rows is not None)
-    telemetry = TTTTelemetry(layers)
+    out = Path(t.output_dir)
+    checkpoint = resume_point(out, resume)
+    set_seed(t.seed)  # conversion may draw random numbers (the diagonal W_target start)
+    parts = prepare(config)
+    try:
+        module = apply_mode(parts.module, t.mode, config.lora, parts.layers)
+    except ModeError as e:
+        raise RunError(str(e)) from None
+    if t.gradient_checkpointing and parts.enable_checkpointing is not None:
+        parts.enable_checkpointing(module)
+    args = training_arguments(
+        t, out, use_bf16(t.bf16), evaluate=parts.eval_dataset is not None, label_names=parts.label_names,
+        trainer_checkpointing=parts.enable_checkpointing is None, use_cpu=parts.use_cpu,
+    )
+    telemetry = TTTTelemetry(parts.layers)
     trainer = TTTTrainer(
-        model=model,
+        model=module,
         args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows,
-        data_collator=collate,
-        processing_class=tokenizer,
+        train_dataset=parts.train_dataset,
+        eval_dataset=parts.eval_dataset,
+        data_collator=parts.collate,
+        processing_class=parts.processing_class,
         callbacks=[MetricsJsonl(out / "metrics.jsonl")],
         ttt_learning_rate=t.ttt_learning_rate,
+        ttt_max_grad_norm=t.ttt_max_grad_norm,
         telemetry=telemetry,
     )
-    if t.doctor and layers:
+    if t.doctor and parts.layers and parts.doctor is not None:
         trainer.create_optimizer()
-        first = collate([train_rows[i] for i in range(min(t.per_device_train_batch_size, len(train_rows)))])
-        inner = model.base_model.model if _is_peft(model) else model
-        device = next(inner.parameters()).device  # the Trainer has placed the model (on a GPU, say)
-        batch = {k: first[k].to(device) for k in ("input_ids", "position_ids")}
-        report = doctor(inner, batch, optimizer=trainer.optimizer, training=True)
+        first = parts.collate([parts.train_dataset[i] for i in range(min(t.per_device_train_batch_size, len(parts.train_dataset)))])
+        device = next(module.parameters()).device  # the Trainer has placed the model (on a GPU, say)
+        report = parts.doctor(module, {k: v.to(device) for k, v in first.items()}, trainer.master_weights.seen_through(trainer.optimizer))
         if trainer.is_world_process_zero():
             print(f"doctor on the first batch:\n{report}", flush=True)
         if not report.ok:
             raise RunError(f"doctor found problems on the first batch; not training:\n{report}")
+    start_run_dir(config, checkpoint)
     telemetry.enable()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     final = out / "final"
     if trainer.is_world_process_zero():
-        to_save = model.merge_and_unload() if _is_peft(model) else model
-        to_save.save_pretrained(final)
-        tokenizer.save_pretrained(final)
+        parts.save_final(merged(module), final)
     return final

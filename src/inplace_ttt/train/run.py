@@ -1,0 +1,54 @@
+"""`ittt train`: the one place where a run's model family is chosen.
+
+A run YAML says its family with ``model_type`` (``transformers``, the default, or ``moshi``);
+the family's module loads the model and data (`causal_lm.prepare`, `moshi.prepare`) and the
+shared engine (`trainer.run_training`) trains them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from .config import build_config, read_config
+from .trainer import RunError, run_training
+
+FAMILIES = ("transformers", "moshi")
+
+
+def family(model_type: str) -> ModuleType:
+    """The module of a model family: its config schema (`CONFIG`) and its `prepare`."""
+    if model_type == "transformers":
+        from . import causal_lm
+
+        return causal_lm
+    if model_type == "moshi":
+        try:
+            from . import moshi
+        except ImportError as e:  # an optional install
+            raise RunError(f"model_type: moshi needs Kyutai's moshi package ({e}); install it with scripts/setup.sh --moshi") from None
+        return moshi
+    raise RunError(f"model_type must be one of {FAMILIES}; got {model_type!r}")
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()):
+    """The run's config, validated as its family's schema."""
+    data = read_config(path, overrides)
+    return build_config(family(data.get("model_type", "transformers")).CONFIG, data)
+
+
+def train(config, resume: bool = False) -> Path:
+    """Run training as configured; returns the directory of the final model."""
+    try:
+        return run_training(config, family(config.model_type).prepare, resume)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group before the interpreter exits: a gloo group torn
+    down at exit aborts the process now and then ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
