@@ -11,6 +11,8 @@ baseline without TTT, and prints the training loss of each and the paired differ
 
     python benchmarks/ttt_clipping.py                  # 3 seeds, the demo's 150 steps
     python benchmarks/ttt_clipping.py --seeds 0 1 2 3 4 --steps 300
+
+Each run's folder (metrics.jsonl) stays under --out; a run whose metrics are there is not run again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,9 +34,18 @@ VARIANTS = {"global clip": {}, "TTT clipped apart": {"ttt_max_grad_norm": 1.0}, 
 
 
 def run(variant: str, seed: int, steps: int, out: Path) -> dict[int, dict]:
+    """The run's per-step log, training it first unless its metrics show it finished."""
+    metrics = out / "metrics.jsonl"
+    if not (metrics.is_file() and "train_runtime" in metrics.read_text()):
+        train(config_of(variant, seed, steps, out))
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return {r["step"]: r for r in rows if "loss" in r}
+
+
+def config_of(variant: str, seed: int, steps: int, out: Path) -> RunConfig:
     demo = DemoSettings()
     extra = VARIANTS[variant]
-    config = RunConfig(
+    return RunConfig(
         model=str(base_model_dir()),
         ttt=None if extra is None else demo.ttt,
         data=DataConfig(train=corpus_files("train"), row_length=demo.row_length),
@@ -45,9 +55,6 @@ def run(variant: str, seed: int, steps: int, out: Path) -> dict[int, dict]:
             save_steps=10 * steps, seed=seed, report_to=[], doctor=False, **(extra or {}),
         ),
     )
-    train(config)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r for r in rows if "loss" in r}
 
 
 def interval(diffs: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -63,13 +70,13 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=DemoSettings().steps)
     p.add_argument("--skip", type=int, default=50, help="steps left out of the means (the first ones, where all runs start alike)")
+    p.add_argument("--out", type=Path, default=Path("runs/ttt-clipping"), help="where the runs go (kept; finished runs are reused)")
     args = p.parse_args()
     logs: dict[tuple[str, int], dict[int, dict]] = {}
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            for variant in VARIANTS:
-                logs[(variant, seed)] = run(variant, seed, args.steps, Path(tmp) / f"{variant}-{seed}".replace(" ", "_"))
+    for seed in args.seeds:
+        for variant in VARIANTS:
+            logs[(variant, seed)] = run(variant, seed, args.steps, args.out / f"{variant}-{seed}".replace(" ", "_"))
     steps = [s for s in range(args.skip + 1, args.steps + 1)]
     print(f"# demo training ({args.steps} steps, means over steps {args.skip + 1}-{args.steps}), seeds {args.seeds}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {time.perf_counter() - started:.0f} s in all")
