@@ -8,10 +8,10 @@ def test_pack_restarts_positions_per_document_and_continues_long_ones():
     docs = [[1] * 5, [2] * 9, [3] * 3]
     rows = pack(docs, 6, pad_id=0)
     assert rows.input_ids.tolist() == [[1, 1, 1, 1, 1, 2], [2, 2, 2, 2, 2, 2], [2, 2, 3, 3, 3, 0]]
-    assert rows.position_ids.tolist() == [[0, 1, 2, 3, 4, 0], [0, 1, 2, 3, 4, 5], [0, 1, 0, 1, 2, 0]]
+    assert rows.position_ids.tolist() == [[0, 1, 2, 3, 4, 0], [0, 1, 2, 3, 4, 5], [0, 1, 0, 1, 2, -1]]  # padding: no document
     # the first token of every piece is not predicted from what precedes it; padding is not a target
     assert rows.labels.tolist() == [[-100, 1, 1, 1, 1, -100], [-100, 2, 2, 2, 2, 2], [-100, 2, -100, 3, 3, -100]]
-    assert rows.document_lengths() == [5, 1, 6, 2, 3, 1]
+    assert rows.document_lengths().tolist() == [5, 1, 6, 2, 3]
 
 
 def test_pack_keeps_every_token_in_order():

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 import inplace_ttt
 from inplace_ttt.cli import main
-from inplace_ttt.train.trainer import COMPLETE, TTT_WEIGHTS, last_complete_checkpoint
+from inplace_ttt.train.run_dir import COMPLETE, last_complete_checkpoint
+from inplace_ttt.train.trainer import TTT_WEIGHTS
 from tests.tiny_hf import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +52,7 @@ def run_cli(*args, env=None):
 def train_dying_in_checkpoint(config, step: int):
     """`ittt train` in a process that dies while writing checkpoint-`step`: after its files, before its COMPLETE mark."""
     crash = (
-        "import os, inplace_ttt.train.trainer as t; real = t.write_atomic\n"
+        "import os, inplace_ttt.train.run_dir as t; real = t.write_atomic\n"
         "def write(path, text):\n"
         f"    if 'checkpoint-{step}' in str(path): os._exit(9)\n"
         "    real(path, text)\n"
@@ -173,7 +174,7 @@ def test_doctor_stops_a_broken_run(workspace, capsys):
         ({"data": {"train": ["/nonexistent/docs"]}}, "data: no such file or folder: /nonexistent/docs"),
         ({"data": {"row_length": 12}}, r"data.row_length=12 is shorter than two TTT chunks \(chunk_size 8\)"),
         ({"train": {"mode": "fast"}}, r"train.mode must be one of"),
-        ({"model": "/nonexistent/model"}, "cannot load '/nonexistent/model'"),
+        ({"model": "/nonexistent/model"}, "model: no such folder: /nonexistent/model"),
     ],
 )
 def test_bad_runs_get_one_clear_message(workspace, capsys, change, message):

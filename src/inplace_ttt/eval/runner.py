@@ -8,6 +8,7 @@ transformers directory or an In-Place TTT one; for the latter `clip_tau` applies
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import from_pretrained, set_clip_tau
-from ..adapters.hf import CONFIG_KEY, is_ttt_checkpoint, quiet_transformers
+from ..adapters import set_clip_tau
+from ..adapters.hf import CONFIG_KEY, is_ttt_checkpoint, load_causal_lm, looks_local, quiet_transformers
 from ..assets import corpus_files
 from ..documents import read_documents
 from ..files import write_atomic
@@ -57,6 +58,12 @@ class EvalSettings:
             self.data = corpus_files("heldout")
         if any(n < 16 for n in self.lengths):
             raise ValueError(f"lengths must be >= 16 tokens; got {self.lengths}")
+        for name in ("samples", "piece", "block"):  # each is a count: 0 or less gave empty or NaN reports
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}")
+        missing = [m for m in self.models if not Path(m).expanduser().exists() and looks_local(m)]
+        if missing:
+            raise ValueError(f"--model: no such model folder: {', '.join(missing)}")
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -72,14 +79,12 @@ def parse_lengths(text: str) -> list[int]:
 
 
 def load_model(path: str, dtype: torch.dtype, clip_tau: float | None):
-    from transformers import AutoModelForCausalLM
-
-    if is_ttt_checkpoint(path):
-        model = from_pretrained(path, dtype=dtype)
-        if clip_tau is not None:
-            set_clip_tau(model, clip_tau)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        model = load_causal_lm(path, dtype=dtype)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"--model {e}") from None
+    if clip_tau is not None and is_ttt_checkpoint(path):
+        set_clip_tau(model, clip_tau)
     return model.eval()
 
 
@@ -87,8 +92,13 @@ def load_tokenizer(paths: list[str]):
     """The models' shared tokenizer; different tokenizers would mean different inputs."""
     from transformers import AutoTokenizer
 
-    with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
-        tokenizers = [AutoTokenizer.from_pretrained(p) for p in paths]
+    tokenizers = []
+    for p in paths:
+        try:
+            with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
+                tokenizers.append(AutoTokenizer.from_pretrained(p))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--model {p}: no tokenizer loads from it ({str(e).strip().splitlines()[0]})") from None
     first = tokenizers[0].get_vocab()
     for p, tok in zip(paths[1:], tokenizers[1:]):
         if tok.get_vocab() != first:
@@ -153,5 +163,16 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
             entry["seconds"] = time.perf_counter() - started
             results["models"][name] = entry
             del model
-    write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+    write_atomic(out / "results.json", json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
     return write_report(results, out, preamble)
+
+
+def _finite(value):
+    """`value` with every NaN or infinity as None: JSON has no NaN (a bare NaN makes results.json unreadable)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
