@@ -407,9 +407,8 @@ def _logits(model: nn.Module, batch: dict) -> Tensor:
 
 
 def _loss(model: nn.Module, batch: dict) -> Tensor:
-    labels = batch["input_ids"].clone()
-    if batch.get("attention_mask") is not None:
-        labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    """The next-token loss of the batch's tokens; padding (`attention_mask` 0 or position -1) is no target."""
+    labels = batch["input_ids"].masked_fill(_positions(batch) < 0, -100)
     return model(**batch, labels=labels, use_cache=False).loss
 
 

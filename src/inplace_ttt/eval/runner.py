@@ -115,7 +115,6 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
     """Run everything, write results.json, report.md (`preamble`: markdown lines after its
     title) and the plots; returns the report path."""
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, settings.dtype)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(settings.models)
@@ -163,6 +162,7 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
             entry["seconds"] = time.perf_counter() - started
             results["models"][name] = entry
             del model
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails leaves no folder
     write_atomic(out / "results.json", json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
     return write_report(results, out, preamble)
 
