@@ -172,3 +172,19 @@ def test_doctor_reads_any_document_format_and_says_when_it_uses_fewer_rows(saved
     captured = capsys.readouterr()
     assert "all checks passed" in captured.out
     assert re.search(r"doctor: --data .*docs.parquet holds \d+ tokens \(Moshi: steps\), enough for \d+ of the 1000 rows of --rows", captured.err)
+
+
+def test_eval_refuses_lengths_past_learned_positions_and_warns_for_rope(saved, tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.tiny_hf import tiny_tokenizer
+
+    gpt2 = tmp_path / "gpt2"  # learned absolute positions: 64 of them
+    GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(gpt2)
+    tiny_tokenizer([f"w{i}" for i in range(80)]).save_pretrained(gpt2)
+    args = ["--tasks", "loss", "--lengths", "128", "--data", str(saved / "text.txt"), "--out", str(tmp_path / "out")]
+    assert main(["eval", "--model", str(gpt2), *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"ittt eval: error: --lengths: 128 tokens is past {gpt2}'s 64 learned positions: give lengths up to 64"
+    assert not (tmp_path / "out").exists()
+    with pytest.warns(UserWarning, match=r"--lengths up to 512 is past .*'s max_position_embeddings 256: a RoPE model extrapolates there"):
+        assert main(["eval", "--model", str(saved / "base"), *args[:3], "512", *args[4:]]) == 0

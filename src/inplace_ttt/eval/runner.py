@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,23 @@ def load_tokenizer(paths: list[str]):
     return tokenizers[0]
 
 
+def check_positions(paths: list[str], longest: int) -> None:
+    """Refuse lengths past a model's position table (learned positions: an index error deep in the
+    forward); for a RoPE model, which extrapolates, only warn. Read from each local config.json."""
+    for path in paths:
+        config_file = Path(path) / "config.json"
+        if not config_file.is_file():
+            continue  # a hub id: its config is transformers' to fetch
+        data = json.loads(config_file.read_text())
+        limit = data.get("max_position_embeddings", data.get("n_positions"))
+        if limit is None or longest <= limit:
+            continue
+        if any(key in data for key in ("rope_theta", "rope_parameters", "rope_scaling")):
+            warnings.warn(f"--lengths up to {longest} is past {path}'s max_position_embeddings {limit}: a RoPE model extrapolates there")
+        else:
+            raise ValueError(f"--lengths: {longest} tokens is past {path}'s {limit} learned positions: give lengths up to {limit}")
+
+
 def model_names(paths: list[str]) -> list[str]:
     names = [Path(p).name or str(p) for p in paths]
     return [n if names.count(n) == 1 else f"{n} ({i + 1})" for i, n in enumerate(names)]
@@ -118,6 +136,7 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
     dtype = getattr(torch, settings.dtype)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(settings.models)
+    check_positions(settings.models, max(settings.lengths))
     docs = []
     haystack = None
     if settings.data:
