@@ -65,7 +65,7 @@ def test_short_documents_that_leave_ttt_inert_are_refused(workspace, capsys):
 
     from inplace_ttt.cli import main
 
-    short = write_docs(workspace["root"] / "short", 40, words_per_doc=(10, 14))
+    short = write_docs(workspace["root"] / "short", 30, words_per_doc=(10, 14))  # ~390 tokens: the row ends in padding
     edit(workspace["config"], data={"train": [str(short)], "eval": [], "row_length": 512})
     assert main(["train", str(workspace["config"])]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]

@@ -231,7 +231,8 @@ def not_created_yet(out: Path) -> Iterator[None]:
     """Undo the creation of `out` (and of its missing parents) by the code inside, as long as they
     are empty: transformers' `Trainer` creates its output_dir when built, but the run creates its
     folder only once everything is checked (`start_run_dir`)."""
-    missing = [p for p in (out, *out.absolute().parents) if not p.exists()]
+    # only the main process: another one must not remove a folder the main process just created
+    missing = [p for p in (out, *out.absolute().parents) if not p.exists()] if is_main_process() else []
     try:
         yield
     finally:
