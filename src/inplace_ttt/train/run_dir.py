@@ -122,7 +122,7 @@ def resume_point(config, resume: bool, allow_changes: bool = False, new_lock: bo
     if (out / FINAL).is_dir():
         raise RunFinished(
             f"{out} is a finished run ({out / FINAL} is written): nothing to resume. To train it further, start a new run "
-            f"with model: {out / FINAL}"
+            "from its final model"
         )
     checkpoint = last_complete_checkpoint(out)
     changes = config_changes(config, out / CONFIG)
