@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+from .config import TARGET_INITS
+
 
 def _demo(args: argparse.Namespace) -> int:
     """The whole pipeline on the embedded model and corpus (see `inplace_ttt.demo`); flags left
@@ -18,8 +20,12 @@ def _demo(args: argparse.Namespace) -> int:
     given = lambda name: getattr(args, name) is not None  # noqa: E731
     if given("layers") and re.fullmatch(r"[\d,\s]+", args.layers):
         args.layers = [int(i) for i in args.layers.split(",") if i.strip()]
-    ttt = defaults.ttt.replace(**{k: getattr(args, k) for k in ("layers", "chunk_size", "ttt_lr") if given(k)})
-    kwargs = {k: getattr(args, k) for k in ("out", "steps", "row_length", "batch_size", "learning_rate", "ttt_learning_rate", "samples", "seed") if given(k)}
+    ttt = defaults.ttt.replace(**{k: getattr(args, k) for k in ("layers", "chunk_size", "ttt_lr", "target_init") if given(k)})
+    kwargs = {
+        k: getattr(args, k)
+        for k in ("out", "steps", "row_length", "batch_size", "learning_rate", "ttt_learning_rate", "samples", "passages", "seed")
+        if given(k)
+    }
     if given("lengths"):
         kwargs["eval_lengths"] = parse_lengths(args.lengths)
     run_demo(DemoSettings(ttt=ttt, **kwargs))
@@ -124,6 +130,7 @@ def _eval(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         models=args.model, names=args.names.split(",") if args.names else None, tasks=tasks, lengths=parse_lengths(args.lengths), samples=args.samples, data=args.data or [],
         clip_tau=args.clip_tau, seed=args.seed, piece=args.piece, block=args.block, dtype=args.dtype, out=args.out,
+        batch=args.batch, passages=args.passages, recall_pairs=args.recall_pairs,
     )
     report = evaluate(settings)
     print(f"report: {report}")
@@ -272,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser(
         "demo",
         help="the whole pipeline on the embedded model and corpus: convert, train with and without TTT, evaluate, report",
-        epilog="A flag left out keeps its default from inplace_ttt.demo.DemoSettings (150 steps of 2 x 1024 tokens, TTT on layers 1 and 3).",
+        epilog="A flag left out keeps its default from inplace_ttt.demo.DemoSettings (150 steps of 2 x 1024 tokens, TTT on layer 3, chunk 64, target the token embeddings).",
     )
     demo.add_argument("--out", help="run directory (default: runs/demo-<date>-<time>)")
     demo.add_argument("--steps", type=int, help="training steps of each model")
@@ -283,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--layers", help="TTT layers: indices like 1,3 or a rule like 'every 2 from 1'")
     demo.add_argument("--chunk-size", type=int, help="TTT chunk size")
     demo.add_argument("--ttt-lr", type=float, help="the fast-weight learning rate")
-    demo.add_argument("--lengths", help="RULER-style prompt lengths")
-    demo.add_argument("--samples", type=int, help="samples per task and length")
+    demo.add_argument("--target-init", choices=TARGET_INITS, help="how W_target starts")
+    demo.add_argument("--lengths", help="evaluation lengths; the longest sets the held-out passages (that many tokens + 1)")
+    demo.add_argument("--passages", type=int, help="held-out passages the losses are measured on")
+    demo.add_argument("--samples", type=int, help="associative-recall samples per length")
     demo.add_argument("--seed", type=int)
     demo.set_defaults(func=_demo)
     doc = sub.add_parser("doctor", help="check the In-Place TTT invariants on a model and data")
@@ -299,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.set_defaults(func=_doctor)
     ev = sub.add_parser("eval", help="long-context evaluation: RULER-style tasks, loss by position, report with plots")
     ev.add_argument("--model", action="append", required=True, help="a model directory (plain or In-Place TTT); repeat to compare")
-    ev.add_argument("--tasks", default="all", help="comma-separated: loss, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all")
+    ev.add_argument("--tasks", default="all", help="comma-separated: loss, recall, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all")
     ev.add_argument("--lengths", default="1k,2k,4k", help="prompt lengths in tokens, e.g. 1k,2k,4k,8k")
     ev.add_argument("--samples", type=int, default=10, help="samples per task and length")
     ev.add_argument("--names", help="comma-separated names for the models in the report (default: their directory names)")
@@ -309,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--piece", type=int, default=2048, help="tokens per forward when reading long inputs")
     ev.add_argument("--block", type=int, default=256, help="final block of the sliding-window perplexity")
+    ev.add_argument("--batch", type=int, default=8, help="rows per forward (samples of one task and length run together)")
+    ev.add_argument("--passages", type=int, help="cut the held-out documents into up to this many passages of the longest length + 1 tokens")
+    ev.add_argument("--recall-pairs", type=int, default=16, help="key-value pairs per associative-recall sample")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ev.set_defaults(func=_eval)
     ex = sub.add_parser("export", help="write a saved In-Place TTT model in another format: the authors' release (their config keys and weight names)")

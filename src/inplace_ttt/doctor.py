@@ -56,6 +56,7 @@ def doctor(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     training: bool | None = None,
+    fresh: bool | None = None,
 ) -> Report:
     """Run the checks on `model` (a converted transformers causal LM, or a converted moshi
     `LMModel`) with `batch` (transformers: ``input_ids`` and optionally ``attention_mask`` /
@@ -65,6 +66,9 @@ def doctor(
     optimizer: the optimizer that will train `model`, to find TTT parameters it misses.
     training: whether `batch` is training data (checks clipping and sequence length);
         defaults to ``model.training``.
+    fresh: whether `model` is a fresh conversion, which must compute what the unconverted model
+        did (without `base_model`: what it computes with TTT off); defaults to whether every
+        target is zero now. (A "fresh" model with non-zero targets is the seed's random init.)
     """
     family = probe(model)
     batch = {("codes" if batch.dim() == 3 else "input_ids"): batch} if isinstance(batch, Tensor) else dict(batch)
@@ -79,9 +83,12 @@ def doctor(
     _check_lengths(report, layers, family.positions(batch), training)
     _check_clipping(report, layers, training)
     _check_precision(report, layers)
+    if fresh is None:
+        fresh = all(isinstance(layer.ttt, TargetGenerator) and layer.ttt.starts_at_zero() for layer in layers.values())
     if base_model is not None:
         _check_activation(report, layers, base_model, family)
-        _check_warm_start(report, model, layers, base_model, batch, family)
+    if base_model is not None or fresh:
+        _check_warm_start(report, model, layers, base_model, batch, family, fresh)
     if all(isinstance(layer.ttt, TargetGenerator) for layer in layers.values()):
         _check_gradients(report, model, layers, batch, family)
         gap = family.causality_gap(model, batch)
@@ -159,25 +166,34 @@ def _check_activation(report, layers, base_model, family) -> None:
     report.add("activation matches the original MLP", not bad, "; ".join(bad) if bad else f"max |z - z_base| {worst:.1e}")
 
 
-def _check_warm_start(report, model, layers, base_model, batch, family) -> None:
+def _check_warm_start(report, model, layers, base_model, batch, family, fresh: bool) -> None:
+    """With TTT on and off against the base model's logits; without a base model (a fresh
+    conversion with TTT off is the base model, by construction), TTT on against TTT off."""
     saved = {i: layer.ttt_lr for i, layer in layers.items()}
     try:
-        base_logits = family.logits(base_model, batch)
-        on = (family.logits(model, batch) - base_logits).abs().max().item()
+        on_logits = family.logits(model, batch)
         for layer in layers.values():
             layer.ttt_lr = 0.0
-        off = (family.logits(model, batch) - base_logits).abs().max().item()
+        off_logits = family.logits(model, batch)
     finally:
         for i, layer in layers.items():
             layer.ttt_lr = saved[i]
     tol = _tolerance(next(iter(layers.values())).down.weight.dtype)
-    fresh = all(layer.ttt.starts_at_zero() for layer in layers.values())
+    if base_model is None:
+        on = (on_logits - off_logits).abs().max().item()
+        detail = f"max |logit with TTT - logit with TTT off| {on:.1e} (tolerance {tol:.0e})"
+        if on > tol:
+            detail += ": a freshly converted model must compute what the base model did (are the targets initialised at random?)"
+        report.add("warm start", on <= tol, detail)
+        return
+    base_logits = family.logits(base_model, batch)
+    on, off = ((x - base_logits).abs().max().item() for x in (on_logits, off_logits))
     ok = off <= tol and (on <= tol or not fresh)
     detail = f"max |logit - base| {on:.1e} with TTT, {off:.1e} with TTT off (tolerance {tol:.0e})"
     if off > tol:
         detail += ": the pretrained weights or activation differ from the base model"
     elif fresh and on > tol:
-        detail += ": a freshly converted model must compute what the base model did"
+        detail += ": a freshly converted model must compute what the base model did (are the targets initialised at random?)"
     report.add("warm start", ok, detail)
 
 

@@ -77,6 +77,19 @@ def ttt_layers(model: nn.Module) -> Iterator[tuple[int, InPlaceTTTMLP]]:
             yield idx, layer.mlp
 
 
+def owns(model: nn.Module) -> bool:
+    """A transformers model (anything that is not another family's: the adapter of last resort)."""
+    return True
+
+
+def settings(model: nn.Module) -> dict:
+    """The TTT settings in ``model.config.inplace_ttt`` (saved in config.json)."""
+    found = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
+    return found
+
+
 def is_converted(model: nn.Module) -> bool:
     return any(isinstance(m, InPlaceTTTMLP) for m in model.modules()) or hasattr(getattr(model, "config", None), CONFIG_KEY)
 
@@ -121,26 +134,6 @@ def set_context_parallel(model: nn.Module, group) -> None:
     for _, layer in ttt_layers(model):
         layer.cp_group = group
     model._ttt_context.cp_group = group
-
-
-def set_clip_tau(model: nn.Module, clip_tau: float | None) -> float | None:
-    """Set inference clipping on every TTT layer (and in the config); returns the previous value."""
-    TTTConfig(clip_tau=clip_tau)  # validates
-    previous = model.config.inplace_ttt["clip_tau"]
-    for _, layer in ttt_layers(model):
-        layer.clip_tau = clip_tau
-    model.config.inplace_ttt["clip_tau"] = clip_tau
-    return previous
-
-
-@contextlib.contextmanager
-def clip_tau(model: nn.Module, value: float | None):
-    """``with clip_tau(model, 1e-5): model.generate(...)``: clipping for a block, restored after."""
-    previous = set_clip_tau(model, value)
-    try:
-        yield model
-    finally:
-        set_clip_tau(model, previous)
 
 
 # hooks ---------------------------------------------------------------------------------------
@@ -427,3 +420,14 @@ PROBE = ModelProbe(
     positions=_positions, logits=_logits, loss=_loss, causality_gap=_causality_gap,
     original_mlp=lambda base, idx: decoder_layers(base)[1][idx].mlp,
 )
+
+
+def save(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """`model.save_pretrained(directory)` (safetensors; config.json says model_type "inplace_ttt")."""
+    model.save_pretrained(directory)
+    return Path(directory)
+
+
+def load(directory: str | os.PathLike, **options) -> nn.Module:
+    """`from_pretrained(directory, **options)`."""
+    return from_pretrained(directory, **options)

@@ -116,6 +116,8 @@ class MoshiTTTGating(InPlaceTTTMLP, StreamingModule):
         state = self._streaming_state
         if state is None:
             return super().forward(x, target_source=source)
+        if self.cp_group is not None:
+            raise ValueError("streaming runs on one rank: clear the context-parallel group first (inplace_ttt.set_context_parallel(lm, None))")
         z = self.spec.hidden(self, x)
         src = self._source(x, source)
         fast = [self.fixed_step(z[:, t], src[:, t], state.steps, state.exec_mask) for t in range(x.shape[1])]
@@ -145,6 +147,38 @@ def training_loss(lm: nn.Module, codes: Tensor, first_codebook_weight: float = 1
     text = weighted_cross_entropy(out.text_logits, text_target, text_w)
     audio = weighted_cross_entropy(out.logits, audio_target, audio_w)
     return {"loss": text + audio, "text_loss": text.detach(), "audio_loss": audio.detach()}
+
+
+def owns(model: nn.Module) -> bool:
+    return isinstance(model, LMModel)
+
+
+def settings(lm: nn.Module) -> dict:
+    """The TTT settings kept on the converted `LMModel` (saved in ttt.safetensors' metadata)."""
+    found = getattr(lm, SETTINGS_KEY, None)
+    if found is None:
+        raise ValueError("this LMModel has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
+    return found
+
+
+def set_context_parallel(lm: nn.Module, group) -> None:
+    """Split conversations along time across the ranks of `group` (None: off): each rank passes a
+    contiguous slice of the steps of every row, and the TTT layers exchange their carries over
+    `group` (the rows' positions continue from the ranks before). Attention needs its own context
+    parallelism with the same split. Streaming (`LMGen`) runs on one rank: clear the group first."""
+    settings(lm)  # converted?
+    for _, layer in ttt_layers(lm):
+        layer.cp_group = group
+
+
+def save(lm: nn.Module, directory: str | Path) -> Path:
+    return save_ttt(lm, directory)
+
+
+def load(directory: str | Path, lm_kwargs: dict[str, Any] | None = None, **options) -> nn.Module:
+    """`load_moshi` on what `save` wrote into `directory`."""
+    directory = Path(directory)
+    return load_moshi(directory / "model.safetensors", lm_kwargs, ttt_file=directory / TTT_WEIGHTS, **options)
 
 
 def ttt_layers(lm: nn.Module) -> Iterator[tuple[int, MoshiTTTGating]]:
@@ -236,14 +270,12 @@ def save_ttt(lm: nn.Module, directory: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    settings = getattr(lm, SETTINGS_KEY, None)
-    if settings is None:
-        raise ValueError("this LMModel has no In-Place TTT layers: convert it first")
+    saved = settings(lm)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in lm.state_dict().items()}
     ttt = {k: state.pop(k) for k in list(state) if is_ttt_param(k)}
-    save_file(ttt, str(directory / (TTT_WEIGHTS + ".tmp")), metadata={SETTINGS_KEY: json.dumps(settings)})
+    save_file(ttt, str(directory / (TTT_WEIGHTS + ".tmp")), metadata={SETTINGS_KEY: json.dumps(saved)})
     save_file(state, str(directory / "model.safetensors.tmp"))
     (directory / "model.safetensors.tmp").replace(directory / "model.safetensors")
     (directory / (TTT_WEIGHTS + ".tmp")).replace(directory / TTT_WEIGHTS)

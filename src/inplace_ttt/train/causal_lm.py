@@ -86,9 +86,11 @@ def prepare(config: RunConfig) -> RunParts:
         trained.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
+    fresh = not is_ttt_checkpoint(config.model)  # converted here: it must start as the base model
+
     def first_batch_doctor(module: nn.Module, batch: dict, optimizer):
         inputs = {k: batch[k] for k in ("input_ids", "position_ids")}
-        return doctor(unwrap(module), inputs, optimizer=optimizer, training=True)
+        return doctor(unwrap(module), inputs, optimizer=optimizer, training=True, fresh=fresh)
 
     return RunParts(
         module=model, layers=layers, train_dataset=train_rows, eval_dataset=eval_rows, collate=collate,
