@@ -48,27 +48,39 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _rows(length: int, steps: int, wanted: int) -> int:
+def _rows(length: int, steps: int, wanted: int, data: str) -> int:
+    """Rows of `length` from `steps` of data: `wanted`, or as many as the data holds (said so)."""
     if length < 1 or wanted < 1:
         raise ValueError(f"--length and --rows must be >= 1; got {length} and {wanted}")
-    return max(1, min(wanted, steps // length))
+    rows = min(wanted, steps // length)
+    if rows < 1:
+        raise ValueError(f"--data {data} holds {steps} tokens (Moshi: steps), fewer than one row of --length {length}: give more data or a smaller --length")
+    if rows < wanted:
+        print(f"doctor: --data {data} holds {steps} tokens (Moshi: steps), enough for {rows} of the {wanted} rows of --rows", file=sys.stderr)
+    return rows
 
 
 def _text_doctor_inputs(args: argparse.Namespace):
     """A transformers checkpoint, rows of tokenized text from `--data`, the `--base` model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from . import from_pretrained, ttt_layers
+    from . import ttt_layers
+    from .adapters.hf import is_ttt_checkpoint, load_causal_lm, quiet_transformers
     from .documents import read_documents
 
-    model = from_pretrained(args.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    if not Path(args.model_dir).is_dir():
+        raise ValueError(f"{args.model_dir}: no such model folder")
+    if not is_ttt_checkpoint(args.model_dir):
+        raise ValueError(f"{args.model_dir} is not an In-Place TTT checkpoint (a converted model's save_pretrained folder, or a Moshi final/)")
+    model = load_causal_lm(args.model_dir)
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     length = 3 * max(layer.chunk_size for _, layer in ttt_layers(model)) if args.length is None else args.length
-    text = "\n\n".join(read_documents([args.data]))
+    text = "\n\n".join(read_documents([args.data], args.text_field))
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
-    rows = _rows(length, len(ids), args.rows)
+    rows = _rows(length, len(ids), args.rows, args.data)
     ids = ids[: rows * length].view(rows, -1)
-    base = AutoModelForCausalLM.from_pretrained(args.base) if args.base else None
+    base = load_causal_lm(args.base) if args.base else None
     return model, ids, base, f"{rows} x {ids.shape[1]} tokens"
 
 
@@ -87,7 +99,7 @@ def _moshi_doctor_inputs(args: argparse.Namespace):
     lm = load_lm(files, None)
     length = 3 * max(layer.chunk_size for _, layer in ttt_layers(lm)) if args.length is None else args.length
     codes = read_conversation(Path(args.data), lm.num_codebooks, lm.text_card, lm.card)
-    rows = _rows(length, codes.shape[1], args.rows)
+    rows = _rows(length, codes.shape[1], args.rows, args.data)
     codes = F.pad(codes, (0, max(0, rows * length - codes.shape[1])), value=-1)[:, : rows * length]
     batch = codes.unflatten(1, (rows, length)).transpose(0, 1)
     base = load_base(args.base, read_lm_kwargs(args.lm_kwargs)) if args.base else None
@@ -97,7 +109,7 @@ def _moshi_doctor_inputs(args: argparse.Namespace):
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .train.run import load_run_config, train
 
-    final = train(load_run_config(args.config, overrides), resume=args.resume)
+    final = train(load_run_config(args.config, overrides), resume=args.resume, allow_changes=args.allow_changes)
     print(f"final model: {final}")
     return 0
 
@@ -106,7 +118,7 @@ def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
     from .train.config import load_config
     from .train.pretrain import PretrainConfig, pretrain
 
-    final = pretrain(load_config(args.config, overrides, schema=PretrainConfig), resume=args.resume)
+    final = pretrain(load_config(args.config, overrides, schema=PretrainConfig), resume=args.resume, allow_changes=args.allow_changes)
     print(f"final model: {final}")
     return 0
 
@@ -254,6 +266,10 @@ def _add_run_command(sub, name: str, func, help: str, example: str) -> None:
     cmd = sub.add_parser(name, help=help, description=f"Options after CONFIG override the file: --section.key value, e.g. {example}")
     cmd.add_argument("config", help="the run's YAML file")
     cmd.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    cmd.add_argument(
+        "--allow-changes", action="store_true",
+        help="with --resume: go on with settings that differ from the run's config.yaml (kept as config-until-step-<N>.yaml)",
+    )
     cmd.set_defaults(func=func)
 
 
@@ -287,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.add_argument("--lm-kwargs", help="Moshi: a JSON file of LMModel keyword arguments (default: Moshi 7B's)")
     doc.add_argument("--length", type=int, help="tokens (Moshi: steps) per row (default 3 chunks)")
     doc.add_argument("--rows", type=int, default=2)
+    doc.add_argument("--text-field", default="text", help="the field of a .jsonl / .parquet row that holds its text")
     doc.add_argument("--inference", action="store_true", help="the model is for inference: allow clipping and short data")
     doc.set_defaults(func=_doctor)
     ev = sub.add_parser("eval", help="long-context evaluation: RULER-style tasks, loss by position, report with plots")
@@ -321,8 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     takes_overrides = args.command in ("train", "pretrain")
     if not takes_overrides and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from .train.run_dir import RunFinished
+
     try:
+        if getattr(args, "allow_changes", False) and not args.resume:
+            raise ValueError("--allow-changes goes with --resume")
         return args.func(args, rest) if takes_overrides else args.func(args)
+    except RunFinished as e:  # resuming a finished run: nothing to do, and that is no error
+        print(f"ittt {args.command}: {e}")
+        return 0
     except (ValueError, FileNotFoundError) as e:
         print(f"ittt {args.command}: error: {e}", file=sys.stderr)
         return 2

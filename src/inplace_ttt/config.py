@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 TARGETS = ("hidden_states", "token_embeddings")
 TARGET_INITS = ("identity", "diagonal")
+TTT_LR_MAX = 1000.0  # the fast-weight learning rate's bound: the paper's 3 times 300
 CONFIG_KEY = "inplace_ttt"  # where a converted transformers model's config keeps these settings
 
 _RULE = re.compile(r"^\s*every\s+(\d+)(?:st|nd|rd|th)?(?:\s+layers?)?(?:\s+from\s+(\d+))?\s*$")
@@ -26,7 +27,7 @@ class TTTConfig:
     layers: explicit layer indices (``[0, 6, 12]``), or a rule: ``"all"``,
         ``"every 6"`` / ``"every 6th layer from 0"`` (the released recipe), ``"every 4 from 2"``.
     chunk_size: tokens per chunk ``C``; a chunk's update reaches the chunks after it.
-    ttt_lr: the fast-weight learning rate ``eta`` (released default 3.0).
+    ttt_lr: the fast-weight learning rate ``eta`` (released default 3.0), at most `TTT_LR_MAX`.
     target: where the target ``V = Conv1D(X) W_target`` reads ``X`` from: the MLP input
         (``"hidden_states"``, what the released code recommends for continual training) or the
         model's token embeddings (``"token_embeddings"``, the paper's text).
@@ -72,8 +73,11 @@ class TTTConfig:
             self.layers = tuple(sorted(int(i) for i in layers))
         if not _is_int(self.chunk_size) or self.chunk_size < 1:
             raise ValueError(f"TTTConfig.chunk_size must be an integer >= 1; got {self.chunk_size!r}")
-        if not _is_positive(self.ttt_lr):
-            raise ValueError(f"TTTConfig.ttt_lr must be a finite number > 0; got {self.ttt_lr!r}")
+        if not _is_positive(self.ttt_lr) or self.ttt_lr > TTT_LR_MAX:
+            raise ValueError(
+                f"TTTConfig.ttt_lr must be a number in (0, {TTT_LR_MAX:g}] (the paper's is 3; far larger ones overflow "
+                f"the fast weights to inf and NaN); got {self.ttt_lr!r}"
+            )
         self.ttt_lr = float(self.ttt_lr)
         if self.target not in TARGETS:
             raise ValueError(f"TTTConfig.target must be one of {TARGETS}; got {self.target!r}")

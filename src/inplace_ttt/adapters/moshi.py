@@ -33,12 +33,14 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..cache import FixedStepState
 from ..config import TTTConfig
+from ..files import check_safetensors
 from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param
 from ..ops import state_dtype
 from . import MOSHI_TTT_WEIGHTS as TTT_WEIGHTS
 from .moshi_rope import YarnRotaryEmbedding, check_rope_scaling, yarn_parameters
 from .probe import ModelProbe
 
+SAFETENSORS = (".safetensors", ".sft", ".sfts")  # the suffixes moshi's loaders read as safetensors (any other they unpickle)
 SETTINGS_KEY = "inplace_ttt"  # metadata key of the TTT weights file
 
 
@@ -284,9 +286,30 @@ def load_base(model_file: str | Path, lm_kwargs: dict[str, Any] | None = None, *
     """An unconverted `LMModel` from moshi's own loader (safetensors only: moshi would unpickle anything else)."""
     from moshi.models.loaders import get_moshi_lm
 
-    if Path(model_file).suffix != ".safetensors":
-        raise ValueError(f"{model_file} is not a .safetensors file; only safetensors weights are read")
+    require_safetensors(model_file)
     return get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+
+
+def require_safetensors(path: str | Path) -> None:
+    """Refuse weights that are not a whole safetensors file: moshi's loaders `torch.load` (unpickle)
+    any other suffix, and a file cut short would fail deep inside them."""
+    if Path(path).suffix not in SAFETENSORS:
+        raise ValueError(f"{path} is not a safetensors file ({', '.join(SAFETENSORS)}); only safetensors weights are read (other formats are pickles, never loaded)")
+    check_safetensors(path)
+
+
+def saved_settings(ttt_file: str | Path) -> tuple[TTTConfig, dict | None]:
+    """The `TTTConfig` and YaRN settings a ``ttt.safetensors`` of `save_ttt` carries."""
+    from safetensors import safe_open
+
+    require_safetensors(ttt_file)
+    with safe_open(str(ttt_file), framework="pt") as f:
+        raw = (f.metadata() or {}).get(SETTINGS_KEY)
+    if raw is None:
+        raise ValueError(f"{ttt_file} holds no In-Place TTT settings (metadata key '{SETTINGS_KEY}'): not written by save_ttt")
+    settings = json.loads(raw)
+    rope_scaling = settings.pop("rope_scaling", None)  # not a TTTConfig field
+    return TTTConfig.from_dict(settings), rope_scaling
 
 
 def load_moshi(
@@ -309,19 +332,14 @@ def load_moshi(
     `rope_scaling` the saved YaRN settings.
     """
     from moshi.models.loaders import get_moshi_lm
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
+    require_safetensors(model_file)
     ttt_weights: dict[str, Tensor] = {}
     if ttt_file is not None:
-        with safe_open(str(ttt_file), framework="pt") as f:
-            raw = (f.metadata() or {}).get(SETTINGS_KEY)
-            if raw is None:
-                raise ValueError(f"{ttt_file} holds no In-Place TTT settings (metadata key '{SETTINGS_KEY}'): not written by save_ttt")
-            ttt_weights = {k: f.get_tensor(k) for k in f.keys()}
-        saved = json.loads(raw)
-        saved_rope_scaling = saved.pop("rope_scaling", None)  # not a TTTConfig field
+        config, saved_rope_scaling = saved_settings(ttt_file)
         rope_scaling = saved_rope_scaling if rope_scaling is None else rope_scaling
-        config = TTTConfig.from_dict(saved)
+        ttt_weights = load_file(str(ttt_file))
     if config is None:
         raise ValueError("load_moshi: give config=TTTConfig(...) to convert a pretrained model, or ttt_file= to load a converted one")
     if clip_tau is not ...:

@@ -10,15 +10,17 @@ accuracies over samples (`intervals`).
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import from_pretrained, set_clip_tau
-from ..adapters.hf import CONFIG_KEY, is_ttt_checkpoint, quiet_transformers
+from ..adapters import set_clip_tau
+from ..adapters.hf import CONFIG_KEY, is_ttt_checkpoint, load_causal_lm, looks_local, quiet_transformers
 from ..assets import corpus_files
 from ..documents import read_documents
 from ..files import write_atomic
@@ -66,6 +68,12 @@ class EvalSettings:
             self.data = corpus_files("heldout")
         if any(n < 16 for n in self.lengths):
             raise ValueError(f"lengths must be >= 16 tokens; got {self.lengths}")
+        for name in ("samples", "piece", "block"):  # each is a count: 0 or less gave empty or NaN reports
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}")
+        missing = [m for m in self.models if not Path(m).expanduser().exists() and looks_local(m)]
+        if missing:
+            raise ValueError(f"--model: no such model folder: {', '.join(missing)}")
         for name in ("batch", "recall_pairs", "passages"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -87,14 +95,12 @@ def parse_lengths(text: str) -> list[int]:
 
 
 def load_model(path: str, dtype: torch.dtype, clip_tau: float | None):
-    from transformers import AutoModelForCausalLM
-
-    if is_ttt_checkpoint(path):
-        model = from_pretrained(path, dtype=dtype)
-        if clip_tau is not None:
-            set_clip_tau(model, clip_tau)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        model = load_causal_lm(path, dtype=dtype)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"--model {e}") from None
+    if clip_tau is not None and is_ttt_checkpoint(path):
+        set_clip_tau(model, clip_tau)
     return model.eval()
 
 
@@ -102,13 +108,35 @@ def load_tokenizer(paths: list[str]):
     """The models' shared tokenizer; different tokenizers would mean different inputs."""
     from transformers import AutoTokenizer
 
-    with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
-        tokenizers = [AutoTokenizer.from_pretrained(p) for p in paths]
+    tokenizers = []
+    for p in paths:
+        try:
+            with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
+                tokenizers.append(AutoTokenizer.from_pretrained(p))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--model {p}: no tokenizer loads from it ({str(e).strip().splitlines()[0]})") from None
     first = tokenizers[0].get_vocab()
     for p, tok in zip(paths[1:], tokenizers[1:]):
         if tok.get_vocab() != first:
             raise ValueError(f"{p} has a different tokenizer than {paths[0]}: models must share one to see identical inputs")
     return tokenizers[0]
+
+
+def check_positions(paths: list[str], longest: int) -> None:
+    """Refuse lengths past a model's position table (learned positions: an index error deep in the
+    forward); for a RoPE model, which extrapolates, only warn. Read from each local config.json."""
+    for path in paths:
+        config_file = Path(path) / "config.json"
+        if not config_file.is_file():
+            continue  # a hub id: its config is transformers' to fetch
+        data = json.loads(config_file.read_text())
+        limit = data.get("max_position_embeddings", data.get("n_positions"))
+        if limit is None or longest <= limit:
+            continue
+        if any(key in data for key in ("rope_theta", "rope_parameters", "rope_scaling")):
+            warnings.warn(f"--lengths up to {longest} is past {path}'s max_position_embeddings {limit}: a RoPE model extrapolates there")
+        else:
+            raise ValueError(f"--lengths: {longest} tokens is past {path}'s {limit} learned positions: give lengths up to {limit}")
 
 
 def model_names(paths: list[str]) -> list[str]:
@@ -120,10 +148,10 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
     """Run everything, write results.json, report.md (`preamble`: markdown lines after its
     title) and the plots; returns the report path."""
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, settings.dtype)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(settings.models)
+    check_positions(settings.models, max(settings.lengths))
     docs = []
     haystack = None
     if settings.data:
@@ -181,8 +209,20 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
             entry["seconds"] = time.perf_counter() - started
             results["models"][name] = entry
             del model
-    write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails leaves no folder
+    write_atomic(out / "results.json", json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
     return write_report(results, out, preamble)
+
+
+def _finite(value):
+    """`value` with every NaN or infinity as None: JSON has no NaN (a bare NaN makes results.json unreadable)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def passages(docs: list[torch.Tensor], length: int, count: int) -> list[torch.Tensor]:

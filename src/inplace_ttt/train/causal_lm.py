@@ -9,49 +9,68 @@ model itself (its forward computes the loss from ``labels``), and `final/` is a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
-from ..adapters import convert, from_pretrained, ttt_layers
-from ..adapters.hf import is_ttt_checkpoint
+from ..adapters import convert, is_converted, ttt_layers
+from ..adapters.hf import checkpoint_settings, is_ttt_checkpoint, load_causal_lm, looks_local
 from ..doctor import doctor
-from .config import RunConfig
+from .config import RunConfig, adopt_ttt
 from .data import build_dataset, collate
 from .modes import unwrap
-from .trainer import RunError, RunParts, require_two_chunks
+from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
 
 CONFIG = RunConfig
+
+
+def settle(config: RunConfig) -> RunConfig:
+    """The run's config with what its model fixes: an In-Place TTT checkpoint as `model` trains
+    with its own TTT settings, so a `ttt` key given that differs from them is refused, and the
+    run (and its config.yaml) takes the checkpoint's."""
+    if config.ttt is None or not is_ttt_checkpoint(config.model):
+        return config
+    try:
+        saved, base, _ = checkpoint_settings(config.model)
+    except (ValueError, FileNotFoundError) as e:
+        raise RunError(f"model: {e}") from None
+    return dataclasses.replace(config, ttt=adopt_ttt(config.ttt, saved, base.num_hidden_layers, f"model {config.model}"))
 
 
 def load_model(config: RunConfig, dtype: torch.dtype) -> nn.Module:
     """The model to train: a saved In-Place TTT model as it is, or a base model converted
     (left as it is with ``ttt: null``, the baseline without TTT)."""
-    if is_ttt_checkpoint(config.model):
-        if config.ttt is None:
-            raise RunError(f"ttt: null trains a model without TTT, but {config.model} is an In-Place TTT checkpoint")
-        return from_pretrained(config.model, dtype=dtype)
+    if is_ttt_checkpoint(config.model) and config.ttt is None:
+        raise RunError(f"ttt: null trains a model without TTT, but {config.model} is an In-Place TTT checkpoint")
     try:
-        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
-    except OSError as e:
-        raise RunError(f"model: cannot load {config.model!r}: {e}") from None
-    return model if config.ttt is None else convert(model, config.ttt)
+        model = load_causal_lm(config.model, dtype=dtype)
+    except (ValueError, FileNotFoundError) as e:
+        raise RunError(f"model: {e}") from None
+    return model if config.ttt is None or is_converted(model) else convert(model, config.ttt)
 
 
 def prepare(config: RunConfig) -> RunParts:
     """Tokenizer, data, model; checked against each other before anything trains."""
+    for key, path in (("model", config.model), ("tokenizer", config.tokenizer)):
+        if path is not None and not Path(path).expanduser().exists() and looks_local(path):
+            raise RunError(f"{key}: no such folder: {path}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
-    except OSError as e:
-        raise RunError(f"tokenizer: cannot load {config.tokenizer or config.model!r}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise RunError(f"tokenizer: cannot load {config.tokenizer or config.model!r}: {str(e).strip().splitlines()[0]}") from None
     train_rows = build_dataset(config.data, tokenizer, config.data.train)  # data errors first: nothing loaded yet
     eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
     model = load_model(config, torch.float32)
     layers = dict(ttt_layers(model))
     if layers:
         require_two_chunks(config.data.row_length, layers)
+        chunk = max(layer.chunk_size for layer in layers.values())
+        for key, rows in (("data.train", train_rows), ("data.eval", eval_rows)):
+            if rows is not None:
+                require_ttt_context(rows.document_lengths(), chunk, key, "document", "tokens")
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     for rows in (train_rows, eval_rows or train_rows):
         top = int(rows.input_ids.max())

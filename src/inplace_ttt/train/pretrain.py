@@ -27,7 +27,8 @@ from ..files import write_atomic
 from .config import DataConfig, TrainConfig
 from .data import build_dataset, collate
 from .telemetry import MetricsJsonl, TTTTelemetry
-from .trainer import RunError, TTTTrainer, prepare_run_dir, require_two_chunks, training_arguments, use_bf16
+from .run_dir import start_run_dir, write_final
+from .trainer import RunError, TTTTrainer, require_two_chunks, training_arguments, use_bf16
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 SUMMARY = "pretrain_summary.json"
@@ -161,11 +162,11 @@ def _tokenizer(config: PretrainConfig, out: Path):
     return tokenizer
 
 
-def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
+def pretrain(config: PretrainConfig, resume: bool = False, allow_changes: bool = False) -> Path:
     """Train the tokenizer (unless given) and the model; returns the final model's directory,
     which also holds the tokenizer and `pretrain_summary.json` (tokens seen, time, losses)."""
     out = Path(config.train.output_dir)
-    checkpoint = prepare_run_dir(config, resume)
+    checkpoint = start_run_dir(config, resume, allow_changes)
     set_seed(config.train.seed)
     tokenizer = _tokenizer(config, out)
     train_rows = build_dataset(config.data, tokenizer, config.data.train)
@@ -215,8 +216,12 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
         summary["heldout_loss"] = trainer.evaluate()["eval_loss"]
     if trainer.is_world_process_zero():
         model.config.use_cache = True  # the Trainer turned it off for training; generation wants it
-        model.save_pretrained(final)
-        tokenizer.save_pretrained(final)
-        write_atomic(final / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+        def save(folder: Path) -> None:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            write_atomic(folder / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+        write_final(out, save)
         print(json.dumps(summary, indent=2), flush=True)
     return final
