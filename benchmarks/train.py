@@ -1,12 +1,14 @@
 """Training throughput and peak memory of a tiny transformers model with and without In-Place TTT.
 
-The same random tiny Llama, the same packed rows, AdamW, forward + backward + step; the TTT copy
-has TTT on every 6th layer. Time: median tokens/s over timed steps after warm-up, both models
+The same random tiny Llama (or, with `--sliding-window N`, transformers' Mistral with that
+attention window: the SWA backbone), the same packed rows, AdamW, forward + backward + step; the
+TTT copy has TTT on every 6th layer. Time: median tokens/s over timed steps after warm-up, both models
 interleaved in one process. Memory: peak RSS of a fresh process per model, above the process
 before the model existed.
 
     python benchmarks/train.py
     python benchmarks/train.py --row-length 4096 --chunk 512 --batch 2
+    python benchmarks/train.py --sliding-window 256      # SWA + TTT against SWA alone
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
 
 import inplace_ttt
 
@@ -29,10 +31,11 @@ from op import status_bytes  # noqa: E402  (the same peak-RSS reading as the ope
 
 
 def build(args, ttt: bool):
-    config = LlamaConfig(
+    shape = dict(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 64, max_position_embeddings=args.row_length,
     )
+    config = LlamaConfig(**shape) if args.sliding_window is None else MistralConfig(**shape, sliding_window=args.sliding_window)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").train()
     if ttt:
@@ -55,7 +58,7 @@ def step(model, opt, batch):
 
 
 def peak_memory(args, ttt: bool) -> int:
-    cmd = [sys.executable, __file__, "--memory-of", "ttt" if ttt else "base"] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "memory_of"]
+    cmd = [sys.executable, __file__, "--memory-of", "ttt" if ttt else "base"] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "memory_of" and v is not None]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     return json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)["peak"]
 
@@ -70,6 +73,7 @@ def main():
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--sliding-window", type=int, help="attention window (builds a Mistral); default: full attention (Llama)")
     p.add_argument("--memory-of", choices=["base", "ttt"], help=argparse.SUPPRESS)
     args = p.parse_args()
     batch = rows(args)
@@ -96,7 +100,8 @@ def main():
     mem = {name: peak_memory(args, name == "ttt") / 2**20 for name in models}
     n_params = sum(p.numel() for p in models["base"].parameters()) / 1e6
     layers = [i for i, _ in inplace_ttt.ttt_layers(models["ttt"])]
-    print(f"# tiny Llama {args.layers} layers, hidden {args.hidden}, {n_params:.1f}M params; TTT on layers {layers}, "
+    family = "Llama" if args.sliding_window is None else f"Mistral (sliding window {args.sliding_window})"
+    print(f"# tiny {family} {args.layers} layers, hidden {args.hidden}, {n_params:.1f}M params; TTT on layers {layers}, "
           f"chunk {args.chunk}; {args.batch} x {args.row_length} tokens per step; AdamW; fp32, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.steps} steps")
     print("| model | tokens/s | x base | peak MiB | x base |")

@@ -7,7 +7,7 @@ import re
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, MistralForCausalLM
 
 from inplace_ttt.assets import SPLITS, base_model_dir, corpus_files
 from inplace_ttt.documents import read_documents
@@ -75,14 +75,15 @@ def test_tokenizer_round_trips_any_text(tokenizer):
     assert len(tokenizer) == 4096
 
 
-def test_base_model_is_a_small_long_context_llama(model):
+def test_base_model_is_a_small_sliding_window_model(model):
     config = model.config
-    assert isinstance(model, LlamaForCausalLM) and config.hidden_act == "silu"
+    assert isinstance(model, MistralForCausalLM) and config.hidden_act == "silu"
+    assert config.sliding_window == 128  # well below the demo's 1024-token rows
     assert 2e6 <= model.num_parameters() <= 8e6
     assert config.max_position_embeddings >= 4096
     assert config.vocab_size == len(AutoTokenizer.from_pretrained(base_model_dir()))
     summary = json.loads((base_model_dir() / "pretrain_summary.json").read_text())
-    assert summary["row_length"] == 2048 and summary["parameters"] == model.num_parameters()
+    assert summary["row_length"] == 1024 and summary["parameters"] == model.num_parameters()
     assert (base_model_dir() / "TRAINING.md").is_file()
 
 

@@ -50,3 +50,21 @@ def test_suffix_less_text_files_come_in_through_a_glob_or_by_name(tmp_path):
         read_documents([str(books / "*")])
     with pytest.raises(ValueError, match="holds no"):
         read_documents([str(books / "nothing*")])
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("latin1.txt", "café au lait".encode("latin-1"), r"data: .*latin1.txt is not UTF-8 text \(byte 0xe9 at offset 3\): convert it to UTF-8"),
+        ("binary.txt", bytes(range(256)), r"data: .*binary.txt is not UTF-8 text \(byte 0x80 at offset 128\)"),
+        ("nul.txt", b"text\x00more", r"data: .*nul.txt holds NUL bytes \(at offset 4\): a binary file, not text"),
+        ("bad.jsonl", b'{"text": "a"}\n\n{"text": "b"\n{"text": "c"}\n', r"data: .*bad.jsonl, line 3: not valid JSON \(Expecting ',' delimiter"),
+        ("list.jsonl", b'{"text": "a"}\n[1, 2]\n', r"data: .*list.jsonl, line 2: expected a JSON object, got list"),
+        ("empty.jsonl", b"", r"data: .*empty.jsonl is empty"),
+        ("cut.parquet", b"PAR1\x00\x00", r"data: cannot read .*cut.parquet as parquet \(.*\)"),
+    ],
+)
+def test_unreadable_files_are_named(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        read_documents([str(tmp_path / name)])

@@ -202,7 +202,7 @@ def test_stats_report_how_far_the_fast_weight_moved():
 # the target generator's start and its ablations -------------------------------------------------
 
 VARIANTS = {
-    "identity": dict(),
+    "identity": dict(target_init="identity"),
     "diagonal": dict(target_init="diagonal", target_init_std=0.3),
     "no convolution": dict(target_conv=False),
     "no projection": dict(target_projection=False),
@@ -258,7 +258,7 @@ def test_the_releases_diagonal_start():
     x = torch.randn(1, 12, 256, dtype=torch.float64)
     layer(x).pow(2).mean().backward()
     grad_diag = layer.ttt.conv_weight.grad.clone()
-    identity = InPlaceTTTMLP(mlp, TTTConfig(layers=[0], chunk_size=4))
+    identity = InPlaceTTTMLP(mlp, TTTConfig(layers=[0], chunk_size=4, target_init="identity"))
     identity(x).pow(2).mean().backward()
     # dL/dconv[f] = W_target[f, f] * (identity's dL/dconv[f]) for a diagonal W_target
     torch.testing.assert_close(grad_diag, identity.ttt.conv_weight.grad * w.diagonal()[:, None], rtol=1e-10, atol=1e-14)

@@ -1,5 +1,7 @@
 """Tiny random transformers models and tokenizers for tests (nothing is downloaded)."""
 
+from functools import partial
+
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen3Config
 
@@ -11,6 +13,7 @@ FAMILIES = {
     "qwen2": Qwen2Config,
     "qwen3": Qwen3Config,
     "mistral": MistralConfig,
+    "mistral_swa": partial(MistralConfig, sliding_window=5),  # each token attends to the last 5: tests run past the window
 }
 C = 4  # TTT chunk size in these tests
 VOCAB = 97
@@ -31,8 +34,9 @@ def ttt_config(**kw):
     return TTTConfig(**{"layers": "every 2", "chunk_size": C, "ttt_lr": 0.5, **kw})
 
 
-def converted(family="llama", trained=True, **kw):
-    model = inplace_ttt.convert(tiny(family), ttt_config(**kw))
+def converted(family="llama", trained=True, arch=None, **kw):
+    """A converted tiny model (`arch`: overrides of its shape, e.g. a sliding window); `kw`: TTT settings."""
+    model = inplace_ttt.convert(tiny(family, **(arch or {})), ttt_config(**kw))
     if trained:  # the warm start makes TTT a no-op: give it weights as after training
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():

@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+from .config import TARGET_INITS
+
 
 def _demo(args: argparse.Namespace) -> int:
     """The whole pipeline on the embedded model and corpus (see `inplace_ttt.demo`); flags left
@@ -18,8 +20,12 @@ def _demo(args: argparse.Namespace) -> int:
     given = lambda name: getattr(args, name) is not None  # noqa: E731
     if given("layers") and re.fullmatch(r"[\d,\s]+", args.layers):
         args.layers = [int(i) for i in args.layers.split(",") if i.strip()]
-    ttt = defaults.ttt.replace(**{k: getattr(args, k) for k in ("layers", "chunk_size", "ttt_lr") if given(k)})
-    kwargs = {k: getattr(args, k) for k in ("out", "steps", "row_length", "batch_size", "learning_rate", "ttt_learning_rate", "samples", "seed") if given(k)}
+    ttt = defaults.ttt.replace(**{k: getattr(args, k) for k in ("layers", "chunk_size", "ttt_lr", "target_init") if given(k)})
+    kwargs = {
+        k: getattr(args, k)
+        for k in ("out", "steps", "row_length", "batch_size", "learning_rate", "ttt_learning_rate", "samples", "passages", "seed")
+        if given(k)
+    }
     if given("lengths"):
         kwargs["eval_lengths"] = parse_lengths(args.lengths)
     run_demo(DemoSettings(ttt=ttt, **kwargs))
@@ -42,27 +48,37 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _rows(length: int, steps: int, wanted: int) -> int:
+def _rows(length: int, steps: int, wanted: int, data: str) -> int:
+    """Rows of `length` from `steps` of data: `wanted`, or as many as the data holds (said so)."""
     if length < 1 or wanted < 1:
         raise ValueError(f"--length and --rows must be >= 1; got {length} and {wanted}")
-    return max(1, min(wanted, steps // length))
+    rows = min(wanted, steps // length)
+    if rows < 1:
+        raise ValueError(f"--data {data} holds {steps} tokens (Moshi: steps), fewer than one row of --length {length}: give more data or a smaller --length")
+    if rows < wanted:
+        print(f"doctor: --data {data} holds {steps} tokens (Moshi: steps), enough for {rows} of the {wanted} rows of --rows", file=sys.stderr)
+    return rows
 
 
 def _text_doctor_inputs(args: argparse.Namespace):
     """A transformers checkpoint, rows of tokenized text from `--data`, the `--base` model."""
     from transformers import AutoTokenizer
 
-    from . import from_pretrained, ttt_layers
-    from .adapters.hf import load_causal_lm, quiet_transformers
+    from . import ttt_layers
+    from .adapters.hf import is_ttt_checkpoint, load_causal_lm, quiet_transformers
     from .documents import read_documents
 
-    model = from_pretrained(args.model_dir)
-    with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
+    if not Path(args.model_dir).is_dir():
+        raise ValueError(f"{args.model_dir}: no such model folder")
+    if not is_ttt_checkpoint(args.model_dir):
+        raise ValueError(f"{args.model_dir} is not an In-Place TTT checkpoint (a converted model's save_pretrained folder, or a Moshi final/)")
+    model = load_causal_lm(args.model_dir)
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     length = 3 * max(layer.chunk_size for _, layer in ttt_layers(model)) if args.length is None else args.length
-    text = "\n\n".join(read_documents([args.data]))
+    text = "\n\n".join(read_documents([args.data], args.text_field))
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
-    rows = _rows(length, len(ids), args.rows)
+    rows = _rows(length, len(ids), args.rows, args.data)
     ids = ids[: rows * length].view(rows, -1)
     base = load_causal_lm(args.base, gguf_file=args.base_gguf_file) if args.base else None
     return model, ids, base, f"{rows} x {ids.shape[1]} tokens"
@@ -83,7 +99,7 @@ def _moshi_doctor_inputs(args: argparse.Namespace):
     lm = load_lm(files, None)
     length = 3 * max(layer.chunk_size for _, layer in ttt_layers(lm)) if args.length is None else args.length
     codes = read_conversation(Path(args.data), lm.num_codebooks, lm.text_card, lm.card)
-    rows = _rows(length, codes.shape[1], args.rows)
+    rows = _rows(length, codes.shape[1], args.rows, args.data)
     codes = F.pad(codes, (0, max(0, rows * length - codes.shape[1])), value=-1)[:, : rows * length]
     batch = codes.unflatten(1, (rows, length)).transpose(0, 1)
     base = load_base(args.base, read_lm_kwargs(args.lm_kwargs)) if args.base else None
@@ -93,7 +109,7 @@ def _moshi_doctor_inputs(args: argparse.Namespace):
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .train.run import load_run_config, train
 
-    final = train(load_run_config(args.config, overrides), resume=args.resume)
+    final = train(load_run_config(args.config, overrides), resume=args.resume, allow_changes=args.allow_changes)
     print(f"final model: {final}")
     return 0
 
@@ -102,7 +118,7 @@ def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
     from .train.config import load_config
     from .train.pretrain import PretrainConfig, pretrain
 
-    final = pretrain(load_config(args.config, overrides, schema=PretrainConfig), resume=args.resume)
+    final = pretrain(load_config(args.config, overrides, schema=PretrainConfig), resume=args.resume, allow_changes=args.allow_changes)
     print(f"final model: {final}")
     return 0
 
@@ -114,6 +130,7 @@ def _eval(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         models=args.model, names=args.names.split(",") if args.names else None, tasks=tasks, lengths=parse_lengths(args.lengths), samples=args.samples, data=args.data or [],
         clip_tau=args.clip_tau, seed=args.seed, piece=args.piece, block=args.block, dtype=args.dtype, out=args.out, chat_template=args.chat_template,
+        batch=args.batch, passages=args.passages, recall_pairs=args.recall_pairs,
     )
     report = evaluate(settings)
     print(f"report: {report}")
@@ -249,6 +266,10 @@ def _add_run_command(sub, name: str, func, help: str, example: str) -> None:
     cmd = sub.add_parser(name, help=help, description=f"Options after CONFIG override the file: --section.key value, e.g. {example}")
     cmd.add_argument("config", help="the run's YAML file")
     cmd.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    cmd.add_argument(
+        "--allow-changes", action="store_true",
+        help="with --resume: go on with settings that differ from the run's config.yaml (kept as config-until-step-<N>.yaml)",
+    )
     cmd.set_defaults(func=func)
 
 
@@ -258,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser(
         "demo",
         help="the whole pipeline on the embedded model and corpus: convert, train with and without TTT, evaluate, report",
-        epilog="A flag left out keeps its default from inplace_ttt.demo.DemoSettings (150 steps of 2 x 1024 tokens, TTT on layers 1 and 3).",
+        epilog="A flag left out keeps its default from inplace_ttt.demo.DemoSettings (150 steps of 2 x 1024 tokens, TTT on layer 3, chunk 64, target the token embeddings).",
     )
     demo.add_argument("--out", help="run directory (default: runs/demo-<date>-<time>)")
     demo.add_argument("--steps", type=int, help="training steps of each model")
@@ -269,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--layers", help="TTT layers: indices like 1,3 or a rule like 'every 2 from 1'")
     demo.add_argument("--chunk-size", type=int, help="TTT chunk size")
     demo.add_argument("--ttt-lr", type=float, help="the fast-weight learning rate")
-    demo.add_argument("--lengths", help="RULER-style prompt lengths")
-    demo.add_argument("--samples", type=int, help="samples per task and length")
+    demo.add_argument("--target-init", choices=TARGET_INITS, help="how W_target starts")
+    demo.add_argument("--lengths", help="evaluation lengths; the longest sets the held-out passages (that many tokens + 1)")
+    demo.add_argument("--passages", type=int, help="held-out passages the losses are measured on")
+    demo.add_argument("--samples", type=int, help="associative-recall samples per length")
     demo.add_argument("--seed", type=int)
     demo.set_defaults(func=_demo)
     doc = sub.add_parser("doctor", help="check the In-Place TTT invariants on a model and data")
@@ -281,11 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     doc.add_argument("--lm-kwargs", help="Moshi: a JSON file of LMModel keyword arguments (default: Moshi 7B's)")
     doc.add_argument("--length", type=int, help="tokens (Moshi: steps) per row (default 3 chunks)")
     doc.add_argument("--rows", type=int, default=2)
+    doc.add_argument("--text-field", default="text", help="the field of a .jsonl / .parquet row that holds its text")
     doc.add_argument("--inference", action="store_true", help="the model is for inference: allow clipping and short data")
     doc.set_defaults(func=_doctor)
     ev = sub.add_parser("eval", help="long-context evaluation: RULER-style tasks, loss by position, report with plots")
     ev.add_argument("--model", action="append", required=True, help="a model directory (plain or In-Place TTT); repeat to compare")
-    ev.add_argument("--tasks", default="all", help="comma-separated: loss, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all")
+    ev.add_argument("--tasks", default="all", help="comma-separated: loss, recall, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all")
     ev.add_argument("--lengths", default="1k,2k,4k", help="prompt lengths in tokens, e.g. 1k,2k,4k,8k")
     ev.add_argument("--samples", type=int, default=10, help="samples per task and length")
     ev.add_argument("--names", help="comma-separated names for the models in the report (default: their directory names)")
@@ -295,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--piece", type=int, default=2048, help="tokens per forward when reading long inputs")
     ev.add_argument("--block", type=int, default=256, help="final block of the sliding-window perplexity")
+    ev.add_argument("--batch", type=int, default=8, help="rows per forward (samples of one task and length run together)")
+    ev.add_argument("--passages", type=int, help="cut the held-out documents into up to this many passages of the longest length + 1 tokens")
+    ev.add_argument("--recall-pairs", type=int, default=16, help="key-value pairs per associative-recall sample")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ev.add_argument("--chat-template", action="store_true", help="instruct models: each task prompt is a user turn of the tokenizer's chat template, the answer starts the assistant's turn")
     ev.set_defaults(func=_eval)
@@ -313,8 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     takes_overrides = args.command in ("train", "pretrain")
     if not takes_overrides and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from .train.run_dir import RunFinished
+
     try:
+        if getattr(args, "allow_changes", False) and not args.resume:
+            raise ValueError("--allow-changes goes with --resume")
         return args.func(args, rest) if takes_overrides else args.func(args)
+    except RunFinished as e:  # resuming a finished run: nothing to do, and that is no error
+        print(f"ittt {args.command}: {e}")
+        return 0
     except (ValueError, FileNotFoundError) as e:
         print(f"ittt {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -58,15 +58,22 @@ def doctor(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     training: bool | None = None,
+    fresh: bool | None = None,
 ) -> Report:
     """Run the checks on `model` (a converted transformers causal LM, or a converted moshi
     `LMModel`) with `batch` (transformers: ``input_ids`` and optionally ``attention_mask`` /
     ``position_ids``, or the ids alone; Moshi: ``codes`` ``[B, K, T]``).
 
-    base_model: the unconverted model, for the warm-start and activation checks.
+    base_model: the unconverted model, for the warm-start, activation and frozen-weight checks.
     optimizer: the optimizer that will train `model`, to find TTT parameters it misses.
     training: whether `batch` is training data (checks clipping and sequence length);
         defaults to ``model.training``.
+    fresh: whether `model` is a fresh conversion, which must compute what the unconverted model
+        did (without `base_model`: what it computes with TTT off); defaults to: its settings
+        record no training (`adapters.record`) and every target is zero now. (A "fresh" model
+        with non-zero targets is the seed's random init.) A trained model must keep the weights
+        its recorded modes froze and, with TTT off, compute what `base_model` computes holding
+        the weights it trained.
     """
     family = probe(model)
     batch = {("codes" if batch.dim() == 3 else "input_ids"): batch} if isinstance(batch, Tensor) else dict(batch)
@@ -81,13 +88,16 @@ def doctor(
     _check_lengths(report, layers, family.positions(batch), training)
     _check_clipping(report, layers, training)
     _check_precision(report, layers)
+    record = split_training(family.settings(model))[1]
+    if fresh is None:
+        fresh = trained_steps(record) == 0 and all(isinstance(layer.ttt, TargetGenerator) and layer.ttt.starts_at_zero() for layer in layers.values())
     if base_model is not None:
-        record = split_training(family.settings(model))[1]
-        trained = trained_steps(record) > 0 or not all(layer.ttt.starts_at_zero() for layer in layers.values())
-        changed = _check_frozen_weights(report, model, layers, base_model, record, trained)
+        changed = _check_frozen_weights(report, model, layers, base_model, record, fresh)
         with _borrowed(base_model, model, changed):  # the base with the weights the training changed
             _check_activation(report, layers, base_model, family)
-            _check_warm_start(report, model, layers, base_model, batch, family, trained, len(changed))
+            _check_warm_start(report, model, layers, base_model, batch, family, fresh, len(changed))
+    elif fresh:
+        _check_warm_start(report, model, layers, None, batch, family, fresh)
     if all(isinstance(layer.ttt, TargetGenerator) for layer in layers.values()):
         _check_gradients(report, model, layers, batch, family)
         gap = family.causality_gap(model, batch)
@@ -165,7 +175,7 @@ def _check_activation(report, layers, base_model, family) -> None:
     report.add("activation matches the original MLP", not bad, "; ".join(bad) if bad else f"max |z - z_base| {worst:.1e}")
 
 
-def _check_frozen_weights(report, model, layers, base_model, record, trained) -> list[str]:
+def _check_frozen_weights(report, model, layers, base_model, record, fresh: bool) -> list[str]:
     """Compare every pretrained weight with the base's; those the training was not allowed to
     change must be equal. Returns the names of the weights that differ and were allowed to."""
     own = dict(model.named_parameters())
@@ -175,7 +185,7 @@ def _check_frozen_weights(report, model, layers, base_model, record, trained) ->
         if name in own and not torch.equal(own[name].detach(), p.detach().to(device=own[name].device, dtype=own[name].dtype)):
             differ.append(name)
     known = trained_steps(record) > 0
-    allowed = [n for n in differ if known and may_change(record, n, ttt_down)] if known else (differ if trained else [])
+    allowed = [n for n in differ if known and may_change(record, n, ttt_down)] if known else ([] if fresh else differ)
     unexpected = [n for n in differ if n not in allowed]
     shown = lambda names: f"{names[:4]}{' ...' if len(names) > 4 else ''}"  # noqa: E731
     if unexpected:
@@ -209,21 +219,31 @@ def _borrowed(base_model: nn.Module, model: nn.Module, names: list[str]):
             base[name].data = data
 
 
-def _check_warm_start(report, model, layers, base_model, batch, family, trained, n_changed) -> None:
-    """Fresh: the model computes what its base computes, with and without TTT. Trained: with TTT
-    off it computes what the base computes with the weights the training changed."""
+def _check_warm_start(report, model, layers, base_model, batch, family, fresh: bool, n_changed: int = 0) -> None:
+    """Fresh: the model computes what its base computes, with and without TTT (without a base
+    model: a fresh conversion with TTT off is the base model, by construction, so TTT on against
+    TTT off). Trained: with TTT off it computes what the base computes holding the `n_changed`
+    weights the training changed."""
     saved = {i: layer.ttt_lr for i, layer in layers.items()}
     try:
-        base_logits = family.logits(base_model, batch)
-        on = (family.logits(model, batch) - base_logits).abs().max().item()
+        on_logits = family.logits(model, batch)
         for layer in layers.values():
             layer.ttt_lr = 0.0
-        off = (family.logits(model, batch) - base_logits).abs().max().item()
+        off_logits = family.logits(model, batch)
     finally:
         for i, layer in layers.items():
             layer.ttt_lr = saved[i]
     tol = _tolerance(next(iter(layers.values())).down.weight.dtype)
-    if trained:
+    if base_model is None:
+        on = (on_logits - off_logits).abs().max().item()
+        detail = f"max |logit with TTT - logit with TTT off| {on:.1e} (tolerance {tol:.0e})"
+        if on > tol:
+            detail += ": a freshly converted model must compute what the base model did (are the targets initialised at random?)"
+        report.add("warm start", on <= tol, detail)
+        return
+    base_logits = family.logits(base_model, batch)
+    on, off = ((x - base_logits).abs().max().item() for x in (on_logits, off_logits))
+    if not fresh:
         detail = f"max |logit - base| {off:.1e} with TTT off, the base holding the {n_changed} trained weight(s) (tolerance {tol:.0e}); {on:.1e} with TTT on"
         if off > tol:
             detail += ": the model's own computation differs from its base model's (activation, wiring)"
@@ -234,7 +254,7 @@ def _check_warm_start(report, model, layers, base_model, batch, family, trained,
     if off > tol:
         detail += ": the pretrained weights or activation differ from the base model"
     elif on > tol:
-        detail += ": a freshly converted model must compute what the base model did"
+        detail += ": a freshly converted model must compute what the base model did (are the targets initialised at random?)"
     report.add("warm start", ok, detail)
 
 

@@ -1,4 +1,5 @@
-"""Writing files so that a crash leaves the old version or the new one, never half of one."""
+"""Files: writing them so that a crash leaves the old version or the new one, never half of one;
+reading a user's weights file only once it is known to be whole."""
 
 from __future__ import annotations
 
@@ -37,3 +38,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Refuse a safetensors file that is empty, cut short or not safetensors at all, naming it
+    (the header's tensor sizes must cover the file exactly)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}): it is empty, cut short or corrupt") from None

@@ -91,6 +91,18 @@ def test_generate_logits_equal_a_full_forward(family, sample):
     torch.testing.assert_close(gen, full[:, 8:-1], rtol=1e-4, atol=1e-4)
 
 
+def test_fast_weights_carry_what_the_sliding_window_drops():
+    """Past its window (5 tokens, 4 layers: a receptive field of 17), a sliding-window model cannot
+    see the first token; its converted copy can, through the fast weights of earlier chunks."""
+    base = tiny("mistral_swa")
+    model = converted("mistral_swa")
+    ids = torch.randint(3, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
+    changed = ids.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % VOCAB
+    assert torch.equal(logits(base, ids)[0, 20:], logits(base, changed)[0, 20:])
+    assert (logits(model, ids)[0, 20:] - logits(model, changed)[0, 20:]).abs().amax(-1).min() > 0
+
+
 def test_beam_search_follows_the_beams():
     model = converted()
     ids, mask = left_padded([8, 6], 8)
@@ -252,7 +264,9 @@ def test_top_level_convert_passes_the_context_parallel_group_and_refuses_other_o
     assert [layer.cp_group for _, layer in inplace_ttt.ttt_layers(model)] == [None, None]
     with pytest.raises(TypeError, match=r"takes only cp_group=, not \['rope_scaling'\]"):
         inplace_ttt.convert(tiny(), ttt_config(), rope_scaling={"rope_type": "yarn", "factor": 2.0})
-    assert inplace_ttt.set_context_parallel is inplace_ttt.adapters.hf.set_context_parallel
+    assert inplace_ttt.adapters.adapter_of(model) is inplace_ttt.adapters.hf  # the top-level functions dispatch to this adapter
+    inplace_ttt.set_context_parallel(model, None)
+    assert [layer.cp_group for _, layer in inplace_ttt.ttt_layers(model)] == [None, None] and model._ttt_context.cp_group is None
     with pytest.raises(ValueError, match="convert it first"):
         inplace_ttt.set_context_parallel(tiny(), None)
 

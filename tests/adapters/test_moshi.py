@@ -375,3 +375,16 @@ def test_bad_input_is_refused_with_the_field_named(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match="no In-Place TTT settings"):
         load_moshi(tmp_path / "bad.safetensors", TINY, ttt_file=tmp_path / "bad.safetensors")
+
+
+def test_load_moshi_reads_whole_safetensors_files_only(tmp_path):
+    """moshi's loader would `torch.load` (unpickle) any other suffix; a file cut short would fail deep inside it."""
+    from inplace_ttt.adapters.moshi import load_moshi
+
+    (tmp_path / "model.pt").write_bytes(b"not read")
+    with pytest.raises(ValueError, match=r"model.pt is not a safetensors file \(.safetensors, .sft, .sfts\); only safetensors weights are read"):
+        load_moshi(tmp_path / "model.pt", TINY, config=TTTConfig(layers=[0], chunk_size=4))
+    write_tiny_checkpoint(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors file \(.*\): it is empty, cut short or corrupt"):
+        load_moshi(tmp_path / "model.safetensors", TINY, config=TTTConfig(layers=[0], chunk_size=4))

@@ -37,6 +37,7 @@ def test_loss_by_position_matches_a_plain_loop():
             sums[b] += value
             counts[b] += 1
     assert got["tokens"] == counts == [7 * 3, 8 * 3, 16 * 3, 32 * 2 + 9]
+    assert got["documents"] == [3, 3, 3, 3]
     for a, s, c in zip(got["loss"], sums, counts):
         assert a == pytest.approx(s / c, rel=1e-5)
 
@@ -54,5 +55,7 @@ def test_sliding_window_scores_the_same_final_block():
                 expected.append(full_nll(model, window)[-10:].mean().item())
         assert row["documents"] == len(expected)
         assert row["loss"] == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+        assert [x for x in row["per_document"] if x is not None] == pytest.approx(expected, rel=1e-5)
         assert row["ppl"] == pytest.approx(math.exp(row["loss"]))
     assert got["contexts"][40]["documents"] == 1  # the 30-token document is too short for 40 + 10
+    assert got["contexts"][40]["per_document"][1] is None and got["contexts"][40]["interval"] is None

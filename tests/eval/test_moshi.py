@@ -94,12 +94,22 @@ def test_several_models_in_one_report_by_minute(tmp_path):
             got = models["ttt"]["buckets"][metric]
             assert got["count"][b] == len(values)
             assert got["loss"][b] == pytest.approx(values.mean().item(), rel=1e-5) if len(values) else got["loss"][b] is None
+            # the 95% interval resamples conversations: it holds the pooled mean, and lies within the conversations' own means
+            per_conversation = [v[~v.isnan()] for v in (pick(n)[:, 30 * b : 30 * (b + 1)].flatten() for n in nlls)]
+            means = [float(v.mean()) for v in per_conversation if len(v)]
+            ci = got["interval"][b]
+            if len(means) >= 2:
+                slack = 1e-6 * max(means)  # the means above are float32 sums, results.json float64
+                assert ci[0] <= got["loss"][b] <= ci[1] and min(means) - slack <= ci[0] and ci[1] <= max(means) + slack, (metric, b)
+            else:
+                assert ci is None
     assert models["fresh"]["buckets"] == models["base"]["buckets"]  # a converted model starts as the pretrained one
     for other in ("ttt", "ttt-clip", "ttt-yarn"):
         assert models[other]["buckets"]["text"]["loss"] != models["base"]["buckets"]["text"]["loss"], other
     assert models["ttt-clip"]["clip_tau"] == 0.01 and models["ttt-yarn"]["yarn"] == 4.0 and models["base"]["ttt_layers"] == []
     report = (out / "report.md").read_text()
     assert "## audio loss (nats) by minute" in report and "| ttt-yarn |" in report and "0-0.04 | 0.04-0.08" in report
+    assert "[95% bootstrap interval over conversations]" in report
     assert (out / "moshi_loss_by_minute.png").stat().st_size > 0
 
 

@@ -42,16 +42,22 @@ def test_whole_eval_of_two_models(models, heldout, tmp_path):
     assert results["settings"]["lengths"] == [256, 512] and results["settings"]["seed"] == 0
     assert list(results["models"]) == ["base", "ttt"]
     assert [m["ttt"] for m in results["models"].values()] == [False, True]
+    assert results["recall"]["gap"] == {"256": 256 - 64, "512": 512 - 64}  # 16 pairs and their queries
     for entry in results["models"].values():
         assert sorted(entry["ruler"]) == sorted(TASK_NAMES)
+        for length, cell in entry["recall"].items():
+            assert len(cell["scores"]) == 2 and 0 <= cell["accuracy"] <= 100
         for task in entry["ruler"].values():
             for length, cell in task.items():
                 assert len(cell["scores"]) == 2 and 0 <= cell["accuracy"] <= 100
                 assert all(0.99 * int(length) <= o["tokens"] <= int(length) for o in cell["outputs"])
         lp = entry["loss_by_position"]
         assert lp["edges"][0] == 0 and lp["edges"][-1] == 512 and all(x > 0 for x in lp["loss"])
-        assert sum(lp["tokens"]) == 3 * 511
+        assert sum(lp["tokens"]) == 3 * 511 and lp["documents"] == [3] * (len(lp["edges"]) - 1)
+        assert all(lo <= x <= hi for x, (lo, hi) in zip(lp["loss"], lp["interval"]))
         assert sorted(entry["sliding_window"]["contexts"]) == ["0", "192", "448"]
+        for row in entry["sliding_window"]["contexts"].values():
+            assert row["interval"][0] <= row["loss"] <= row["interval"][1] and len(row["per_document"]) == 3
     # identical inputs: both models saw the same prompts and answers
     a, b = (results["models"][n]["ruler"] for n in ("base", "ttt"))
     for task in a:
@@ -59,10 +65,10 @@ def test_whole_eval_of_two_models(models, heldout, tmp_path):
             strip = lambda cell: [(o["index"], o["answers"], o["tokens"], o["depths"]) for o in cell["outputs"]]
             assert strip(a[task][length]) == strip(b[task][length])
     text = report.read_text()
-    for heading in ("## RULER-style tasks", "## Loss by position", "## Sliding window"):
+    for heading in ("## RULER-style tasks", "## Associative recall", "## Loss by position", "## Sliding window"):
         assert heading in text
     assert "| niah_single | ttt |" in text and "| base |" in text
-    for plot in ("ruler_accuracy.png", "loss_by_position.png", "sliding_window.png"):
+    for plot in ("ruler_accuracy.png", "recall_accuracy.png", "loss_by_position.png", "sliding_window.png"):
         data = (tmp_path / plot).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000
         assert f"]({plot})" in text
@@ -100,7 +106,7 @@ def test_bad_settings_are_named(models, heldout, tmp_path, capsys):
         EvalSettings(models=["m", "n"], names=["a", "a"])
     with pytest.raises(ValueError, match="lengths must be >= 16"):
         EvalSettings(models=["m"], tasks=["vt"], lengths=[8])
-    assert set(ALL_TASKS) == {"loss", *TASK_NAMES}
+    assert set(ALL_TASKS) == {"loss", "recall", *TASK_NAMES}
     other = tmp_path / "other"
     tiny(vocab_size=50).save_pretrained(other)
     tiny_tokenizer(["a", "b", "c"]).save_pretrained(other)
@@ -129,3 +135,16 @@ def test_chat_template_prompts_reach_the_model(models, tmp_path, capsys):
     assert results["models"]["chat"]["ruler"]["niah_single"]["256"]["outputs"][0]["tokens"] == expected[True]
     assert main([*args, "--out", str(tmp_path / "b")]) == 0 and main(["eval", "--model", str(models[1]), *args[3:], "--chat-template"]) == 2
     assert "ittt eval: error: --chat-template: the models' tokenizer has no chat template" in capsys.readouterr().err
+
+
+def test_passages_are_disjoint_slices_taken_evenly_across_documents():
+    import torch
+
+    from inplace_ttt.eval.runner import passages
+
+    docs = [torch.arange(100), torch.arange(1000, 1035), torch.arange(2000, 2250)]
+    cut = passages(docs, 30, 100)
+    starts = [int(p[0]) for p in cut]
+    assert starts == [0, 30, 60, 1000, 2000, 2030, 2060, 2090, 2120, 2150, 2180, 2210]  # short tails dropped
+    assert all(torch.equal(p, torch.arange(s, s + 30)) for p, s in zip(cut, starts))
+    assert [int(p[0]) for p in passages(docs, 30, 4)] == [0, 1000, 2060, 2150]  # every third of the 12

@@ -29,18 +29,38 @@ def test_token_nll_needs_two_tokens():
     assert token_nll(tiny(), torch.tensor([5]), 4).shape == (0,)
 
 
-@pytest.mark.parametrize("make", [tiny, converted], ids=["plain", "ttt"])
-def test_greedy_in_pieces_equals_generate(make):
+MODELS = {
+    "plain": tiny, "ttt": converted, "swa": lambda: tiny("mistral_swa"), "swa_ttt": lambda: converted("mistral_swa"),
+}
+
+
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_token_nll_of_a_batch_equals_each_row(make):
     model = make()
-    ids = torch.randint(3, VOCAB, (23,), generator=torch.Generator().manual_seed(1))
-    got = greedy(model, ids, 12, piece=7)
-    ref = model.generate(input_ids=ids[None], max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids):]
-    assert got == ref.tolist()
+    rows = torch.randint(3, VOCAB, (3, 30), generator=torch.Generator().manual_seed(4))
+    got = token_nll(model, rows, 7)
+    assert got.shape == (3, 29)
+    for row, values in zip(rows, got):
+        torch.testing.assert_close(values, full_nll(model, row), rtol=1e-5, atol=1e-5)
 
 
-def test_greedy_stops_at_eos():
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_batched_greedy_in_pieces_equals_generate_one_at_a_time(make):
+    model = make()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g) for n in (23, 30, 12)]  # left-padded to 30 in the batch
+    got = greedy(model, prompts, 12, piece=7)
+    for p, new in zip(prompts, got):
+        ref = model.generate(input_ids=p[None], max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):]
+        assert new == ref.tolist()
+
+
+def test_greedy_stops_each_row_at_eos():
     model = tiny()
-    ids = torch.randint(3, VOCAB, (9,), generator=torch.Generator().manual_seed(2))
-    free = greedy(model, ids, 6, piece=4)
-    stopped = greedy(model, ids, 6, piece=4, eos_token_id=free[2])
-    assert stopped == free[: free.index(free[2])]
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g) for n in (9, 6)]
+    free = greedy(model, prompts, 6, piece=4)
+    stopped = greedy(model, prompts, 6, piece=4, eos_token_id=free[0][2])
+    assert stopped[0] == free[0][: free[0].index(free[0][2])]
+    eos = free[0][2]
+    assert stopped[1] == (free[1][: free[1].index(eos)] if eos in free[1] else free[1])

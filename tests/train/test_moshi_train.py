@@ -262,7 +262,7 @@ def _bad_codes(tmp_path, codes):
 BAD_RUNS = {
     "missing weights": (lambda tmp: {"model": {"weights": str(tmp / "nope.safetensors")}}, r"model.weights: no such file: .*nope.safetensors"),
     "pickled weights": (lambda tmp: (tmp / "model.pt").write_bytes(b"x") and {"model": {"weights": str(tmp / "model.pt")}},
-                        r"model.weights: .*model.pt is not a .safetensors file"),
+                        r"model.weights: .*model.pt is not a safetensors file \(.safetensors, .sft, .sfts\); only safetensors weights are read"),
     "lm_kwargs of another model": (lambda tmp: (tmp / "big.json").write_text(json.dumps({**TINY, "dim": 64})) and {"model": {"lm_kwargs": str(tmp / "big.json")}},
                                    r"model.weights .*model.safetensors does not load with model.lm_kwargs .*big.json"),
     "lm_kwargs not JSON": (lambda tmp: (tmp / "bad.json").write_text("{dim: ") and {"model": {"lm_kwargs": str(tmp / "bad.json")}},
@@ -273,7 +273,26 @@ BAD_RUNS = {
     "conversations shorter than two chunks": (lambda tmp: _bad_codes(tmp, torch.zeros(17, 7, dtype=torch.int64)),
                                               r"data.train: every conversation row holds fewer than two TTT chunks \(8 steps; the longest has 7\)"),
     "unknown mode": (lambda tmp: {"train": {"mode": "prefix"}}, r"train.mode must be one of \('full', 'ttt_only', 'lora'\)"),
+    "device tpu": (lambda tmp: {"model": {"device": "tpu"}}, r"model.device must be 'auto', 'cpu' or 'cuda'; got 'tpu'"),
+    "truncated weights": (lambda tmp: _cut(tmp / "model.safetensors") and {}, r"model.weights: .*model.safetensors is not a readable safetensors file \(.*\): it is empty, cut short or corrupt"),
+    "corrupt codes file": (lambda tmp: _cut(tmp / "conversations" / "conv0.safetensors") and {}, r"conv0.safetensors: not a readable safetensors file"),
+    "nothing to predict": (lambda tmp: _bad_codes(tmp, torch.cat([torch.full((9, 20), -1), torch.zeros(8, 20, dtype=torch.int64)])),
+                           r"bad.safetensors: the 9 streams the loss predicts \(text and the model's 8 audio codebooks\) are all -1 \(missing\): nothing to train on"),
+    "a changed ttt section over trained TTT weights": (lambda tmp: _trained_ttt(tmp) and {"model": {"ttt_weights": str(tmp / "trained" / "ttt.safetensors")}, "ttt": {"chunk_size": 8}},
+                                                       r"model.ttt_weights .*ttt.safetensors is a trained In-Place TTT checkpoint, .*differs: ttt.chunk_size 8 \(checkpoint: 4\)"),
 }
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return True
+
+
+def _trained_ttt(tmp):
+    from inplace_ttt.adapters.moshi import save_ttt
+
+    save_ttt(convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings")), tmp / "trained")
+    return True
 
 
 @pytest.mark.parametrize("case", BAD_RUNS)

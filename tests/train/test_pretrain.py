@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, MistralForCausalLM
+
+import inplace_ttt
 
 from inplace_ttt.cli import main
 from inplace_ttt.train.config import load_config
@@ -74,6 +76,44 @@ def test_pretrain_on_cpu_lowers_the_loss_and_saves_a_loadable_model(run_config, 
         assert model(input_ids=ids, labels=ids).loss.item() < uniform - 1.0
 
 
+def test_sliding_window_builds_transformers_mistral_with_that_window():
+    tok = train_tokenizer(["some text to learn merges from " * 10], 300)
+    model = build_model(ArchitectureConfig(**TINY_MODEL, sliding_window=16), tok)
+    assert isinstance(model, MistralForCausalLM) and model.config.sliding_window == 16
+    ids = torch.randint(3, len(tok), (1, 60), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[0, 0] += 1
+    with torch.no_grad():  # one layer: position 20 and later no longer see token 0
+        a, b = (model(input_ids=x, use_cache=False).logits[0] for x in (ids, changed))
+    assert torch.equal(a[16:], b[16:]) and not torch.equal(a[:16], b[:16])
+
+
+def test_ttt_from_step_zero_trains_and_loads_like_a_converted_model(run_config, tmp_path):
+    overrides = ["--ttt.layers", "[0]", "--ttt.chunk_size", "16", "--ttt.ttt_lr", "1.0", "--model.sliding_window", "8",
+                 "--train.ttt_learning_rate", "3e-3", "--train.max_steps", "8"]
+    assert main(["pretrain", str(run_config), *overrides]) == 0
+    final = tmp_path / "run" / "final"
+    model = inplace_ttt.from_pretrained(final)
+    (idx, layer), = inplace_ttt.ttt_layers(model)
+    assert idx == 0 and layer.chunk_size == 16 and model.config.sliding_window == 8
+    assert layer.ttt.conv_weight.abs().sum() > 0  # trained from zero
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("ttt/layer0/grad_conv" in row for row in rows)  # the telemetry of `ittt train`
+    summary = json.loads((final / SUMMARY).read_text())
+    assert summary["parameters"] == model.num_parameters() and summary["steps"] == 8
+
+
+def test_init_from_copies_the_weights_of_a_model_of_the_same_shape(run_config, tmp_path):
+    tok = train_tokenizer(["some text to learn merges from " * 10], 300)
+    donor = build_model(ArchitectureConfig(**TINY_MODEL), tok)
+    donor.save_pretrained(tmp_path / "donor")
+    model = build_model(ArchitectureConfig(**TINY_MODEL, sliding_window=8, init_from=str(tmp_path / "donor")), tok)
+    for (name, p), (_, q) in zip(donor.named_parameters(), model.named_parameters()):
+        assert torch.equal(p, q), name
+    with pytest.raises(ValueError, match="does not match the model section"):
+        build_model(ArchitectureConfig(**{**TINY_MODEL, "hidden_size": 64}, init_from=str(tmp_path / "donor")), tok)
+
+
 def test_pretrain_refuses_to_overwrite_a_run(run_config, tmp_path, capsys):
     (tmp_path / "run" / "final").mkdir(parents=True)
     assert main(["pretrain", str(run_config)]) == 2
@@ -89,6 +129,8 @@ def test_pretrain_refuses_to_overwrite_a_run(run_config, tmp_path, capsys):
         (["--data.row_length", "256"], "exceeds model.max_position_embeddings"),
         (["--tokenizer.vocab_size", "100"], "tokenizer.vocab_size must be >= 300"),
         (["--model.hidden_size", "big"], "model.hidden_size: expected int"),
+        (["--model.sliding_window", "0"], "model.sliding_window must be None"),
+        (["--ttt.chunk_size", "0"], "TTTConfig.chunk_size"),
     ],
 )
 def test_bad_config_names_the_field(run_config, overrides, message):
@@ -100,5 +142,5 @@ def test_the_shipped_recipe_config_is_valid():
     from pathlib import Path
 
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "pretrain-tiny.yaml", schema=PretrainConfig)
-    assert config.data.row_length == 2048 and config.model.max_position_embeddings >= 4096
-    assert config.tokenizer.vocab_size == 4096 and config.tokenizer.path is None
+    assert config.model.sliding_window == 128 < config.data.row_length and config.model.max_position_embeddings >= 4096
+    assert config.tokenizer.vocab_size == 4096 and config.ttt is None

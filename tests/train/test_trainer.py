@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 import inplace_ttt
 from inplace_ttt.cli import main
-from inplace_ttt.train.trainer import COMPLETE, TTT_WEIGHTS, last_complete_checkpoint
+from inplace_ttt.train.run_dir import COMPLETE, last_complete_checkpoint
+from inplace_ttt.train.trainer import TTT_WEIGHTS
 from tests.tiny_hf import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +52,7 @@ def run_cli(*args, env=None):
 def train_dying_in_checkpoint(config, step: int):
     """`ittt train` in a process that dies while writing checkpoint-`step`: after its files, before its COMPLETE mark."""
     crash = (
-        "import os, inplace_ttt.train.trainer as t; real = t.write_atomic\n"
+        "import os, inplace_ttt.train.run_dir as t; real = t.write_atomic\n"
         "def write(path, text):\n"
         f"    if 'checkpoint-{step}' in str(path): os._exit(9)\n"
         "    real(path, text)\n"
@@ -185,7 +186,7 @@ def test_doctor_stops_a_broken_run(workspace, capsys):
         ({"data": {"train": ["/nonexistent/docs"]}}, "data: no such file or folder: /nonexistent/docs"),
         ({"data": {"row_length": 12}}, r"data.row_length=12 is shorter than two TTT chunks \(chunk_size 8\)"),
         ({"train": {"mode": "fast"}}, r"train.mode must be one of"),
-        ({"model": "/nonexistent/model"}, "cannot load '/nonexistent/model'"),
+        ({"model": "/nonexistent/model"}, "model: no such folder: /nonexistent/model"),
     ],
 )
 def test_bad_runs_get_one_clear_message(workspace, capsys, change, message):
@@ -193,6 +194,43 @@ def test_bad_runs_get_one_clear_message(workspace, capsys, change, message):
     assert main(["train", str(workspace["config"])]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("ittt train: error:") and re.search(message, last), last
+    assert not workspace["run"].exists()
+
+
+def test_a_truncated_model_is_named(workspace, capsys):
+    weights = workspace["model"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["train", str(workspace["config"])]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"ittt train: error: model: .*base/model.safetensors is not a readable safetensors file \(.*\): it is empty, cut short or corrupt", last), last
+    assert not workspace["run"].exists()
+
+
+def test_a_trained_checkpoint_goes_on_with_its_own_ttt_settings(workspace, capsys):
+    """An In-Place TTT checkpoint as `model`: the run's ttt section once was ignored while config.yaml recorded it."""
+    edit(workspace["config"], train={"max_steps": 2})
+    assert main(["train", str(workspace["config"])]) == 0
+    second = workspace["root"] / "run2"
+    edit(workspace["config"], model=str(workspace["run"] / "final"), train={"output_dir": str(second)}, ttt={"chunk_size": 4, "ttt_lr": 0.5})
+    assert main(["train", str(workspace["config"])]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(
+        "is a trained In-Place TTT checkpoint, which goes on with its own TTT settings, but the run's ttt section differs: "
+        "ttt.chunk_size 4 (checkpoint: 8). Leave those keys out of the ttt section, or give the checkpoint's values"
+    ), last
+    assert not second.exists()
+    edit(workspace["config"], ttt={"chunk_size": 8, "ttt_lr": 0.5, "layers": [0, 2]})  # the same values (layers as indices): accepted
+    assert main(["train", str(workspace["config"])]) == 0
+    from inplace_ttt.adapters.hf import checkpoint_settings
+
+    saved = checkpoint_settings(workspace["run"] / "final")[0]
+    assert yaml.safe_load((second / "config.yaml").read_text())["ttt"] == saved.to_dict()  # what the run trained with
+    data = yaml.safe_load(workspace["config"].read_text())
+    del data["ttt"]  # no section: the checkpoint's settings, recorded as such
+    workspace["config"].write_text(yaml.safe_dump(data))
+    edit(workspace["config"], train={"output_dir": str(workspace["root"] / "run3")})
+    assert main(["train", str(workspace["config"])]) == 0
+    assert yaml.safe_load((workspace["root"] / "run3" / "config.yaml").read_text())["ttt"]["chunk_size"] == 8  # not TTTConfig's default 1024
 
 
 def test_empty_data_and_tokenizer_mismatch(workspace, capsys):
@@ -306,6 +344,7 @@ def _doctor_cli(model_dir, workspace, capsys):
 def test_the_doctor_knows_a_trained_checkpoint_and_checks_what_holds_for_it(workspace, capsys, mode):
     edit(workspace["config"], train={"mode": mode, "max_steps": 2, "save_steps": 2}, lora={"r": 2, "target_modules": ["q_proj", "v_proj"]})
     assert main(["train", str(workspace["config"])]) == 0
+    capsys.readouterr()  # the run's own output (its first-batch doctor checks the fresh conversion's warm start)
     final = workspace["run"] / "final"
     entry = {"mode": mode, "steps": 2, **({"lora_target_modules": ["q_proj", "v_proj"]} if mode == "lora" else {})}
     assert json.loads((final / "config.json").read_text())["inplace_ttt"]["training"] == [entry]

@@ -32,7 +32,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..config import CONFIG_KEY, TTTConfig
-from ..files import write_atomic
+from ..files import check_safetensors, write_atomic
 from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param
 from . import release
 from .hf_cache import FastWeightCacheMixin, adopt_cache
@@ -76,6 +76,19 @@ def ttt_layers(model: nn.Module) -> Iterator[tuple[int, InPlaceTTTMLP]]:
     for idx, layer in enumerate(decoder_layers(model)[1]):
         if isinstance(layer.mlp, InPlaceTTTMLP):
             yield idx, layer.mlp
+
+
+def owns(model: nn.Module) -> bool:
+    """A transformers model (anything that is not another family's: the adapter of last resort)."""
+    return True
+
+
+def settings(model: nn.Module) -> dict:
+    """The TTT settings in ``model.config.inplace_ttt`` (saved in config.json)."""
+    found = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
+    return found
 
 
 def is_converted(model: nn.Module) -> bool:
@@ -147,17 +160,6 @@ def _drop_gguf_quantizer(model: nn.Module) -> None:
         model.config._is_quantized = False
 
 
-def load_causal_lm(path: str | os.PathLike, *, gguf_file: str | None = None, **kwargs) -> nn.Module:
-    """`AutoModelForCausalLM.from_pretrained(path, **kwargs)`; with `gguf_file` (a file inside
-    `path`, or a path of its own) the GGUF checkpoint, dequantized to plain float weights: a
-    model that saves like any other (tied embeddings stay tied)."""
-    from transformers import AutoModelForCausalLM, GgufConfig
-
-    if gguf_file is None:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(path, gguf_file=str(gguf_file), quantization_config=GgufConfig(dequantize=True), **kwargs)
-
-
 def set_context_parallel(model: nn.Module, group) -> None:
     """Split sequences along time across the ranks of `group` (a `torch.distributed` process
     group; None: off). Each rank then passes its contiguous slice of the rows (``input_ids``,
@@ -169,26 +171,6 @@ def set_context_parallel(model: nn.Module, group) -> None:
     for _, layer in ttt_layers(model):
         layer.cp_group = group
     model._ttt_context.cp_group = group
-
-
-def set_clip_tau(model: nn.Module, clip_tau: float | None) -> float | None:
-    """Set inference clipping on every TTT layer (and in the config); returns the previous value."""
-    TTTConfig(clip_tau=clip_tau)  # validates
-    previous = model.config.inplace_ttt["clip_tau"]
-    for _, layer in ttt_layers(model):
-        layer.clip_tau = clip_tau
-    model.config.inplace_ttt["clip_tau"] = clip_tau
-    return previous
-
-
-@contextlib.contextmanager
-def clip_tau(model: nn.Module, value: float | None):
-    """``with clip_tau(model, 1e-5): model.generate(...)``: clipping for a block, restored after."""
-    previous = set_clip_tau(model, value)
-    try:
-        yield model
-    finally:
-        set_clip_tau(model, previous)
 
 
 # hooks ---------------------------------------------------------------------------------------
@@ -308,8 +290,89 @@ def is_ttt_checkpoint(path: str | os.PathLike) -> bool:
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         return False
-    data = json.loads(config_file.read_text())
+    data = _read_config_json(config_file)
     return CONFIG_KEY in data or release.is_release_config(data)
+
+
+def _read_config_json(config_file: Path) -> dict:
+    try:
+        data = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{config_file} must hold a JSON object")
+    return data
+
+
+def checkpoint_settings(path: str | os.PathLike):
+    """An In-Place TTT checkpoint's `TTTConfig`, its base model's transformers config, (for a
+    release checkpoint) its TTT tensors, and its training record (`adapters.record`; empty for a
+    fresh conversion), all checked before any model is built; ValueError naming the file and
+    field at fault."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
+    data = _read_config_json(config_file)
+    settings = data.pop(CONFIG_KEY, None)
+    if settings is None and release.is_release_config(data):
+        return (*release.read_release(path, data), [])
+    if settings is None:
+        raise ValueError(f"{path} is not an In-Place TTT checkpoint (no '{CONFIG_KEY}' in config.json): load it with transformers and call inplace_ttt.convert")
+    settings, training = split_training(settings) if isinstance(settings, dict) else (settings, [])
+    base_type = settings.pop("base_model_type", None) if isinstance(settings, dict) else None
+    if base_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"{config_file}: {CONFIG_KEY}.base_model_type must name the transformers model type the checkpoint was converted "
+            f"from (e.g. 'llama', 'qwen3'); got {base_type!r}"
+        )
+    data["model_type"] = base_type
+    try:
+        return TTTConfig.from_dict(settings), CONFIG_MAPPING[base_type].from_dict(data), None, training
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{config_file}: {e}") from None
+
+
+def load_causal_lm(path: str | os.PathLike, *, gguf_file: str | None = None, **kwargs) -> nn.Module:
+    """A saved causal LM, In-Place TTT (`from_pretrained`) or plain (transformers'), with what
+    a user can fix named as a ValueError: a missing folder, an edited config.json, a weights
+    file cut short, weights that do not fit the config. A string that is no local path is a hub id.
+
+    With `gguf_file` (a file inside `path`, or a path of its own) a plain model comes from that
+    GGUF checkpoint, dequantized to float weights: a model that saves like any other (tied
+    embeddings stay tied)."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    local = Path(path).expanduser()
+    if local.is_file():
+        raise ValueError(f"{path} is a file, not a model folder")
+    if not local.exists() and looks_local(str(path)):
+        raise ValueError(f"{path}: no such model folder")
+    if gguf_file is not None:
+        kwargs.update(gguf_file=str(gguf_file), quantization_config=GgufConfig(dequantize=True))
+    elif local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ValueError(f"{path} has no config.json: not a saved model folder")
+        for file in sorted(local.glob("*.safetensors")):
+            check_safetensors(file)
+    try:
+        if is_ttt_checkpoint(local):
+            return from_pretrained(local, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:  # transformers' "not a local folder and not a model on the hub", a missing weights file
+        raise ValueError(f"{path}: cannot load ({str(e).strip().splitlines()[0]})") from None
+    except RuntimeError as e:
+        if "ignore_mismatched_sizes" not in str(e) and "size mismatch" not in str(e):  # an out-of-memory, say: not ours to relabel
+            raise
+        raise ValueError(f"{path}: the weights do not fit its config.json (sizes differ; transformers' load report above lists them)") from None
+
+
+def looks_local(path: str) -> bool:
+    """A path rather than a hub id (``name`` or ``namespace/name``)."""
+    first = path.split("/")[0]
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or (first != path and Path(first).is_dir())
 
 
 @contextlib.contextmanager
@@ -335,28 +398,14 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
     """
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
-    data = json.loads(config_file.read_text())
-    settings = data.pop(CONFIG_KEY, None)
-    found, training = None, []
-    if settings is None and release.is_release_config(data):
-        ttt_config, config, found = release.read_release(path, data)  # checked before anything loads
-    elif settings is None:
-        raise ValueError(f"{path} is not an In-Place TTT checkpoint (no '{CONFIG_KEY}' in config.json): load it with transformers and call inplace_ttt.convert")
-    else:
-        settings, training = split_training(settings)
-        base_type = settings.pop("base_model_type")
-        data["model_type"] = base_type
-        config = CONFIG_MAPPING[base_type].from_dict(data)
-        ttt_config = TTTConfig.from_dict(settings)
+    ttt_config, config, found, training = checkpoint_settings(path)  # checked before anything loads
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} has no .safetensors weights (In-Place TTT checkpoints are safetensors only)")
+    for file in files:
+        check_safetensors(file)
     with quiet_transformers():  # the base class does not know the TTT weights; we load them below
         model = AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, **kwargs)
     if clip_tau is not ...:
@@ -375,8 +424,11 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
     missing = sorted(wanted - set(found))
     if missing:
         raise ValueError(f"{path} lacks trained TTT weights {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    params = dict(model.named_parameters())
+    wrong = [f"{k} {list(t.shape)} (config.json makes it {list(params[k].shape)})" for k, t in found.items() if t.shape != params[k].shape]
+    if wrong:
+        raise ValueError(f"{path}: TTT weights do not fit its config.json: {', '.join(wrong[:3])}")
     with torch.no_grad():
-        params = dict(model.named_parameters())
         for key, tensor in found.items():
             params[key].copy_(tensor)
     return model
@@ -396,9 +448,8 @@ def _logits(model: nn.Module, batch: dict) -> Tensor:
 
 
 def _loss(model: nn.Module, batch: dict) -> Tensor:
-    labels = batch["input_ids"].clone()
-    if batch.get("attention_mask") is not None:
-        labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    """The next-token loss of the batch's tokens; padding (`attention_mask` 0 or position -1) is no target."""
+    labels = batch["input_ids"].masked_fill(_positions(batch) < 0, -100)
     return model(**batch, labels=labels, use_cache=False).loss
 
 
@@ -417,3 +468,14 @@ PROBE = ModelProbe(
     positions=_positions, logits=_logits, loss=_loss, causality_gap=_causality_gap,
     original_mlp=lambda base, idx: decoder_layers(base)[1][idx].mlp, settings=lambda model: model.config.inplace_ttt,
 )
+
+
+def save(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """`model.save_pretrained(directory)` (safetensors; config.json says model_type "inplace_ttt")."""
+    model.save_pretrained(directory)
+    return Path(directory)
+
+
+def load(directory: str | os.PathLike, **options) -> nn.Module:
+    """`from_pretrained(directory, **options)`."""
+    return from_pretrained(directory, **options)

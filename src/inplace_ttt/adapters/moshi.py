@@ -33,6 +33,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..cache import FixedStepState
 from ..config import TTTConfig
+from ..files import check_safetensors
 from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param
 from ..ops import state_dtype
 from . import MOSHI_TTT_WEIGHTS as TTT_WEIGHTS
@@ -40,6 +41,7 @@ from .moshi_rope import YarnRotaryEmbedding, check_rope_scaling, yarn_parameters
 from .probe import ModelProbe
 from .record import TRAINING_KEY, split_training
 
+SAFETENSORS = (".safetensors", ".sft", ".sfts")  # the suffixes moshi's loaders read as safetensors (any other they unpickle)
 SETTINGS_KEY = "inplace_ttt"  # metadata key of the TTT weights file
 
 
@@ -115,6 +117,8 @@ class MoshiTTTGating(InPlaceTTTMLP, StreamingModule):
         state = self._streaming_state
         if state is None:
             return super().forward(x, target_source=source)
+        if self.cp_group is not None:
+            raise ValueError("streaming runs on one rank: clear the context-parallel group first (inplace_ttt.set_context_parallel(lm, None))")
         z = self.spec.hidden(self, x)
         src = self._source(x, source)
         fast = [self.fixed_step(z[:, t], src[:, t], state.steps, state.exec_mask) for t in range(x.shape[1])]
@@ -144,6 +148,38 @@ def training_loss(lm: nn.Module, codes: Tensor, first_codebook_weight: float = 1
     text = weighted_cross_entropy(out.text_logits, text_target, text_w)
     audio = weighted_cross_entropy(out.logits, audio_target, audio_w)
     return {"loss": text + audio, "text_loss": text.detach(), "audio_loss": audio.detach()}
+
+
+def owns(model: nn.Module) -> bool:
+    return isinstance(model, LMModel)
+
+
+def settings(lm: nn.Module) -> dict:
+    """The TTT settings kept on the converted `LMModel` (saved in ttt.safetensors' metadata)."""
+    found = getattr(lm, SETTINGS_KEY, None)
+    if found is None:
+        raise ValueError("this LMModel has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
+    return found
+
+
+def set_context_parallel(lm: nn.Module, group) -> None:
+    """Split conversations along time across the ranks of `group` (None: off): each rank passes a
+    contiguous slice of the steps of every row, and the TTT layers exchange their carries over
+    `group` (the rows' positions continue from the ranks before). Attention needs its own context
+    parallelism with the same split. Streaming (`LMGen`) runs on one rank: clear the group first."""
+    settings(lm)  # converted?
+    for _, layer in ttt_layers(lm):
+        layer.cp_group = group
+
+
+def save(lm: nn.Module, directory: str | Path) -> Path:
+    return save_ttt(lm, directory)
+
+
+def load(directory: str | Path, lm_kwargs: dict[str, Any] | None = None, **options) -> nn.Module:
+    """`load_moshi` on what `save` wrote into `directory`."""
+    directory = Path(directory)
+    return load_moshi(directory / "model.safetensors", lm_kwargs, ttt_file=directory / TTT_WEIGHTS, **options)
 
 
 def ttt_layers(lm: nn.Module) -> Iterator[tuple[int, MoshiTTTGating]]:
@@ -235,14 +271,12 @@ def save_ttt(lm: nn.Module, directory: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    settings = getattr(lm, SETTINGS_KEY, None)
-    if settings is None:
-        raise ValueError("this LMModel has no In-Place TTT layers: convert it first")
+    saved = settings(lm)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in lm.state_dict().items()}
     ttt = {k: state.pop(k) for k in list(state) if is_ttt_param(k)}
-    save_file(ttt, str(directory / (TTT_WEIGHTS + ".tmp")), metadata={SETTINGS_KEY: json.dumps(settings)})
+    save_file(ttt, str(directory / (TTT_WEIGHTS + ".tmp")), metadata={SETTINGS_KEY: json.dumps(saved)})
     save_file(state, str(directory / "model.safetensors.tmp"))
     (directory / "model.safetensors.tmp").replace(directory / "model.safetensors")
     (directory / (TTT_WEIGHTS + ".tmp")).replace(directory / TTT_WEIGHTS)
@@ -253,9 +287,31 @@ def load_base(model_file: str | Path, lm_kwargs: dict[str, Any] | None = None, *
     """An unconverted `LMModel` from moshi's own loader (safetensors only: moshi would unpickle anything else)."""
     from moshi.models.loaders import get_moshi_lm
 
-    if Path(model_file).suffix != ".safetensors":
-        raise ValueError(f"{model_file} is not a .safetensors file; only safetensors weights are read")
+    require_safetensors(model_file)
     return get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+
+
+def require_safetensors(path: str | Path) -> None:
+    """Refuse weights that are not a whole safetensors file: moshi's loaders `torch.load` (unpickle)
+    any other suffix, and a file cut short would fail deep inside them."""
+    if Path(path).suffix not in SAFETENSORS:
+        raise ValueError(f"{path} is not a safetensors file ({', '.join(SAFETENSORS)}); only safetensors weights are read (other formats are pickles, never loaded)")
+    check_safetensors(path)
+
+
+def saved_settings(ttt_file: str | Path) -> tuple[TTTConfig, dict | None, list[dict]]:
+    """The `TTTConfig`, YaRN settings and training record (`adapters.record`) a
+    ``ttt.safetensors`` of `save_ttt` carries."""
+    from safetensors import safe_open
+
+    require_safetensors(ttt_file)
+    with safe_open(str(ttt_file), framework="pt") as f:
+        raw = (f.metadata() or {}).get(SETTINGS_KEY)
+    if raw is None:
+        raise ValueError(f"{ttt_file} holds no In-Place TTT settings (metadata key '{SETTINGS_KEY}'): not written by save_ttt")
+    settings, training = split_training(json.loads(raw))
+    rope_scaling = settings.pop("rope_scaling", None)  # not a TTTConfig field
+    return TTTConfig.from_dict(settings), rope_scaling, training
 
 
 def load_moshi(
@@ -278,20 +334,15 @@ def load_moshi(
     `rope_scaling` the saved YaRN settings.
     """
     from moshi.models.loaders import get_moshi_lm
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
+    require_safetensors(model_file)
     ttt_weights: dict[str, Tensor] = {}
     training: list[dict] = []
     if ttt_file is not None:
-        with safe_open(str(ttt_file), framework="pt") as f:
-            raw = (f.metadata() or {}).get(SETTINGS_KEY)
-            if raw is None:
-                raise ValueError(f"{ttt_file} holds no In-Place TTT settings (metadata key '{SETTINGS_KEY}'): not written by save_ttt")
-            ttt_weights = {k: f.get_tensor(k) for k in f.keys()}
-        settings, training = split_training(json.loads(raw))
-        saved_rope_scaling = settings.pop("rope_scaling", None)  # not a TTTConfig field
+        config, saved_rope_scaling, training = saved_settings(ttt_file)
         rope_scaling = saved_rope_scaling if rope_scaling is None else rope_scaling
-        config = TTTConfig.from_dict(settings)
+        ttt_weights = load_file(str(ttt_file))
     if config is None:
         raise ValueError("load_moshi: give config=TTTConfig(...) to convert a pretrained model, or ttt_file= to load a converted one")
     if clip_tau is not ...:

@@ -31,6 +31,7 @@ from ..files import write_atomic
 from ..speech.kv_cache import widen_kv_caches
 from ..speech.loading import Streams, load_lm, resolve_device, safetensors_file
 from ..speech.transcript import FRAME_RATE
+from .intervals import ratio_interval
 from .report import _figure, _save
 
 METRICS = ("text", "text_words", "audio", "audio_semantic")
@@ -244,12 +245,17 @@ def evaluate_moshi(settings: MoshiEvalSettings, progress: bool = True) -> Path:
 
 
 def _pooled(per_file: dict, n_buckets: int) -> dict[str, dict[str, list]]:
-    """Per metric and bucket: the mean loss over every value of every conversation, and the count."""
+    """Per metric and bucket: the mean loss over every value of every conversation, the count, and a
+    95% bootstrap interval of that mean resampling conversations (`eval.intervals`; None below two)."""
     pooled = {}
     for metric in METRICS:
-        sums = [sum(c[metric]["sum"][i] for c in per_file.values()) for i in range(n_buckets)]
-        counts = [sum(c[metric]["count"][i] for c in per_file.values()) for i in range(n_buckets)]
-        pooled[metric] = {"loss": [s / n if n else None for s, n in zip(sums, counts)], "count": counts}
+        per_conversation = [([c[metric]["sum"][i] for c in per_file.values()], [c[metric]["count"][i] for c in per_file.values()])
+                            for i in range(n_buckets)]
+        sums, counts = [sum(s) for s, _ in per_conversation], [sum(n) for _, n in per_conversation]
+        pooled[metric] = {
+            "loss": [s / n if n else None for s, n in zip(sums, counts)], "count": counts,
+            "interval": [ratio_interval(s, n) for s, n in per_conversation],
+        }
     return pooled
 
 
@@ -279,9 +285,10 @@ def write_moshi_report(results: dict, out: Path) -> Path:
     for metric in METRICS:
         lines += [f"## {metric} loss (nats) by minute of the conversation", "", "| model | " + " | ".join(labels) + " |", "|---|" + "---|" * n]
         for name, m in models.items():
-            losses = m["buckets"][metric]["loss"]
-            lines.append(f"| {name} | " + " | ".join("-" if x is None else f"{x:.3f}" for x in losses) + " |")
-        lines += ["", f"Values per bucket: {first['buckets'][metric]['count']}.", ""]
+            losses, intervals = m["buckets"][metric]["loss"], m["buckets"][metric]["interval"]
+            cells = ["-" if x is None else f"{x:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]") for x, ci in zip(losses, intervals)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", f"Values per bucket: {first['buckets'][metric]['count']}; [95% bootstrap interval over conversations].", ""]
     plot = _plot(models, s["bucket_minutes"], out / "moshi_loss_by_minute.png")
     lines += ["## Plot", "", f"![{plot.stem}]({plot.name})", "", "Every number, per conversation too, is in `results.json`."]
     path = out / "report.md"
@@ -294,8 +301,12 @@ def _plot(models: dict, minutes: float, path: Path) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), squeeze=False)
     for ax, metric in zip(axes.flat, METRICS):
         for name, m in models.items():
-            losses = m["buckets"][metric]["loss"]
-            ax.plot([(i + 0.5) * minutes for i in range(len(losses))], losses, marker="o", label=name)
+            losses, intervals = m["buckets"][metric]["loss"], m["buckets"][metric]["interval"]
+            x = [(i + 0.5) * minutes for i in range(len(losses))]
+            line = ax.plot(x, losses, marker="o", label=name)[0]
+            banded = [(xi, ci) for xi, ci in zip(x, intervals) if ci is not None]
+            if banded:
+                ax.fill_between([b[0] for b in banded], [b[1][0] for b in banded], [b[1][1] for b in banded], color=line.get_color(), alpha=0.15)
         context = next(iter(models.values()))["context_steps"] / FRAME_RATE / 60
         ax.axvline(context, color="grey", ls="--", lw=1, label="attention context")
         ax.set(title=f"{metric} loss", xlabel="minutes into the conversation (bucket middle)", ylabel="mean loss (nats)")

@@ -1,32 +1,39 @@
-"""`ittt eval`: several models, identical inputs, one report.
+"""`ittt eval`: several models, identical inputs, one report with 95% intervals.
 
-Inputs are built once (RULER samples from a seed with the shared tokenizer; held-out documents
-tokenized once) and every model runs on exactly those token ids. Each model is a plain
-transformers directory or an In-Place TTT one; for the latter `clip_tau` applies.
+Inputs are built once (RULER and recall samples from a seed with the shared tokenizer; held-out
+documents tokenized once) and every model runs on exactly those token ids, `batch` rows at a time
+(the samples of one task and length together). Each model is a plain transformers directory or an
+In-Place TTT one; for the latter `clip_tau` applies. Losses get bootstrap intervals over documents,
+accuracies over samples (`intervals`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import from_pretrained, set_clip_tau
-from ..adapters.hf import CONFIG_KEY, is_ttt_checkpoint, quiet_transformers
+from ..adapters import set_clip_tau
+from ..adapters.hf import CONFIG_KEY, is_ttt_checkpoint, load_causal_lm, looks_local, quiet_transformers
 from ..assets import corpus_files
 from ..documents import read_documents
 from ..files import write_atomic
+from .intervals import mean_interval
 from .loss import bucket_edges, loss_by_position, sliding_window
+from .recall import TASK as RECALL_TASK
+from .recall import chance, make_recall, recall_scores
 from .report import write_report
 from .ruler import TASK_NAMES, make_samples, score
 from .stream import greedy
 
 LOSS_TASK = "loss"
-ALL_TASKS = (LOSS_TASK,) + TASK_NAMES
+ALL_TASKS = (LOSS_TASK, RECALL_TASK) + TASK_NAMES
 
 
 @dataclass
@@ -41,8 +48,12 @@ class EvalSettings:
     seed: int = 0
     piece: int = 2048
     block: int = 256
+    contexts: list[int] | None = None  # sliding-window contexts; None: 0 and each length minus the block
     max_docs: int = 16
     chat_template: bool = False  # wrap each task prompt in the tokenizer's chat template (instruct models)
+    passages: int | None = None  # cut the documents into up to this many passages of max(lengths) + 1 tokens (the loss task's units)
+    recall_pairs: int = 16
+    batch: int = 8  # rows per forward
     dtype: str = "float32"
     out: str = "eval-report"
 
@@ -58,6 +69,18 @@ class EvalSettings:
             self.data = corpus_files("heldout")
         if any(n < 16 for n in self.lengths):
             raise ValueError(f"lengths must be >= 16 tokens; got {self.lengths}")
+        for name in ("samples", "piece", "block"):  # each is a count: 0 or less gave empty or NaN reports
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}")
+        missing = [m for m in self.models if not Path(m).expanduser().exists() and looks_local(m)]
+        if missing:
+            raise ValueError(f"--model: no such model folder: {', '.join(missing)}")
+        for name in ("batch", "recall_pairs", "passages"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1; got {value}")
+        if self.contexts is not None and any(c < 0 for c in self.contexts):
+            raise ValueError(f"contexts must be >= 0 tokens; got {self.contexts}")
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -73,14 +96,12 @@ def parse_lengths(text: str) -> list[int]:
 
 
 def load_model(path: str, dtype: torch.dtype, clip_tau: float | None):
-    from transformers import AutoModelForCausalLM
-
-    if is_ttt_checkpoint(path):
-        model = from_pretrained(path, dtype=dtype)
-        if clip_tau is not None:
-            set_clip_tau(model, clip_tau)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        model = load_causal_lm(path, dtype=dtype)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"--model {e}") from None
+    if clip_tau is not None and is_ttt_checkpoint(path):
+        set_clip_tau(model, clip_tau)
     return model.eval()
 
 
@@ -88,13 +109,35 @@ def load_tokenizer(paths: list[str]):
     """The models' shared tokenizer; different tokenizers would mean different inputs."""
     from transformers import AutoTokenizer
 
-    with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
-        tokenizers = [AutoTokenizer.from_pretrained(p) for p in paths]
+    tokenizers = []
+    for p in paths:
+        try:
+            with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
+                tokenizers.append(AutoTokenizer.from_pretrained(p))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--model {p}: no tokenizer loads from it ({str(e).strip().splitlines()[0]})") from None
     first = tokenizers[0].get_vocab()
     for p, tok in zip(paths[1:], tokenizers[1:]):
         if tok.get_vocab() != first:
             raise ValueError(f"{p} has a different tokenizer than {paths[0]}: models must share one to see identical inputs")
     return tokenizers[0]
+
+
+def check_positions(paths: list[str], longest: int) -> None:
+    """Refuse lengths past a model's position table (learned positions: an index error deep in the
+    forward); for a RoPE model, which extrapolates, only warn. Read from each local config.json."""
+    for path in paths:
+        config_file = Path(path) / "config.json"
+        if not config_file.is_file():
+            continue  # a hub id: its config is transformers' to fetch
+        data = json.loads(config_file.read_text())
+        limit = data.get("max_position_embeddings", data.get("n_positions"))
+        if limit is None or longest <= limit:
+            continue
+        if any(key in data for key in ("rope_theta", "rope_parameters", "rope_scaling")):
+            warnings.warn(f"--lengths up to {longest} is past {path}'s max_position_embeddings {limit}: a RoPE model extrapolates there")
+        else:
+            raise ValueError(f"--lengths: {longest} tokens is past {path}'s {limit} learned positions: give lengths up to {limit}")
 
 
 def model_names(paths: list[str]) -> list[str]:
@@ -106,10 +149,10 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
     """Run everything, write results.json, report.md (`preamble`: markdown lines after its
     title) and the plots; returns the report path."""
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, settings.dtype)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(settings.models)
+    check_positions(settings.models, max(settings.lengths))
     docs = []
     haystack = None
     if settings.data:
@@ -117,42 +160,87 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
         haystack = " ".join(texts)
         ids = tokenizer(texts[: settings.max_docs], add_special_tokens=False)["input_ids"]
         docs = [torch.tensor(d) for d in ids if len(d) > 1]
-    tasks = [t for t in settings.tasks if t != LOSS_TASK]
-    samples = [s for t in tasks for n in settings.lengths for s in make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack, settings.chat_template)]
+        if settings.passages is not None:
+            docs = passages(docs, max(settings.lengths) + 1, settings.passages)
+    ruler_tasks = [t for t in settings.tasks if t in TASK_NAMES]
+    groups = [make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack, settings.chat_template) for t in ruler_tasks for n in settings.lengths]
+    recall = [make_recall(tokenizer, n, settings.samples, settings.seed, settings.recall_pairs) for n in settings.lengths] if RECALL_TASK in settings.tasks else []
     max_len = max(settings.lengths)
     edges = bucket_edges(min(max_len, max((len(d) for d in docs), default=max_len)))
-    contexts = [0] + [n - settings.block for n in settings.lengths if n > settings.block]
+    contexts = settings.contexts if settings.contexts is not None else [0] + [n - settings.block for n in settings.lengths if n > settings.block]
     do_loss = LOSS_TASK in settings.tasks
 
     results = {"settings": asdict(settings), "device": device, "models": {}}
-    work = len(settings.models) * (len(samples) + (2 * len(docs) if do_loss else 0))
+    if recall:
+        results["recall"] = {"chance": 100.0 * chance(tokenizer), "gap": {str(g[0].length): g[0].gap for g in recall}}
+    per_model = sum(len(g) for g in groups + recall) + (2 * len(docs) if do_loss else 0)
     names = settings.names or model_names(settings.models)
-    with tqdm(total=work, desc="eval", unit="item") as bar:
+    with tqdm(total=len(settings.models) * per_model, desc="eval", unit="item") as bar:
         for name, path in zip(names, settings.models):
             started = time.perf_counter()
             model = load_model(path, dtype, settings.clip_tau).to(device)
             entry = {"path": path, "ttt": hasattr(model.config, CONFIG_KEY), "ruler": {}}
-            for s in samples:
-                bar.set_postfix_str(f"{name} {s.task} {s.length}")
-                ids = torch.tensor(tokenizer(s.prompt, add_special_tokens=False)["input_ids"], device=device)
-                new = greedy(model, ids, s.max_new_tokens, settings.piece, tokenizer.eos_token_id)
-                text = tokenizer.decode(new, skip_special_tokens=True)
-                cell = entry["ruler"].setdefault(s.task, {}).setdefault(str(s.length), {"scores": [], "outputs": []})
-                cell["scores"].append(score(text, s.answers, s.metric))
-                cell["outputs"].append({"index": s.index, "answers": s.answers, "generated": text, "depths": s.depths, "tokens": s.tokens})
-                bar.update()
-            for task in entry["ruler"].values():
-                for cell in task.values():
-                    cell["accuracy"] = 100.0 * sum(cell["scores"]) / len(cell["scores"])
+            for group in groups:
+                first = group[0]
+                bar.set_postfix_str(f"{name} {first.task} {first.length}")
+                cell = entry["ruler"].setdefault(first.task, {}).setdefault(str(first.length), {"scores": [], "outputs": []})
+                for k in range(0, len(group), settings.batch):
+                    batch = group[k : k + settings.batch]
+                    prompts = [torch.tensor(tokenizer(s.prompt, add_special_tokens=False)["input_ids"], device=device) for s in batch]
+                    new = greedy(model, prompts, max(s.max_new_tokens for s in batch), settings.piece, tokenizer.eos_token_id, _pad_id(tokenizer))
+                    for s, ids in zip(batch, new):
+                        text = tokenizer.decode(ids[: s.max_new_tokens], skip_special_tokens=True)
+                        cell["scores"].append(score(text, s.answers, s.metric))
+                        cell["outputs"].append({"index": s.index, "answers": s.answers, "generated": text, "depths": s.depths, "tokens": s.tokens})
+                    bar.update(len(batch))
+                _accuracy(cell, settings.seed)
+            for group in recall:
+                bar.set_postfix_str(f"{name} {RECALL_TASK} {group[0].length}")
+                cell = {"scores": recall_scores(model, group, settings.piece, settings.batch)}
+                _accuracy(cell, settings.seed)
+                entry.setdefault(RECALL_TASK, {})[str(group[0].length)] = cell
+                bar.update(len(group))
             if do_loss and docs:
                 bar.set_postfix_str(f"{name} loss")
                 on_device = [d.to(device) for d in docs]
-                entry["loss_by_position"] = loss_by_position(model, on_device, edges, settings.piece)
+                entry["loss_by_position"] = loss_by_position(model, on_device, edges, settings.piece, settings.batch, settings.seed)
                 bar.update(len(docs))
-                entry["sliding_window"] = sliding_window(model, on_device, contexts, settings.block, settings.piece)
+                entry["sliding_window"] = sliding_window(model, on_device, contexts, settings.block, settings.piece, settings.batch, settings.seed)
                 bar.update(len(docs))
             entry["seconds"] = time.perf_counter() - started
             results["models"][name] = entry
             del model
-    write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails leaves no folder
+    write_atomic(out / "results.json", json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
     return write_report(results, out, preamble)
+
+
+def _finite(value):
+    """`value` with every NaN or infinity as None: JSON has no NaN (a bare NaN makes results.json unreadable)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def passages(docs: list[torch.Tensor], length: int, count: int) -> list[torch.Tensor]:
+    """Up to `count` non-overlapping passages of `length` tokens, cut from the starts of the
+    documents onwards and taken evenly across all of them (a short tail is dropped)."""
+    cut = [d[i : i + length] for d in docs for i in range(0, len(d) - length + 1, length)]
+    step = max(1, len(cut) / count) if cut else 1
+    return [cut[int(k * step)] for k in range(min(count, len(cut)))]
+
+
+def _accuracy(cell: dict, seed: int) -> None:
+    """A cell's accuracy (%) and its 95% interval over samples."""
+    scores = cell["scores"]
+    cell["accuracy"] = 100.0 * sum(scores) / len(scores)
+    interval = mean_interval(scores, seed)
+    cell["interval"] = [100.0 * x for x in interval] if interval else None
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0

@@ -25,7 +25,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .chunked import _check, _clip_backward, chunk_update, clip_factor, inplace_ttt
+from .chunk import chunk_inplace_ttt
+from .common import check_inputs, chunk_update, clip_backward, clip_factor
 from .segments import Segments, find_segments
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -202,7 +203,7 @@ def context_parallel_ttt(
     if shard is None:
         error = None
         try:
-            _check(z, v, w0, lr, chunk_size, clip_tau, None)
+            check_inputs(z, v, w0, lr, chunk_size, clip_tau, None)
         except ValueError as e:
             error = str(e)
         if single_process_only:
@@ -213,7 +214,7 @@ def context_parallel_ttt(
             group, position_ids, B, T, chunk_size, widths=(d, h), dtype=z.dtype, device=z.device,
             settings=(lr, clip_tau, w0 is not None), error=error,
         )
-    out, final = inplace_ttt(z, v, w0, lr, chunk_size, position_ids=shard.positions, clip_tau=clip_tau, output_final_state=True, stats=stats)
+    out, final = chunk_inplace_ttt(z, v, w0, lr, chunk_size, position_ids=shard.positions, clip_tau=clip_tau, output_final_state=True, stats=stats)
     pieces = [final]
     seg = shard.segments
     if shard.straddle:  # the partial updates of the first and the unfinished last chunk
@@ -241,7 +242,7 @@ def _clip(x: Tensor, tau: float | None) -> Tensor:
 
 
 def _clip_grad(g: Tensor, x: Tensor, tau: float | None) -> Tensor:
-    return g if tau is None else _clip_backward(g, x, clip_factor(x, tau))
+    return g if tau is None else clip_backward(g, x, clip_factor(x, tau))
 
 
 def _scan(pieces: Tensor, carry: Tensor, upto: int) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .chunked import _check, state_dtype
+from .common import check_inputs, state_dtype
 
 
 def inplace_ttt_reference(
@@ -25,7 +25,7 @@ def inplace_ttt_reference(
     output_final_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Same contract as `inplace_ttt`; padding outputs are zero."""
-    _check(z, v, w0, lr, chunk_size, clip_tau, initial_state)
+    check_inputs(z, v, w0, lr, chunk_size, clip_tau, initial_state)
     B, T, h = z.shape
     d = v.shape[-1]
     sdt = state_dtype(z.dtype)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-SAFETENSORS = (".safetensors", ".sft", ".sfts")  # the suffixes moshi's loaders read as safetensors
+from ..adapters.moshi import SAFETENSORS
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

@@ -9,22 +9,36 @@ model itself (its forward computes the loss from ``labels``), and `final/` is a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from transformers import AutoTokenizer
 
-from ..adapters import convert, from_pretrained, ttt_layers
-from ..adapters.hf import is_ttt_checkpoint, load_causal_lm
+from ..adapters import convert, is_converted, ttt_layers
+from ..adapters.hf import checkpoint_settings, is_ttt_checkpoint, load_causal_lm, looks_local
 from ..config import CONFIG_KEY
 from ..doctor import doctor
-from .config import RunConfig
+from .config import RunConfig, adopt_ttt
 from .data import build_dataset, collate
 from .modes import unwrap
-from .trainer import RunError, RunParts, require_two_chunks
+from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
 
 CONFIG = RunConfig
+
+
+def settle(config: RunConfig) -> RunConfig:
+    """The run's config with what its model fixes: an In-Place TTT checkpoint as `model` trains
+    with its own TTT settings, so a `ttt` key given that differs from them is refused, and the
+    run (and its config.yaml) takes the checkpoint's."""
+    if config.ttt is None or not is_ttt_checkpoint(config.model):
+        return config
+    try:
+        saved, base, _, _ = checkpoint_settings(config.model)
+    except (ValueError, FileNotFoundError) as e:
+        raise RunError(f"model: {e}") from None
+    return dataclasses.replace(config, ttt=adopt_ttt(config.ttt, saved, base.num_hidden_layers, f"model {config.model}"))
 
 
 def load_model(config: RunConfig, dtype: torch.dtype) -> nn.Module:
@@ -35,12 +49,11 @@ def load_model(config: RunConfig, dtype: torch.dtype) -> nn.Module:
             raise RunError(f"gguf_file: {config.model} is an In-Place TTT checkpoint (safetensors), not a GGUF model's directory")
         if config.ttt is None:
             raise RunError(f"ttt: null trains a model without TTT, but {config.model} is an In-Place TTT checkpoint")
-        return from_pretrained(config.model, dtype=dtype)
     try:
         model = load_causal_lm(config.model, gguf_file=config.gguf_file, dtype=dtype)
-    except OSError as e:
-        raise RunError(f"model: cannot load {config.model!r}{_gguf_part(config)}: {e}") from None
-    return model if config.ttt is None else convert(model, config.ttt)
+    except (ValueError, FileNotFoundError) as e:
+        raise RunError(f"model{_gguf_part(config)}: {e}") from None
+    return model if config.ttt is None or is_converted(model) else convert(model, config.ttt)
 
 
 def load_tokenizer(config: RunConfig):
@@ -52,8 +65,8 @@ def load_tokenizer(config: RunConfig):
     )
     try:
         return AutoTokenizer.from_pretrained(source, **({"gguf_file": config.gguf_file} if from_gguf else {}))
-    except OSError as e:
-        raise RunError(f"tokenizer: cannot load {source!r}{_gguf_part(config) if from_gguf else ''}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise RunError(f"tokenizer: cannot load {source!r}{_gguf_part(config) if from_gguf else ''}: {str(e).strip().splitlines()[0]}") from None
 
 
 def _gguf_part(config: RunConfig) -> str:
@@ -62,6 +75,9 @@ def _gguf_part(config: RunConfig) -> str:
 
 def prepare(config: RunConfig) -> RunParts:
     """Tokenizer, data, model; checked against each other before anything trains."""
+    for key, path in (("model", config.model), ("tokenizer", config.tokenizer)):
+        if path is not None and not Path(path).expanduser().exists() and looks_local(path):
+            raise RunError(f"{key}: no such folder: {path}")
     tokenizer = load_tokenizer(config)
     train_rows = build_dataset(config.data, tokenizer, config.data.train)  # data errors first: nothing loaded yet
     eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
@@ -69,6 +85,10 @@ def prepare(config: RunConfig) -> RunParts:
     layers = dict(ttt_layers(model))
     if layers:
         require_two_chunks(config.data.row_length, layers)
+        chunk = max(layer.chunk_size for layer in layers.values())
+        for key, rows in (("data.train", train_rows), ("data.eval", eval_rows)):
+            if rows is not None:
+                require_ttt_context(rows.document_lengths(), chunk, key, "document", "tokens")
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     for rows in (train_rows, eval_rows or train_rows):
         top = int(rows.input_ids.max())
@@ -82,9 +102,11 @@ def prepare(config: RunConfig) -> RunParts:
         trained.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
+    fresh = not is_ttt_checkpoint(config.model)  # converted here: it must start as the base model
+
     def first_batch_doctor(module: nn.Module, batch: dict, optimizer):
         inputs = {k: batch[k] for k in ("input_ids", "position_ids")}
-        return doctor(unwrap(module), inputs, optimizer=optimizer, training=True)
+        return doctor(unwrap(module), inputs, optimizer=optimizer, training=True, fresh=fresh)
 
     return RunParts(
         module=model, layers=layers, train_dataset=train_rows, eval_dataset=eval_rows, collate=collate,

@@ -24,6 +24,7 @@ import yaml
 from ..config import TTTConfig
 
 MODES = ("full", "ttt_only", "lora")
+GIVEN = "_given"  # where a built section keeps the keys it was given
 
 
 @dataclass
@@ -78,6 +79,24 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"train.mode must be one of {MODES}; got {self.mode!r}")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1, or -1 to train for train.num_train_epochs; got {self.max_steps}")
+        if not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(f"train.num_train_epochs must be a finite number > 0; got {self.num_train_epochs}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("save_total_limit", "eval_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be null or >= 1; got {getattr(self, name)}")
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"train.dataloader_num_workers must be >= 0; got {self.dataloader_num_workers}")
+        for name in ("learning_rate", "weight_decay", "max_grad_norm") + (("ttt_learning_rate",) if self.ttt_learning_rate is not None else ()):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"train.{name} must be a finite number >= 0; got {value}")
+        if self.fsdp_config is not None and not self.fsdp:
+            raise ValueError("train.fsdp_config is set but train.fsdp is not, so it would be ignored: set train.fsdp (e.g. 'full_shard auto_wrap') or drop fsdp_config")
         if self.bf16 not in ("auto", "true", "false"):
             raise ValueError(f"train.bf16 must be 'auto', 'true' or 'false'; got {self.bf16!r}")
         if not 0 <= self.warmup_ratio < 1:
@@ -130,7 +149,7 @@ def read_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str,
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _parse_yaml(p.read_text(), str(p)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{p}: expected a mapping of sections, got {type(data).__name__}")
     if len(overrides) % 2:
@@ -144,8 +163,19 @@ def read_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str,
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"{key}: {part} is not a section")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _parse_yaml(value, key)
     return data
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """YAML text, or one message naming where it came from and the line of the mistake."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{where}: not valid YAML{at}: {problem}") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), schema: type = RunConfig):
@@ -174,7 +204,14 @@ def _build(cls, data: Any, where: str):
         raise ValueError(f"unknown key(s) {[where + k for k in unknown]}; valid keys here: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _convert(hints[name], value, f"{where}{name}") for name, value in data.items()}
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    built.__dict__[GIVEN] = frozenset(data)
+    return built
+
+
+def given_keys(section) -> frozenset[str] | None:
+    """The keys a section was built from (`build_config`), None for one built in code."""
+    return getattr(section, GIVEN, None)
 
 
 def _convert(tp, value, where: str):
@@ -215,6 +252,8 @@ def _convert(tp, value, where: str):
                 raise ValueError
             return converted
         if tp is str:
+            if isinstance(value, (dict, list)) or value is None:
+                raise ValueError
             return str(value).lower() if isinstance(value, bool) else str(value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
@@ -223,3 +262,20 @@ def _convert(tp, value, where: str):
 
 def dump_config(config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def adopt_ttt(given: TTTConfig, saved: TTTConfig, num_layers: int | None, what: str) -> TTTConfig:
+    """A trained checkpoint's TTT settings (`saved`; `what` names the checkpoint) for a run whose
+    `ttt` section is `given`: a run continues a trained model with its settings, so a key given in
+    the section that differs from them is refused (a section built in code gives no keys)."""
+
+    def value(config: TTTConfig, key: str):
+        return config.layer_indices(num_layers) if key == "layers" and num_layers is not None else getattr(config, key)
+
+    differ = [f"ttt.{k} {value(given, k)!r} (checkpoint: {value(saved, k)!r})" for k in sorted(given_keys(given) or ()) if value(given, k) != value(saved, k)]
+    if differ:
+        raise ValueError(
+            f"{what} is a trained In-Place TTT checkpoint, which goes on with its own TTT settings, but the run's ttt section "
+            f"differs: {', '.join(differ)}. Leave those keys out of the ttt section, or give the checkpoint's values"
+        )
+    return saved

@@ -4,28 +4,42 @@ A row holds several documents back to back with `position_ids` that restart at 0
 the transformers convention for packed rows: neither attention nor fast weights cross a
 document edge. A document longer than the space left in a row continues in the next row as a
 new piece (its positions, and so its fast weights, restart there). The first token of each
-piece gets label -100: nothing before it in the row belongs to its document.
+piece gets label -100: nothing before it in the row belongs to its document. Padding (the end
+of the last row) has position -1, the library's mark for "no document": transformers sees each
+padding token as a sequence of its own, the TTT layers leave it out of every update.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..documents import read_documents
 
-def tokenize(docs: Iterable[str], tokenizer, add_eos: bool = True) -> list[list[int]]:
-    """Token ids per document, with the tokenizer's EOS appended when it has one."""
+TOKENIZE_BATCH = 1000  # documents per tokenizer call (one progress step)
+
+
+def tokenize(docs: Sequence[str], tokenizer, add_eos: bool = True) -> list[list[int]]:
+    """Token ids per document, with the tokenizer's EOS appended when it has one; a progress bar
+    counts the characters read."""
     eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
-    ids = tokenizer(list(docs), add_special_tokens=False)["input_ids"]
+    ids: list[list[int]] = []
+    with tqdm(total=sum(map(len, docs)), desc="tokenizing", unit="char", unit_scale=True) as bar:
+        for start in range(0, len(docs), TOKENIZE_BATCH):
+            batch = list(docs[start : start + TOKENIZE_BATCH])
+            ids += tokenizer(batch, add_special_tokens=False)["input_ids"]
+            bar.update(sum(map(len, batch)))
     return [d + eos for d in ids if d]
 
 
 @dataclass
 class PackedRows:
-    """`[N, L]` input ids, labels and position ids."""
+    """`[N, L]` input ids, labels and position ids (-1: padding, no document)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -37,39 +51,38 @@ class PackedRows:
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids[i], "labels": self.labels[i], "position_ids": self.position_ids[i]}
 
-    def document_lengths(self) -> list[int]:
-        """Lengths of the document pieces in the rows (what TTT sees as documents)."""
-        starts = self.position_ids == 0
-        lengths = []
-        for row in starts:
-            idx = row.nonzero()[:, 0].tolist() + [row.shape[0]]
-            lengths += [b - a for a, b in zip(idx[:-1], idx[1:])]
-        return lengths
+    def document_lengths(self) -> torch.Tensor:
+        """Lengths of the document pieces in the rows (what TTT sees as documents); padding is none."""
+        pos = self.position_ids.flatten()
+        starts = (pos == 0).nonzero()[:, 0]
+        return torch.bincount(torch.bucketize(torch.arange(len(pos))[pos >= 0], starts, right=True) - 1, minlength=len(starts))
 
 
 def pack(docs: Sequence[Sequence[int]], row_length: int, pad_id: int) -> PackedRows:
-    """Pack token lists into rows of `row_length`; a short last row is padded (labels -100)."""
+    """Pack token lists into rows of `row_length`, in linear time. A document longer than the room
+    left in a row goes on in the next row as a new piece; a short last row is padded with position
+    -1 (no document: no attention partner, no fast-weight update) and label -100."""
     if row_length < 2:
         raise ValueError(f"data.row_length must be >= 2; got {row_length}")
-    ids: list[int] = []
-    pos: list[int] = []
-    for doc in docs:
-        rest = list(doc)
-        while rest:  # what does not fit continues in the next row, positions restarting
-            room = row_length - len(ids) % row_length
-            ids += rest[:room]
-            pos += range(len(rest[:room]))
-            rest = rest[room:]
-    if not ids:
+    lengths = torch.tensor([len(d) for d in docs], dtype=torch.long)
+    total = int(lengths.sum())
+    if total == 0:
         raise ValueError("data: no tokens to train on")
-    short = -len(ids) % row_length
-    ids += [pad_id] * short
-    pos += range(short)
-    input_ids = torch.tensor(ids).view(-1, row_length)
-    position_ids = torch.tensor(pos).view(-1, row_length)
-    labels = input_ids.masked_fill(position_ids == 0, -100)
-    if short:
-        labels[-1, row_length - short :] = -100
+    flat = np.empty(total, dtype=np.int64)
+    offset = 0
+    with tqdm(total=len(docs), desc="packing", unit="doc") as bar:
+        for doc in docs:
+            flat[offset : offset + len(doc)] = doc
+            offset += len(doc)
+            bar.update()
+    ids = torch.from_numpy(flat)
+    token = torch.arange(total)
+    doc_start = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    pos = torch.minimum(token - doc_start, token % row_length)  # restarts with the document and with the row
+    short = -total % row_length
+    input_ids = F.pad(ids, (0, short), value=pad_id).view(-1, row_length)
+    position_ids = F.pad(pos, (0, short), value=-1).view(-1, row_length)
+    labels = input_ids.masked_fill(position_ids <= 0, -100)  # a piece's first token has nothing of its own before it
     return PackedRows(input_ids, labels, position_ids)
 
 

@@ -18,8 +18,7 @@ loaded with `adapters.moshi.load_moshi`.
 from __future__ import annotations
 
 import json
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import TTTConfig
-from .config import LoraSettings, TrainConfig
-from .trainer import RunError, RunParts, require_two_chunks
+from .config import LoraSettings, TrainConfig, adopt_ttt
+from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
 
 CODES_KEY = "codes"
 
@@ -126,8 +125,10 @@ def conversation_files(paths: list[str], key: str = "data.train") -> list[Path]:
     return files
 
 
-def read_conversation(path: Path, num_codebooks: int, text_card: int, card: int) -> torch.Tensor:
-    """The ``codes`` ``[K, T]`` (long) of one conversation file, checked against the model."""
+def read_conversation(path: Path, num_codebooks: int, text_card: int, card: int, predicted: int | None = None) -> torch.Tensor:
+    """The ``codes`` ``[K, T]`` (long) of one conversation file, checked against the model;
+    `predicted`: how many leading streams the training loss reads (text and the model's own
+    audio), of which some value must be there."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -148,6 +149,11 @@ def read_conversation(path: Path, num_codebooks: int, text_card: int, card: int)
         raise ValueError(f"{path}: codes outside the model's vocabularies (text < {text_card}, audio < {card}, -1 for missing)")
     if (codes == -1).all():
         raise ValueError(f"{path}: every code is -1 (missing): nothing to train on")
+    if predicted is not None and (codes[:predicted] == -1).all():
+        raise ValueError(
+            f"{path}: the {predicted} streams the loss predicts (text and the model's {predicted - 1} audio codebooks) are all -1 "
+            "(missing): nothing to train on (the loss would be 0)"
+        )
     return codes
 
 
@@ -181,19 +187,12 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int, key: str) -> torch.Tensor:
     """The conversations of `paths` as rows, refusing data in which TTT would be inert."""
     try:
-        conversations = [read_conversation(p, lm.num_codebooks, lm.text_card, lm.card) for p in conversation_files(paths, key)]
+        predicted = lm.audio_offset + lm.dep_q
+        conversations = [read_conversation(p, lm.num_codebooks, lm.text_card, lm.card, predicted) for p in conversation_files(paths, key)]
     except ValueError as e:
         raise RunError(str(e)) from None
     rows = conversation_rows(conversations, row_length)
-    steps = (rows != -1).any(1).sum(1)  # steps holding any value, per row
-    short = int((steps < 2 * chunk).sum())
-    if short == len(rows):
-        raise RunError(
-            f"{key}: every conversation row holds fewer than two TTT chunks ({2 * chunk} steps; the longest has "
-            f"{int(steps.max())}): nothing precedes a row's first chunk, so TTT would be inert. Use longer conversations or a smaller chunk_size"
-        )
-    if short:
-        warnings.warn(f"{key}: {short} of {len(rows)} rows hold fewer than two chunks ({2 * chunk} steps): TTT is inert in them")
+    require_ttt_context((rows != -1).any(1).sum(1), chunk, key, "conversation row", "steps")  # steps holding any value, per row
     return rows
 
 
@@ -226,12 +225,7 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
 
     from ..adapters.moshi import load_moshi
 
-    for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights), ("model.lm_kwargs", m.lm_kwargs)):
-        if path is not None and not Path(path).is_file():
-            raise RunError(f"{key}: no such file: {path}")
-    for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights)):
-        if path is not None and Path(path).suffix != ".safetensors":  # moshi would unpickle anything else
-            raise RunError(f"{key}: {path} is not a .safetensors file; only safetensors weights are read")
+    check_model_files(m)
     lm_kwargs = read_lm_kwargs(m.lm_kwargs)
     try:
         return load_moshi(
@@ -243,6 +237,38 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
         raise RunError(
             f"model.weights {m.weights} does not load with model.lm_kwargs {m.lm_kwargs or '(Moshi 7B defaults)'}: {first}"
         ) from None
+
+
+def check_model_files(m: MoshiModelConfig) -> None:
+    """Every file of a `model` section there, and the weights whole safetensors files."""
+    from ..adapters.moshi import require_safetensors
+
+    for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights), ("model.lm_kwargs", m.lm_kwargs)):
+        if path is not None and not Path(path).is_file():
+            raise RunError(f"{key}: no such file: {path}")
+    for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights)):
+        if path is not None:
+            try:
+                require_safetensors(path)
+            except ValueError as e:
+                raise RunError(f"{key}: {e}") from None
+
+
+def settle(config: MoshiRunConfig) -> MoshiRunConfig:
+    """The run's config with what its model fixes: a run that goes on from `model.ttt_weights`
+    trains with their saved TTT settings, so a `ttt` key given that differs is refused, and the
+    run (and its config.yaml) takes theirs."""
+    from ..adapters.moshi import saved_settings
+
+    if config.model.ttt_weights is None:
+        return config
+    check_model_files(config.model)
+    try:
+        saved, _, _ = saved_settings(config.model.ttt_weights)
+    except ValueError as e:
+        raise RunError(f"model.ttt_weights: {e}") from None
+    num_layers = (read_lm_kwargs(config.model.lm_kwargs) or {}).get("num_layers")
+    return replace(config, ttt=adopt_ttt(config.ttt, saved, num_layers, f"model.ttt_weights {config.model.ttt_weights}"))
 
 
 def read_lm_kwargs(path: str | None) -> dict | None:
@@ -278,8 +304,8 @@ def prepare(config: MoshiRunConfig) -> RunParts:
     def enable_checkpointing(module: nn.Module) -> None:
         unwrap(module).lm.transformer.checkpointing = True  # moshi's own activation checkpointing
 
-    def first_batch_doctor(module: nn.Module, batch: dict, optimizer):
-        return doctor(unwrap(module).lm, batch, optimizer=optimizer, training=True)
+    def first_batch_doctor(module: nn.Module, batch: dict, optimizer):  # converted here unless it continues a run's TTT weights
+        return doctor(unwrap(module).lm, batch, optimizer=optimizer, training=True, fresh=config.model.ttt_weights is None)
 
     return RunParts(
         module=MoshiLoss(lm, t.first_codebook_weight, t.text_padding_weight),

@@ -1,10 +1,13 @@
-"""`ittt pretrain`: train a small Llama model, and its byte-level BPE tokenizer, from scratch.
+"""`ittt pretrain`: train a small Llama-style model, and its byte-level BPE tokenizer, from scratch.
 
-This is how the embedded base model (`inplace_ttt.assets.base_model_dir()`) was made: a plain
-Llama (gated SiLU MLP, RoPE), no TTT, trained on packed rows of whole documents with positions
-restarting per document. It reuses `ittt train`'s YAML handling, data packing, Trainer
-arguments and complete-only checkpoints; what it adds is the tokenizer and a model built from
-the `model` section instead of loaded.
+This is how the embedded base model (`inplace_ttt.assets.base_model_dir()`) was made: a gated
+SiLU MLP, RoPE model trained on packed rows of whole documents with positions restarting per
+document. `model.sliding_window` makes it a sliding-window attention model (transformers'
+Mistral, whose attention only reaches the last `sliding_window` tokens); a `ttt:` section (the
+same `TTTConfig` fields as `ittt train`'s) converts it before the first step, so In-Place TTT
+trains from scratch with it (the paper's section 4.2). It reuses `ittt train`'s YAML handling,
+data packing, Trainer arguments and complete-only checkpoints; what it adds is the tokenizer and
+a model built from the `model` section instead of loaded.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, PreTrainedModel, PreTrainedTokenizerFast, set_seed
 
+from ..adapters import convert, ttt_layers
+from ..config import TTTConfig
 from ..documents import read_documents
 from ..files import write_atomic
 from .config import DataConfig, TrainConfig
 from .data import build_dataset, collate
 from .telemetry import MetricsJsonl, TTTTelemetry
-from .trainer import RunError, TTTTrainer, prepare_run_dir, training_arguments, use_bf16
+from .run_dir import start_run_dir, write_final
+from .trainer import RunError, TTTTrainer, require_two_chunks, training_arguments, use_bf16
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 SUMMARY = "pretrain_summary.json"
@@ -40,7 +46,9 @@ class TokenizerSettings:
 
 @dataclass
 class ArchitectureConfig:
-    """The Llama shape; the vocabulary size comes from the tokenizer."""
+    """The model's shape; the vocabulary size comes from the tokenizer. `sliding_window` (tokens a
+    query attends to, itself included; None: full causal attention) builds transformers' Mistral,
+    which is Llama with that window."""
 
     hidden_size: int = 256
     intermediate_size: int = 768
@@ -50,8 +58,12 @@ class ArchitectureConfig:
     max_position_embeddings: int = 8192
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = True
+    sliding_window: int | None = None
+    init_from: str | None = None  # a model directory of the same shape whose weights start the run (None: random)
 
     def __post_init__(self) -> None:
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"model.sliding_window must be None (full attention) or >= 1 tokens; got {self.sliding_window}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"model.hidden_size ({self.hidden_size}) must be a multiple of model.num_attention_heads ({self.num_attention_heads})"
@@ -68,6 +80,7 @@ class PretrainConfig:
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ttt: TTTConfig | None = None  # In-Place TTT from step 0; None: a plain model
 
     def __post_init__(self) -> None:
         if not self.data.train:
@@ -78,7 +91,9 @@ class PretrainConfig:
             )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["ttt"] = self.ttt.to_dict() if self.ttt is not None else None
+        return d
 
 
 def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -95,16 +110,40 @@ def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, clean_up_tokenization_spaces=False)
 
 
-def build_model(arch: ArchitectureConfig, tokenizer) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_act="silu",
-        **asdict(arch),
-    )
-    return LlamaForCausalLM(config)
+def build_model(arch: ArchitectureConfig, tokenizer, ttt: TTTConfig | None = None) -> PreTrainedModel:
+    """A Llama (full attention) or a Mistral (`arch.sliding_window` set), converted to In-Place TTT
+    when `ttt` is given."""
+    shape = asdict(arch)
+    window, init_from = shape.pop("sliding_window"), shape.pop("init_from")
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if window is None:
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_act="silu", **special, **shape)
+    else:
+        config = MistralConfig(vocab_size=len(tokenizer), hidden_act="silu", sliding_window=window, **special, **shape)
+    model = AutoModelForCausalLM.from_config(config)
+    if init_from is not None:
+        _load_weights(model, Path(init_from))
+    return convert(model, ttt) if ttt is not None else model
+
+
+def _load_weights(model: PreTrainedModel, directory: Path) -> None:
+    """Copy the weights of a saved model of the same shape (safetensors) into `model`; the
+    attention pattern may differ (a full-attention model can start a sliding-window one)."""
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise RunError(f"model.init_from: {directory} holds no .safetensors weights")
+    weights = {k: v for f in files for k, v in load_file(f).items()}
+    own = model.state_dict()
+    if model.config.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)
+        own.pop("lm_head.weight", None)
+    wrong = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
+    extra = sorted(set(weights) - set(own))
+    if wrong or extra:
+        raise RunError(f"model.init_from: {directory} does not match the model section: differing or missing {wrong[:4]}, unexpected {extra[:4]}")
+    model.load_state_dict(weights, strict=False)
 
 
 def _tokenizer(config: PretrainConfig, out: Path):
@@ -123,18 +162,22 @@ def _tokenizer(config: PretrainConfig, out: Path):
     return tokenizer
 
 
-def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
+def pretrain(config: PretrainConfig, resume: bool = False, allow_changes: bool = False) -> Path:
     """Train the tokenizer (unless given) and the model; returns the final model's directory,
     which also holds the tokenizer and `pretrain_summary.json` (tokens seen, time, losses)."""
     out = Path(config.train.output_dir)
-    checkpoint = prepare_run_dir(config, resume)
+    checkpoint = start_run_dir(config, resume, allow_changes)
     set_seed(config.train.seed)
     tokenizer = _tokenizer(config, out)
     train_rows = build_dataset(config.data, tokenizer, config.data.train)
     eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
-    model = build_model(config.model, tokenizer)
+    model = build_model(config.model, tokenizer, config.ttt)
+    layers = dict(ttt_layers(model))
+    if layers:
+        require_two_chunks(config.data.row_length, layers)
 
     t = config.train
+    telemetry = TTTTelemetry(layers)
     trainer = TTTTrainer(
         model=model,
         args=training_arguments(t, out, use_bf16(t.bf16), evaluate=eval_rows is not None),
@@ -143,8 +186,11 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
         data_collator=collate,
         processing_class=tokenizer,
         callbacks=[MetricsJsonl(out / "metrics.jsonl")],
-        telemetry=TTTTelemetry({}),
+        ttt_learning_rate=t.ttt_learning_rate,
+        ttt_max_grad_norm=t.ttt_max_grad_norm,
+        telemetry=telemetry,
     )
+    telemetry.enable()
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - start
@@ -170,8 +216,12 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
         summary["heldout_loss"] = trainer.evaluate()["eval_loss"]
     if trainer.is_world_process_zero():
         model.config.use_cache = True  # the Trainer turned it off for training; generation wants it
-        model.save_pretrained(final)
-        tokenizer.save_pretrained(final)
-        write_atomic(final / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+        def save(folder: Path) -> None:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            write_atomic(folder / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+        write_final(out, save)
         print(json.dumps(summary, indent=2), flush=True)
     return final

@@ -1,8 +1,9 @@
 """`ittt train`: the one place where a run's model family is chosen.
 
 A run YAML says its family with ``model_type`` (``transformers``, the default, or ``moshi``);
-the family's module loads the model and data (`causal_lm.prepare`, `moshi.prepare`) and the
-shared engine (`trainer.run_training`) trains them.
+the family's module settles what its model fixes (`settle`: a trained checkpoint's own TTT
+settings), loads the model and data (`prepare`) and the shared engine (`trainer.run_training`)
+trains them.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()):
     return build_config(family(data.get("model_type", "transformers")).CONFIG, data)
 
 
-def train(config, resume: bool = False) -> Path:
-    """Run training as configured; returns the directory of the final model."""
+def train(config, resume: bool = False, allow_changes: bool = False) -> Path:
+    """Run training as configured; returns the directory of the final model. `resume` continues
+    the run in `train.output_dir` (`allow_changes`: with settings other than its config.yaml's)."""
+    fam = family(config.model_type)
     try:
-        return run_training(config, family(config.model_type).prepare, resume)
+        return run_training(fam.settle(config), fam.prepare, resume, allow_changes)
     finally:
         _leave_process_group()
 

@@ -18,18 +18,17 @@ We add what is specific to In-Place TTT:
   count only once complete (a `COMPLETE` file is their last write), so a run killed at any
   moment resumes from its last complete checkpoint;
 - `doctor` on the first batch, stopping the run on a failed check;
-- a run folder that is validated before anything is written to it.
+- a run folder that is checked before anything is written to it, locked while the run lives,
+  and never mixes two runs or loses one (`train.run_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import re
-import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,23 +37,19 @@ import torch
 import torch.nn as nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import rotate_checkpoints
 
 from ..adapters.record import TRAINING_KEY, run_entry, split_training
-from ..files import write_atomic
 from ..layer import InPlaceTTTMLP, is_ttt_param
-from .config import TrainConfig, dump_config
+from .config import TrainConfig
 from .modes import ModeError, apply_mode, is_peft, merged, unwrap
 from .precision import MasterWeights
-from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry, truncate_metrics
+from .run_dir import (
+    RunError, mark_checkpoint_complete, mark_checkpoint_started, named_folder_errors, not_created_yet, release_run_dir, resume_point, rotate_checkpoints, start_run_dir,
+    write_final,
+)
+from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry
 
-COMPLETE = "COMPLETE"
 TTT_WEIGHTS = "ttt_weights.safetensors"
-_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-
-
-class RunError(ValueError):
-    """A run cannot start or go on; the message says why."""
 
 
 @dataclass
@@ -200,20 +195,21 @@ class TTTTrainer(Trainer):
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def _save_checkpoint(self, model, trial):
-        # write the checkpoint, mark it complete, and only then let older checkpoints go
+        # mark the checkpoint ours and unfinished, write it, mark it complete, and only then let
+        # older checkpoints (of ours) go
+        latest = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            mark_checkpoint_started(latest)
         limit, self.args.save_total_limit = self.args.save_total_limit, None
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
         if self.args.should_save:
-            latest = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             if self.master_weights:
                 self.master_weights.save(latest)
-            write_atomic(latest / COMPLETE, json.dumps({"step": self.state.global_step}) + "\n")
-            rotate_checkpoints(
-                output_dir=str(latest.parent), save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint
-            )
+            mark_checkpoint_complete(latest, self.state.global_step)
+            rotate_checkpoints(latest.parent, limit, keep=self.state.best_model_checkpoint)
 
 
 def _cache_setting(model) -> dict:
@@ -248,60 +244,25 @@ def require_two_chunks(row_length: int, layers: dict) -> None:
         )
 
 
+def require_ttt_context(lengths: torch.Tensor, chunk: int, key: str, what: str, unit: str) -> None:
+    """Refuse data whose documents (`lengths`, as the rows hold them) are all shorter than two TTT
+    chunks: nothing precedes a document's first chunk, so TTT would get no gradient and do
+    nothing. Warn when such documents hold most of the data."""
+    short = lengths < 2 * chunk
+    if bool(short.all()):
+        raise RunError(
+            f"{key}: every {what} holds fewer than two TTT chunks ({2 * chunk} {unit}; the longest has {int(lengths.max())}): "
+            f"nothing precedes a {what}'s first chunk, so TTT would be inert. Use longer {what}s or a smaller chunk_size"
+        )
+    share = float(lengths[short].sum()) / float(lengths.sum())
+    if share > 0.5:
+        warnings.warn(f"{key}: {share:.0%} of the data is in {what}s shorter than two TTT chunks ({2 * chunk} {unit}), where TTT is inert")
+
+
 def use_bf16(setting: str) -> bool:
     if setting == "auto":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return setting == "true"
-
-
-# the run folder --------------------------------------------------------------------------------
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """The step of a `checkpoint-<step>` folder this library writes; None for any other name."""
-    m = _CHECKPOINT.fullmatch(path.name)
-    return int(m.group(1)) if m else None
-
-
-def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest `checkpoint-<step>` of a run that was completely written."""
-    done = [p for p in Path(output_dir).glob("checkpoint-*") if checkpoint_step(p) is not None and (p / COMPLETE).is_file()]
-    return max(done, key=checkpoint_step, default=None)
-
-
-def resume_point(output_dir: str | Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from (with `resume`), or None for a fresh run; refuses a folder
-    that already holds a run unless resuming. Reads only: nothing is written or deleted."""
-    out = Path(output_dir)
-    if resume:
-        checkpoint = last_complete_checkpoint(out)
-        if checkpoint is None:
-            raise RunError(f"--resume: {out} holds no complete checkpoint")
-        return checkpoint
-    if any(checkpoint_step(p) is not None for p in out.glob("checkpoint-*")) or (out / "final").exists():
-        raise RunError(f"{out} already holds a run: pass --resume to continue it, or choose another train.output_dir")
-    return None
-
-
-def start_run_dir(config, checkpoint: Path | None) -> Path:
-    """Create `train.output_dir` and write the run's `config.yaml`; when resuming, delete the
-    checkpoints cut off mid-write (never used) and the metrics logged after `checkpoint`."""
-    out = Path(config.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if checkpoint is not None:
-        for partial in out.glob("checkpoint-*"):
-            if checkpoint_step(partial) is not None and not (partial / COMPLETE).is_file():
-                shutil.rmtree(partial)
-        truncate_metrics(out / "metrics.jsonl", checkpoint_step(checkpoint))
-    write_atomic(out / "config.yaml", dump_config(config))
-    return out
-
-
-def prepare_run_dir(config, resume: bool) -> Path | None:
-    """`resume_point` then `start_run_dir`; returns the checkpoint to resume from."""
-    checkpoint = resume_point(config.train.output_dir, resume)
-    start_run_dir(config, checkpoint)
-    return checkpoint
 
 
 # transformers renamed `gradient_checkpointing` to `activation_checkpointing` (5.2x); accept both
@@ -352,13 +313,16 @@ def training_arguments(
 # the run ---------------------------------------------------------------------------------------
 
 
-def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = False, callbacks: Sequence[TrainerCallback] = ()) -> Path:
+def run_training(
+    config, prepare: Callable[[Any], RunParts], resume: bool = False, allow_changes: bool = False, callbacks: Sequence[TrainerCallback] = ()
+) -> Path:
     """Train as `config` says, the model and data coming from a family's `prepare`; returns the
-    directory of the final model. Everything is validated (config, model, data, the first-batch
-    doctor) before the run folder is created or touched. `callbacks`: more `TrainerCallback`s."""
+    directory of the final model. Everything is validated (the run folder, config, model, data,
+    the first-batch doctor) before the run folder is created or touched; then the run holds the
+    folder's lock until it ends (`train.run_dir`). `callbacks`: more `TrainerCallback`s."""
     t = config.train
     out = Path(t.output_dir)
-    checkpoint = resume_point(out, resume)
+    resume_point(config, resume, allow_changes)  # refuses (or, for a finished run, says so) before anything loads
     set_seed(t.seed)  # conversion may draw random numbers (the diagonal W_target start)
     parts = prepare(config)
     try:
@@ -373,19 +337,20 @@ def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = Fals
     )
     telemetry = TTTTelemetry(parts.layers)
     record = _training_recorder(parts.settings, config)
-    trainer = TTTTrainer(
-        model=module,
-        args=args,
-        train_dataset=parts.train_dataset,
-        eval_dataset=parts.eval_dataset,
-        data_collator=parts.collate,
-        processing_class=parts.processing_class,
-        callbacks=[MetricsJsonl(out / "metrics.jsonl"), *callbacks],
-        ttt_learning_rate=t.ttt_learning_rate,
-        ttt_max_grad_norm=t.ttt_max_grad_norm,
-        telemetry=telemetry,
-        before_save=record,
-    )
+    with not_created_yet(out), named_folder_errors(out):
+        trainer = TTTTrainer(
+            model=module,
+            args=args,
+            train_dataset=parts.train_dataset,
+            eval_dataset=parts.eval_dataset,
+            data_collator=parts.collate,
+            processing_class=parts.processing_class,
+            callbacks=[MetricsJsonl(out / "metrics.jsonl"), *callbacks],
+            ttt_learning_rate=t.ttt_learning_rate,
+            ttt_max_grad_norm=t.ttt_max_grad_norm,
+            telemetry=telemetry,
+            before_save=record,
+        )
     if t.doctor and parts.layers and parts.doctor is not None:
         trainer.create_optimizer()
         first = parts.collate([parts.train_dataset[i] for i in range(min(t.per_device_train_batch_size, len(parts.train_dataset)))])
@@ -395,17 +360,18 @@ def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = Fals
             print(f"doctor on the first batch:\n{report}", flush=True)
         if not report.ok:
             raise RunError(f"doctor found problems on the first batch; not training:\n{report}")
-    start_run_dir(config, checkpoint)
-    telemetry.enable()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-
-    final = out / "final"
-    if trainer.is_world_process_zero():
-        if record is not None:
-            record(trainer.state.global_step)
-        with trainer.user_settings():
-            parts.save_final(merged(module), final)
-    return final
+    try:
+        checkpoint = start_run_dir(config, resume, allow_changes)
+        telemetry.enable()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if trainer.is_world_process_zero():
+            if record is not None:
+                record(trainer.state.global_step)
+            with trainer.user_settings():
+                write_final(out, lambda folder: parts.save_final(merged(module), folder))
+    finally:
+        release_run_dir(out)
+    return out / "final"
 
 
 def _training_recorder(settings: dict | None, config) -> Callable[[int], None] | None:

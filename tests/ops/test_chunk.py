@@ -1,4 +1,4 @@
-"""The fast op against the plain loop (`inplace_ttt_reference`) and the invariants of DESIGN.md §2."""
+"""The fast op against the plain loop (`inplace_ttt_reference`) and the invariants of docs/design.md."""
 
 import pytest
 import torch

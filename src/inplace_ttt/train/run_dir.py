@@ -1,0 +1,323 @@
+"""The run folder (`train.output_dir`) of `ittt train` and `ittt pretrain`: one live run at a
+time, resumable at any moment, and nothing in it touched that this library did not write.
+
+What a run folder holds, all written by the run:
+
+- ``.ittt-run.lock``: the lock a live run holds (`fcntl.flock`, which the operating system
+  drops when the process ends, however it ends): a second run into the same folder, fresh or
+  ``--resume``, is refused while the first lives, and a killed run's stale file blocks nothing.
+  The file stays and marks the folder as a run's.
+- ``config.yaml``: the run's settings. ``--resume`` with other settings is refused, the changed
+  keys named; with ``--allow-changes`` it goes on and keeps the old file as
+  ``config-until-step-<N>.yaml``.
+- ``metrics.jsonl``; ``checkpoint-<step>/``: an ``IN_PROGRESS`` file is its first write and a
+  ``COMPLETE`` file its last, so a checkpoint counts only once complete, and only folders with
+  one of the two are ours (a user's ``checkpoint-best-manual/`` or an unmarked ``checkpoint-7/``
+  is never deleted);
+- ``final/``: written as ``.final-partial/`` and renamed when complete, so a ``final/`` means a
+  finished run (resuming one does nothing and says so).
+
+Everything is checked before the folder is created or changed (`resume_point`, read only), and
+again under the lock (`start_run_dir`), since another run may have started meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from ..files import write_atomic
+from .config import build_config, dump_config
+
+LOCK = ".ittt-run.lock"
+IN_PROGRESS = "IN_PROGRESS"
+COMPLETE = "COMPLETE"
+FINAL = "final"
+PARTIAL_FINAL = ".final-partial"
+CONFIG = "config.yaml"
+# keys that may differ on --resume: where and how often the run reports and saves, not what it trains
+BOOKKEEPING = {
+    "train.output_dir", "train.report_to", "train.logging_steps", "train.save_steps", "train.save_total_limit",
+    "train.dataloader_num_workers", "train.doctor", "train.eval_steps", "train.per_device_eval_batch_size",
+}
+
+_held: dict[str, int] = {}  # folder (resolved) -> file descriptor of the lock this process holds on it
+
+
+class RunError(ValueError):
+    """A run cannot start or go on; the message says why."""
+
+
+class RunFinished(Exception):
+    """`--resume` of a finished run: there is nothing to do (the message says so)."""
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a ``checkpoint-<step>`` folder name; None for any other name."""
+    name = Path(path).name
+    digits = name.removeprefix("checkpoint-")
+    return int(digits) if digits != name and digits.isdigit() and digits.isascii() else None
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return [p for p in out.glob("checkpoint-*") if p.is_dir() and checkpoint_step(p) is not None]
+
+
+def is_ours(checkpoint: Path) -> bool:
+    """Whether a checkpoint folder was written by this library (it carries one of our markers)."""
+    return (checkpoint / IN_PROGRESS).is_file() or (checkpoint / COMPLETE).is_file()
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``checkpoint-<step>`` of a run that was completely written."""
+    done = [p for p in _checkpoints(Path(output_dir)) if (p / COMPLETE).is_file()]
+    return max(done, key=checkpoint_step, default=None)
+
+
+def holds_run(out: Path, new_lock: bool = False) -> bool:
+    """Whether a folder holds a run of this library (live, killed or finished); `new_lock`: its
+    lock file is the one this process just created, no sign of an earlier run."""
+    return ((out / LOCK).is_file() and not new_lock) or (out / FINAL).is_dir() or any(is_ours(p) for p in _checkpoints(out))
+
+
+def is_main_process() -> bool:
+    """The process that owns the run folder: the only one under torchrun that checks and changes it."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# checks (read only) ----------------------------------------------------------------------------
+
+
+def resume_point(config, resume: bool, allow_changes: bool = False, new_lock: bool = False) -> Path | None:
+    """The checkpoint to resume from (None: start from step 0), after checking that the run may
+    use `config.train.output_dir`. Reads only: nothing is written or deleted. Raises `RunError`
+    when it may not, `RunFinished` when resuming a finished run. (`new_lock`: see `holds_run`.)"""
+    out = Path(config.train.output_dir)
+    if not is_main_process():  # the main process checked and prepares the folder
+        return last_complete_checkpoint(out) if resume else None
+    _check_writable(out)
+    holder = _live_holder(out)
+    if holder is not None:
+        raise RunError(f"train.output_dir {out} is in use by a live run ({holder}): wait for it to end, or choose another train.output_dir")
+    if out.is_dir():
+        foreign = sorted(p.name for p in _checkpoints(out) if not is_ours(p) and any(p.iterdir()))
+        if foreign:
+            raise RunError(
+                f"train.output_dir {out} holds {foreign}, not written by this library (no {IN_PROGRESS} or {COMPLETE} "
+                "file): move them out of the run folder, which must hold only the run's own checkpoint-<step> folders"
+            )
+    if not resume:
+        if out.is_dir() and holds_run(out, new_lock):
+            raise RunError(f"train.output_dir {out} already holds a run: pass --resume to continue it, or choose another train.output_dir")
+        if out.is_dir() and any(p.name != LOCK or not new_lock for p in out.iterdir()):
+            raise RunError(f"train.output_dir {out} is not empty and holds no run: choose a new or empty folder")
+        return None
+    if not (out.is_dir() and holds_run(out, new_lock)):
+        raise RunError(f"--resume: train.output_dir {out} holds no run to resume; leave out --resume to start one")
+    if (out / FINAL).is_dir():
+        raise RunFinished(
+            f"{out} is a finished run ({out / FINAL} is written): nothing to resume. To train it further, start a new run "
+            "from its final model"
+        )
+    checkpoint = last_complete_checkpoint(out)
+    changes = config_changes(config, out / CONFIG)
+    if changes and not allow_changes:
+        raise RunError(
+            f"--resume: the settings differ from the run's {out / CONFIG}: {'; '.join(changes)}. Resume with the run's "
+            f"settings, or pass --allow-changes to go on with these (the old file is kept as config-until-step-<N>.yaml)"
+        )
+    return checkpoint
+
+
+def config_changes(config, saved: Path) -> list[str]:
+    """``key: old -> new`` for each setting of `config` that differs from the `saved` config.yaml
+    (bookkeeping keys aside); nothing when the run was killed before writing one."""
+    if not saved.is_file():
+        return []
+    try:
+        old = build_config(type(config), yaml.safe_load(saved.read_text()) or {})
+    except (yaml.YAMLError, ValueError, TypeError) as e:
+        raise RunError(f"--resume: cannot read the run's {saved}: {e}") from None
+    before, after = (_flat(yaml.safe_load(dump_config(c))) for c in (old, config))
+    keys = sorted((set(before) | set(after)) - BOOKKEEPING)
+    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys if before.get(k) != after.get(k)]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_writable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunError(f"train.output_dir {out} is a file, not a folder: choose a folder for the run")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise RunError(f"train.output_dir {out}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"train.output_dir {out}: {existing} is not writable")
+
+
+def _live_holder(out: Path) -> str | None:
+    """Who holds the run folder's lock (another process, alive), or None."""
+    import fcntl
+
+    if str(out.resolve()) in _held or not (out / LOCK).is_file():
+        return None
+    fd = os.open(out / LOCK, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a shared lock, given back at once: the probe writes nothing
+    except BlockingIOError:
+        return (out / LOCK).read_text().strip() or "another process"
+    finally:
+        os.close(fd)  # also drops the probe's shared lock
+    return None
+
+
+# changes (under the lock) ----------------------------------------------------------------------
+
+
+def start_run_dir(config, resume: bool, allow_changes: bool = False) -> Path | None:
+    """Create the run folder, take its lock for as long as this process runs or until
+    `release_run_dir`, check it again (another run may have started meanwhile), and make it
+    ready: when resuming, delete what a kill cut off (our unfinished checkpoints and final
+    model, metrics logged after the checkpoint), keep a changed config.yaml under another name;
+    write the run's config.yaml. Returns the checkpoint to resume from."""
+    out = Path(config.train.output_dir)
+    if not is_main_process():
+        return resume_point(config, resume)
+    resume_point(config, resume, allow_changes)  # refuses before anything is created
+    with named_folder_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        new_lock = not (out / LOCK).exists()
+        _lock(out)
+    try:
+        checkpoint = resume_point(config, resume, allow_changes, new_lock)  # the folder as it is now that we hold it
+    except RunError:
+        release_run_dir(out)
+        if new_lock:
+            (out / LOCK).unlink()
+        raise
+    if resume:
+        for folder in _checkpoints(out):
+            if (folder / IN_PROGRESS).is_file() and not (folder / COMPLETE).is_file():
+                shutil.rmtree(folder)
+            elif not any(folder.iterdir()):  # a kill between creating it and marking it: nothing to lose
+                folder.rmdir()
+        if (out / PARTIAL_FINAL / IN_PROGRESS).is_file():
+            shutil.rmtree(out / PARTIAL_FINAL)
+        from .telemetry import truncate_metrics
+
+        step = checkpoint_step(checkpoint) if checkpoint is not None else 0
+        truncate_metrics(out / "metrics.jsonl", step)
+        if config_changes(config, out / CONFIG):
+            (out / CONFIG).rename(out / f"config-until-step-{step}.yaml")
+    write_atomic(out / CONFIG, dump_config(config))
+    return checkpoint
+
+
+@contextmanager
+def not_created_yet(out: Path) -> Iterator[None]:
+    """Undo the creation of `out` (and of its missing parents) by the code inside, as long as they
+    are empty: transformers' `Trainer` creates its output_dir when built, but the run creates its
+    folder only once everything is checked (`start_run_dir`)."""
+    # only the main process: another one must not remove a folder the main process just created
+    missing = [p for p in (out, *out.absolute().parents) if not p.exists()] if is_main_process() else []
+    try:
+        yield
+    finally:
+        for folder in missing:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (not ours to remove), or never created
+                break
+
+
+@contextmanager
+def named_folder_errors(out: Path) -> Iterator[None]:
+    """An `OSError` about the run folder (it cannot be created: a read-only or special file
+    system) as one message naming `train.output_dir`; any other error as it is."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None or not str(e.filename).startswith(str(out)):
+            raise
+        raise RunError(f"train.output_dir {out}: cannot create the run folder ({e.strerror or e})") from None
+
+
+def _lock(out: Path) -> None:
+    import fcntl
+
+    key = str(out.resolve())
+    if key in _held:
+        return
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = (out / LOCK).read_text().strip() or "another process"
+        raise RunError(f"train.output_dir {out} is in use by a live run ({holder}): wait for it to end, or choose another train.output_dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
+    _held[key] = fd
+
+
+def release_run_dir(output_dir: str | Path) -> None:
+    """Give the run folder's lock back (the end of the process does too)."""
+    fd = _held.pop(str(Path(output_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def mark_checkpoint_started(folder: Path) -> None:
+    """A checkpoint's first write: its folder, marked as ours and unfinished."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / IN_PROGRESS).touch()
+
+
+def mark_checkpoint_complete(folder: Path, step: int) -> None:
+    """A checkpoint's last write: from now on it counts (and is ours for good)."""
+    write_atomic(folder / COMPLETE, f'{{"step": {step}}}\n')
+    (folder / IN_PROGRESS).unlink(missing_ok=True)
+
+
+def rotate_checkpoints(out: Path, limit: int | None, keep: str | None = None) -> None:
+    """Keep the newest `limit` complete checkpoints (and `keep`, the best one); delete older ones
+    of ours only (transformers' own rotation would take any folder named ``checkpoint-<digits>...``)."""
+    if not limit or limit <= 0:
+        return
+    done = sorted((p for p in _checkpoints(out) if (p / COMPLETE).is_file()), key=checkpoint_step)
+    protected = {done[-1].name} if done else set()
+    if keep is not None:
+        protected.add(Path(keep).name)
+    extra = len(done) - max(limit, len(protected))
+    for folder in done:
+        if extra <= 0:
+            break
+        if folder.name not in protected:
+            shutil.rmtree(folder)
+            extra -= 1
+
+
+def write_final(out: Path, save: Callable[[Path], None]) -> Path:
+    """Write the final model with `save(folder)` into ``.final-partial/``, then rename it to
+    ``final/``: a ``final/`` is always complete, and means the run finished."""
+    partial, final = out / PARTIAL_FINAL, out / FINAL
+    if partial.exists():
+        shutil.rmtree(partial)
+    mark_checkpoint_started(partial)
+    save(partial)
+    (partial / IN_PROGRESS).unlink()
+    partial.rename(final)
+    return final
