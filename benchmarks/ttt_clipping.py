@@ -5,7 +5,7 @@ global clip at 1.0 multiplies every other gradient by a small factor (`clip_scal
 by its running gradient scale, so a constant factor would not change its updates; a factor that
 changes over training does. This runs the demo's training (embedded base model and corpus, its
 steps, rows, learning rates and TTT settings) with one global clip and with the TTT parameters
-clipped as their own group (`train.ttt_max_grad_norm`), on the same batches for each seed, plus the
+clipped as their own group (`train.ttt_params_max_grad_norm`), on the same batches for each seed, plus the
 baseline without TTT, and prints the training loss of each and the paired difference per seed with a
 95% bootstrap interval over steps, then the mean over seeds.
 
@@ -30,7 +30,7 @@ from inplace_ttt.demo import DemoSettings
 from inplace_ttt.train.config import DataConfig, RunConfig, TrainConfig
 from inplace_ttt.train.run import train
 
-VARIANTS = {"global clip": {}, "TTT clipped apart": {"ttt_max_grad_norm": 1.0}, "no TTT (baseline)": None}
+VARIANTS = {"global clip": {}, "TTT clipped apart": {"ttt_params_max_grad_norm": 1.0}, "no TTT (baseline)": None}
 
 
 def run(variant: str, seed: int, steps: int, out: Path) -> dict[int, dict]:
@@ -50,7 +50,7 @@ def config_of(variant: str, seed: int, steps: int, out: Path) -> RunConfig:
         ttt=None if extra is None else demo.ttt,
         data=DataConfig(train=corpus_files("train"), row_length=demo.row_length),
         train=TrainConfig(
-            output_dir=str(out), learning_rate=demo.learning_rate, ttt_learning_rate=demo.ttt_learning_rate if extra is not None else None,
+            output_dir=str(out), learning_rate=demo.learning_rate, ttt_params_learning_rate=demo.ttt_params_learning_rate if extra is not None else None,
             weight_decay=0.1, warmup_ratio=0.05, max_steps=steps, per_device_train_batch_size=demo.batch_size, logging_steps=1,
             save_steps=10 * steps, seed=seed, report_to=[], doctor=False, **(extra or {}),
         ),

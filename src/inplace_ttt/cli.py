@@ -23,7 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
     ttt = defaults.ttt.replace(**{k: getattr(args, k) for k in ("layers", "chunk_size", "ttt_lr", "target_init") if given(k)})
     kwargs = {
         k: getattr(args, k)
-        for k in ("out", "steps", "row_length", "batch_size", "learning_rate", "ttt_learning_rate", "samples", "passages", "seed")
+        for k in ("out", "steps", "row_length", "batch_size", "learning_rate", "ttt_params_learning_rate", "samples", "passages", "seed")
         if given(k)
     }
     if given("lengths"):
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--row-length", type=int, help="tokens per training row")
     demo.add_argument("--batch-size", type=int, help="rows per step")
     demo.add_argument("--learning-rate", type=float, help="AdamW learning rate")
-    demo.add_argument("--ttt-learning-rate", type=float, help="AdamW learning rate of the new TTT parameters")
+    demo.add_argument("--ttt-params-learning-rate", "--ttt-learning-rate", type=float, help="AdamW learning rate of the new TTT parameters (--ttt-learning-rate: its old name)")
     demo.add_argument("--layers", help="TTT layers: indices like 1,3 or a rule like 'every 2 from 1'")
     demo.add_argument("--chunk-size", type=int, help="TTT chunk size")
     demo.add_argument("--ttt-lr", type=float, help="the fast-weight learning rate")

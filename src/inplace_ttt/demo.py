@@ -44,7 +44,7 @@ class DemoSettings:
     row_length: int = 1024
     batch_size: int = 2
     learning_rate: float = 3e-4
-    ttt_learning_rate: float = 1e-4
+    ttt_params_learning_rate: float = 1e-4
     # tuned on this corpus (TRAINING.md, docs/demo.md): the last layer, targets from the token embeddings,
     # W_target starting at the identity
     ttt: TTTConfig = field(
@@ -109,7 +109,7 @@ def run_demo(settings: DemoSettings) -> Path:
             train=TrainConfig(
                 output_dir=str(run / name),
                 learning_rate=settings.learning_rate,
-                ttt_learning_rate=settings.ttt_learning_rate if ttt is not None else None,
+                ttt_params_learning_rate=settings.ttt_params_learning_rate if ttt is not None else None,
                 weight_decay=0.1,
                 warmup_ratio=0.05,
                 max_steps=settings.steps,
@@ -163,7 +163,7 @@ def _preamble(settings: DemoSettings, gap: float, curves: dict[str, dict[int, fl
         "(`ittt`) and, with the same data, steps, learning rate and seed, without TTT (`baseline`). TTT on layers",
         f"{t.layers}, chunk {t.chunk_size}, ttt_lr {t.ttt_lr}, target {t.target}, W_target init {t.target_init}"
         f"{f' (std {t.target_init_std})' if t.target_init == 'diagonal' else ''}; {settings.steps} steps of {settings.batch_size} rows x",
-        f"{settings.row_length} tokens, AdamW lr {settings.learning_rate} (TTT parameters {settings.ttt_learning_rate}).",
+        f"{settings.row_length} tokens, AdamW lr {settings.learning_rate} (TTT parameters {settings.ttt_params_learning_rate}).",
         f"Evaluation on {settings.passages} passages of {max(settings.eval_lengths) + 1} tokens cut from the held-out books.",
         "",
         f"Warm start: max |logits(converted) - logits(base)| = {gap:.2e} before training.",

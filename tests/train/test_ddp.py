@@ -70,7 +70,7 @@ def moshi_config(tmp_path, **train):
     from tests.train.test_moshi_train import write_run
 
     path = write_run(tmp_path, train.pop("mode", "ttt_only"), steps=3)
-    edit(path, train={"save_steps": 100, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_learning_rate": 1e-2,
+    edit(path, train={"save_steps": 100, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_params_learning_rate": 1e-2,
                       "batch_size": 1, **train})
     return path
 

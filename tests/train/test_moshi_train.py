@@ -132,7 +132,7 @@ def test_a_bfloat16_run_trains_as_far_as_a_float32_run(tmp_path):
     moved, diagonal = {}, {}
     for dtype in ("float32", "bfloat16"):
         path = write_run(tmp_path / dtype, "ttt_only")
-        args = ["--model.dtype", dtype, "--train.learning_rate", "1e-5", "--train.ttt_learning_rate", "5e-4",
+        args = ["--model.dtype", dtype, "--train.learning_rate", "1e-5", "--train.ttt_params_learning_rate", "5e-4",
                 "--train.max_steps", "60", "--train.logging_steps", "60"]
         assert main(["train", str(path), *args]) == 0
         final = tmp_path / dtype / "run" / "final"
@@ -161,7 +161,7 @@ from tests.train.test_trainer import REPO, edit, losses, run_cli, train_dying_in
 
 def moshi_run(tmp_path, train=None, **sections):
     path = write_run(tmp_path, "ttt_only", steps=6)
-    defaults = {"save_steps": 2, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_learning_rate": 1e-2}
+    defaults = {"save_steps": 2, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_params_learning_rate": 1e-2}
     edit(path, train={**defaults, **(train or {})}, **sections)
     return path
 

@@ -90,7 +90,7 @@ def test_sliding_window_builds_transformers_mistral_with_that_window():
 
 def test_ttt_from_step_zero_trains_and_loads_like_a_converted_model(run_config, tmp_path):
     overrides = ["--ttt.layers", "[0]", "--ttt.chunk_size", "16", "--ttt.ttt_lr", "1.0", "--model.sliding_window", "8",
-                 "--train.ttt_learning_rate", "3e-3", "--train.max_steps", "8"]
+                 "--train.ttt_params_learning_rate", "3e-3", "--train.max_steps", "8"]
     assert main(["pretrain", str(run_config), *overrides]) == 0
     final = tmp_path / "run" / "final"
     model = inplace_ttt.from_pretrained(final)

@@ -300,7 +300,7 @@ def test_clip_groups_clips_the_ttt_parameters_on_their_own():
 
 
 def test_ttt_gradient_clipping_of_its_own_and_what_clipping_did_are_logged(workspace):
-    edit(workspace["config"], train={"max_steps": 2, "save_steps": 100, "ttt_max_grad_norm": 0.05, "max_grad_norm": 1.0})
+    edit(workspace["config"], train={"max_steps": 2, "save_steps": 100, "ttt_params_max_grad_norm": 0.05, "max_grad_norm": 1.0})
     assert main(["train", str(workspace["config"])]) == 0
     logged = [json.loads(line) for line in (workspace["run"] / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     for row in logged:

@@ -64,7 +64,7 @@ class MoshiDataConfig:
 class MoshiTrainConfig(TrainConfig):
     """The engine's settings with Moshi's defaults, plus moshi-finetune's loss weights."""
 
-    ALIASES: ClassVar[dict[str, str]] = {"batch_size": "per_device_train_batch_size"}
+    ALIASES: ClassVar[dict[str, str]] = {**TrainConfig.ALIASES, "batch_size": "per_device_train_batch_size"}
 
     output_dir: str = "runs/moshi-ttt"
     mode: str = "ttt_only"

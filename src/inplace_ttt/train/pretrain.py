@@ -186,8 +186,8 @@ def pretrain(config: PretrainConfig, resume: bool = False, allow_changes: bool =
         data_collator=collate,
         processing_class=tokenizer,
         callbacks=[MetricsJsonl(out / "metrics.jsonl")],
-        ttt_learning_rate=t.ttt_learning_rate,
-        ttt_max_grad_norm=t.ttt_max_grad_norm,
+        ttt_params_learning_rate=t.ttt_params_learning_rate,
+        ttt_params_max_grad_norm=t.ttt_params_max_grad_norm,
         telemetry=telemetry,
     )
     telemetry.enable()

@@ -9,7 +9,7 @@ loads the model and the data and hands the engine a `RunParts`; `train.run` pick
 We add what is specific to In-Place TTT:
 
 - modes (`train.modes`) and a learning rate of their own for the TTT parameters, and optionally
-  a gradient clipping of their own (`train.ttt_max_grad_norm`): at the warm start their
+  a gradient clipping of their own (`train.ttt_params_max_grad_norm`): at the warm start their
   gradients can be hundreds of times the others', and one global clip then scales every other
   update down by as much;
 - float32 master weights for trainable parameters held in bf16 (`train.precision`);
@@ -71,11 +71,11 @@ class TTTTrainer(Trainer):
     weights for low-precision parameters, pre-clip telemetry and complete-only checkpoints."""
 
     def __init__(
-        self, *args, ttt_learning_rate: float | None = None, ttt_max_grad_norm: float | None = None, telemetry: TTTTelemetry, **kwargs
+        self, *args, ttt_params_learning_rate: float | None = None, ttt_params_max_grad_norm: float | None = None, telemetry: TTTTelemetry, **kwargs
     ):
         super().__init__(*args, **kwargs)
-        self.ttt_learning_rate = ttt_learning_rate
-        self.ttt_max_grad_norm = ttt_max_grad_norm
+        self.ttt_params_learning_rate = ttt_params_learning_rate
+        self.ttt_params_max_grad_norm = ttt_params_max_grad_norm
         self.telemetry = telemetry
         self.master_weights: MasterWeights | None = None
 
@@ -91,8 +91,8 @@ class TTTTrainer(Trainer):
             param_groups = []
             for (decays, is_ttt), params in sorted(groups.items()):
                 group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
-                if is_ttt and self.ttt_learning_rate is not None:
-                    group["lr"] = self.ttt_learning_rate
+                if is_ttt and self.ttt_params_learning_rate is not None:
+                    group["lr"] = self.ttt_params_learning_rate
                 param_groups.append(group)
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = self.master_weights.attach(cls(param_groups, **kwargs))
@@ -100,7 +100,7 @@ class TTTTrainer(Trainer):
 
     def _clip_grad_norm(self, model):
         self.telemetry.record_gradients(model.named_parameters())
-        if self.ttt_max_grad_norm is None:
+        if self.ttt_params_max_grad_norm is None:
             norm = super()._clip_grad_norm(model)
             self.telemetry.add("clip_scale", _clip_scale(float(norm), self.args.max_grad_norm))
             return norm
@@ -109,13 +109,13 @@ class TTTTrainer(Trainer):
     def _get_grad_norm(self, model, grad_norm=None):
         if grad_norm is None:  # no global clipping configured: this is where the step's gradients are final
             self.telemetry.record_gradients(model.named_parameters())
-            if self.ttt_max_grad_norm is not None:
+            if self.ttt_params_max_grad_norm is not None:
                 grad_norm = self._clip_groups(model, math.inf)
         return super()._get_grad_norm(model, grad_norm=grad_norm)
 
     def _clip_groups(self, model, other_max: float) -> torch.Tensor:
-        ttt_norm, other_norm = clip_groups(model.named_parameters(), self.ttt_max_grad_norm, other_max)
-        self.telemetry.add("ttt/clip_scale", _clip_scale(ttt_norm, self.ttt_max_grad_norm))
+        ttt_norm, other_norm = clip_groups(model.named_parameters(), self.ttt_params_max_grad_norm, other_max)
+        self.telemetry.add("ttt/clip_scale", _clip_scale(ttt_norm, self.ttt_params_max_grad_norm))
         self.telemetry.add("clip_scale", _clip_scale(other_norm, other_max))
         return torch.tensor(math.hypot(ttt_norm, other_norm))
 
@@ -311,8 +311,8 @@ def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = Fals
             data_collator=parts.collate,
             processing_class=parts.processing_class,
             callbacks=[MetricsJsonl(out / "metrics.jsonl")],
-            ttt_learning_rate=t.ttt_learning_rate,
-            ttt_max_grad_norm=t.ttt_max_grad_norm,
+            ttt_params_learning_rate=t.ttt_params_learning_rate,
+            ttt_params_max_grad_norm=t.ttt_params_max_grad_norm,
             telemetry=telemetry,
         )
     if t.doctor and parts.layers and parts.doctor is not None:
