@@ -138,15 +138,12 @@ def _row_summary(seg, halo: int) -> Tensor:
     cols = torch.arange(T, device=seg.valid.device)
     has = seg.valid.any(1)
     first_col = torch.where(has, seg.valid.long().argmax(1), -1)
-    last_col = torch.where(seg.valid, cols, -1).max(1).values  # T >= 1: `sequence_shard` refuses empty slices
-
-    def pick(c: Tensor) -> Tensor:
-        return torch.where(has, seg.positions.gather(1, c.clamp(min=0)[:, None])[:, 0], -1)
-
+    first_pos = torch.where(has, seg.positions.gather(1, first_col.clamp(min=0)[:, None])[:, 0], -1)
+    last_col, last_pos = seg.last_token()
     inner_start = (seg.doc_start & (cols[None] != first_col[:, None])).any(1)
     n_seg = seg.seg_start.sum(1)
     edges = torch.cat([seg.positions[:, :halo], seg.positions[:, T - halo :]], 1) if halo else seg.positions[:, :0]
-    return torch.cat([torch.stack([pick(first_col), pick(last_col), first_col, last_col, inner_start.long(), n_seg], 1), edges], 1)
+    return torch.cat([torch.stack([first_pos, last_pos, first_col, last_col, inner_start.long(), n_seg], 1), edges], 1)
 
 
 def _derive(group, rank, world, seg, rows, lengths, C, halo) -> SequenceShard:
@@ -219,9 +216,7 @@ def context_parallel_ttt(
     seg = shard.segments
     if shard.straddle:  # the partial updates of the first and the unfinished last chunk
         last = seg.seg_start.sum(1, keepdim=True) - 1
-        cols = torch.arange(z.shape[1], device=z.device)
-        last_pos = seg.positions.gather(1, torch.where(seg.valid, cols, -1).max(1, keepdim=True).values.clamp(min=0))
-        open_tail = (last_pos + 1) % chunk_size != 0
+        open_tail = seg.ends_mid_chunk()[:, None]
         with torch.autocast(z.device.type, enabled=False):
             pieces += [_partial(v, z, seg.valid & (seg.seg_index == 0)), _partial(v, z, seg.valid & (seg.seg_index == last) & open_tail)]
     first_doc = seg.valid & (torch.cumsum(seg.doc_start & (seg.seg_index > 0), 1) == 0) & shard.cont[shard.rank][:, None]
