@@ -198,3 +198,36 @@ def test_empty_steps_change_nothing():
     assert layer(x[:, :0], state=state).shape == (2, 0, D)
     assert layer(x[:, :0]).shape == (2, 0, D)
     assert torch.equal(state.fast_sum, before) and state.last_pos.tolist() == [5, 5]
+
+
+def test_decoding_follows_changes_of_the_down_projection():
+    """A plain down projection decodes with the state's copy of W0 + lr S: a change of W0 in place
+    (an optimizer step) must reach the next token, like a change of S does."""
+    layer = make_layer()
+    x = torch.randn(2, 11, D, dtype=torch.float64)
+    _, state = stream(layer, x[:, :9], None, list(range(5, 9)))  # the last tokens took the one-token path
+    with torch.no_grad():
+        layer.down_proj.weight.mul_(1.5)
+    out, _ = stream(layer, x[:, 9:], None, [1], state=state)
+    torch.testing.assert_close(out, layer(x)[:, 9:], rtol=1e-10, atol=1e-10)
+
+
+class Doubled(torch.nn.Linear):
+    """A down projection that is not a plain Linear (as a LoRA-wrapped or quantized one is not)."""
+
+    def forward(self, z):
+        return 2 * super().forward(z)
+
+
+@pytest.mark.parametrize("down", ["bias", "module of its own"])
+def test_one_token_steps_use_the_down_projection_as_it_is(down):
+    mlp = GatedMLP(D, H, bias=down == "bias").double()
+    if down != "bias":
+        doubled = Doubled(H, D, bias=False).double()
+        doubled.weight = mlp.down_proj.weight
+        mlp.down_proj = doubled
+    layer = InPlaceTTTMLP(mlp, TTTConfig(layers=[0], chunk_size=C, ttt_lr=0.5))
+    perturb_targets(layer)
+    x = torch.randn(2, 14, D, dtype=torch.float64)
+    out, _ = stream(layer, x, None, list(range(3, 14)))
+    torch.testing.assert_close(out, layer(x), rtol=1e-10, atol=1e-10)

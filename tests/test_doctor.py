@@ -250,7 +250,7 @@ SEED_FAILURES = {
     "clipping in training": (_clip, ["no clipping in training"], ["no clipping in training"], "starves TTT of gradient"),
     "both target factors zero": (_zero_targets, ["TTT gradients"], ["TTT gradients"], "both conv and W_target are zero"),
     "a frozen TTT parameter": (_freeze, ["TTT params trainable", "TTT gradients"], ["TTT params trainable", "TTT gradients"], "layer 2 conv_weight"),
-    "pretrained weights overwritten": (_overwrite_pretrained, ["warm start"], [], "the pretrained weights or activation differ"),
+    "pretrained weights overwritten": (_overwrite_pretrained, ["warm start", "frozen weights unchanged"], [], "transformer.layers.0.gating.linear_out.weight"),
     "a leak from the future": (_leak, ["causality", "warm start"], ["causality"], "moves earlier logits"),
     "random targets at the start": (_random_targets, ["warm start"], ["warm start"], "a freshly converted model must compute what the base model did"),
 }
@@ -310,3 +310,14 @@ def test_cli_doctor_on_a_moshi_model_and_a_conversation(tmp_path, capsys, moshi)
     assert "on 1 x 12 steps of" in out and "PASS  warm start" in out and "all checks passed" in out
     assert main([*args, "--length", "0"]) == 2
     assert "--length and --rows must be >= 1" in capsys.readouterr().err
+
+
+def test_the_package_exports_the_doctor_function():
+    import inplace_ttt.doctor as by_attribute  # `import a.b as c` reads the attribute: the function
+    from inplace_ttt.doctor import Report
+    from inplace_ttt.doctor import doctor as from_module
+
+    assert inplace_ttt.doctor is from_module is by_attribute and callable(inplace_ttt.doctor)
+    model, base = fresh()
+    report = inplace_ttt.doctor(model, batch(), base)
+    assert isinstance(report, Report) and report.ok

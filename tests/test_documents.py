@@ -35,6 +35,23 @@ def test_bad_data_is_named(tmp_path, setup, message):
         read_documents([str(path)])
 
 
+def test_suffix_less_text_files_come_in_through_a_glob_or_by_name(tmp_path):
+    books = tmp_path / "books"
+    (books / "more").mkdir(parents=True)
+    (books / "pg11").write_text("alice was beginning")
+    (books / "more" / "pg84").write_text("frankenstein")
+    (books / "notes.csv").write_text("a,b")  # a folder's other files stay out, as before
+    with pytest.raises(ValueError, match=r"holds no \.txt/\.jsonl/\.parquet files.*give a glob pattern such as 'folder/\*'"):
+        read_documents([str(books)])
+    assert read_documents([str(books / "pg11")]) == ["alice was beginning"]
+    assert read_documents([str(books / "pg*")]) == ["alice was beginning"]
+    assert read_documents([str(books / "**" / "pg*")]) == ["frankenstein", "alice was beginning"]  # sorted: more/pg84, pg11
+    with pytest.raises(ValueError, match=r"unsupported file type \[.*notes\.csv'\]"):
+        read_documents([str(books / "*")])
+    with pytest.raises(ValueError, match="holds no"):
+        read_documents([str(books / "nothing*")])
+
+
 @pytest.mark.parametrize(
     "name, content, message",
     [

@@ -5,6 +5,10 @@ from .cache import FastWeightState
 from .config import TTTConfig
 from .layer import GatedMLPSpec, InPlaceTTTMLP, TargetGenerator
 
+# the function, not its module: `inplace_ttt.doctor(model, batch)`; `from inplace_ttt.doctor import
+# doctor, Report` keeps working (the submodule stays in sys.modules under its name)
+from .doctor import doctor
+
 __all__ = [
     "TTTConfig",
     "InPlaceTTTMLP",
@@ -18,5 +22,6 @@ __all__ = [
     "clip_tau",
     "set_context_parallel",
     "ttt_layers",
+    "doctor",
 ]
 __version__ = "0.1.0"

@@ -14,6 +14,8 @@ free, eval never touches trained weights, and rows reset independently. It holds
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -22,7 +24,7 @@ class FastWeightState:
 
     def __init__(self) -> None:
         self._fast_sum: Tensor | None = None
-        self._cast: tuple | None = None  # ((dtype, lr), lr * fast_sum in that dtype), dropped whenever it changes
+        self._cast: tuple | None = None  # (key, lr S or W0 + lr S in a dtype): see `apply`; dropped whenever S changes
         self.buf_src: Tensor | None = None
         self.buf_z: Tensor | None = None
         self.buf_valid: Tensor | None = None
@@ -52,16 +54,24 @@ class FastWeightState:
         self.buf_valid = torch.zeros(batch, chunk_size, dtype=torch.bool, device=device)
         self.last_pos = torch.full((batch,), -1, dtype=torch.long, device=device)
 
-    def apply(self, z: Tensor, lr: float) -> Tensor:
-        """The fast-weight term ``lr z S^T`` of one token per row (`z` `[B, h]` -> `[B, d]`).
+    def apply(self, z: Tensor, lr: float, down: nn.Linear | None = None) -> Tensor:
+        """One token per row (`z` `[B, h]` -> `[B, d]`) through the fast weight: the fast-weight
+        term ``lr z S^T``, or with `down` (the layer's `nn.Linear`, ``W0`` and bias) the whole down
+        projection ``z (W0 + lr S)^T + b``, one matrix product per row.
 
-        In a low compute dtype it multiplies by a copy of ``lr S`` in that dtype, kept until the
-        state changes (scaled before the cast: S alone may exceed fp16's range)."""
-        if self._fast_sum.dtype == z.dtype:
+        It multiplies by ``lr S`` (or ``W0 + lr S``) in z's dtype, kept until the state, `lr` or
+        ``W0`` changes: a ``[B, d, h]`` tensor beside S. The sum and the scaling happen in S's
+        float32 before the cast (S alone may exceed fp16's range)."""
+        w0 = None if down is None else down.weight
+        key = (z.dtype, lr, None if w0 is None else (w0.data_ptr(), w0._version))
+        if w0 is None and self._fast_sum.dtype == z.dtype:
             return (z[:, None] @ self._fast_sum.mT)[:, 0] * lr
-        if self._cast is None or self._cast[0] != (z.dtype, lr):
-            self._cast = ((z.dtype, lr), (self._fast_sum * lr).to(z.dtype))
-        return (z[:, None] @ self._cast[1].mT)[:, 0]
+        if self._cast is None or self._cast[0] != key:
+            weight = self._fast_sum * lr if w0 is None else torch.add(w0.to(self._fast_sum.dtype), self._fast_sum, alpha=lr)
+            self._cast = (key, weight.to(z.dtype))
+        weight = self._cast[1]
+        out = F.linear(z, weight[0]) if z.shape[0] == 1 else (z[:, None] @ weight.mT)[:, 0]
+        return out if down is None or down.bias is None else out + down.bias
 
     def add_to_rows(self, rows: Tensor, update: Tensor) -> None:
         """``fast_sum[rows] += update`` (a chunk completed in those rows)."""
@@ -126,9 +136,16 @@ class FastWeightState:
         self.buf_z[rows, slot] = z[rows, cols]
         self.buf_valid[rows, slot] = True
 
-    def write_token(self, src: Tensor, z: Tensor, pos: Tensor, valid: Tensor) -> None:
-        """Buffer one token per row (`src [B, F]`, `z [B, h]`, `pos [B]`) where `valid`."""
+    def write_token(self, src: Tensor, z: Tensor, pos: Tensor, valid: Tensor | None) -> None:
+        """Buffer one token per row (`src [B, F]`, `z [B, h]`, `pos [B]`) where `valid` (None: every row)."""
         rows = torch.arange(pos.shape[0], device=pos.device)
+        if valid is None:
+            col = pos % self.buf_valid.shape[1]
+            self.buf_src[rows, col] = src
+            self.buf_z[rows, col] = z
+            self.buf_valid[rows, col] = True
+            self.last_pos.copy_(pos)
+            return
         col = pos.clamp(min=0) % self.buf_valid.shape[1]
         self.buf_src[rows, col] = torch.where(valid[:, None], src, self.buf_src[rows, col])
         self.buf_z[rows, col] = torch.where(valid[:, None], z, self.buf_z[rows, col])

@@ -80,7 +80,7 @@ def _text_doctor_inputs(args: argparse.Namespace):
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
     rows = _rows(length, len(ids), args.rows, args.data)
     ids = ids[: rows * length].view(rows, -1)
-    base = load_causal_lm(args.base) if args.base else None
+    base = load_causal_lm(args.base, gguf_file=args.base_gguf_file) if args.base else None
     return model, ids, base, f"{rows} x {ids.shape[1]} tokens"
 
 
@@ -129,7 +129,7 @@ def _eval(args: argparse.Namespace) -> int:
     tasks = list(ALL_TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     settings = EvalSettings(
         models=args.model, names=args.names.split(",") if args.names else None, tasks=tasks, lengths=parse_lengths(args.lengths), samples=args.samples, data=args.data or [],
-        clip_tau=args.clip_tau, seed=args.seed, piece=args.piece, block=args.block, dtype=args.dtype, out=args.out,
+        clip_tau=args.clip_tau, seed=args.seed, piece=args.piece, block=args.block, dtype=args.dtype, out=args.out, chat_template=args.chat_template,
         batch=args.batch, passages=args.passages, recall_pairs=args.recall_pairs,
     )
     report = evaluate(settings)
@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.add_argument("model_dir", help="a converted model's directory: transformers' save_pretrained, or a Moshi final/ (model.safetensors + ttt.safetensors)")
     doc.add_argument("--data", required=True, help="documents to draw a batch from (.txt, .jsonl or .parquet); for Moshi a .safetensors conversation of codes")
     doc.add_argument("--base", help="the unconverted model (a directory; for Moshi its model.safetensors), for the warm-start and activation checks")
+    doc.add_argument("--base-gguf-file", help="the base model is this GGUF file in --base (read dequantized, as ittt train --gguf-file does)")
     doc.add_argument("--lm-kwargs", help="Moshi: a JSON file of LMModel keyword arguments (default: Moshi 7B's)")
     doc.add_argument("--length", type=int, help="tokens (Moshi: steps) per row (default 3 chunks)")
     doc.add_argument("--rows", type=int, default=2)
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--passages", type=int, help="cut the held-out documents into up to this many passages of the longest length + 1 tokens")
     ev.add_argument("--recall-pairs", type=int, default=16, help="key-value pairs per associative-recall sample")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ev.add_argument("--chat-template", action="store_true", help="instruct models: each task prompt is a user turn of the tokenizer's chat template, the answer starts the assistant's turn")
     ev.set_defaults(func=_eval)
     ex = sub.add_parser("export", help="write a saved In-Place TTT model in another format: the authors' release (their config keys and weight names)")
     ex.add_argument("model_dir", help="a directory saved by a converted model's save_pretrained")

@@ -8,6 +8,7 @@ parameters, a low-precision fast-weight sum, a leak from the future.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .adapters import probe, ttt_layers
+from .adapters.record import describe, may_change, split_training, trained_steps
 from .layer import InPlaceTTTMLP, TargetGenerator
 from .ops import find_segments, inplace_ttt
 
@@ -62,13 +64,16 @@ def doctor(
     `LMModel`) with `batch` (transformers: ``input_ids`` and optionally ``attention_mask`` /
     ``position_ids``, or the ids alone; Moshi: ``codes`` ``[B, K, T]``).
 
-    base_model: the unconverted model, for the warm-start and activation checks.
+    base_model: the unconverted model, for the warm-start, activation and frozen-weight checks.
     optimizer: the optimizer that will train `model`, to find TTT parameters it misses.
     training: whether `batch` is training data (checks clipping and sequence length);
         defaults to ``model.training``.
     fresh: whether `model` is a fresh conversion, which must compute what the unconverted model
-        did (without `base_model`: what it computes with TTT off); defaults to whether every
-        target is zero now. (A "fresh" model with non-zero targets is the seed's random init.)
+        did (without `base_model`: what it computes with TTT off); defaults to: its settings
+        record no training (`adapters.record`) and every target is zero now. (A "fresh" model
+        with non-zero targets is the seed's random init.) A trained model must keep the weights
+        its recorded modes froze and, with TTT off, compute what `base_model` computes holding
+        the weights it trained.
     """
     family = probe(model)
     batch = {("codes" if batch.dim() == 3 else "input_ids"): batch} if isinstance(batch, Tensor) else dict(batch)
@@ -83,12 +88,16 @@ def doctor(
     _check_lengths(report, layers, family.positions(batch), training)
     _check_clipping(report, layers, training)
     _check_precision(report, layers)
+    record = split_training(family.settings(model))[1]
     if fresh is None:
-        fresh = all(isinstance(layer.ttt, TargetGenerator) and layer.ttt.starts_at_zero() for layer in layers.values())
+        fresh = trained_steps(record) == 0 and all(isinstance(layer.ttt, TargetGenerator) and layer.ttt.starts_at_zero() for layer in layers.values())
     if base_model is not None:
-        _check_activation(report, layers, base_model, family)
-    if base_model is not None or fresh:
-        _check_warm_start(report, model, layers, base_model, batch, family, fresh)
+        changed = _check_frozen_weights(report, model, layers, base_model, record, fresh)
+        with _borrowed(base_model, model, changed):  # the base with the weights the training changed
+            _check_activation(report, layers, base_model, family)
+            _check_warm_start(report, model, layers, base_model, batch, family, fresh, len(changed))
+    elif fresh:
+        _check_warm_start(report, model, layers, None, batch, family, fresh)
     if all(isinstance(layer.ttt, TargetGenerator) for layer in layers.values()):
         _check_gradients(report, model, layers, batch, family)
         gap = family.causality_gap(model, batch)
@@ -166,9 +175,55 @@ def _check_activation(report, layers, base_model, family) -> None:
     report.add("activation matches the original MLP", not bad, "; ".join(bad) if bad else f"max |z - z_base| {worst:.1e}")
 
 
-def _check_warm_start(report, model, layers, base_model, batch, family, fresh: bool) -> None:
-    """With TTT on and off against the base model's logits; without a base model (a fresh
-    conversion with TTT off is the base model, by construction), TTT on against TTT off."""
+def _check_frozen_weights(report, model, layers, base_model, record, fresh: bool) -> list[str]:
+    """Compare every pretrained weight with the base's; those the training was not allowed to
+    change must be equal. Returns the names of the weights that differ and were allowed to."""
+    own = dict(model.named_parameters())
+    ttt_down = {name for name, p in own.items() if any(p is layer.down.weight for layer in layers.values())}
+    differ = []
+    for name, p in base_model.named_parameters():
+        if name in own and not torch.equal(own[name].detach(), p.detach().to(device=own[name].device, dtype=own[name].dtype)):
+            differ.append(name)
+    known = trained_steps(record) > 0
+    allowed = [n for n in differ if known and may_change(record, n, ttt_down)] if known else ([] if fresh else differ)
+    unexpected = [n for n in differ if n not in allowed]
+    shown = lambda names: f"{names[:4]}{' ...' if len(names) > 4 else ''}"  # noqa: E731
+    if unexpected:
+        why = f"the training ({describe(record)}) did not train them" if known else "a fresh conversion changes no weight"
+        report.add("frozen weights unchanged", False, f"{len(unexpected)} weight(s) differ from the base but {why}: {shown(unexpected)}")
+    elif known:
+        report.add("frozen weights unchanged", True, f"trained ({describe(record)}): {len(differ)} weight(s) differ from the base, all ones it trained")
+    elif differ:
+        report.add(
+            "frozen weights unchanged", True, warning=True,
+            detail=f"{len(differ)} weight(s) differ from the base {shown(differ)}, and the checkpoint does not say how it was trained "
+            "(ittt train records it), so which were meant to is not checked",
+        )
+    else:
+        report.add("frozen weights unchanged", True, "every pretrained weight equals the base's")
+    return allowed
+
+
+@contextlib.contextmanager
+def _borrowed(base_model: nn.Module, model: nn.Module, names: list[str]):
+    """`base_model` with `model`'s values of the weights `names`, for a block (restored after)."""
+    own, base = dict(model.named_parameters()), dict(base_model.named_parameters())
+    saved = {}
+    try:
+        for name in names:
+            saved[name] = base[name].data
+            base[name].data = own[name].detach().to(device=saved[name].device, dtype=saved[name].dtype)
+        yield
+    finally:
+        for name, data in saved.items():
+            base[name].data = data
+
+
+def _check_warm_start(report, model, layers, base_model, batch, family, fresh: bool, n_changed: int = 0) -> None:
+    """Fresh: the model computes what its base computes, with and without TTT (without a base
+    model: a fresh conversion with TTT off is the base model, by construction, so TTT on against
+    TTT off). Trained: with TTT off it computes what the base computes holding the `n_changed`
+    weights the training changed."""
     saved = {i: layer.ttt_lr for i, layer in layers.items()}
     try:
         on_logits = family.logits(model, batch)
@@ -188,11 +243,17 @@ def _check_warm_start(report, model, layers, base_model, batch, family, fresh: b
         return
     base_logits = family.logits(base_model, batch)
     on, off = ((x - base_logits).abs().max().item() for x in (on_logits, off_logits))
-    ok = off <= tol and (on <= tol or not fresh)
+    if not fresh:
+        detail = f"max |logit - base| {off:.1e} with TTT off, the base holding the {n_changed} trained weight(s) (tolerance {tol:.0e}); {on:.1e} with TTT on"
+        if off > tol:
+            detail += ": the model's own computation differs from its base model's (activation, wiring)"
+        report.add("TTT off reproduces the base", off <= tol, detail)
+        return
+    ok = off <= tol and on <= tol
     detail = f"max |logit - base| {on:.1e} with TTT, {off:.1e} with TTT off (tolerance {tol:.0e})"
     if off > tol:
         detail += ": the pretrained weights or activation differ from the base model"
-    elif fresh and on > tol:
+    elif on > tol:
         detail += ": a freshly converted model must compute what the base model did (are the targets initialised at random?)"
     report.add("warm start", ok, detail)
 

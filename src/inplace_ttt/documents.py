@@ -1,8 +1,13 @@
 """Documents from local files: .txt (one per file, or per blank-line block), .jsonl / .json /
-.parquet (one per row's text field, read with `datasets`). Shared by training and evaluation."""
+.parquet (one per row's text field, read with `datasets`). Shared by training and evaluation.
+
+A folder contributes the files with those suffixes. A file named on its own, or matched by a
+glob pattern (``corpus/*``, ``books/**/*``), that has no suffix at all is read as plain text:
+that is how a folder of suffix-less text files is included."""
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Sequence
 
@@ -11,20 +16,25 @@ TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 def data_files(paths: Sequence[str]) -> list[Path]:
-    """Expand files and folders into the data files they hold, checking each exists."""
+    """Expand files, folders and glob patterns into the data files they hold, checking each exists."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES or f.suffix in TABLE_SUFFIXES)
         elif p.is_file():
             files.append(p)
+        elif glob.has_magic(str(p)):
+            files += sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
         else:
             raise ValueError(f"data: no such file or folder: {p}")
-    bad = [str(f) for f in files if f.suffix not in TEXT_SUFFIXES and f.suffix not in TABLE_SUFFIXES]
+    bad = [str(f) for f in files if f.suffix and f.suffix not in TEXT_SUFFIXES and f.suffix not in TABLE_SUFFIXES]
     if bad:
-        raise ValueError(f"data: unsupported file type {bad}; use .txt, .jsonl, .json or .parquet")
+        raise ValueError(f"data: unsupported file type {bad}; use .txt, .jsonl, .json or .parquet (a file without a suffix is plain text)")
     if not files:
-        raise ValueError(f"data: {list(paths)} holds no .txt/.jsonl/.parquet files")
+        raise ValueError(
+            f"data: {list(paths)} holds no .txt/.jsonl/.parquet files. A folder contributes only files with those "
+            "suffixes; for plain-text files without a suffix, give a glob pattern such as 'folder/*' (or the files themselves)"
+        )
     return files
 
 
@@ -34,7 +44,7 @@ def read_documents(paths: Sequence[str], text_field: str = "text", txt_split: st
     read with `datasets`, one document per row's `text_field`."""
     docs: list[str] = []
     for f in data_files(paths):
-        if f.suffix in TEXT_SUFFIXES:
+        if f.suffix in TEXT_SUFFIXES or not f.suffix:
             text = read_text(f)
             parts = [b for b in text.split("\n\n")] if txt_split == "blank_line" else [text]
             docs += [p.strip() for p in parts if p.strip()]

@@ -63,8 +63,8 @@ class TargetGenerator(nn.Module):
     Init (exact warm start with gradient from the first step): the convolution is zero, so
     ``V = 0`` and the model computes exactly what the pretrained one did, while ``W_target``
     is non-zero (the identity, or the release's random diagonal), so the convolution's gradient
-    ``W_target^T dL/dV * X`` is non-zero at the first backward; after one optimizer step the
-    convolution is non-zero and ``W_target`` gets gradient too. (Both factors zero would block
+    ``W_target^T dL/dV * X`` is non-zero at the first backward; after one optimizer step with a
+    non-zero learning rate the convolution is non-zero and ``W_target`` gets gradient too. (Both factors zero would block
     all gradient; small random values would break the warm start: both happened in the system
     this library replaces.) The ablations drop one factor: without the convolution ``W_target``
     starts at zero (its gradient ``dL/dV^T X`` is non-zero); without the projection the
@@ -189,7 +189,7 @@ class InPlaceTTTMLP(nn.Module):
             v = self.ttt(src, seg.seg_key).to(z.dtype)
             fast = inplace_ttt(z, v, None, self.ttt_lr, self.chunk_size, position_ids=position_ids, clip_tau=self.clip_tau, stats=stats)
         else:
-            fast = self._stream(z, self._source(x, target_source), position_ids, state)
+            return self._stream(z, self._source(x, target_source), position_ids, state)
         if stats is not None:
             self._record(stats)
         return self.down(z) + fast
@@ -234,6 +234,7 @@ class InPlaceTTTMLP(nn.Module):
     # streaming -----------------------------------------------------------------------------
 
     def _stream(self, z: Tensor, src: Tensor, position_ids: Tensor | None, state: FastWeightState) -> Tensor:
+        """The layer's output for tokens that continue the sequences of `state` (updated in place)."""
         B, n, h = z.shape
         if not state.initialized:
             d = self.down.weight.shape[0]
@@ -246,23 +247,33 @@ class InPlaceTTTMLP(nn.Module):
             pos = position_ids.to(device=z.device, dtype=torch.long)
         if n == 1:
             return self._step(z[:, 0], src[:, 0], pos[:, 0], state)[:, None]
-        return self._prefill(z, src, pos, state)
+        return self.down(z) + self._prefill(z, src, pos, state)
 
     def _restart(self, state: FastWeightState, first_pos: Tensor, has_token: Tensor) -> None:
         """Rows whose first new token starts a document (position 0 or a jump) drop their state."""
-        last = state.last_pos
-        restart = has_token & ((first_pos == 0) | ((last >= 0) & (first_pos != last + 1)))
+        restart = _restarts(state, first_pos, has_token)
         if bool(restart.any()):
             state.restart_rows(restart)
 
     def _step(self, z: Tensor, src: Tensor, pos: Tensor, state: FastWeightState) -> Tensor:
-        """One token per row: output with the current fast weight, then update if it ends a chunk."""
+        """One token per row: output with the current fast weight, then update if it ends a chunk.
+
+        A plain `nn.Linear` down projection runs as one product with ``W0 + lr S`` (the state keeps
+        that weight until it changes): decoding then reads one ``[d, h]`` matrix per row, as the
+        unconverted model does. Any other module (LoRA-wrapped, quantized, sharded) runs as itself,
+        plus the fast-weight term."""
         valid = pos >= 0
-        self._restart(state, pos, valid)
-        out = state.apply(z, self.ttt_lr)
-        state.write_token(src, z, pos, valid)
+        restart = _restarts(state, pos, valid)
         done = valid & (pos % self.chunk_size == self.chunk_size - 1)
-        if bool(done.any()):
+        any_restart, any_done, all_valid = torch.stack([restart.any(), done.any(), valid.all()]).tolist()  # one host sync
+        if any_restart:
+            state.restart_rows(restart)
+        if type(self.down) is nn.Linear:
+            out = state.apply(z, self.ttt_lr, self.down)
+        else:
+            out = self.down(z) + state.apply(z, self.ttt_lr)
+        state.write_token(src, z, pos, None if all_valid else valid)
+        if any_done:
             rows = done.nonzero()[:, 0]
             keep = state.buf_valid[rows][..., None]  # columns of the chunk that hold its tokens
             cols = torch.arange(self.chunk_size, device=z.device)
@@ -347,6 +358,12 @@ class InPlaceTTTMLP(nn.Module):
         state.window_z.copy_(torch.where(active[:, None, None], win_z, state.window_z))
         state.next_pos.add_(active.long())
         return out
+
+
+def _restarts(state: FastWeightState, first_pos: Tensor, has_token: Tensor) -> Tensor:
+    """`[B]`: rows whose next token does not continue their last one (a new document: position 0
+    or a jump). A row that holds nothing yet (last position -1) restarts as a no-op."""
+    return has_token & (first_pos != state.last_pos + 1)
 
 
 def _take(t: Tensor, order: Tensor) -> Tensor:

@@ -269,3 +269,80 @@ def test_top_level_convert_passes_the_context_parallel_group_and_refuses_other_o
     assert [layer.cp_group for _, layer in inplace_ttt.ttt_layers(model)] == [None, None] and model._ttt_context.cp_group is None
     with pytest.raises(ValueError, match="convert it first"):
         inplace_ttt.set_context_parallel(tiny(), None)
+
+
+def test_a_gguf_loaded_model_converts_to_a_plain_float_checkpoint(tmp_path):
+    import gguf
+
+    from inplace_ttt.adapters.hf import load_causal_lm
+    from tests.tiny_gguf import write_gguf
+
+    original = tiny(tie_word_embeddings=True)
+    write_gguf(original, tmp_path / "f32.gguf")
+    write_gguf(original, tmp_path / "q8.gguf", quantize=gguf.GGMLQuantizationType.Q8_0)
+    ids = torch.randint(3, VOCAB, (2, 20))
+    # read as transformers reads it: dense float weights, but the GGUF quantizer attached (save_pretrained refuses)
+    gguf_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="f32.gguf")
+    assert gguf_model.hf_quantizer is not None
+    assert torch.equal(logits(gguf_model, ids), logits(original, ids))  # our writer's layout is llama.cpp's
+    model = inplace_ttt.convert(gguf_model, ttt_config())
+    model.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert "quantization_config" not in saved and saved["tie_word_embeddings"] is True
+    loaded = inplace_ttt.from_pretrained(tmp_path / "saved")
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight  # the tie kept
+    assert torch.equal(logits(loaded, ids), logits(original, ids))
+    # a quantized file, read dequantized: a model like any other, before and after conversion
+    q8 = load_causal_lm(tmp_path, gguf_file="q8.gguf")
+    assert getattr(q8, "hf_quantizer", None) is None and q8.lm_head.weight is q8.model.embed_tokens.weight
+    reference = logits(q8, ids)
+    assert 0 < (reference - logits(original, ids)).abs().max() < 0.05  # Q8_0 rounding
+    inplace_ttt.convert(q8, ttt_config()).save_pretrained(tmp_path / "q8-saved")
+    assert torch.equal(logits(inplace_ttt.from_pretrained(tmp_path / "q8-saved"), ids), reference)
+
+
+def test_packed_quantized_weights_are_refused_before_any_change():
+    model = tiny()
+    mlp = model.model.layers[0].mlp
+    mlp.gate_proj.weight = torch.nn.Parameter(mlp.gate_proj.weight.to(torch.int8), requires_grad=False)  # as a packed layer holds
+    with pytest.raises(ValueError, match=r"holds quantized weights \(Linear\); In-Place TTT needs float weights"):
+        inplace_ttt.convert(model, ttt_config())
+    assert not inplace_ttt.adapters.is_converted(model)
+
+
+def test_a_converted_directorys_tokenizer_loads_without_a_model_type_warning(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.tiny_hf import tiny_tokenizer
+
+    converted().save_pretrained(tmp_path)
+    tiny_tokenizer(["a", "b"]).save_pretrained(tmp_path)
+    code = (
+        "import inplace_ttt, transformers; model = inplace_ttt.from_pretrained(r'%s'); "
+        "tok = transformers.AutoTokenizer.from_pretrained(r'%s'); print(type(tok).__name__)"
+    ) % (tmp_path, tmp_path)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "TokenizersBackend" in run.stdout and "model of type" not in run.stderr, run.stderr
+    with pytest.raises(ValueError, match="inplace_ttt"):  # a model class still refuses it
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_batched_generation_needs_left_padding_from_a_tokenizer_that_pads_right():
+    """Tokenizers often ship padding on the right; batched `generate` then continues the shorter row
+    after its padding. With ``padding_side = "left"`` each row generates what it generates alone."""
+    from tests.tiny_hf import tiny_tokenizer
+
+    words = [f"w{i}" for i in range(VOCAB - 4)]
+    tokenizer = tiny_tokenizer(words)
+    assert tokenizer.padding_side == "right"
+    model = converted()  # chunk 4: the prompts cross chunks, so fast weights act
+    prompts = [" ".join(words[i % 40] for i in range(3, 9)), " ".join(words[i % 40] for i in range(5, 22))]
+    alone = [model.generate(**tokenizer(p, return_tensors="pt"), max_new_tokens=6, do_sample=False)[0, -6:] for p in prompts]
+    for side, expect_equal in (("left", True), ("right", False)):
+        tokenizer.padding_side = side
+        batch = tokenizer(prompts, return_tensors="pt", padding=True)
+        new = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)[:, -6:]
+        assert torch.equal(new[1], alone[1])  # the longest row has no padding either way
+        assert torch.equal(new[0], alone[0]) == expect_equal, side

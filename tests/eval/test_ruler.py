@@ -67,3 +67,24 @@ def test_too_short_and_unknown(tokenizer):
         make_samples("cwe", tokenizer, 40, 1)
     with pytest.raises(ValueError, match="unknown task 'qa'"):
         make_samples("qa", tokenizer, 512, 1)
+
+
+CHAT = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_a_chat_template_wraps_the_task_and_the_answer_starts_the_assistant_turn(task, tokenizer):
+    import copy
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = CHAT
+    plain = make_samples(task, tokenizer, 700, 2)
+    wrapped = make_samples(task, chat, 700, 2, chat_template=True)
+    for p, w in zip(plain, wrapped):
+        body = w.prompt.removeprefix("<|user|> ").split(" <|end|> <|assistant|> ")[0]
+        assert w.prompt == f"<|user|> {body} <|end|> <|assistant|> {w.answer_prefix}"
+        assert p.prompt.endswith(f"? {p.answer_prefix}") and w.answer_prefix == p.answer_prefix and body.endswith("?")
+        assert 0.99 * 700 <= n_tokens(chat, w.prompt) == w.tokens <= 700  # the template's tokens count
+        assert w.answers == p.answers
+    with pytest.raises(ValueError, match="--chat-template: the models' tokenizer has no chat template"):
+        make_samples(task, tokenizer, 700, 1, chat_template=True)

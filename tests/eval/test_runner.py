@@ -9,7 +9,8 @@ from inplace_ttt.adapters import ttt_layers
 from inplace_ttt.assets import corpus_files
 from inplace_ttt.cli import main
 from inplace_ttt.eval.runner import ALL_TASKS, EvalSettings, evaluate, load_model, parse_lengths
-from inplace_ttt.eval.ruler import TASK_NAMES
+from inplace_ttt.documents import read_documents
+from inplace_ttt.eval.ruler import TASK_NAMES, make_samples
 from tests.eval.conftest import WORDS
 from tests.tiny_hf import tiny, tiny_tokenizer
 
@@ -112,6 +113,28 @@ def test_bad_settings_are_named(models, heldout, tmp_path, capsys):
     code = main(["eval", "--model", str(models[0]), "--model", str(other), "--tasks", "vt", "--lengths", "256", "--out", str(tmp_path / "x")])
     assert code == 2
     assert "different tokenizer" in capsys.readouterr().err
+
+
+def test_chat_template_prompts_reach_the_model(models, tmp_path, capsys):
+    import shutil
+
+    from tests.eval.test_ruler import CHAT
+
+    chat = tmp_path / "chat"
+    shutil.copytree(models[1], chat)
+    tokenizer = tiny_tokenizer(WORDS)
+    tokenizer.chat_template = CHAT
+    tokenizer.save_pretrained(chat)
+    args = ["eval", "--model", str(chat), "--tasks", "niah_single", "--lengths", "256", "--samples", "1", "--piece", "100"]
+    assert main([*args, "--chat-template", "--out", str(tmp_path / "a")]) == 0
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["settings"]["chat_template"] is True
+    haystack = " ".join(read_documents(corpus_files("heldout")))  # the default data
+    expected = {flag: make_samples("niah_single", tokenizer, 256, 1, 0, haystack, chat_template=flag)[0].tokens for flag in (False, True)}
+    assert expected[True] != expected[False]  # so the prompt's length tells which one the model read
+    assert results["models"]["chat"]["ruler"]["niah_single"]["256"]["outputs"][0]["tokens"] == expected[True]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0 and main(["eval", "--model", str(models[1]), *args[3:], "--chat-template"]) == 2
+    assert "ittt eval: error: --chat-template: the models' tokenizer has no chat template" in capsys.readouterr().err
 
 
 def test_passages_are_disjoint_slices_taken_evenly_across_documents():

@@ -109,6 +109,14 @@ def test_a_short_run_trains_the_ttt_layers_and_saves_a_loadable_model(tmp_path, 
     fresh = convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
     codes = random_codes(lm, 1, 16)
     assert not torch.allclose(lm(codes).text_logits.nan_to_num(), fresh(codes).text_logits.nan_to_num())
+    # the checkpoint says how it was trained, and the doctor checks what holds for a trained model
+    from inplace_ttt import doctor
+    from inplace_ttt.adapters.moshi import load_base
+
+    assert lm.inplace_ttt["training"] == [{"mode": mode, "steps": 3, **({"lora_target_modules": ["linear_in", "linear_out"]} if mode == "lora" else {})}]
+    report = doctor(lm.train(), {"codes": random_codes(lm, 2, 12)}, load_base(tmp_path / "model.safetensors", TINY))
+    assert report.ok, str(report)
+    assert {"TTT off reproduces the base", "frozen weights unchanged"} <= {c.name for c in report.checks}
 
 
 def test_bad_runs_are_refused_with_the_field_named(tmp_path):

@@ -65,7 +65,13 @@ def train_dying_in_checkpoint(config, step: int):
 def test_full_run_logs_telemetry_and_saves_every_weight(workspace, capsys):
     edit(workspace["config"], train={"report_to": ["tensorboard"]})
     assert main(["train", str(workspace["config"])]) == 0
-    assert "PASS  TTT gradients" in capsys.readouterr().out  # the doctor ran on the first batch
+    printed = capsys.readouterr()
+    assert "PASS  TTT gradients" in printed.out  # the doctor ran on the first batch
+    # one readable line per log; the per-layer numbers go to the files only
+    lines = [line for line in (printed.out + printed.err).splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines if " loss " in line] == [f"{s}/6" for s in range(1, 7)]
+    assert all(len(line) < 250 and "ttt/layer" not in line for line in lines), lines
+    assert "| ttt: grad_share" in lines[0] and "train_runtime" in lines[-1], lines
     run = workspace["run"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = rows[1]
@@ -139,6 +145,9 @@ def test_separate_learning_rate_for_ttt_parameters(workspace):
 
 
 def test_killed_run_resumes_from_its_last_complete_checkpoint_exactly(workspace):
+    from tests.tiny_hf import tiny
+
+    tiny(tie_word_embeddings=True).save_pretrained(workspace["model"])  # a tied head is one weight: not "missing" on resume
     config = workspace["config"]
     reference = workspace["root"] / "reference"
     edit(config, train={"output_dir": str(reference)})
@@ -153,9 +162,12 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint_exactly(workspace)
     assert len(dict(inplace_ttt.ttt_layers(loaded))) == 2
     again = run_cli("train", str(config))
     assert again.returncode == 2 and "already holds a run: pass --resume" in again.stderr
-    assert run_cli("train", str(config), "--resume").returncode == 0
+    resumed = run_cli("train", str(config), "--resume")
+    assert resumed.returncode == 0 and "missing keys" not in resumed.stderr.lower(), resumed.stderr
     assert not (run / "checkpoint-4").exists() or (run / "checkpoint-4" / COMPLETE).is_file()
     assert losses(run) == losses(reference)  # the uninterrupted run's losses, exactly
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert logged == list(range(1, 7))  # steps 3 and 4, logged before the kill, once each
 
 
 def test_doctor_stops_a_broken_run(workspace, capsys):
@@ -309,3 +321,102 @@ def test_ttt_gradient_clipping_of_its_own_and_what_clipping_did_are_logged(works
         assert row["ttt/clip_scale"] == pytest.approx(min(1.0, 0.05 / ttt), rel=1e-4)
         assert row["clip_scale"] == pytest.approx(min(1.0, 1.0 / other), rel=1e-3)
         assert row["ttt/grad_share"] == pytest.approx(ttt**2 / row["grad_norm"] ** 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("warmup_steps, first", [(0, 2), (3, 3)])
+def test_w_target_first_gets_gradient_after_the_first_step_that_moves_the_convolution(workspace, warmup_steps, first):
+    """The convolution starts at zero, so W_target's gradient is zero until an optimizer step has moved it:
+    step 2 without warmup, step 3 with warmup (transformers' warmup gives step 1 a learning rate of 0)."""
+    edit(workspace["config"], train={"max_steps": 4, "save_steps": 100, "warmup_steps": warmup_steps, "eval_steps": None})
+    assert main(["train", str(workspace["config"])]) == 0
+    rows = {r["step"]: r for r in map(json.loads, (workspace["run"] / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    assert all(rows[s]["ttt/layer0/grad_conv"] > 0 for s in rows)  # from the first backward
+    assert [s for s in sorted(rows) if rows[s]["ttt/layer0/grad_target"] > 0] == list(range(first, 5))
+    assert (rows[1]["learning_rate"] == 0) == (warmup_steps > 0)
+
+
+def _doctor_cli(model_dir, workspace, capsys):
+    code = main(["doctor", str(model_dir), "--data", str(workspace["train"]), "--base", str(workspace["model"]), "--length", "24"])
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["ttt_only", "lora", "full"])
+def test_the_doctor_knows_a_trained_checkpoint_and_checks_what_holds_for_it(workspace, capsys, mode):
+    edit(workspace["config"], train={"mode": mode, "max_steps": 2, "save_steps": 2}, lora={"r": 2, "target_modules": ["q_proj", "v_proj"]})
+    assert main(["train", str(workspace["config"])]) == 0
+    capsys.readouterr()  # the run's own output (its first-batch doctor checks the fresh conversion's warm start)
+    final = workspace["run"] / "final"
+    entry = {"mode": mode, "steps": 2, **({"lora_target_modules": ["q_proj", "v_proj"]} if mode == "lora" else {})}
+    assert json.loads((final / "config.json").read_text())["inplace_ttt"]["training"] == [entry]
+    code, out = _doctor_cli(final, workspace, capsys)  # the warm-start check compared a trained model with its base: FAIL
+    assert code == 0, out
+    assert "PASS  frozen weights unchanged" in out and f"trained ({mode} 2 steps)" in out
+    assert "PASS  TTT off reproduces the base" in out and "warm start" not in out
+    if mode != "lora":  # a checkpoint of the run says so too (lora checkpoints hold the adapter only)
+        saved = json.loads((workspace["run"] / "checkpoint-2" / "config.json").read_text())
+        assert saved["inplace_ttt"]["training"] == [entry]
+    if mode == "full":
+        return
+    # what the training froze is checked: a frozen weight changed after training is named
+    model = inplace_ttt.from_pretrained(final)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(1.01)  # frozen in ttt_only (not a TTT layer) and lora
+    model.save_pretrained(workspace["root"] / "tampered")
+    tiny_tokenizer([]).save_pretrained(workspace["root"] / "tampered")
+    code, out = _doctor_cli(workspace["root"] / "tampered", workspace, capsys)
+    assert code == 1 and "FAIL  frozen weights unchanged" in out and "model.layers.1.mlp.down_proj.weight" in out, out
+
+
+def test_a_trained_model_with_a_wrong_activation_fails_with_ttt_off(workspace, capsys):
+    edit(workspace["config"], train={"mode": "ttt_only", "max_steps": 2, "save_steps": 100})
+    assert main(["train", str(workspace["config"])]) == 0
+    model = inplace_ttt.from_pretrained(workspace["run"] / "final")
+    base = __import__("transformers").AutoModelForCausalLM.from_pretrained(workspace["model"])
+    dict(inplace_ttt.ttt_layers(model))[0].act_fn = torch.nn.GELU()  # the seed's mistake, after training
+    report = inplace_ttt.doctor(model.train(), torch.randint(3, 80, (2, 24)), base)
+    assert sorted(report.failed()) == ["TTT off reproduces the base", "activation matches the original MLP"], str(report)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_saved_models_keep_the_users_use_cache(workspace, use_cache):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(workspace["model"])
+    base.config.use_cache = use_cache
+    base.save_pretrained(workspace["model"])
+    edit(workspace["config"], train={"max_steps": 2, "save_steps": 2, "gradient_checkpointing": True})
+    assert main(["train", str(workspace["config"])]) == 0  # the Trainer sets use_cache False for training
+    for saved in ("checkpoint-2", "final"):
+        assert json.loads((workspace["run"] / saved / "config.json").read_text())["use_cache"] is use_cache, saved
+    model = inplace_ttt.from_pretrained(workspace["run"] / "final")
+    out = model(input_ids=torch.randint(3, 80, (1, 10)))
+    assert (out.past_key_values is not None) == use_cache
+
+
+def test_training_a_gguf_checkpoint_gives_a_normal_float_checkpoint(workspace, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from inplace_ttt.documents import read_documents
+    from tests.tiny_gguf import byte_bpe_tokenizer, write_gguf
+    from tests.tiny_hf import tiny
+
+    texts = read_documents([str(workspace["train"])])
+    tokenizer = byte_bpe_tokenizer(texts, 300)
+    gguf_dir = workspace["root"] / "gguf"
+    gguf_dir.mkdir()
+    write_gguf(tiny(vocab_size=300, tie_word_embeddings=True), gguf_dir / "tiny.gguf", tokenizer=tokenizer)  # no other file
+    edit(workspace["config"], model=str(gguf_dir), train={"mode": "ttt_only", "max_steps": 2, "save_steps": 100})
+    assert main(["train", str(workspace["config"]), "--gguf-file", "tiny.gguf"]) == 0
+    final = workspace["run"] / "final"
+    saved = json.loads((final / "config.json").read_text())
+    assert "quantization_config" not in saved and saved["tie_word_embeddings"] is True
+    model = inplace_ttt.from_pretrained(final)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    base = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file="tiny.gguf")
+    assert not torch.equal(model.model.layers[0].mlp.down_proj.weight, base.model.layers[0].mlp.down_proj.weight)  # trained
+    text = " ".join(texts[:2])
+    assert tokenizer(text).input_ids == __import__("transformers").AutoTokenizer.from_pretrained(final)(text).input_ids
+    args = ["doctor", str(final), "--data", str(workspace["train"]), "--base", str(gguf_dir), "--base-gguf-file", "tiny.gguf"]
+    assert main([*args, "--length", "24"]) == 0, capsys.readouterr().out
+    missing = main(["train", str(workspace["config"]), "--gguf-file", "nothing.gguf", "--train.output_dir", str(workspace["root"] / "run2")])
+    assert missing == 2 and "gguf_file 'nothing.gguf'" in capsys.readouterr().err

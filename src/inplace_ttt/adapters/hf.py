@@ -37,6 +37,7 @@ from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param
 from . import release
 from .hf_cache import FastWeightCacheMixin, adopt_cache
 from .probe import ModelProbe
+from .record import TRAINING_KEY, split_training
 
 CHECKPOINT_MODEL_TYPE = "inplace_ttt"  # what config.json says, so plain transformers refuses to load it
 
@@ -115,12 +116,48 @@ def convert(model: nn.Module, config: TTTConfig, *, cp_group=None) -> nn.Module:
                 f"{type(model).__name__}: the MLP of layer {i} ({type(layers[i].mlp).__name__}) is not a gated MLP "
                 f"(missing {missing}); In-Place TTT needs gate_proj, up_proj, down_proj and act_fn"
             )
+    _check_float_weights(model)
+    _drop_gguf_quantizer(model)
+    _register_checkpoint_type()
     for i in indices:
         layers[i].mlp = InPlaceTTTMLP(layers[i].mlp, config, spec, layer_idx=i)
     model.config.inplace_ttt = {**config.to_dict(), "layers": list(indices), "base_model_type": model.config.model_type}
     _install(model, base)
     set_context_parallel(model, cp_group)
     return model
+
+
+def _register_checkpoint_type() -> None:
+    """Let `AutoConfig` read a saved In-Place TTT directory's config.json: `AutoTokenizer` reads it
+    before the tokenizer's own files and otherwise warns about the unknown model type. No model
+    class goes with it, so `AutoModelForCausalLM` still refuses the directory."""
+    from transformers import AutoConfig, PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if CHECKPOINT_MODEL_TYPE not in CONFIG_MAPPING:
+        config_class = type("InPlaceTTTCheckpointConfig", (PretrainedConfig,), {"model_type": CHECKPOINT_MODEL_TYPE, "__module__": __name__})
+        AutoConfig.register(CHECKPOINT_MODEL_TYPE, config_class)
+
+
+def _check_float_weights(model: nn.Module) -> None:
+    """The fast weights add to the down projections in float: refuse packed (quantized) weights."""
+    packed = sorted({type(m).__name__ for m in model.modules() for p in m.parameters(recurse=False) if not p.is_floating_point()})
+    if packed:
+        raise ValueError(
+            f"{type(model).__name__} holds quantized weights ({', '.join(packed)}); In-Place TTT needs float weights: load the "
+            "model unquantized (a GGUF file with quantization_config=GgufConfig(dequantize=True), or inplace_ttt.adapters.hf.load_causal_lm)"
+        )
+
+
+def _drop_gguf_quantizer(model: nn.Module) -> None:
+    """A model transformers read from a GGUF file holds float weights (dequantized at load) but keeps
+    the GGUF quantizer, which makes `save_pretrained` refuse it: remove it (transformers' own
+    `remove_quantization_config`, what loading with ``GgufConfig(dequantize=True)`` does)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is not None and str(getattr(method, "value", method)) == "gguf":
+        quantizer.remove_quantization_config(model)
+        model.config._is_quantized = False
 
 
 def set_context_parallel(model: nn.Module, group) -> None:
@@ -142,8 +179,8 @@ def set_context_parallel(model: nn.Module, group) -> None:
 def _install(model: nn.Module, base: nn.Module) -> None:
     ctx = _ForwardContext()
     model._ttt_context = ctx
-    params = inspect.signature(base.forward).parameters
-    base.register_forward_pre_hook(partial(_before_forward, model.config, params, ctx), with_kwargs=True)
+    signature = inspect.signature(base.forward)
+    base.register_forward_pre_hook(partial(_before_forward, model.config, signature, ctx), with_kwargs=True)
     if any(layer.target == "token_embeddings" for _, layer in ttt_layers(model)):
         base.get_input_embeddings().register_forward_hook(partial(_keep_embeddings, ctx))
     for _, layer in ttt_layers(model):
@@ -155,8 +192,9 @@ def _keep_embeddings(ctx: _ForwardContext, module, args, output) -> None:
     ctx.embeddings = output
 
 
-def _before_forward(config, params, ctx: _ForwardContext, module, args, kwargs):
-    bound = dict(inspect.Signature(list(params.values())).bind_partial(*args, **kwargs).arguments)
+def _before_forward(config, signature: inspect.Signature, ctx: _ForwardContext, module, args, kwargs):
+    params = signature.parameters
+    bound = dict(signature.bind_partial(*args, **kwargs).arguments)
     for name, p in params.items():  # arguments a decorator renames arrive in **kwargs
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             bound.update(bound.pop(name, {}))
@@ -267,9 +305,10 @@ def _read_config_json(config_file: Path) -> dict:
 
 
 def checkpoint_settings(path: str | os.PathLike):
-    """An In-Place TTT checkpoint's `TTTConfig`, its base model's transformers config, and (for
-    a release checkpoint) its TTT tensors, all checked before any model is built; ValueError
-    naming the file and field at fault."""
+    """An In-Place TTT checkpoint's `TTTConfig`, its base model's transformers config, (for a
+    release checkpoint) its TTT tensors, and its training record (`adapters.record`; empty for a
+    fresh conversion), all checked before any model is built; ValueError naming the file and
+    field at fault."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     path = Path(path)
@@ -279,9 +318,10 @@ def checkpoint_settings(path: str | os.PathLike):
     data = _read_config_json(config_file)
     settings = data.pop(CONFIG_KEY, None)
     if settings is None and release.is_release_config(data):
-        return release.read_release(path, data)
+        return (*release.read_release(path, data), [])
     if settings is None:
         raise ValueError(f"{path} is not an In-Place TTT checkpoint (no '{CONFIG_KEY}' in config.json): load it with transformers and call inplace_ttt.convert")
+    settings, training = split_training(settings) if isinstance(settings, dict) else (settings, [])
     base_type = settings.pop("base_model_type", None) if isinstance(settings, dict) else None
     if base_type not in CONFIG_MAPPING:
         raise ValueError(
@@ -290,23 +330,29 @@ def checkpoint_settings(path: str | os.PathLike):
         )
     data["model_type"] = base_type
     try:
-        return TTTConfig.from_dict(settings), CONFIG_MAPPING[base_type].from_dict(data), None
+        return TTTConfig.from_dict(settings), CONFIG_MAPPING[base_type].from_dict(data), None, training
     except (ValueError, TypeError) as e:
         raise ValueError(f"{config_file}: {e}") from None
 
 
-def load_causal_lm(path: str | os.PathLike, **kwargs) -> nn.Module:
+def load_causal_lm(path: str | os.PathLike, *, gguf_file: str | None = None, **kwargs) -> nn.Module:
     """A saved causal LM, In-Place TTT (`from_pretrained`) or plain (transformers'), with what
     a user can fix named as a ValueError: a missing folder, an edited config.json, a weights
-    file cut short, weights that do not fit the config. A string that is no local path is a hub id."""
-    from transformers import AutoModelForCausalLM
+    file cut short, weights that do not fit the config. A string that is no local path is a hub id.
+
+    With `gguf_file` (a file inside `path`, or a path of its own) a plain model comes from that
+    GGUF checkpoint, dequantized to float weights: a model that saves like any other (tied
+    embeddings stay tied)."""
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     local = Path(path).expanduser()
     if local.is_file():
         raise ValueError(f"{path} is a file, not a model folder")
     if not local.exists() and looks_local(str(path)):
         raise ValueError(f"{path}: no such model folder")
-    if local.is_dir():
+    if gguf_file is not None:
+        kwargs.update(gguf_file=str(gguf_file), quantization_config=GgufConfig(dequantize=True))
+    elif local.is_dir():
         if not (local / "config.json").is_file():
             raise ValueError(f"{path} has no config.json: not a saved model folder")
         for file in sorted(local.glob("*.safetensors")):
@@ -354,7 +400,7 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    ttt_config, config, found = checkpoint_settings(path)  # checked before anything loads
+    ttt_config, config, found, training = checkpoint_settings(path)  # checked before anything loads
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} has no .safetensors weights (In-Place TTT checkpoints are safetensors only)")
@@ -365,6 +411,8 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
     if clip_tau is not ...:
         ttt_config = ttt_config.replace(clip_tau=clip_tau)
     convert(model, ttt_config)
+    if training:
+        model.config.inplace_ttt[TRAINING_KEY] = training
     wanted = {name for name, _ in model.named_parameters() if is_ttt_param(name)}
     if found is None:
         found = {}
@@ -418,7 +466,7 @@ def _causality_gap(model: nn.Module, batch: dict) -> float:
 
 PROBE = ModelProbe(
     positions=_positions, logits=_logits, loss=_loss, causality_gap=_causality_gap,
-    original_mlp=lambda base, idx: decoder_layers(base)[1][idx].mlp,
+    original_mlp=lambda base, idx: decoder_layers(base)[1][idx].mlp, settings=lambda model: model.config.inplace_ttt,
 )
 
 

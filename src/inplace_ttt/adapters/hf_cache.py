@@ -23,7 +23,10 @@ class FastWeightCacheMixin:
     ttt_states: dict[int, FastWeightState]
 
     def ttt_state(self, layer_idx: int) -> FastWeightState:
-        return self.ttt_states.setdefault(layer_idx, FastWeightState())
+        state = self.ttt_states.get(layer_idx)
+        if state is None:
+            state = self.ttt_states[layer_idx] = FastWeightState()
+        return state
 
     def reset(self):
         super().reset()

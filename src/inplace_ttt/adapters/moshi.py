@@ -39,6 +39,7 @@ from ..ops import state_dtype
 from . import MOSHI_TTT_WEIGHTS as TTT_WEIGHTS
 from .moshi_rope import YarnRotaryEmbedding, check_rope_scaling, yarn_parameters
 from .probe import ModelProbe
+from .record import TRAINING_KEY, split_training
 
 SAFETENSORS = (".safetensors", ".sft", ".sfts")  # the suffixes moshi's loaders read as safetensors (any other they unpickle)
 SETTINGS_KEY = "inplace_ttt"  # metadata key of the TTT weights file
@@ -298,8 +299,9 @@ def require_safetensors(path: str | Path) -> None:
     check_safetensors(path)
 
 
-def saved_settings(ttt_file: str | Path) -> tuple[TTTConfig, dict | None]:
-    """The `TTTConfig` and YaRN settings a ``ttt.safetensors`` of `save_ttt` carries."""
+def saved_settings(ttt_file: str | Path) -> tuple[TTTConfig, dict | None, list[dict]]:
+    """The `TTTConfig`, YaRN settings and training record (`adapters.record`) a
+    ``ttt.safetensors`` of `save_ttt` carries."""
     from safetensors import safe_open
 
     require_safetensors(ttt_file)
@@ -307,9 +309,9 @@ def saved_settings(ttt_file: str | Path) -> tuple[TTTConfig, dict | None]:
         raw = (f.metadata() or {}).get(SETTINGS_KEY)
     if raw is None:
         raise ValueError(f"{ttt_file} holds no In-Place TTT settings (metadata key '{SETTINGS_KEY}'): not written by save_ttt")
-    settings = json.loads(raw)
+    settings, training = split_training(json.loads(raw))
     rope_scaling = settings.pop("rope_scaling", None)  # not a TTTConfig field
-    return TTTConfig.from_dict(settings), rope_scaling
+    return TTTConfig.from_dict(settings), rope_scaling, training
 
 
 def load_moshi(
@@ -336,8 +338,9 @@ def load_moshi(
 
     require_safetensors(model_file)
     ttt_weights: dict[str, Tensor] = {}
+    training: list[dict] = []
     if ttt_file is not None:
-        config, saved_rope_scaling = saved_settings(ttt_file)
+        config, saved_rope_scaling, training = saved_settings(ttt_file)
         rope_scaling = saved_rope_scaling if rope_scaling is None else rope_scaling
         ttt_weights = load_file(str(ttt_file))
     if config is None:
@@ -346,6 +349,8 @@ def load_moshi(
         config = config.replace(clip_tau=clip_tau)
     lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
     convert(lm, config, rope_scaling=rope_scaling)
+    if training:
+        getattr(lm, SETTINGS_KEY)[TRAINING_KEY] = training
     if ttt_file is not None:
         params = {k: p for k, p in lm.named_parameters() if is_ttt_param(k)}
         missing, unknown = sorted(set(params) - set(ttt_weights)), sorted(set(ttt_weights) - set(params))
@@ -395,5 +400,5 @@ def _causality_gap(lm: nn.Module, batch: dict) -> float:
 
 PROBE = ModelProbe(
     positions=_positions, logits=_logits, loss=lambda lm, batch: training_loss(lm, batch["codes"])["loss"], causality_gap=_causality_gap,
-    original_mlp=lambda base, idx: base.transformer.layers[idx].gating,
+    original_mlp=lambda base, idx: base.transformer.layers[idx].gating, settings=lambda lm: getattr(lm, SETTINGS_KEY),
 )

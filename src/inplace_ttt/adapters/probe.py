@@ -21,3 +21,4 @@ class ModelProbe:
     loss: Callable[[nn.Module, dict], Tensor]  # (model, batch) -> the training loss, with gradient
     causality_gap: Callable[[nn.Module, dict], float]  # (model, batch) -> how far one step's change moves earlier outputs (0: causal)
     original_mlp: Callable[[nn.Module, int], nn.Module]  # (unconverted model, layer index) -> its MLP there
+    settings: Callable[[nn.Module], dict]  # converted model -> the TTT settings saved with it (with its training record)

@@ -54,6 +54,7 @@ class Sample:
     max_new_tokens: int
     tokens: int = 0  # actual prompt length in tokens
     depths: list[float] = field(default_factory=list)  # needle depths in the context, 0..1
+    answer_prefix: str = ""  # the start of the answer, which follows the task text (and a chat template's turn)
 
 
 def score(prediction: str, answers: list[str], metric: str) -> float:
@@ -62,19 +63,36 @@ def score(prediction: str, answers: list[str], metric: str) -> float:
     return sum(found) / len(found) if metric == "all" else float(any(found))
 
 
-def make_samples(task: str, tokenizer, length: int, count: int, seed: int = 0, haystack: str | None = None) -> list[Sample]:
-    """`count` samples of `task` whose prompts have `length` tokens (within 1%)."""
+def make_samples(
+    task: str, tokenizer, length: int, count: int, seed: int = 0, haystack: str | None = None, chat_template: bool = False
+) -> list[Sample]:
+    """`count` samples of `task` whose prompts have `length` tokens (within 1%).
+
+    chat_template: the task text is the user's turn of the tokenizer's chat template, and the
+    answer starts the assistant's turn (as RULER prompts instruct models); the length counts it all."""
     if task not in TASK_NAMES:
         raise ValueError(f"unknown task {task!r}; tasks: {TASK_NAMES}")
+    if chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("--chat-template: the models' tokenizer has no chat template (tokenizer_config.json 'chat_template')")
     build = _BUILDERS[task]
     filler = (haystack or NOISE).split()
     out = []
     for index in range(count):
         key = f"{seed}:{task}:{length}:{index}"  # a str seed hashes the same in every process
-        sample = _fit(lambda n: build(random.Random(key), filler, n, index), tokenizer, length)
+        sample = _fit(lambda n: _prompted(build(random.Random(key), filler, n, index), tokenizer, chat_template), tokenizer, length)
         sample.task, sample.length, sample.index = task, length, index
         out.append(sample)
     return out
+
+
+def _prompted(sample: Sample, tokenizer, chat_template: bool) -> Sample:
+    """The sample with its whole prompt: task text and answer prefix, plain or in the chat template."""
+    if chat_template:
+        turn = tokenizer.apply_chat_template([{"role": "user", "content": sample.prompt}], tokenize=False, add_generation_prompt=True)
+        sample.prompt = turn + sample.answer_prefix
+    else:
+        sample.prompt = f"{sample.prompt} {sample.answer_prefix}"
+    return sample
 
 
 def n_tokens(tokenizer, text: str) -> int:
@@ -149,13 +167,11 @@ def _niah(keys: int, values: int, queries: int, depth_cycle: bool) -> Callable:
         context = _insert(_filler(filler, n), needles, depths)
         what = " and ".join(asked)
         plural = len(asked) * values > 1
-        question = (
-            f"What {'are all the secret codes' if plural else 'is the secret code'} for {what} in the text above? "
-            f"The secret code{'s' if plural else ''} for {what} {'are' if plural else 'is'}"
-        )
+        question = f"What {'are all the secret codes' if plural else 'is the secret code'} for {what} in the text above?"
+        prefix = f"The secret code{'s' if plural else ''} for {what} {'are' if plural else 'is'}"
         prompt = f"Secret codes are hidden in the text below. Remember them: you will be asked about them.\n{context}\n{question}"
         answers = [v for k in asked for v in table[k]]
-        return Sample("", 0, 0, prompt, answers, "all", 16 * len(answers) + 16, depths=depths)
+        return Sample("", 0, 0, prompt, answers, "all", 16 * len(answers) + 16, depths=depths, answer_prefix=prefix)
 
     return build
 
@@ -170,11 +186,8 @@ def _vt(rng: random.Random, filler: list[str], n: int, index: int) -> Sample:
     chain = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
     depths = sorted(rng.random() for _ in chain)
     context = _insert(_filler(filler, n), chain, depths)
-    prompt = (
-        f"Follow the variable assignments hidden in the text below.\n{context}\n"
-        f"Which variables are assigned the value {value}? The variables assigned the value {value} are"
-    )
-    return Sample("", 0, 0, prompt, names, "all", 40, depths=depths)
+    prompt = f"Follow the variable assignments hidden in the text below.\n{context}\nWhich variables are assigned the value {value}?"
+    return Sample("", 0, 0, prompt, names, "all", 40, depths=depths, answer_prefix=f"The variables assigned the value {value} are")
 
 
 def _pseudo_words(rng: random.Random, count: int, syllables: int = 3) -> list[str]:
@@ -191,11 +204,8 @@ def _cwe(rng: random.Random, filler: list[str], n: int, index: int) -> Sample:
     items = common * 4 + rare
     rng.shuffle(items)
     listing = "\n".join(f"{i + 1}. {w}" for i, w in enumerate(items))
-    prompt = (
-        f"Below is a numbered list of words. Some of them appear several times.\n{listing}\n"
-        "Question: which 10 words appear most often in the list? Answer: the 10 most common words are"
-    )
-    return Sample("", 0, 0, prompt, common, "all", 120)
+    prompt = f"Below is a numbered list of words. Some of them appear several times.\n{listing}\nQuestion: which 10 words appear most often in the list?"
+    return Sample("", 0, 0, prompt, common, "all", 120, answer_prefix="Answer: the 10 most common words are")
 
 
 def _fwe(rng: random.Random, filler: list[str], n: int, index: int) -> Sample:
@@ -208,11 +218,8 @@ def _fwe(rng: random.Random, filler: list[str], n: int, index: int) -> Sample:
         if ranked[2] > ranked[3]:  # a clear top 3
             break
     top = sorted(counts, key=counts.get, reverse=True)[:3]
-    prompt = (
-        f"Read the coded text below and count how often each coded word appears.\n{' '.join(words)}\n"
-        "Question: which 3 coded words appear most often? Answer: the 3 most frequent coded words are"
-    )
-    return Sample("", 0, 0, prompt, top, "all", 50)
+    prompt = f"Read the coded text below and count how often each coded word appears.\n{' '.join(words)}\nQuestion: which 3 coded words appear most often?"
+    return Sample("", 0, 0, prompt, top, "all", 50, answer_prefix="Answer: the 3 most frequent coded words are")
 
 
 _BUILDERS = {

@@ -50,6 +50,7 @@ class EvalSettings:
     block: int = 256
     contexts: list[int] | None = None  # sliding-window contexts; None: 0 and each length minus the block
     max_docs: int = 16
+    chat_template: bool = False  # wrap each task prompt in the tokenizer's chat template (instruct models)
     passages: int | None = None  # cut the documents into up to this many passages of max(lengths) + 1 tokens (the loss task's units)
     recall_pairs: int = 16
     batch: int = 8  # rows per forward
@@ -162,7 +163,7 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
         if settings.passages is not None:
             docs = passages(docs, max(settings.lengths) + 1, settings.passages)
     ruler_tasks = [t for t in settings.tasks if t in TASK_NAMES]
-    groups = [make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack) for t in ruler_tasks for n in settings.lengths]
+    groups = [make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack, settings.chat_template) for t in ruler_tasks for n in settings.lengths]
     recall = [make_recall(tokenizer, n, settings.samples, settings.seed, settings.recall_pairs) for n in settings.lengths] if RECALL_TASK in settings.tasks else []
     max_len = max(settings.lengths)
     edges = bucket_edges(min(max_len, max((len(d) for d in docs), default=max_len)))

@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 
 from ..adapters import convert, is_converted, ttt_layers
 from ..adapters.hf import checkpoint_settings, is_ttt_checkpoint, load_causal_lm, looks_local
+from ..config import CONFIG_KEY
 from ..doctor import doctor
 from .config import RunConfig, adopt_ttt
 from .data import build_dataset, collate
@@ -34,7 +35,7 @@ def settle(config: RunConfig) -> RunConfig:
     if config.ttt is None or not is_ttt_checkpoint(config.model):
         return config
     try:
-        saved, base, _ = checkpoint_settings(config.model)
+        saved, base, _, _ = checkpoint_settings(config.model)
     except (ValueError, FileNotFoundError) as e:
         raise RunError(f"model: {e}") from None
     return dataclasses.replace(config, ttt=adopt_ttt(config.ttt, saved, base.num_hidden_layers, f"model {config.model}"))
@@ -43,13 +44,33 @@ def settle(config: RunConfig) -> RunConfig:
 def load_model(config: RunConfig, dtype: torch.dtype) -> nn.Module:
     """The model to train: a saved In-Place TTT model as it is, or a base model converted
     (left as it is with ``ttt: null``, the baseline without TTT)."""
-    if is_ttt_checkpoint(config.model) and config.ttt is None:
-        raise RunError(f"ttt: null trains a model without TTT, but {config.model} is an In-Place TTT checkpoint")
+    if is_ttt_checkpoint(config.model):
+        if config.gguf_file is not None:
+            raise RunError(f"gguf_file: {config.model} is an In-Place TTT checkpoint (safetensors), not a GGUF model's directory")
+        if config.ttt is None:
+            raise RunError(f"ttt: null trains a model without TTT, but {config.model} is an In-Place TTT checkpoint")
     try:
-        model = load_causal_lm(config.model, dtype=dtype)
+        model = load_causal_lm(config.model, gguf_file=config.gguf_file, dtype=dtype)
     except (ValueError, FileNotFoundError) as e:
-        raise RunError(f"model: {e}") from None
+        raise RunError(f"model{_gguf_part(config)}: {e}") from None
     return model if config.ttt is None or is_converted(model) else convert(model, config.ttt)
+
+
+def load_tokenizer(config: RunConfig):
+    """`tokenizer` if given, else the model directory's tokenizer files, else (with `gguf_file`)
+    the tokenizer the GGUF file carries."""
+    source = config.tokenizer or config.model
+    from_gguf = config.tokenizer is None and config.gguf_file is not None and not any(
+        (Path(config.model) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    )
+    try:
+        return AutoTokenizer.from_pretrained(source, **({"gguf_file": config.gguf_file} if from_gguf else {}))
+    except (OSError, ValueError) as e:
+        raise RunError(f"tokenizer: cannot load {source!r}{_gguf_part(config) if from_gguf else ''}: {str(e).strip().splitlines()[0]}") from None
+
+
+def _gguf_part(config: RunConfig) -> str:
+    return f" (gguf_file {config.gguf_file!r})" if config.gguf_file else ""
 
 
 def prepare(config: RunConfig) -> RunParts:
@@ -57,10 +78,7 @@ def prepare(config: RunConfig) -> RunParts:
     for key, path in (("model", config.model), ("tokenizer", config.tokenizer)):
         if path is not None and not Path(path).expanduser().exists() and looks_local(path):
             raise RunError(f"{key}: no such folder: {path}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
-    except (OSError, ValueError) as e:
-        raise RunError(f"tokenizer: cannot load {config.tokenizer or config.model!r}: {str(e).strip().splitlines()[0]}") from None
+    tokenizer = load_tokenizer(config)
     train_rows = build_dataset(config.data, tokenizer, config.data.train)  # data errors first: nothing loaded yet
     eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
     model = load_model(config, torch.float32)
@@ -79,10 +97,8 @@ def prepare(config: RunConfig) -> RunParts:
                 f"tokenizer mismatch: the data has token id {top} but the model's embedding has {vocab_rows} rows; "
                 "use the model's own tokenizer"
             )
-    use_cache = model.config.use_cache  # the Trainer turns it off for training
 
     def save_final(trained: nn.Module, directory: Path) -> None:
-        trained.config.use_cache = use_cache
         trained.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
@@ -94,5 +110,5 @@ def prepare(config: RunConfig) -> RunParts:
 
     return RunParts(
         module=model, layers=layers, train_dataset=train_rows, eval_dataset=eval_rows, collate=collate,
-        save_final=save_final, doctor=first_batch_doctor, processing_class=tokenizer,
+        save_final=save_final, doctor=first_batch_doctor, processing_class=tokenizer, settings=getattr(model.config, CONFIG_KEY, None),
     )

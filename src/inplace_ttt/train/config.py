@@ -128,6 +128,7 @@ class RunConfig:
 
     model_type: str = "transformers"
     model: str = ""
+    gguf_file: str | None = None  # a GGUF checkpoint in `model` (a directory): read dequantized to float
     tokenizer: str | None = None
     ttt: TTTConfig | None = field(default_factory=TTTConfig)  # None (`ttt: null`): train without TTT, the fair baseline
     data: DataConfig = field(default_factory=DataConfig)

@@ -264,7 +264,7 @@ def settle(config: MoshiRunConfig) -> MoshiRunConfig:
         return config
     check_model_files(config.model)
     try:
-        saved, _ = saved_settings(config.model.ttt_weights)
+        saved, _, _ = saved_settings(config.model.ttt_weights)
     except ValueError as e:
         raise RunError(f"model.ttt_weights: {e}") from None
     num_layers = (read_lm_kwargs(config.model.lm_kwargs) or {}).get("num_layers")
@@ -286,7 +286,7 @@ def read_lm_kwargs(path: str | None) -> dict | None:
 
 def prepare(config: MoshiRunConfig) -> RunParts:
     """Model and conversations, checked against each other before anything trains."""
-    from ..adapters.moshi import save_ttt, ttt_layers
+    from ..adapters.moshi import SETTINGS_KEY, save_ttt, ttt_layers
     from ..doctor import doctor
     from .modes import unwrap
 
@@ -318,4 +318,5 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         label_names=[CODES_KEY],
         enable_checkpointing=enable_checkpointing,
         use_cpu=device.type == "cpu",
+        settings=getattr(lm, SETTINGS_KEY),
     )

@@ -26,6 +26,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from ..layer import InPlaceTTTMLP, is_ttt_param
 
@@ -80,6 +81,33 @@ def group_norms(named_parameters: Iterable[tuple[str, nn.Parameter]]) -> tuple[f
             groups[0 if is_ttt_param(name) else 1].append(p.grad)
     ttt, other = (float(torch.nn.utils.get_total_norm(g)) if g else 0.0 for g in groups)
     return ttt, other
+
+
+def summary_line(logs: dict, step: int, max_steps: int) -> str:
+    """One readable line for a log: the engine's numbers as they are, the `ttt/*` ones digested
+    (their share of the gradient, their own clipping, the largest `fast_ratio`); every number
+    stays in TensorBoard and metrics.jsonl."""
+    parts = [f"step {step}/{max_steps}"]
+    for key, value in logs.items():
+        if not key.startswith("ttt/") and key != "total_flos":
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    ttt = []
+    if "ttt/grad_share" in logs:
+        ttt.append(f"grad_share {logs['ttt/grad_share']:.3g}")
+    if "ttt/clip_scale" in logs:
+        ttt.append(f"clip_scale {logs['ttt/clip_scale']:.3g}")
+    fast = [v for k, v in logs.items() if k.startswith("ttt/layer") and k.endswith("/fast_ratio")]
+    if fast:
+        ttt.append(f"fast_ratio <= {max(fast):.3g}")
+    return "  ".join(parts) + (f"  | ttt: {', '.join(ttt)}" if ttt else "")
+
+
+class SummaryProgress(ProgressCallback):
+    """transformers' progress bar, writing `summary_line` for each log instead of the whole dict."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(summary_line(logs, state.global_step, state.max_steps))
 
 
 class MetricsJsonl(TrainerCallback):

@@ -24,27 +24,30 @@ We add what is specific to In-Place TTT:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
-from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import ProgressCallback
 
+from ..adapters.record import TRAINING_KEY, run_entry, split_training
 from ..layer import InPlaceTTTMLP, is_ttt_param
 from .config import TrainConfig
-from .modes import ModeError, apply_mode, is_peft, merged
+from .modes import ModeError, apply_mode, is_peft, merged, unwrap
 from .precision import MasterWeights
 from .run_dir import (
     RunError, mark_checkpoint_complete, mark_checkpoint_started, named_folder_errors, not_created_yet, release_run_dir, resume_point, rotate_checkpoints, start_run_dir,
     write_final,
 )
-from .telemetry import MetricsJsonl, TTTTelemetry
+from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry
 
 TTT_WEIGHTS = "ttt_weights.safetensors"
 
@@ -64,6 +67,7 @@ class RunParts:
     enable_checkpointing: Callable[[nn.Module], None] | None = None  # the family's own activation checkpointing (None: the Trainer's)
     processing_class: Any = None  # a tokenizer, saved with checkpoints
     use_cpu: bool | None = None  # None: train on the accelerator where there is one
+    settings: dict | None = None  # the TTT settings saved with the model: the engine records each run's training there
 
 
 class TTTTrainer(Trainer):
@@ -71,12 +75,18 @@ class TTTTrainer(Trainer):
     weights for low-precision parameters, pre-clip telemetry and complete-only checkpoints."""
 
     def __init__(
-        self, *args, ttt_params_learning_rate: float | None = None, ttt_params_max_grad_norm: float | None = None, telemetry: TTTTelemetry, **kwargs
+        self, *args, ttt_params_learning_rate: float | None = None, ttt_params_max_grad_norm: float | None = None, telemetry: TTTTelemetry,
+        before_save: Callable[[int], None] | None = None, **kwargs
     ):
+        # the Trainer sets `use_cache` to its own argument (False) for training: saved models keep the user's
+        self.user_config = _cache_setting(kwargs.get("model"))
         super().__init__(*args, **kwargs)
+        if self.pop_callback(ProgressCallback) is not None:  # one readable line per log (the whole dict stays in the files)
+            self.add_callback(SummaryProgress)
         self.ttt_params_learning_rate = ttt_params_learning_rate
         self.ttt_params_max_grad_norm = ttt_params_max_grad_norm
         self.telemetry = telemetry
+        self.before_save = before_save  # called with the step before every save (the training record)
         self.master_weights: MasterWeights | None = None
 
     def create_optimizer(self, model=None):
@@ -142,12 +152,28 @@ class TTTTrainer(Trainer):
         if not isinstance(self.model, PreTrainedModel) and not is_peft(self.model) and state_dict is None:
             # a module of ours (Moshi): what it trained; what it froze comes from its weights file on resume
             state_dict = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
-        super()._save(output_dir, state_dict)
+        if self.before_save is not None:
+            self.before_save(self.state.global_step)
+        with self.user_settings():
+            super()._save(output_dir, state_dict)
         if is_peft(self.model) and self.args.should_save:  # PEFT saves the adapter only
             from safetensors.torch import save_file
 
             ttt = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if is_ttt_param(n)}
             save_file(ttt, os.path.join(output_dir, TTT_WEIGHTS))
+
+    @contextlib.contextmanager
+    def user_settings(self):
+        """The model's config as the user's model had it (`use_cache`), for a block."""
+        config = getattr(unwrap(self.model), "config", None)
+        during = {k: getattr(config, k) for k in self.user_config}
+        try:
+            for key, value in self.user_config.items():
+                setattr(config, key, value)
+            yield
+        finally:
+            for key, value in during.items():
+                setattr(config, key, value)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -184,6 +210,12 @@ class TTTTrainer(Trainer):
                 self.master_weights.save(latest)
             mark_checkpoint_complete(latest, self.state.global_step)
             rotate_checkpoints(latest.parent, limit, keep=self.state.best_model_checkpoint)
+
+
+def _cache_setting(model) -> dict:
+    """`use_cache` of a model's config, where it has one."""
+    config = getattr(unwrap(model), "config", None) if model is not None else None
+    return {"use_cache": config.use_cache} if hasattr(config, "use_cache") else {}
 
 
 def clip_groups(named_parameters, ttt_max: float, other_max: float) -> tuple[float, float]:
@@ -281,11 +313,13 @@ def training_arguments(
 # the run ---------------------------------------------------------------------------------------
 
 
-def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = False, allow_changes: bool = False) -> Path:
+def run_training(
+    config, prepare: Callable[[Any], RunParts], resume: bool = False, allow_changes: bool = False, callbacks: Sequence[TrainerCallback] = ()
+) -> Path:
     """Train as `config` says, the model and data coming from a family's `prepare`; returns the
     directory of the final model. Everything is validated (the run folder, config, model, data,
     the first-batch doctor) before the run folder is created or touched; then the run holds the
-    folder's lock until it ends (`train.run_dir`)."""
+    folder's lock until it ends (`train.run_dir`). `callbacks`: more `TrainerCallback`s."""
     t = config.train
     out = Path(t.output_dir)
     resume_point(config, resume, allow_changes)  # refuses (or, for a finished run, says so) before anything loads
@@ -302,6 +336,7 @@ def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = Fals
         trainer_checkpointing=parts.enable_checkpointing is None, use_cpu=parts.use_cpu,
     )
     telemetry = TTTTelemetry(parts.layers)
+    record = _training_recorder(parts.settings, config)
     with not_created_yet(out), named_folder_errors(out):
         trainer = TTTTrainer(
             model=module,
@@ -310,10 +345,11 @@ def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = Fals
             eval_dataset=parts.eval_dataset,
             data_collator=parts.collate,
             processing_class=parts.processing_class,
-            callbacks=[MetricsJsonl(out / "metrics.jsonl")],
+            callbacks=[MetricsJsonl(out / "metrics.jsonl"), *callbacks],
             ttt_params_learning_rate=t.ttt_params_learning_rate,
             ttt_params_max_grad_norm=t.ttt_params_max_grad_norm,
             telemetry=telemetry,
+            before_save=record,
         )
     if t.doctor and parts.layers and parts.doctor is not None:
         trainer.create_optimizer()
@@ -329,7 +365,22 @@ def run_training(config, prepare: Callable[[Any], RunParts], resume: bool = Fals
         telemetry.enable()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if trainer.is_world_process_zero():
-            write_final(out, lambda folder: parts.save_final(merged(module), folder))
+            if record is not None:
+                record(trainer.state.global_step)
+            with trainer.user_settings():
+                write_final(out, lambda folder: parts.save_final(merged(module), folder))
     finally:
         release_run_dir(out)
     return out / "final"
+
+
+def _training_recorder(settings: dict | None, config) -> Callable[[int], None] | None:
+    """Writes this run into the model's training record (after the runs it already holds), at a step."""
+    if settings is None:
+        return None
+    earlier = split_training(settings)[1]
+
+    def record(step: int) -> None:
+        settings[TRAINING_KEY] = [*earlier, run_entry(config.train.mode, step, config.lora.target_modules)]
+
+    return record
