@@ -1,7 +1,7 @@
 """In-Place Test-Time Training for pretrained gated-MLP language models."""
 
 from .adapters import clip_tau, convert, export_release, from_pretrained, set_clip_tau, set_context_parallel, ttt_layers
-from .cache import FastWeightState
+from .ops.state import FastWeightState
 from .config import TTTConfig
 from .layer import GatedMLPSpec, InPlaceTTTMLP, TargetGenerator
 

@@ -31,7 +31,7 @@ from moshi.modules.streaming import State, StreamingModule
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from ..cache import FixedStepState
+from ..ops.state import FixedStepState
 from ..config import TTTConfig
 from ..files import check_safetensors
 from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param

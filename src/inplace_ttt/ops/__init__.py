@@ -4,6 +4,7 @@
 - `chunk`: the chunk scan on one process (forward and backward functions, a thin autograd Function);
 - `distributed`: context parallelism, sequences split along time across a process group;
 - `dispatch`: `inplace_ttt`, the one public entry (one process, or a group);
+- `recurrent`, `state`: streaming (a prefill, one token per row, the CUDA-graph-safe fixed step) and the states they carry;
 - `reference`: the plain token loop the fast op is held to (shares only `common`'s contract checks);
 - `segments`, `layout`, `conv`: documents and chunks from positions, the slot schedule, the chunk-local convolution.
 """
