@@ -27,10 +27,10 @@ from .adapters import convert
 from .assets import base_model_dir, corpus_files
 from .config import TTTConfig
 from .eval.intervals import difference_interval
-from .files import write_atomic
 from .eval.recall import TASK as RECALL_TASK
 from .eval.report import plot_training
 from .eval.runner import LOSS_TASK, EvalSettings, evaluate
+from .files import write_atomic
 from .train.config import DataConfig, RunConfig, TrainConfig
 from .train.run import train
 
@@ -47,9 +47,7 @@ class DemoSettings:
     ttt_params_learning_rate: float = 1e-4
     # tuned on this corpus (TRAINING.md, docs/demo.md): the last layer, targets from the token embeddings,
     # W_target starting at the identity
-    ttt: TTTConfig = field(
-        default_factory=lambda: TTTConfig(layers=[3], chunk_size=64, ttt_lr=3.0, target="token_embeddings", target_init="identity")
-    )
+    ttt: TTTConfig = field(default_factory=lambda: TTTConfig(layers=[3], chunk_size=64, ttt_lr=3.0, target="token_embeddings", target_init="identity"))
     eval_lengths: list[int] = field(default_factory=lambda: [1024])
     block: int = 128
     passages: int = 48

@@ -195,7 +195,9 @@ def _check_frozen_weights(report, model, layers, base_model, record, fresh: bool
         report.add("frozen weights unchanged", True, f"trained ({describe(record)}): {len(differ)} weight(s) differ from the base, all ones it trained")
     elif differ:
         report.add(
-            "frozen weights unchanged", True, warning=True,
+            "frozen weights unchanged",
+            True,
+            warning=True,
             detail=f"{len(differ)} weight(s) differ from the base {shown(differ)}, and the checkpoint does not say how it was trained "
             "(ittt train records it), so which were meant to is not checked",
         )

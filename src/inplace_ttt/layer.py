@@ -206,14 +206,21 @@ class InPlaceTTTMLP(nn.Module):
         except ValueError as e:
             error = str(e)
         shard = sequence_shard(
-            self.cp_group, position_ids, B, T, self.chunk_size, widths=(src.shape[-1], h), dtype=z.dtype, device=z.device,
-            settings=(self.ttt_lr, self.clip_tau, False), halo=self.ttt.kernel // 2, error=error,
+            self.cp_group,
+            position_ids,
+            B,
+            T,
+            self.chunk_size,
+            widths=(src.shape[-1], h),
+            dtype=z.dtype,
+            device=z.device,
+            settings=(self.ttt_lr, self.clip_tau, False),
+            halo=self.ttt.kernel // 2,
+            error=error,
         )
         src_ext, key_ext, own = shard.with_halo(src)
         v = self.ttt(src_ext, key_ext)[:, own].to(z.dtype)
-        return context_parallel_ttt(
-            z, v, None, self.ttt_lr, self.chunk_size, group=self.cp_group, clip_tau=self.clip_tau, stats=stats, shard=shard
-        )
+        return context_parallel_ttt(z, v, None, self.ttt_lr, self.chunk_size, group=self.cp_group, clip_tau=self.clip_tau, stats=stats, shard=shard)
 
     def _record(self, stats: dict) -> None:
         """Telemetry of the last forward: ``lr ||S|| / ||W0||`` and the share of clipped chunk updates."""

@@ -106,8 +106,15 @@ def test_the_fixed_step_equals_the_reference(clip_tau):
     for t in range(T):
         j = t if t <= 5 else t - 1  # row 1's token at step t (at step 5 it is shown token 5 and ignores it)
         out = fixed_step(
-            torch.stack([z[0, t], z[1, j]]), torch.stack([src[0, t], src[1, j]]), state, torch.tensor([True, t != 5]),
-            taps, project, LR, C, clip_tau,
+            torch.stack([z[0, t], z[1, j]]),
+            torch.stack([src[0, t], src[1, j]]),
+            state,
+            torch.tensor([True, t != 5]),
+            taps,
+            project,
+            LR,
+            C,
+            clip_tau,
         )
         if t != 5:
             row1.append(out[1])

@@ -35,7 +35,11 @@ def test_renamed_train_keys_still_read_for_one_release(tmp_path):
 @pytest.mark.parametrize(
     "text, overrides, message",
     [
-        (BASE + "trian: {}\n", [], r"unknown key\(s\) \['trian'\]; valid keys here: \['data', 'gguf_file', 'lora', 'model', 'model_type', 'tokenizer', 'train', 'ttt'\]"),
+        (
+            BASE + "trian: {}\n",
+            [],
+            r"unknown key\(s\) \['trian'\]; valid keys here: \['data', 'gguf_file', 'lora', 'model', 'model_type', 'tokenizer', 'train', 'ttt'\]",
+        ),
         (BASE, ["--train.lr", "1"], r"unknown key\(s\) \['train.lr'\]; valid keys here: .*'learning_rate'"),
         (BASE, ["--train.mode", "half"], r"train.mode must be one of \('full', 'ttt_only', 'lora'\)"),
         (BASE, ["--train.max_steps", "ten"], "train.max_steps: expected int, got 'ten'"),

@@ -170,9 +170,7 @@ def _derive(group, rank, world, seg, rows, lengths, C, halo) -> SequenceShard:
     done = has & ((n_seg > 1) | ((last + 1) % C == 0))
     before = rows[rank - 1, :, 6 + halo :] if rank > 0 else torch.full_like(rows[0, :, :halo], -1)
     after = rows[rank + 1, :, 6 : 6 + halo] if rank + 1 < world else torch.full_like(rows[0, :, :halo], -1)
-    return SequenceShard(
-        group, rank, world, C, seg, starts | (inner > 0), done, cont, bool(torch.stack(straddle).any()), (before, after)
-    )
+    return SequenceShard(group, rank, world, C, seg, starts | (inner > 0), done, cont, bool(torch.stack(straddle).any()), (before, after))
 
 
 def context_parallel_ttt(
@@ -208,8 +206,16 @@ def context_parallel_ttt(
         B, T, h = z.shape if z.dim() == 3 else (-1, -1, -1)
         d = v.shape[-1] if v.dim() == 3 else -1
         shard = sequence_shard(
-            group, position_ids, B, T, chunk_size, widths=(d, h), dtype=z.dtype, device=z.device,
-            settings=(lr, clip_tau, w0 is not None), error=error,
+            group,
+            position_ids,
+            B,
+            T,
+            chunk_size,
+            widths=(d, h),
+            dtype=z.dtype,
+            device=z.device,
+            settings=(lr, clip_tau, w0 is not None),
+            error=error,
         )
     out, final = chunk_inplace_ttt(z, v, w0, lr, chunk_size, position_ids=shard.positions, clip_tau=clip_tau, output_final_state=True, stats=stats)
     pieces = [final]

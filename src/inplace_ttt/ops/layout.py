@@ -24,7 +24,6 @@ class SlotLayout:
 
     def __init__(self, seg: Segments, has_positions: bool, final_state: bool = True):
         B, T = seg.shape
-        C = seg.chunk_size
         device = seg.positions.device
         self.batch, self.length = B, T
         self.clip: Tensor | None = None  # clip factors [n, B] once a forward pass ran

@@ -19,13 +19,13 @@ projection instead, and forms each token's target as soon as its look-ahead has 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .common import chunk_update, clip_factor
 from .chunk import chunk_inplace_ttt
+from .common import chunk_update, clip_factor
 from .segments import find_segments
 from .state import FastWeightState, FixedStepState
 
@@ -39,8 +39,16 @@ def restarts(state: FastWeightState, first_pos: Tensor, has_token: Tensor) -> Te
 
 
 def token_step(
-    z: Tensor, src: Tensor, pos: Tensor, state: FastWeightState, targets: Targets, lr: float, chunk_size: int,
-    clip_tau: float | None = None, w0: Tensor | None = None, bias: Tensor | None = None,
+    z: Tensor,
+    src: Tensor,
+    pos: Tensor,
+    state: FastWeightState,
+    targets: Targets,
+    lr: float,
+    chunk_size: int,
+    clip_tau: float | None = None,
+    w0: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """One token per row (`z` ``[B, h]``, `src` ``[B, F]``, `pos` ``[B]``, negative: no token):
     the fast-weight term ``lr z S^T`` ``[B, d]``, or with `w0` (and `bias`) the whole down projection
@@ -66,7 +74,13 @@ def token_step(
 
 
 def prefill(
-    z: Tensor, src: Tensor, pos: Tensor, state: FastWeightState, targets: Targets, lr: float, chunk_size: int,
+    z: Tensor,
+    src: Tensor,
+    pos: Tensor,
+    state: FastWeightState,
+    targets: Targets,
+    lr: float,
+    chunk_size: int,
     clip_tau: float | None = None,
 ) -> Tensor:
     """Several tokens per row (`z` ``[B, n, h]``, `src` ``[B, n, F]``, `pos` ``[B, n]``, negative:
@@ -103,8 +117,15 @@ def prefill(
 
 
 def fixed_step(
-    z: Tensor, src: Tensor, state: FixedStepState, active: Tensor, taps: Tensor, project: Callable[[Tensor], Tensor],
-    lr: float, chunk_size: int, clip_tau: float | None = None,
+    z: Tensor,
+    src: Tensor,
+    state: FixedStepState,
+    active: Tensor,
+    taps: Tensor,
+    project: Callable[[Tensor], Tensor],
+    lr: float,
+    chunk_size: int,
+    clip_tau: float | None = None,
 ) -> Tensor:
     """One token per row, CUDA-graph safe: the fast-weight term ``lr z S^T`` (`z` ``[B, h]``, `src`
     ``[B, F]`` -> ``[B, d]``), then `state` moves on in place where `active` ``[B]``. `taps`: the

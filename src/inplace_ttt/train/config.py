@@ -103,7 +103,9 @@ class TrainConfig:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"train.{name} must be a finite number >= 0; got {value}")
         if self.fsdp_config is not None and not self.fsdp:
-            raise ValueError("train.fsdp_config is set but train.fsdp is not, so it would be ignored: set train.fsdp (e.g. 'full_shard auto_wrap') or drop fsdp_config")
+            raise ValueError(
+                "train.fsdp_config is set but train.fsdp is not, so it would be ignored: set train.fsdp (e.g. 'full_shard auto_wrap') or drop fsdp_config"
+            )
         if self.bf16 not in ("auto", "true", "false"):
             raise ValueError(f"train.bf16 must be 'auto', 'true' or 'false'; got {self.bf16!r}")
         if not 0 <= self.warmup_ratio < 1:

@@ -87,9 +87,7 @@ class MoshiRunConfig:
     ttt: TTTConfig = field(default_factory=lambda: TTTConfig(target="token_embeddings"))
     data: MoshiDataConfig = field(default_factory=MoshiDataConfig)
     train: MoshiTrainConfig = field(default_factory=MoshiTrainConfig)
-    lora: LoraSettings = field(
-        default_factory=lambda: LoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"])
-    )
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"]))
 
     def __post_init__(self) -> None:
         if self.model_type != "moshi":
@@ -229,14 +227,17 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
     lm_kwargs = read_lm_kwargs(m.lm_kwargs)
     try:
         return load_moshi(
-            m.weights, lm_kwargs, ttt_file=m.ttt_weights, config=None if m.ttt_weights else ttt,
-            rope_scaling=m.rope_scaling, device=device, dtype=getattr(torch, m.dtype),
+            m.weights,
+            lm_kwargs,
+            ttt_file=m.ttt_weights,
+            config=None if m.ttt_weights else ttt,
+            rope_scaling=m.rope_scaling,
+            device=device,
+            dtype=getattr(torch, m.dtype),
         )
     except (RuntimeError, TypeError, SafetensorError) as e:  # load_state_dict's size mismatches, unknown LMModel arguments
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(
-            f"model.weights {m.weights} does not load with model.lm_kwargs {m.lm_kwargs or '(Moshi 7B defaults)'}: {first}"
-        ) from None
+        raise RunError(f"model.weights {m.weights} does not load with model.lm_kwargs {m.lm_kwargs or '(Moshi 7B defaults)'}: {first}") from None
 
 
 def check_model_files(m: MoshiModelConfig) -> None:

@@ -29,9 +29,10 @@ import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -44,7 +45,15 @@ from .config import TrainConfig
 from .modes import ModeError, apply_mode, is_peft, merged, unwrap
 from .precision import MasterWeights
 from .run_dir import (
-    RunError, mark_checkpoint_complete, mark_checkpoint_started, named_folder_errors, not_created_yet, release_run_dir, resume_point, rotate_checkpoints, start_run_dir,
+    RunError,
+    mark_checkpoint_complete,
+    mark_checkpoint_started,
+    named_folder_errors,
+    not_created_yet,
+    release_run_dir,
+    resume_point,
+    rotate_checkpoints,
+    start_run_dir,
     write_final,
 )
 from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry
@@ -75,8 +84,13 @@ class TTTTrainer(Trainer):
     weights for low-precision parameters, pre-clip telemetry and complete-only checkpoints."""
 
     def __init__(
-        self, *args, ttt_params_learning_rate: float | None = None, ttt_params_max_grad_norm: float | None = None, telemetry: TTTTelemetry,
-        before_save: Callable[[int], None] | None = None, **kwargs
+        self,
+        *args,
+        ttt_params_learning_rate: float | None = None,
+        ttt_params_max_grad_norm: float | None = None,
+        telemetry: TTTTelemetry,
+        before_save: Callable[[int], None] | None = None,
+        **kwargs,
     ):
         # the Trainer sets `use_cache` to its own argument (False) for training: saved models keep the user's
         self.user_config = _cache_setting(kwargs.get("model"))
@@ -256,7 +270,7 @@ def require_ttt_context(lengths: torch.Tensor, chunk: int, key: str, what: str, 
         )
     share = float(lengths[short].sum()) / float(lengths.sum())
     if share > 0.5:
-        warnings.warn(f"{key}: {share:.0%} of the data is in {what}s shorter than two TTT chunks ({2 * chunk} {unit}), where TTT is inert")
+        warnings.warn(f"{key}: {share:.0%} of the data is in {what}s shorter than two TTT chunks ({2 * chunk} {unit}), where TTT is inert", stacklevel=2)
 
 
 def use_bf16(setting: str) -> bool:
@@ -272,7 +286,13 @@ _CHECKPOINTING_ARG = next(
 
 
 def training_arguments(
-    t: TrainConfig, out: Path, bf16: bool, evaluate: bool, *, label_names: list[str] | None = None, trainer_checkpointing: bool = True,
+    t: TrainConfig,
+    out: Path,
+    bf16: bool,
+    evaluate: bool,
+    *,
+    label_names: list[str] | None = None,
+    trainer_checkpointing: bool = True,
     use_cpu: bool | None = None,
 ) -> TrainingArguments:
     """The Trainer's arguments from the `train` section (`trainer_checkpointing`: the Trainer
@@ -332,8 +352,13 @@ def run_training(
     if t.gradient_checkpointing and parts.enable_checkpointing is not None:
         parts.enable_checkpointing(module)
     args = training_arguments(
-        t, out, use_bf16(t.bf16), evaluate=parts.eval_dataset is not None, label_names=parts.label_names,
-        trainer_checkpointing=parts.enable_checkpointing is None, use_cpu=parts.use_cpu,
+        t,
+        out,
+        use_bf16(t.bf16),
+        evaluate=parts.eval_dataset is not None,
+        label_names=parts.label_names,
+        trainer_checkpointing=parts.enable_checkpointing is None,
+        use_cpu=parts.use_cpu,
     )
     telemetry = TTTTelemetry(parts.layers)
     record = _training_recorder(parts.settings, config)
