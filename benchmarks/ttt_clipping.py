@@ -30,7 +30,7 @@ from inplace_ttt.demo import DemoSettings
 from inplace_ttt.train.config import DataConfig, RunConfig, TrainConfig
 from inplace_ttt.train.run import train
 
-VARIANTS = {"global clip": {}, "TTT clipped apart": {"ttt_params_max_grad_norm": 1.0}, "no TTT (baseline)": None}
+VARIANTS = {"global clip": {"ttt_params_max_grad_norm": None}, "TTT clipped apart": {"ttt_params_max_grad_norm": 1.0}, "no TTT (baseline)": None}
 
 
 def run(variant: str, seed: int, steps: int, out: Path) -> dict[int, dict]:

@@ -105,7 +105,7 @@ def prepare(config: RunConfig) -> RunParts:
 
     def first_batch_doctor(module: nn.Module, batch: dict, optimizer):
         inputs = {k: batch[k] for k in ("input_ids", "position_ids")}
-        return doctor(unwrap(module), inputs, optimizer=optimizer, training=True, fresh=fresh)
+        return doctor(unwrap(module), inputs, optimizer=optimizer, training=True, fresh=fresh, ttt_params_max_grad_norm=config.train.ttt_params_max_grad_norm)
 
     return RunParts(
         module=model,

@@ -306,7 +306,14 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         unwrap(module).lm.transformer.checkpointing = True  # moshi's own activation checkpointing
 
     def first_batch_doctor(module: nn.Module, batch: dict, optimizer):  # converted here unless it continues a run's TTT weights
-        return doctor(unwrap(module).lm, batch, optimizer=optimizer, training=True, fresh=config.model.ttt_weights is None)
+        return doctor(
+            unwrap(module).lm,
+            batch,
+            optimizer=optimizer,
+            training=True,
+            fresh=config.model.ttt_weights is None,
+            ttt_params_max_grad_norm=t.ttt_params_max_grad_norm,
+        )
 
     return RunParts(
         module=MoshiLoss(lm, t.first_codebook_weight, t.text_padding_weight),
