@@ -304,7 +304,7 @@ def _check_gradients(report, model, layers, batch, family, clipped_apart: bool) 
     elif dominant:
         detail += (
             ": one global clip would scale every other parameter's update by as much as theirs; "
-            "clip the TTT parameters on their own (train.ttt_params_max_grad_norm) or start W_target smaller (target_init: diagonal)"
+            "clip the TTT parameters on their own (train.ttt_params_max_grad_norm, ittt train's default) or start W_target smaller (target_init: diagonal)"
         )
     report.add("gradient balance", True, detail, warning=dominant)
 

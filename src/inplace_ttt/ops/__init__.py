@@ -13,8 +13,10 @@ from .common import chunk_update, clip_factor, state_dtype
 from .conv import chunk_conv
 from .dispatch import inplace_ttt
 from .distributed import SequenceShard, context_parallel_ttt, sequence_shard
+from .recurrent import fixed_step, prefill, token_step
 from .reference import inplace_ttt_reference
 from .segments import Segments, find_segments
+from .state import FastWeightState, FixedStepState
 
 __all__ = [
     "chunk_update",
@@ -28,4 +30,9 @@ __all__ = [
     "SequenceShard",
     "context_parallel_ttt",
     "sequence_shard",
+    "prefill",
+    "token_step",
+    "fixed_step",
+    "FastWeightState",
+    "FixedStepState",
 ]
