@@ -34,8 +34,16 @@ from transformers import AutoModelForCausalLM, LlamaConfig, TrainerCallback
 import inplace_ttt
 
 SHAPE = dict(
-    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-    max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5,
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=8192,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-5,
 )
 
 
@@ -102,11 +110,20 @@ def train_part(ws: dict, root: Path, args) -> dict:
     for repeat in range(args.repeats):
         for name in ("base", "ttt"):  # alternated, so drift hits both
             config = RunConfig(
-                model=str(ws["base"]), ttt=ttt_config(args.chunk) if name == "ttt" else None,
+                model=str(ws["base"]),
+                ttt=ttt_config(args.chunk) if name == "ttt" else None,
                 data=DataConfig(train=[str(ws["docs"])], row_length=args.row_length),
                 train=TrainConfig(
-                    output_dir=str(root / f"run-{name}-{repeat}"), max_steps=args.warmup + args.steps, per_device_train_batch_size=1,
-                    learning_rate=1e-5, warmup_ratio=0.0, logging_steps=1000, save_steps=100_000, report_to=[], doctor=False, bf16="false",
+                    output_dir=str(root / f"run-{name}-{repeat}"),
+                    max_steps=args.warmup + args.steps,
+                    per_device_train_batch_size=1,
+                    learning_rate=1e-5,
+                    warmup_ratio=0.0,
+                    logging_steps=1000,
+                    save_steps=100_000,
+                    report_to=[],
+                    doctor=False,
+                    bf16="false",
                 ),
             )
             timer = StepTimer()
@@ -187,23 +204,29 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    head = (f"# random weights of the 135M shape (30 layers, hidden 576, MLP 1536, 9/3 heads, vocab 49152, tied); TTT on "
-            f"every 6th layer; fp32, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    head = (
+        f"# random weights of the 135M shape (30 layers, hidden 576, MLP 1536, 9/3 heads, vocab 49152, tied); TTT on "
+        f"every 6th layer; fp32, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(head, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ws = write_workspace(root, args.chunk) if {"train", "doctor"} & set(args.parts) else None
         if "train" in args.parts:
             speed = train_part(ws, root, args)
-            print(f"\n## ittt train, 1 x {args.row_length} tokens per step, chunk {args.chunk}, AdamW; median of "
-                  f"{args.steps} steps x {args.repeats} runs each, alternated")
+            print(
+                f"\n## ittt train, 1 x {args.row_length} tokens per step, chunk {args.chunk}, AdamW; median of "
+                f"{args.steps} steps x {args.repeats} runs each, alternated"
+            )
             print("| model | tokens/s | x base |\n|---|---|---|")
             for name, s in speed.items():
                 print(f"| {name} | {s:.0f} | {s / speed['base']:.3f} |", flush=True)
         if "decode" in args.parts:
             ms = decode_part(args)
-            print(f"\n## decode, batch {args.batch}, prompt {args.prompt}, {args.new} greedy tokens x {args.repeats} repeats, "
-                  f"chunk {args.decode_chunk} (updates while decoding), the two models stepping in turn")
+            print(
+                f"\n## decode, batch {args.batch}, prompt {args.prompt}, {args.new} greedy tokens x {args.repeats} repeats, "
+                f"chunk {args.decode_chunk} (updates while decoding), the two models stepping in turn"
+            )
             print("| model | median ms/token | x base | mean ms/token | x base |\n|---|---|---|---|---|")
             for name in ("base", "ttt"):
                 med, mean = ms[name]
@@ -212,8 +235,11 @@ def main():
         if "doctor" in args.parts:
             d = doctor_part(ws, args)
             print(f"\n## ittt doctor --base, {d['rows']} tokens, chunk {args.chunk}")
-            print(f"| what | seconds |\n|---|---|\n| the command (fresh process: imports, loading both models, tokenizing) | "
-                  f"{d['command']:.1f} |\n| the doctor call alone | {d['call']:.1f} |", flush=True)
+            print(
+                f"| what | seconds |\n|---|---|\n| the command (fresh process: imports, loading both models, tokenizing) | "
+                f"{d['command']:.1f} |\n| the doctor call alone | {d['call']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

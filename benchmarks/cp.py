@@ -112,8 +112,10 @@ def main():
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, args.threads // max(args.ranks))))
-    print(f"d={args.dim} h={args.hidden} T={args.length} C={args.chunk} B=1 fp32, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__}; per layer, forward + backward, median of {args.repeats}, slowest rank (wait: most waiting rank)")
+    print(
+        f"d={args.dim} h={args.hidden} T={args.length} C={args.chunk} B=1 fp32, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__}; per layer, forward + backward, median of {args.repeats}, slowest rank (wait: most waiting rank)"
+    )
     print("| ranks | layout | received / rank | collectives ms | wait ms | local op ms | cp op ms | cp / local | collectives / local |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -127,8 +129,11 @@ def main():
             worst = max(per_rank, key=lambda r: r["cp"])
             row = {"ranks": world, "layout": layout, **worst, "wait": max(r["wait"] for r in per_rank)}
             rows.append(row)
-            print(f"| {world} | {layout} | {worst['bytes'] / 2**20:.1f} MiB | {worst['coll']:.1f} | {worst['wait']:.1f} | {worst['local']:.1f} | "
-                  f"{worst['cp']:.1f} | {worst['cp'] / worst['local']:.2f} | {worst['coll'] / worst['local']:.2f} |", flush=True)
+            print(
+                f"| {world} | {layout} | {worst['bytes'] / 2**20:.1f} MiB | {worst['coll']:.1f} | {worst['wait']:.1f} | {worst['local']:.1f} | "
+                f"{worst['cp']:.1f} | {worst['cp'] / worst['local']:.2f} | {worst['coll'] / worst['local']:.2f} |",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -29,8 +29,14 @@ from inplace_ttt.eval.runner import EvalSettings, evaluate, parse_lengths
 
 def save_models(args, root: Path) -> list[str]:
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, max_position_embeddings=8192, tie_word_embeddings=True,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(config).eval()
@@ -69,16 +75,24 @@ def main() -> None:
         tasks = None if args.tasks == "all" else args.tasks.split(",")
         rows, outputs = [], {}
         for batch in (int(b) for b in args.batches.split(",")):
-            settings = EvalSettings(models=models, lengths=parse_lengths(args.lengths), samples=args.samples, batch=batch, out=str(root / f"out{batch}"),
-                                    **({"tasks": tasks} if tasks else {}))
+            settings = EvalSettings(
+                models=models,
+                lengths=parse_lengths(args.lengths),
+                samples=args.samples,
+                batch=batch,
+                out=str(root / f"out{batch}"),
+                **({"tasks": tasks} if tasks else {}),
+            )
             start = time.perf_counter()
             evaluate(settings)
             rows.append((batch, time.perf_counter() - start))
             results = json.loads((root / f"out{batch}" / "results.json").read_text())
             outputs[batch] = {n: m["ruler"] for n, m in results["models"].items()}
     same = all(o == next(iter(outputs.values())) for o in outputs.values())
-    print(f"# two {params:.0f}M-parameter Llamas ({args.layers} layers, hidden {args.hidden}), plain and TTT; tasks {args.tasks}, "
-          f"lengths {args.lengths}, {args.samples} samples; torch {torch.__version__}, {args.threads} threads")
+    print(
+        f"# two {params:.0f}M-parameter Llamas ({args.layers} layers, hidden {args.hidden}), plain and TTT; tasks {args.tasks}, "
+        f"lengths {args.lengths}, {args.samples} samples; torch {torch.__version__}, {args.threads} threads"
+    )
     print("| batch | seconds | x batch 1 |")
     print("|---|---|---|")
     for batch, seconds in rows:

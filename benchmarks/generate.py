@@ -23,8 +23,13 @@ import inplace_ttt
 
 def build(args):
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 64, max_position_embeddings=8192,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=args.hidden // 64,
+        max_position_embeddings=8192,
     )
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
@@ -63,9 +68,11 @@ def main():
     args = p.parse_args()
     base, ttt = build(args)
     n_params = sum(p.numel() for p in base.parameters()) / 1e6
-    print(f"# tiny Llama {args.layers} layers, hidden {args.hidden}, {n_params:.1f}M params; TTT on layers "
-          f"{[i for i, _ in inplace_ttt.ttt_layers(ttt)]}, chunk {args.chunk}; prompt {args.prompt}, {args.new} new tokens; "
-          f"fp32, torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats}")
+    print(
+        f"# tiny Llama {args.layers} layers, hidden {args.hidden}, {n_params:.1f}M params; TTT on layers "
+        f"{[i for i, _ in inplace_ttt.ttt_layers(ttt)]}, chunk {args.chunk}; prompt {args.prompt}, {args.new} new tokens; "
+        f"fp32, torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats}"
+    )
     print("| batch | prefill original ms | prefill TTT ms | x | decode original ms/token | decode TTT ms/token | x |")
     print("|---|---|---|---|---|---|---|")
     for batch in args.batch:
@@ -78,8 +85,11 @@ def main():
                 results[name].append(run(m, ids, args.new))
         pre = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
         dec = {k: statistics.median(r[1] for r in v) for k, v in results.items()}
-        print(f"| {batch} | {pre['base'] * 1e3:.1f} | {pre['ttt'] * 1e3:.1f} | {pre['ttt'] / pre['base']:.2f} | "
-              f"{dec['base'] * 1e3:.2f} | {dec['ttt'] * 1e3:.2f} | {dec['ttt'] / dec['base']:.2f} |", flush=True)
+        print(
+            f"| {batch} | {pre['base'] * 1e3:.1f} | {pre['ttt'] * 1e3:.1f} | {pre['ttt'] / pre['base']:.2f} | "
+            f"{dec['base'] * 1e3:.2f} | {dec['ttt'] * 1e3:.2f} | {dec['ttt'] / dec['base']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -58,11 +58,18 @@ def build(root: Path, small_mimi: bool) -> dict:
     import io
 
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter([" ".join(WORDS)] * 50), model_writer=model, vocab_size=64, pad_id=3,
-                                   hard_vocab_limit=False, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([" ".join(WORDS)] * 50), model_writer=model, vocab_size=64, pad_id=3, hard_vocab_limit=False, minloglevel=2
+    )
     (root / "tokenizer.model").write_bytes(model.getvalue())
-    return {"mimi": root / "mimi.safetensors", "mimi_config": config, "lm_kwargs": lm_kwargs, "tokenizer": root / "tokenizer.model",
-            "weights": root / "model.safetensors", "ttt": root / "ttt"}
+    return {
+        "mimi": root / "mimi.safetensors",
+        "mimi_config": config,
+        "lm_kwargs": lm_kwargs,
+        "tokenizer": root / "tokenizer.model",
+        "weights": root / "model.safetensors",
+        "ttt": root / "ttt",
+    }
 
 
 def conversation(root: Path, seconds: float, name: str, rate: int = 24000) -> Path:
@@ -75,7 +82,7 @@ def conversation(root: Path, seconds: float, name: str, rate: int = 24000) -> Pa
 
 
 def encode_speed(parts: dict, root: Path, seconds: float, repeats: int, device: str) -> dict:
-    from inplace_ttt.speech.encode import Conversation, EncodeSettings, Encoder
+    from inplace_ttt.speech.encode import Conversation, Encoder, EncodeSettings
 
     audio = conversation(root, seconds, "encode", rate=22050)
     encoder = Encoder(EncodeSettings(root / "none.jsonl", parts["mimi"], parts["tokenizer"], root, parts["mimi_config"], parts["lm_kwargs"], device=device))
@@ -96,11 +103,33 @@ def infer_runs(parts: dict, root: Path, seconds: float, repeats: int, device: st
         for name in reports:
             ttt = parts["ttt"] / "ttt.safetensors" if name == "ttt" else None
             weights = parts["ttt"] / "model.safetensors" if name == "ttt" else parts["weights"]
-            reports[name].append(run_inference(InferSettings(
-                audio, root / f"{name}.wav", weights, parts["mimi"], ttt=ttt, tokenizer=parts["tokenizer"], lm_kwargs=parts["lm_kwargs"],
-                mimi_config=parts["mimi_config"], channel="right", device=device, greedy=True), progress=False))
-    return {name: {"rtf": statistics.median(r["real_time_factor"] for r in runs), "step_ms": statistics.median(r["step_ms"]["median"] for r in runs),
-                   "frame_ms": statistics.median(r["frame_ms"]["median"] for r in runs), "updates": runs[0]["updates"]} for name, runs in reports.items()}
+            reports[name].append(
+                run_inference(
+                    InferSettings(
+                        audio,
+                        root / f"{name}.wav",
+                        weights,
+                        parts["mimi"],
+                        ttt=ttt,
+                        tokenizer=parts["tokenizer"],
+                        lm_kwargs=parts["lm_kwargs"],
+                        mimi_config=parts["mimi_config"],
+                        channel="right",
+                        device=device,
+                        greedy=True,
+                    ),
+                    progress=False,
+                )
+            )
+    return {
+        name: {
+            "rtf": statistics.median(r["real_time_factor"] for r in runs),
+            "step_ms": statistics.median(r["step_ms"]["median"] for r in runs),
+            "frame_ms": statistics.median(r["frame_ms"]["median"] for r in runs),
+            "updates": runs[0]["updates"],
+        }
+        for name, runs in reports.items()
+    }
 
 
 def peak_rss_child(args: argparse.Namespace, parts: dict, audio: Path) -> dict:
@@ -123,10 +152,27 @@ def rss_child(job: str) -> None:
     job = json.loads(job)
     parts, out = job["parts"], Path(job["audio"]).with_name("rss-out.wav")
     ttt = Path(parts["ttt"])
-    report = run_inference(InferSettings(Path(job["audio"]), out, ttt / "model.safetensors", Path(parts["mimi"]), ttt=ttt / "ttt.safetensors",
-                                         tokenizer=Path(parts["tokenizer"]), lm_kwargs=parts["lm_kwargs"], mimi_config=parts["mimi_config"],
-                                         channel="right", device=job["device"], greedy=True), progress=False)
-    print(json.dumps({"seconds": report["audio_seconds"], "peak_mib": _vm("VmHWM"), "rss_mib": _vm("VmRSS"), "frames": report["frames"], "updates": report["updates"]}))
+    report = run_inference(
+        InferSettings(
+            Path(job["audio"]),
+            out,
+            ttt / "model.safetensors",
+            Path(parts["mimi"]),
+            ttt=ttt / "ttt.safetensors",
+            tokenizer=Path(parts["tokenizer"]),
+            lm_kwargs=parts["lm_kwargs"],
+            mimi_config=parts["mimi_config"],
+            channel="right",
+            device=job["device"],
+            greedy=True,
+        ),
+        progress=False,
+    )
+    print(
+        json.dumps(
+            {"seconds": report["audio_seconds"], "peak_mib": _vm("VmHWM"), "rss_mib": _vm("VmRSS"), "frames": report["frames"], "updates": report["updates"]}
+        )
+    )
 
 
 def main() -> None:
@@ -143,8 +189,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.rss_child is not None:
         return rss_child(args.rss_child)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, load {os.getloadavg()[0]:.1f}, "
-          f"Mimi {'small' if args.small_mimi else 'published size'} (random weights)")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, load {os.getloadavg()[0]:.1f}, "
+        f"Mimi {'small' if args.small_mimi else 'published size'} (random weights)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "small").mkdir()
@@ -153,19 +201,26 @@ def main() -> None:
         print("\n| moshi-encode | stereo audio | wall s (median) | s of audio per s |\n|---|---|---|---|")
         print(f"| Mimi {'small' if args.small_mimi else 'full'} | {enc['seconds']:.0f} s | {enc['wall']:.2f} | {enc['audio_per_second']:.2f} |")
         runs = infer_runs(parts, root, args.infer_seconds, args.repeats, args.device)
-        print(f"\n| moshi-infer, {args.infer_seconds:.0f} s input | real-time factor | LM step ms | frame ms (encode + step + decode) | updates per TTT layer |")
+        print(
+            f"\n| moshi-infer, {args.infer_seconds:.0f} s input | real-time factor | LM step ms | frame ms (encode + step + decode) | updates per TTT layer |"
+        )
         print("|---|---|---|---|---|")
         for name, r in runs.items():
             print(f"| {name} | {r['rtf']:.2f} | {r['step_ms']:.1f} | {r['frame_ms']:.1f} | {r['updates'] or '-'} |")
-        print(f"\nTTT / plain: real-time factor x{runs['ttt']['rtf'] / runs['plain']['rtf']:.3f}, LM step x{runs['ttt']['step_ms'] / runs['plain']['step_ms']:.3f}")
+        print(
+            f"\nTTT / plain: real-time factor x{runs['ttt']['rtf'] / runs['plain']['rtf']:.3f}, LM step x{runs['ttt']['step_ms'] / runs['plain']['step_ms']:.3f}"
+        )
         print(f"load {os.getloadavg()[0]:.1f}")
         small = build(root / "small", small_mimi=True) if not args.small_mimi else parts
         rss = [peak_rss_child(args, small, conversation(root, s, f"long{s:g}")) for s in args.rss_seconds]
     print("\n| moshi-infer input (small Mimi, fresh process) | frames | peak RSS MiB | RSS at the end MiB | updates per TTT layer |\n|---|---|---|---|---|")
     for r in rss:
         print(f"| {r['seconds'] / 60:.1f} min | {r['frames']} | {r['peak_mib']:.1f} | {r['rss_mib']:.1f} | {r['updates']} |")
-    print(f"peak RSS growth from {rss[0]['seconds'] / 60:.1f} to {rss[1]['seconds'] / 60:.1f} min of input: {rss[1]['peak_mib'] - rss[0]['peak_mib']:+.1f} MiB; "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"peak RSS growth from {rss[0]['seconds'] / 60:.1f} to {rss[1]['seconds'] / 60:.1f} min of input: {rss[1]['peak_mib'] - rss[0]['peak_mib']:+.1f} MiB; "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
+
 
 if __name__ == "__main__":
     main()

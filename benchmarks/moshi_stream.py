@@ -32,12 +32,31 @@ from inplace_ttt.adapters.moshi import update_counts  # noqa: E402
 def build(args, device):
     torch.manual_seed(0)
     base = LMModel(
-        delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2, n_q=16, dep_q=8, card=2048, text_card=32000, dim=args.dim,
-        num_heads=args.dim // 64, num_layers=args.layers, hidden_scale=4.125, causal=True, context=3000, max_period=10000,
-        gating="silu", norm="rms_norm_f32", positional_embedding="rope", depformer_dim=args.dim // 2,
-        depformer_num_heads=max(1, args.dim // 128), depformer_num_layers=2, depformer_dim_feedforward=int(4.125 * args.dim // 2),
-        depformer_multi_linear=True, depformer_weights_per_step=True, depformer_pos_emb="none", depformer_context=8,
-        device=device, dtype=torch.float32,
+        delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2,
+        n_q=16,
+        dep_q=8,
+        card=2048,
+        text_card=32000,
+        dim=args.dim,
+        num_heads=args.dim // 64,
+        num_layers=args.layers,
+        hidden_scale=4.125,
+        causal=True,
+        context=3000,
+        max_period=10000,
+        gating="silu",
+        norm="rms_norm_f32",
+        positional_embedding="rope",
+        depformer_dim=args.dim // 2,
+        depformer_num_heads=max(1, args.dim // 128),
+        depformer_num_layers=2,
+        depformer_dim_feedforward=int(4.125 * args.dim // 2),
+        depformer_multi_linear=True,
+        depformer_weights_per_step=True,
+        depformer_pos_emb="none",
+        depformer_context=8,
+        device=device,
+        dtype=torch.float32,
     ).eval()
     ttt = inplace_ttt.convert(copy.deepcopy(base), inplace_ttt.TTTConfig(layers="every 6", chunk_size=args.chunk, ttt_lr=1.0, target="token_embeddings"))
     with torch.no_grad():
@@ -81,9 +100,11 @@ def main():
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     base, ttt = build(args, device)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; temporal dim {args.dim}, "
-          f"{args.layers} layers, TTT on layers {[i for i, _ in inplace_ttt.ttt_layers(ttt)]}, chunk {args.chunk}, "
-          f"{args.steps} timed steps x {args.repeats} repeats")
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; temporal dim {args.dim}, "
+        f"{args.layers} layers, TTT on layers {[i for i, _ in inplace_ttt.ttt_layers(ttt)]}, chunk {args.chunk}, "
+        f"{args.steps} timed steps x {args.repeats} repeats"
+    )
     print("| batch | original ms/step | TTT ms/step | x | TTT updates per layer and row |")
     print("|---|---|---|---|---|")
     for batch in args.batch:

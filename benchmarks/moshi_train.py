@@ -46,11 +46,29 @@ RUNS = [(model, engine) for engine in ("hand", "engine") for model in ("base", "
 def build(args, ttt: bool) -> MoshiLoss:
     torch.manual_seed(0)
     lm = LMModel(
-        delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2, n_q=16, dep_q=8, card=args.card, text_card=args.text_card, dim=args.dim,
-        num_heads=args.dim // 64, num_layers=args.layers, hidden_scale=4.125, causal=True, context=args.row_length, max_period=10000,
-        gating="silu", norm="rms_norm_f32", positional_embedding="rope", depformer_dim=args.dim // 2,
-        depformer_num_heads=max(1, args.dim // 128), depformer_num_layers=2, depformer_dim_feedforward=int(4.125 * args.dim // 2),
-        depformer_multi_linear=True, depformer_weights_per_step=True, depformer_pos_emb="none", depformer_context=8,
+        delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2,
+        n_q=16,
+        dep_q=8,
+        card=args.card,
+        text_card=args.text_card,
+        dim=args.dim,
+        num_heads=args.dim // 64,
+        num_layers=args.layers,
+        hidden_scale=4.125,
+        causal=True,
+        context=args.row_length,
+        max_period=10000,
+        gating="silu",
+        norm="rms_norm_f32",
+        positional_embedding="rope",
+        depformer_dim=args.dim // 2,
+        depformer_num_heads=max(1, args.dim // 128),
+        depformer_num_layers=2,
+        depformer_dim_feedforward=int(4.125 * args.dim // 2),
+        depformer_multi_linear=True,
+        depformer_weights_per_step=True,
+        depformer_pos_emb="none",
+        depformer_context=8,
         dtype=torch.float32,
     )
     if ttt:
@@ -92,14 +110,24 @@ class _StepTimes(TrainerCallback):
 
 def engine(module: MoshiLoss, data: torch.Tensor, steps: int, batch: int) -> list[float]:
     layers = dict(inplace_ttt.ttt_layers(module.lm))
-    t = TrainConfig(mode="full", learning_rate=1e-5, max_steps=steps, per_device_train_batch_size=batch, logging_steps=10**6,
-                    save_steps=10**6, warmup_ratio=0.0, report_to=[], doctor=False)
+    t = TrainConfig(
+        mode="full",
+        learning_rate=1e-5,
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        logging_steps=10**6,
+        save_steps=10**6,
+        warmup_ratio=0.0,
+        report_to=[],
+        doctor=False,
+    )
     timer = _StepTimes()
     with tempfile.TemporaryDirectory() as out:
         args = training_arguments(t, Path(out), False, False, label_names=["codes"], use_cpu=True)
         args.disable_tqdm = True
-        trainer = TTTTrainer(model=module, args=args, train_dataset=ConversationRows(data), data_collator=collate,
-                             callbacks=[timer], telemetry=TTTTelemetry(layers))
+        trainer = TTTTrainer(
+            model=module, args=args, train_dataset=ConversationRows(data), data_collator=collate, callbacks=[timer], telemetry=TTTTelemetry(layers)
+        )
         trainer.telemetry.enable()
         trainer.train()
     return timer.times
@@ -148,15 +176,19 @@ def main():
     mem = {run: peak_memory(args, "/".join(run)) / 2**20 for run in RUNS}
     n_params = sum(p.numel() for p in built["base"].parameters()) / 1e6
     layers = [i for i, _ in inplace_ttt.ttt_layers(built["ttt"].lm)]
-    print(f"# tiny Moshi LMModel: {args.layers} temporal layers, dim {args.dim}, {n_params:.1f}M params; TTT on layers {layers}, chunk "
-          f"{args.chunk}; {args.batch} x {args.row_length} steps per training step; full mode, AdamW, clip 1.0; fp32, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} x {args.steps} steps")
+    print(
+        f"# tiny Moshi LMModel: {args.layers} temporal layers, dim {args.dim}, {n_params:.1f}M params; TTT on layers {layers}, chunk "
+        f"{args.chunk}; {args.batch} x {args.row_length} steps per training step; full mode, AdamW, clip 1.0; fp32, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} x {args.steps} steps"
+    )
     print("| engine | model | s/step | steps/s | x base (same engine) | x hand loop (same model) | peak MiB | x base |")
     print("|---|---|---|---|---|---|---|---|")
     for model, how in RUNS:
         s = sec[(model, how)]
-        print(f"| {how} | {model} | {s:.3f} | {1 / s:.2f} | {s / sec[('base', how)]:.3f} | {s / sec[(model, 'hand')]:.3f} | "
-              f"{mem[(model, how)]:.0f} | {mem[(model, how)] / mem[('base', how)]:.3f} |")
+        print(
+            f"| {how} | {model} | {s:.3f} | {1 / s:.2f} | {s / sec[('base', how)]:.3f} | {s / sec[(model, 'hand')]:.3f} | "
+            f"{mem[(model, how)]:.0f} | {mem[(model, how)] / mem[('base', how)]:.3f} |"
+        )
     for how in ("hand", "engine"):
         print(f"TTT cost on the {how} loop: {100 * (sec[('ttt', how)] / sec[('base', how)] - 1):.1f}% time per step")
     for model in ("base", "ttt"):

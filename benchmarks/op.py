@@ -108,8 +108,7 @@ def main():
         print(json.dumps({"peak": measure_memory(method, T, C, args.d, args.h)}))
         return
 
-    print(f"# In-Place TTT operator, forward+backward, fp32, d={args.d} h={args.h}, B=1, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"# In-Place TTT operator, forward+backward, fp32, d={args.d} h={args.h}, B=1, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| T | C | method | time ms (median) | x plain | peak MiB | x plain | extra over plain MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for T in args.lengths:
@@ -128,8 +127,11 @@ def main():
             mem = {m: memory_in_subprocess(m, T, C, args.d, args.h) for m in methods}
             for m in methods:
                 extra = (mem[m] - mem["plain"]) / 2**20
-                print(f"| {T} | {C} | {m} | {times[m] * 1e3:.0f} | {times[m] / times['plain']:.2f} | "
-                      f"{mem[m] / 2**20:.0f} | {mem[m] / mem['plain']:.2f} | {extra:.0f} |", flush=True)
+                print(
+                    f"| {T} | {C} | {m} | {times[m] * 1e3:.0f} | {times[m] / times['plain']:.2f} | "
+                    f"{mem[m] / 2**20:.0f} | {mem[m] / mem['plain']:.2f} | {extra:.0f} |",
+                    flush=True,
+                )
             if "cumsum" not in methods:
                 print(f"| {T} | {C} | cumsum | skipped: needs > {args.budget_gb:.0f} GB | | | | |", flush=True)
 

@@ -50,8 +50,13 @@ def batches(tokenizer, args):
 
 def train(tokenizer, args, ttt: TTTConfig | None):
     arch = ArchitectureConfig(
-        hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.hidden // 32,
-        num_key_value_heads=args.hidden // 32, max_position_embeddings=4 * args.length, sliding_window=args.window,
+        hidden_size=args.hidden,
+        intermediate_size=3 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 32,
+        num_key_value_heads=args.hidden // 32,
+        max_position_embeddings=4 * args.length,
+        sliding_window=args.window,
     )
     torch.manual_seed(0)  # the same start for both: TTT adds its own (zero-started) parameters only
     model = build_model(arch, tokenizer, ttt).train()

@@ -45,8 +45,15 @@ def build(chunk: int, seed: int):
     """A converted tiny Qwen3 with non-zero TTT weights, float64, and its release export."""
     torch.manual_seed(seed)
     config = Qwen3Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
     )
     base = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").double().eval()
     model = inplace_ttt.convert(copy.deepcopy(base), inplace_ttt.TTTConfig(layers=[0, 2], chunk_size=chunk, ttt_lr=0.5))
@@ -82,20 +89,31 @@ def document_cases(base, ours, path, chunk, seed):
     ids, pos = torch.cat([a, b], 1), torch.cat([torch.arange(n), torch.arange(n)])[None]
     their = theirs(path)
     scale = (logits(their, b) - logits(base, b)).abs().max().item()
-    rows.append(("packing", (logits(ours, ids, position_ids=pos)[:, n:] - logits(ours, b)).abs().max().item(),
-                 (logits(their, ids, position_ids=pos)[:, n:] - logits(their, b)).abs().max().item(), scale))
+    rows.append(
+        (
+            "packing",
+            (logits(ours, ids, position_ids=pos)[:, n:] - logits(ours, b)).abs().max().item(),
+            (logits(their, ids, position_ids=pos)[:, n:] - logits(their, b)).abs().max().item(),
+            scale,
+        )
+    )
     # padding: 7 pad tokens before b
     pad = 7
     ids = torch.cat([torch.zeros(1, pad, dtype=torch.long), b], 1)
     mask = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones(1, n, dtype=torch.long)], 1)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: RoPE angles equal to the unpadded row's
-    rows.append(("padding", (logits(ours, ids, attention_mask=mask, position_ids=pos)[:, pad:] - logits(ours, b)).abs().max().item(),
-                 (logits(their, ids, attention_mask=mask, position_ids=pos)[:, pad:] - logits(their, b)).abs().max().item(), scale))
+    rows.append(
+        (
+            "padding",
+            (logits(ours, ids, attention_mask=mask, position_ids=pos)[:, pad:] - logits(ours, b)).abs().max().item(),
+            (logits(their, ids, attention_mask=mask, position_ids=pos)[:, pad:] - logits(their, b)).abs().max().item(),
+            scale,
+        )
+    )
     # batch: rows [a, b]; their generation model on the prompt, row 1 against b alone (row 0 of its own batch)
     ids = torch.cat([a, b])
     gen = theirs(path, inference_mlp)
-    rows.append(("batch", (logits(ours, ids)[1] - logits(ours, b)[0]).abs().max().item(),
-                 (logits(gen, ids)[1] - logits(gen, b)[0]).abs().max().item(), scale))
+    rows.append(("batch", (logits(ours, ids)[1] - logits(ours, b)[0]).abs().max().item(), (logits(gen, ids)[1] - logits(gen, b)[0]).abs().max().item(), scale))
     check = (logits(gen, b) - logits(their, b)).abs().max().item()  # their two models agree on one row
     return rows, check
 
@@ -144,13 +162,16 @@ def main():
         print(f"| {name} | {a:.2e} | {b:.2e} | {scale:.2e} |")
     print(f"(their inference and training math on one row: max |difference| {check:.2e})")
     n = args.bf16_tokens // args.bf16_chunk
-    print(f"\nbf16, one TTT MLP (d 256, h 1024), {args.bf16_tokens} tokens = {n} chunks of {args.bf16_chunk}: "
-          "share of the exact fast-weight term in the output (1 = all)")
+    print(
+        f"\nbf16, one TTT MLP (d 256, h 1024), {args.bf16_tokens} tokens = {n} chunks of {args.bf16_chunk}: "
+        "share of the exact fast-weight term in the output (1 = all)"
+    )
     print("| ||eta S|| / ||W_down|| | ours (float32 sum) | release (bf16 W_down + sum) |")
     print("|---|---|---|")
     for ratio in args.ratios:
         a, b = bf16_case(args.bf16_tokens, args.bf16_chunk, ratio, args.seed)
         print(f"| {ratio:g} | {a:.3f} | {b:.3f} |")
+
 
 if __name__ == "__main__":
     main()

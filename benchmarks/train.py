@@ -32,8 +32,13 @@ from op import status_bytes  # noqa: E402  (the same peak-RSS reading as the ope
 
 def build(args, ttt: bool):
     shape = dict(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 64, max_position_embeddings=args.row_length,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=args.hidden // 64,
+        max_position_embeddings=args.row_length,
     )
     config = LlamaConfig(**shape) if args.sliding_window is None else MistralConfig(**shape, sliding_window=args.sliding_window)
     torch.manual_seed(0)
@@ -58,7 +63,9 @@ def step(model, opt, batch):
 
 
 def peak_memory(args, ttt: bool) -> int:
-    cmd = [sys.executable, __file__, "--memory-of", "ttt" if ttt else "base"] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "memory_of" and v is not None]
+    cmd = [sys.executable, __file__, "--memory-of", "ttt" if ttt else "base"] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "memory_of" and v is not None
+    ]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     return json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)["peak"]
 
@@ -101,9 +108,11 @@ def main():
     n_params = sum(p.numel() for p in models["base"].parameters()) / 1e6
     layers = [i for i, _ in inplace_ttt.ttt_layers(models["ttt"])]
     family = "Llama" if args.sliding_window is None else f"Mistral (sliding window {args.sliding_window})"
-    print(f"# tiny {family} {args.layers} layers, hidden {args.hidden}, {n_params:.1f}M params; TTT on layers {layers}, "
-          f"chunk {args.chunk}; {args.batch} x {args.row_length} tokens per step; AdamW; fp32, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.steps} steps")
+    print(
+        f"# tiny {family} {args.layers} layers, hidden {args.hidden}, {n_params:.1f}M params; TTT on layers {layers}, "
+        f"chunk {args.chunk}; {args.batch} x {args.row_length} tokens per step; AdamW; fp32, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; median of {args.steps} steps"
+    )
     print("| model | tokens/s | x base | peak MiB | x base |")
     print("|---|---|---|---|---|")
     for name in models:

@@ -5,7 +5,7 @@ global clip at 1.0 multiplies every other gradient by a small factor (`clip_scal
 by its running gradient scale, so a constant factor would not change its updates; a factor that
 changes over training does. This runs the demo's training (embedded base model and corpus, its
 steps, rows, learning rates and TTT settings) with one global clip and with the TTT parameters
-clipped as their own group (`train.ttt_max_grad_norm`), on the same batches for each seed, plus the
+clipped as their own group (`train.ttt_params_max_grad_norm`), on the same batches for each seed, plus the
 baseline without TTT, and prints the training loss of each and the paired difference per seed with a
 95% bootstrap interval over steps, then the mean over seeds.
 
@@ -30,7 +30,7 @@ from inplace_ttt.demo import DemoSettings
 from inplace_ttt.train.config import DataConfig, RunConfig, TrainConfig
 from inplace_ttt.train.run import train
 
-VARIANTS = {"global clip": {}, "TTT clipped apart": {"ttt_max_grad_norm": 1.0}, "no TTT (baseline)": None}
+VARIANTS = {"global clip": {"ttt_params_max_grad_norm": None}, "TTT clipped apart": {"ttt_params_max_grad_norm": 1.0}, "no TTT (baseline)": None}
 
 
 def run(variant: str, seed: int, steps: int, out: Path) -> dict[int, dict]:
@@ -50,9 +50,19 @@ def config_of(variant: str, seed: int, steps: int, out: Path) -> RunConfig:
         ttt=None if extra is None else demo.ttt,
         data=DataConfig(train=corpus_files("train"), row_length=demo.row_length),
         train=TrainConfig(
-            output_dir=str(out), learning_rate=demo.learning_rate, ttt_learning_rate=demo.ttt_learning_rate if extra is not None else None,
-            weight_decay=0.1, warmup_ratio=0.05, max_steps=steps, per_device_train_batch_size=demo.batch_size, logging_steps=1,
-            save_steps=10 * steps, seed=seed, report_to=[], doctor=False, **(extra or {}),
+            output_dir=str(out),
+            learning_rate=demo.learning_rate,
+            ttt_params_learning_rate=demo.ttt_params_learning_rate if extra is not None else None,
+            weight_decay=0.1,
+            warmup_ratio=0.05,
+            max_steps=steps,
+            per_device_train_batch_size=demo.batch_size,
+            logging_steps=1,
+            save_steps=10 * steps,
+            seed=seed,
+            report_to=[],
+            doctor=False,
+            **(extra or {}),
         ),
     )
 
@@ -78,8 +88,10 @@ def main():
         for variant in VARIANTS:
             logs[(variant, seed)] = run(variant, seed, args.steps, args.out / f"{variant}-{seed}".replace(" ", "_"))
     steps = [s for s in range(args.skip + 1, args.steps + 1)]
-    print(f"# demo training ({args.steps} steps, means over steps {args.skip + 1}-{args.steps}), seeds {args.seeds}, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, {time.perf_counter() - started:.0f} s in all")
+    print(
+        f"# demo training ({args.steps} steps, means over steps {args.skip + 1}-{args.steps}), seeds {args.seeds}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, {time.perf_counter() - started:.0f} s in all"
+    )
     print("| seed | global clip: loss | its clip_scale | TTT clipped apart: loss | its clip_scale | baseline loss | apart - global (95% CI over steps) |")
     print("|---|---|---|---|---|---|---|")
     per_seed = []
@@ -89,8 +101,10 @@ def main():
         diffs = [a[s]["loss"] - g[s]["loss"] for s in steps]
         lo, hi = interval(diffs, seed=seed)
         per_seed.append(statistics.fmean(diffs))
-        print(f"| {seed} | {mean(g, 'loss'):.4f} | {mean(g, 'clip_scale'):.4f} | {mean(a, 'loss'):.4f} | {mean(a, 'clip_scale'):.4f} | "
-              f"{mean(b, 'loss'):.4f} | {per_seed[-1]:+.4f} ({lo:+.4f}, {hi:+.4f}) |")
+        print(
+            f"| {seed} | {mean(g, 'loss'):.4f} | {mean(g, 'clip_scale'):.4f} | {mean(a, 'loss'):.4f} | {mean(a, 'clip_scale'):.4f} | "
+            f"{mean(b, 'loss'):.4f} | {per_seed[-1]:+.4f} ({lo:+.4f}, {hi:+.4f}) |"
+        )
     if len(per_seed) > 1:
         m, sd = statistics.fmean(per_seed), statistics.stdev(per_seed)
         t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57}.get(len(per_seed), 2.26)  # Student's t, 97.5%

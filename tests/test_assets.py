@@ -37,7 +37,9 @@ def test_corpus_splits_load_and_hold_long_documents():
 
 
 def test_heldout_books_are_never_trained_on():
-    book = lambda row: row["id"].split(".", 1)[1]  # "WEB.Josh" -> "Josh", the same book in either translation
+    def book(row):
+        return row["id"].split(".", 1)[1]  # "WEB.Josh" -> "Josh", the same book in either translation
+
     train, heldout = _rows("train"), _rows("heldout")
     assert {book(r) for r in train}.isdisjoint({book(r) for r in heldout})
     assert {r["text"] for r in train}.isdisjoint({r["text"] for r in heldout})

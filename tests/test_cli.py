@@ -98,11 +98,23 @@ def cut_weights(fraction):
 
 
 BROKEN = {
-    "truncated weights": ("ttt", cut_weights(0.5), r"model.safetensors is not a readable safetensors file \(.*incomplete metadata.*\): it is empty, cut short or corrupt"),
+    "truncated weights": (
+        "ttt",
+        cut_weights(0.5),
+        r"model.safetensors is not a readable safetensors file \(.*incomplete metadata.*\): it is empty, cut short or corrupt",
+    ),
     "empty weights": ("base", cut_weights(0.0), r"model.safetensors is not a readable safetensors file \(.*header too small.*\)"),
-    "conv kernel edited": ("ttt", edit_json("inplace_ttt.conv_kernel", 3), r"TTT weights do not fit its config.json: .*conv_weight \[32, 5\] \(config.json makes it \[32, 3\]\)"),
+    "conv kernel edited": (
+        "ttt",
+        edit_json("inplace_ttt.conv_kernel", 3),
+        r"TTT weights do not fit its config.json: .*conv_weight \[32, 5\] \(config.json makes it \[32, 3\]\)",
+    ),
     "hidden size edited": ("base", edit_json("hidden_size", 64), r"the weights do not fit its config.json \(sizes differ"),
-    "base_model_type missing": ("ttt", edit_json("inplace_ttt.base_model_type", None), r"config.json: inplace_ttt.base_model_type must name the transformers model type .*; got None"),
+    "base_model_type missing": (
+        "ttt",
+        edit_json("inplace_ttt.base_model_type", None),
+        r"config.json: inplace_ttt.base_model_type must name the transformers model type .*; got None",
+    ),
     "config.json not JSON": ("ttt", lambda f: (f / "config.json").write_text("{oops"), r"config.json.* is not (a )?valid JSON"),
 }
 
@@ -115,7 +127,9 @@ def test_a_broken_model_folder_is_named(saved, tmp_path, capsys, case, command):
     if command == "eval":
         args = ["eval", "--model", str(folder), "--tasks", "loss", "--lengths", "32", "--data", str(saved / "text.txt"), "--out", str(tmp_path / "out")]
     else:
-        args = ["doctor", str(saved / "ttt") if name == "base" else str(folder), "--data", str(saved / "text.txt")] + (["--base", str(folder)] if name == "base" else [])
+        args = ["doctor", str(saved / "ttt") if name == "base" else str(folder), "--data", str(saved / "text.txt")] + (
+            ["--base", str(folder)] if name == "base" else []
+        )
     assert main(args) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"ittt {command}: error: ") and re.search(message, last), last
@@ -141,7 +155,10 @@ def test_eval_refuses_counts_below_one_and_missing_models(saved, tmp_path, capsy
 
 
 def test_eval_results_are_strict_json(saved, tmp_path):
-    assert main(["eval", "--model", str(saved / "base"), "--tasks", "loss", "--lengths", "32", "--data", str(saved / "text.txt"), "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(["eval", "--model", str(saved / "base"), "--tasks", "loss", "--lengths", "32", "--data", str(saved / "text.txt"), "--out", str(tmp_path / "out")])
+        == 0
+    )
     json.loads((tmp_path / "out" / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in results.json"))
 
 
@@ -150,7 +167,11 @@ def test_eval_results_are_strict_json(saved, tmp_path):
     [
         ("text.txt", ["--length", "-1"], r"--length and --rows must be >= 1; got -1 and 2"),
         ("text.txt", ["--rows", "0"], r"--length and --rows must be >= 1; got 12 and 0"),
-        ("text.txt", ["--length", "100000"], r"--data .*text.txt holds \d+ tokens \(Moshi: steps\), fewer than one row of --length 100000: give more data or a smaller --length"),
+        (
+            "text.txt",
+            ["--length", "100000"],
+            r"--data .*text.txt holds \d+ tokens \(Moshi: steps\), fewer than one row of --length 100000: give more data or a smaller --length",
+        ),
         ("empty.txt", [], r"data: \['.*empty.txt'\] holds no non-empty documents"),
         ("rows.jsonl", [], r"data: .*rows.jsonl has no field 'text' \(fields: \['body'\]\); set data.text_field"),
         ("nope", [], r"data: no such file or folder: .*nope"),
@@ -184,7 +205,10 @@ def test_eval_refuses_lengths_past_learned_positions_and_warns_for_rope(saved, t
     tiny_tokenizer([f"w{i}" for i in range(80)]).save_pretrained(gpt2)
     args = ["--tasks", "loss", "--lengths", "128", "--data", str(saved / "text.txt"), "--out", str(tmp_path / "out")]
     assert main(["eval", "--model", str(gpt2), *args]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"ittt eval: error: --lengths: 128 tokens is past {gpt2}'s 64 learned positions: give lengths up to 64"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"ittt eval: error: --lengths: 128 tokens is past {gpt2}'s 64 learned positions: give lengths up to 64"
+    )
     assert not (tmp_path / "out").exists()
     with pytest.warns(UserWarning, match=r"--lengths up to 512 is past .*'s max_position_embeddings 256: a RoPE model extrapolates there"):
         assert main(["eval", "--model", str(saved / "base"), *args[:3], "512", *args[4:]]) == 0

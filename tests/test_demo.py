@@ -10,8 +10,7 @@ from inplace_ttt.demo import DemoSettings
 
 def test_short_demo_runs_the_whole_pipeline(tmp_path, capsys):
     run = tmp_path / "demo"
-    args = ["demo", "--out", str(run), "--steps", "2", "--row-length", "256", "--chunk-size", "64", "--lengths", "256",
-            "--passages", "6", "--samples", "2"]
+    args = ["demo", "--out", str(run), "--steps", "2", "--row-length", "256", "--chunk-size", "64", "--lengths", "256", "--passages", "6", "--samples", "2"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "max |logits(converted) - logits(base)| = 0.00e+00" in out  # the exact warm start, on real text

@@ -5,7 +5,6 @@ in one namespace, their own asserts checking what they claim); a block that must
 as ```text. The selection is the fence's language, never a block's position.
 """
 
-import os
 import re
 from pathlib import Path
 

@@ -180,6 +180,9 @@ def test_one_group_holding_the_gradient_is_a_warning_with_its_share():
     assert c.ok and f"{share:.1%}" in c.detail
     assert c.warning == (share > 0.9) and ("WARN  gradient balance" in str(report)) == (share > 0.9)
     assert report.ok  # a warning does not fail the run
+    # a run that clips the TTT parameters as their own group is told the same share, without the warning
+    apart = check(doctor(model, batch(), ttt_params_max_grad_norm=1.0), "gradient balance")
+    assert apart.ok and not apart.warning and f"{share:.1%}" in apart.detail and "own group" in apart.detail
 
 
 # Moshi: the same checks on a moshi LMModel, each failure mode of the seed injected ---------------

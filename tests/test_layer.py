@@ -230,11 +230,14 @@ def test_every_target_variant_starts_exact_and_matches_an_independent_compositio
     torch.testing.assert_close(layer(x, position_ids=pos)[valid], ref[valid], rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name, params", [
-    ("identity", {"ttt.conv_weight", "ttt.target_weight"}),
-    ("no convolution", {"ttt.target_weight"}),
-    ("no projection", {"ttt.conv_weight"}),
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("identity", {"ttt.conv_weight", "ttt.target_weight"}),
+        ("no convolution", {"ttt.target_weight"}),
+        ("no projection", {"ttt.conv_weight"}),
+    ],
+)
 def test_each_variant_has_its_parameters_and_gradient_at_the_first_backward(name, params):
     _, layer = variant(name)
     assert {n for n, _ in layer.named_parameters() if n.startswith("ttt.")} == params

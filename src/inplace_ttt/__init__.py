@@ -1,13 +1,13 @@
 """In-Place Test-Time Training for pretrained gated-MLP language models."""
 
 from .adapters import clip_tau, convert, export_release, from_pretrained, set_clip_tau, set_context_parallel, ttt_layers
-from .cache import FastWeightState
 from .config import TTTConfig
-from .layer import GatedMLPSpec, InPlaceTTTMLP, TargetGenerator
 
 # the function, not its module: `inplace_ttt.doctor(model, batch)`; `from inplace_ttt.doctor import
 # doctor, Report` keeps working (the submodule stays in sys.modules under its name)
 from .doctor import doctor
+from .layer import GatedMLPSpec, InPlaceTTTMLP, TargetGenerator
+from .ops.state import FastWeightState
 
 __all__ = [
     "TTTConfig",

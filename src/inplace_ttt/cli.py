@@ -23,7 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
     ttt = defaults.ttt.replace(**{k: getattr(args, k) for k in ("layers", "chunk_size", "ttt_lr", "target_init") if given(k)})
     kwargs = {
         k: getattr(args, k)
-        for k in ("out", "steps", "row_length", "batch_size", "learning_rate", "ttt_learning_rate", "samples", "passages", "seed")
+        for k in ("out", "steps", "row_length", "batch_size", "learning_rate", "ttt_params_learning_rate", "samples", "passages", "seed")
         if given(k)
     }
     if given("lengths"):
@@ -128,9 +128,22 @@ def _eval(args: argparse.Namespace) -> int:
 
     tasks = list(ALL_TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     settings = EvalSettings(
-        models=args.model, names=args.names.split(",") if args.names else None, tasks=tasks, lengths=parse_lengths(args.lengths), samples=args.samples, data=args.data or [],
-        clip_tau=args.clip_tau, seed=args.seed, piece=args.piece, block=args.block, dtype=args.dtype, out=args.out, chat_template=args.chat_template,
-        batch=args.batch, passages=args.passages, recall_pairs=args.recall_pairs,
+        models=args.model,
+        names=args.names.split(",") if args.names else None,
+        tasks=tasks,
+        lengths=parse_lengths(args.lengths),
+        samples=args.samples,
+        data=args.data or [],
+        clip_tau=args.clip_tau,
+        seed=args.seed,
+        piece=args.piece,
+        block=args.block,
+        dtype=args.dtype,
+        out=args.out,
+        chat_template=args.chat_template,
+        batch=args.batch,
+        passages=args.passages,
+        recall_pairs=args.recall_pairs,
     )
     report = evaluate(settings)
     print(f"report: {report}")
@@ -171,14 +184,22 @@ def _moshi_encode(args: argparse.Namespace) -> int:
     from .speech.loading import read_json, resolve_device
 
     settings = EncodeSettings(
-        args.manifest, args.mimi, args.tokenizer, args.out, mimi_config=read_json(args.mimi_config, "--mimi-config"),
-        lm_kwargs=read_json(args.lm_config, "--lm-config"), main_speaker=args.main_speaker, device=str(resolve_device(args.device, "float32")[0]),
+        args.manifest,
+        args.mimi,
+        args.tokenizer,
+        args.out,
+        mimi_config=read_json(args.mimi_config, "--mimi-config"),
+        lm_kwargs=read_json(args.lm_config, "--lm-config"),
+        main_speaker=args.main_speaker,
+        device=str(resolve_device(args.device, "float32")[0]),
     )
     summary = encode_manifest(settings)
     rate = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
-    print(f"moshi-encode: {len(summary.encoded)} encoded ({summary.audio_seconds:.1f} s of audio, {rate:.1f} s of audio per second), "
-          f"{len(summary.skipped)} already done, {len(summary.failed)} failed; codes in {args.out}")
-    for path, why in summary.failed:
+    print(
+        f"moshi-encode: {len(summary.encoded)} encoded ({summary.audio_seconds:.1f} s of audio, {rate:.1f} s of audio per second), "
+        f"{len(summary.skipped)} already done, {len(summary.failed)} failed; codes in {args.out}"
+    )
+    for _path, why in summary.failed:
         print(f"ittt moshi-encode: error: {why}", file=sys.stderr)
     return 2 if summary.failed else 0
 
@@ -188,15 +209,32 @@ def _moshi_infer(args: argparse.Namespace) -> int:
     from .speech.infer import InferSettings, run_inference
     from .speech.loading import read_json
 
-    report = run_inference(InferSettings(
-        args.input, args.output, args.weights, args.mimi, ttt=args.ttt, tokenizer=args.tokenizer,
-        lm_kwargs=read_json(args.lm_config, "--lm-config"), mimi_config=read_json(args.mimi_config, "--mimi-config"), channel=args.channel,
-        clip_tau=args.clip_tau, device=args.device, dtype=args.dtype, seed=args.seed, greedy=args.greedy, temp=args.temp, temp_text=args.temp_text,
-    ))
+    report = run_inference(
+        InferSettings(
+            args.input,
+            args.output,
+            args.weights,
+            args.mimi,
+            ttt=args.ttt,
+            tokenizer=args.tokenizer,
+            lm_kwargs=read_json(args.lm_config, "--lm-config"),
+            mimi_config=read_json(args.mimi_config, "--mimi-config"),
+            channel=args.channel,
+            clip_tau=args.clip_tau,
+            device=args.device,
+            dtype=args.dtype,
+            seed=args.seed,
+            greedy=args.greedy,
+            temp=args.temp,
+            temp_text=args.temp_text,
+        )
+    )
     step = report["step_ms"]
-    print(f"moshi-infer: {report['audio_seconds']:.1f} s of audio in {report['wall_seconds']:.1f} s (real-time factor {report['real_time_factor']:.2f}); "
-          f"LM step {step['median']:.1f} ms median, {step['p90']:.1f} ms p90, {step['max']:.1f} ms max over {report['steps']} steps; "
-          f"fast-weight updates per TTT layer {report['updates'] or 'none (no TTT)'}")
+    print(
+        f"moshi-infer: {report['audio_seconds']:.1f} s of audio in {report['wall_seconds']:.1f} s (real-time factor {report['real_time_factor']:.2f}); "
+        f"LM step {step['median']:.1f} ms median, {step['p90']:.1f} ms p90, {step['max']:.1f} ms max over {report['steps']} steps; "
+        f"fast-weight updates per TTT layer {report['updates'] or 'none (no TTT)'}"
+    )
     print(f"audio: {report['output']}  text: {report['transcript']}  report: {Path(report['output']).with_suffix('.json')}")
     return 0
 
@@ -207,9 +245,17 @@ def _moshi_eval(args: argparse.Namespace) -> int:
     from .speech.loading import read_json
 
     settings = MoshiEvalSettings(
-        models=args.model, data=args.data, out=Path(args.out), lm_kwargs=read_json(args.lm_config, "--lm-config"), piece=args.piece,
-        bucket_minutes=args.bucket_minutes, device=args.device, dtype=args.dtype, mimi=args.mimi,
-        mimi_config=read_json(args.mimi_config, "--mimi-config"), tokenizer=args.tokenizer,
+        models=args.model,
+        data=args.data,
+        out=Path(args.out),
+        lm_kwargs=read_json(args.lm_config, "--lm-config"),
+        piece=args.piece,
+        bucket_minutes=args.bucket_minutes,
+        device=args.device,
+        dtype=args.dtype,
+        mimi=args.mimi,
+        mimi_config=read_json(args.mimi_config, "--mimi-config"),
+        tokenizer=args.tokenizer,
     )
     print(f"report: {evaluate_moshi(settings)}")
     return 0
@@ -240,15 +286,27 @@ def _add_moshi_commands(sub) -> None:
     inf.add_argument("--channel", choices=["left", "right"], help="the user's channel of a stereo input")
     inf.add_argument("--clip-tau", type=float, help="inference clipping of the fast-weight updates (default: the saved setting)")
     inf.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
-    inf.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="the LM's dtype (auto: bfloat16 on cuda, else float32)")
+    inf.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="the LM's dtype (auto: bfloat16 on cuda, else float32)"
+    )
     inf.add_argument("--seed", type=int, default=0, help="sampling seed")
     inf.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     inf.add_argument("--temp", type=float, default=0.8, help="audio sampling temperature (LMGen's default)")
     inf.add_argument("--temp-text", type=float, default=0.7, help="text sampling temperature (LMGen's default)")
     inf.set_defaults(func=_moshi_infer)
     ev = sub.add_parser("moshi-eval", help="Moshi text and audio loss by minute of long held-out conversations, several models in one report")
-    ev.add_argument("--model", action="append", required=True, help="NAME=PATH[,ttt=FILE][,clip_tau=X][,yarn=F]: PATH a model.safetensors or a folder with it (and ttt.safetensors); repeat to compare")
-    ev.add_argument("--data", action="append", required=True, help="codes files (.safetensors), folders of them, or a moshi-finetune manifest (.jsonl, needs --mimi and --tokenizer); repeatable")
+    ev.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="NAME=PATH[,ttt=FILE][,clip_tau=X][,yarn=F]: PATH a model.safetensors or a folder with it (and ttt.safetensors); repeat to compare",
+    )
+    ev.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="codes files (.safetensors), folders of them, or a moshi-finetune manifest (.jsonl, needs --mimi and --tokenizer); repeatable",
+    )
     ev.add_argument("--lm-config", help=lm_config)
     ev.add_argument("--mimi", type=Path, help="Mimi's weights, to encode a manifest")
     ev.add_argument("--mimi-config", help=mimi_config)
@@ -267,7 +325,8 @@ def _add_run_command(sub, name: str, func, help: str, example: str) -> None:
     cmd.add_argument("config", help="the run's YAML file")
     cmd.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
     cmd.add_argument(
-        "--allow-changes", action="store_true",
+        "--allow-changes",
+        action="store_true",
         help="with --resume: go on with settings that differ from the run's config.yaml (kept as config-until-step-<N>.yaml)",
     )
     cmd.set_defaults(func=func)
@@ -286,7 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--row-length", type=int, help="tokens per training row")
     demo.add_argument("--batch-size", type=int, help="rows per step")
     demo.add_argument("--learning-rate", type=float, help="AdamW learning rate")
-    demo.add_argument("--ttt-learning-rate", type=float, help="AdamW learning rate of the new TTT parameters")
+    demo.add_argument(
+        "--ttt-params-learning-rate",
+        "--ttt-learning-rate",
+        type=float,
+        help="AdamW learning rate of the new TTT parameters (--ttt-learning-rate: its old name)",
+    )
     demo.add_argument("--layers", help="TTT layers: indices like 1,3 or a rule like 'every 2 from 1'")
     demo.add_argument("--chunk-size", type=int, help="TTT chunk size")
     demo.add_argument("--ttt-lr", type=float, help="the fast-weight learning rate")
@@ -309,11 +373,17 @@ def main(argv: list[str] | None = None) -> int:
     doc.set_defaults(func=_doctor)
     ev = sub.add_parser("eval", help="long-context evaluation: RULER-style tasks, loss by position, report with plots")
     ev.add_argument("--model", action="append", required=True, help="a model directory (plain or In-Place TTT); repeat to compare")
-    ev.add_argument("--tasks", default="all", help="comma-separated: loss, recall, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all")
+    ev.add_argument(
+        "--tasks", default="all", help="comma-separated: loss, recall, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all"
+    )
     ev.add_argument("--lengths", default="1k,2k,4k", help="prompt lengths in tokens, e.g. 1k,2k,4k,8k")
     ev.add_argument("--samples", type=int, default=10, help="samples per task and length")
     ev.add_argument("--names", help="comma-separated names for the models in the report (default: their directory names)")
-    ev.add_argument("--data", action="append", help="held-out documents (file or folder) for the loss task and as haystack text (default: the embedded corpus's held-out books)")
+    ev.add_argument(
+        "--data",
+        action="append",
+        help="held-out documents (file or folder) for the loss task and as haystack text (default: the embedded corpus's held-out books)",
+    )
     ev.add_argument("--clip-tau", type=float, help="inference clipping for In-Place TTT models (the paper used 1e-5)")
     ev.add_argument("--out", default="eval-report", help="output directory")
     ev.add_argument("--seed", type=int, default=0)
@@ -323,7 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--passages", type=int, help="cut the held-out documents into up to this many passages of the longest length + 1 tokens")
     ev.add_argument("--recall-pairs", type=int, default=16, help="key-value pairs per associative-recall sample")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ev.add_argument("--chat-template", action="store_true", help="instruct models: each task prompt is a user turn of the tokenizer's chat template, the answer starts the assistant's turn")
+    ev.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="instruct models: each task prompt is a user turn of the tokenizer's chat template, the answer starts the assistant's turn",
+    )
     ev.set_defaults(func=_eval)
     ex = sub.add_parser("export", help="write a saved In-Place TTT model in another format: the authors' release (their config keys and weight names)")
     ex.add_argument("model_dir", help="a directory saved by a converted model's save_pretrained")
@@ -332,8 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     ex.set_defaults(func=_export)
     _add_run_command(sub, "train", _train, "continual training with In-Place TTT (transformers Trainer)", "--train.learning_rate 1e-5")
     _add_run_command(
-        sub, "pretrain", _pretrain,
-        "train a small Llama model and its BPE tokenizer from scratch (how the embedded base model was made)", "--train.max_steps 100",
+        sub,
+        "pretrain",
+        _pretrain,
+        "train a small Llama model and its BPE tokenizer from scratch (how the embedded base model was made)",
+        "--train.max_steps 100",
     )
     _add_moshi_commands(sub)
     args, rest = parser.parse_known_args(argv)

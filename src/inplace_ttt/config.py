@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 TARGETS = ("hidden_states", "token_embeddings")
 TARGET_INITS = ("identity", "diagonal")
@@ -67,8 +68,7 @@ class TTTConfig:
             layers = list(self.layers)
             if not layers or not all(_is_int(i) and i >= 0 for i in layers) or len(set(layers)) != len(layers):
                 raise ValueError(
-                    f"TTTConfig.layers must be distinct non-negative layer indices or a rule like "
-                    f"'every 6' / 'every 6 from 0' / 'all'; got {self.layers!r}"
+                    f"TTTConfig.layers must be distinct non-negative layer indices or a rule like 'every 6' / 'every 6 from 0' / 'all'; got {self.layers!r}"
                 )
             self.layers = tuple(sorted(int(i) for i in layers))
         if not _is_int(self.chunk_size) or self.chunk_size < 1:
@@ -93,8 +93,7 @@ class TTTConfig:
                 raise ValueError(f"TTTConfig.{name} must be true or false; got {getattr(self, name)!r}")
         if not (self.target_conv or self.target_projection):
             raise ValueError(
-                "TTTConfig: target_conv and target_projection cannot both be false: V would be the raw input, "
-                "with nothing to learn and no exact warm start"
+                "TTTConfig: target_conv and target_projection cannot both be false: V would be the raw input, with nothing to learn and no exact warm start"
             )
         if self.clip_tau is not None:
             if not _is_positive(self.clip_tau):
@@ -113,7 +112,7 @@ class TTTConfig:
             raise ValueError(f"TTTConfig.layers has indices {bad} outside the model's {num_layers} layers (0..{num_layers - 1})")
         return tuple(self.layers)
 
-    def replace(self, **changes: Any) -> "TTTConfig":
+    def replace(self, **changes: Any) -> TTTConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
@@ -124,7 +123,7 @@ class TTTConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TTTConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TTTConfig:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - valid)
         if unknown:
@@ -147,8 +146,5 @@ def _parse_rule(rule: str) -> tuple[int, int]:
         return 1, 0
     m = _RULE.match(rule.lower())
     if not m or int(m.group(1)) < 1:
-        raise ValueError(
-            f"TTTConfig.layers rule {rule!r} not understood; use 'all', 'every N' or 'every N from K' "
-            f"(N >= 1), or a list of layer indices"
-        )
+        raise ValueError(f"TTTConfig.layers rule {rule!r} not understood; use 'all', 'every N' or 'every N from K' (N >= 1), or a list of layer indices")
     return int(m.group(1)), int(m.group(2) or 0)

@@ -27,10 +27,10 @@ from .adapters import convert
 from .assets import base_model_dir, corpus_files
 from .config import TTTConfig
 from .eval.intervals import difference_interval
-from .files import write_atomic
 from .eval.recall import TASK as RECALL_TASK
 from .eval.report import plot_training
 from .eval.runner import LOSS_TASK, EvalSettings, evaluate
+from .files import write_atomic
 from .train.config import DataConfig, RunConfig, TrainConfig
 from .train.run import train
 
@@ -44,12 +44,10 @@ class DemoSettings:
     row_length: int = 1024
     batch_size: int = 2
     learning_rate: float = 3e-4
-    ttt_learning_rate: float = 1e-4
+    ttt_params_learning_rate: float = 1e-4
     # tuned on this corpus (TRAINING.md, docs/demo.md): the last layer, targets from the token embeddings,
     # W_target starting at the identity
-    ttt: TTTConfig = field(
-        default_factory=lambda: TTTConfig(layers=[3], chunk_size=64, ttt_lr=3.0, target="token_embeddings", target_init="identity")
-    )
+    ttt: TTTConfig = field(default_factory=lambda: TTTConfig(layers=[3], chunk_size=64, ttt_lr=3.0, target="token_embeddings", target_init="identity"))
     eval_lengths: list[int] = field(default_factory=lambda: [1024])
     block: int = 128
     passages: int = 48
@@ -109,7 +107,7 @@ def run_demo(settings: DemoSettings) -> Path:
             train=TrainConfig(
                 output_dir=str(run / name),
                 learning_rate=settings.learning_rate,
-                ttt_learning_rate=settings.ttt_learning_rate if ttt is not None else None,
+                ttt_params_learning_rate=settings.ttt_params_learning_rate if ttt is not None else None,
                 weight_decay=0.1,
                 warmup_ratio=0.05,
                 max_steps=settings.steps,
@@ -163,7 +161,7 @@ def _preamble(settings: DemoSettings, gap: float, curves: dict[str, dict[int, fl
         "(`ittt`) and, with the same data, steps, learning rate and seed, without TTT (`baseline`). TTT on layers",
         f"{t.layers}, chunk {t.chunk_size}, ttt_lr {t.ttt_lr}, target {t.target}, W_target init {t.target_init}"
         f"{f' (std {t.target_init_std})' if t.target_init == 'diagonal' else ''}; {settings.steps} steps of {settings.batch_size} rows x",
-        f"{settings.row_length} tokens, AdamW lr {settings.learning_rate} (TTT parameters {settings.ttt_learning_rate}).",
+        f"{settings.row_length} tokens, AdamW lr {settings.learning_rate} (TTT parameters {settings.ttt_params_learning_rate}).",
         f"Evaluation on {settings.passages} passages of {max(settings.eval_lengths) + 1} tokens cut from the held-out books.",
         "",
         f"Warm start: max |logits(converted) - logits(base)| = {gap:.2e} before training.",

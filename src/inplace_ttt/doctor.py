@@ -59,6 +59,7 @@ def doctor(
     optimizer: torch.optim.Optimizer | None = None,
     training: bool | None = None,
     fresh: bool | None = None,
+    ttt_params_max_grad_norm: float | None = None,
 ) -> Report:
     """Run the checks on `model` (a converted transformers causal LM, or a converted moshi
     `LMModel`) with `batch` (transformers: ``input_ids`` and optionally ``attention_mask`` /
@@ -74,6 +75,8 @@ def doctor(
         with non-zero targets is the seed's random init.) A trained model must keep the weights
         its recorded modes froze and, with TTT off, compute what `base_model` computes holding
         the weights it trained.
+    ttt_params_max_grad_norm: the run clips the TTT parameters as their own group at this norm
+        (`train.ttt_params_max_grad_norm`): a global norm they dominate is then reported, not warned.
     """
     family = probe(model)
     batch = {("codes" if batch.dim() == 3 else "input_ids"): batch} if isinstance(batch, Tensor) else dict(batch)
@@ -99,7 +102,7 @@ def doctor(
     elif fresh:
         _check_warm_start(report, model, layers, None, batch, family, fresh)
     if all(isinstance(layer.ttt, TargetGenerator) for layer in layers.values()):
-        _check_gradients(report, model, layers, batch, family)
+        _check_gradients(report, model, layers, batch, family, ttt_params_max_grad_norm is not None)
         gap = family.causality_gap(model, batch)
         report.add("causality", gap == 0.0, f"changing a later step moves earlier logits by {gap:.1e}")
     return report
@@ -195,7 +198,9 @@ def _check_frozen_weights(report, model, layers, base_model, record, fresh: bool
         report.add("frozen weights unchanged", True, f"trained ({describe(record)}): {len(differ)} weight(s) differ from the base, all ones it trained")
     elif differ:
         report.add(
-            "frozen weights unchanged", True, warning=True,
+            "frozen weights unchanged",
+            True,
+            warning=True,
             detail=f"{len(differ)} weight(s) differ from the base {shown(differ)}, and the checkpoint does not say how it was trained "
             "(ittt train records it), so which were meant to is not checked",
         )
@@ -258,7 +263,7 @@ def _check_warm_start(report, model, layers, base_model, batch, family, fresh: b
     report.add("warm start", ok, detail)
 
 
-def _check_gradients(report, model, layers, batch, family) -> None:
+def _check_gradients(report, model, layers, batch, family, clipped_apart: bool) -> None:
     down = {f"layer {i} {layer.spec.down}.weight": layer.down.weight for i, layer in layers.items()}
     params = {n: p for n, p in {**_ttt_params(layers), **down}.items() if p.requires_grad}
     if not params:
@@ -293,11 +298,13 @@ def _check_gradients(report, model, layers, batch, family) -> None:
             squares[0 if id(p) in ttt_ids else 1] += g.float().pow(2).sum().item()
     share = squares[0] / max(sum(squares), 1e-30)
     detail = f"the TTT parameters hold {share:.1%} of the squared gradient norm (global norm {sum(squares) ** 0.5:.1e})"
-    dominant = share > 0.9 and squares[1] > 0
-    if dominant:
+    dominant = share > 0.9 and squares[1] > 0 and not clipped_apart
+    if clipped_apart:
+        detail += "; the run clips them as their own group"
+    elif dominant:
         detail += (
             ": one global clip would scale every other parameter's update by as much as theirs; "
-            "clip the TTT parameters on their own (train.ttt_max_grad_norm) or start W_target smaller (target_init: diagonal)"
+            "clip the TTT parameters on their own (train.ttt_params_max_grad_norm, ittt train's default) or start W_target smaller (target_init: diagonal)"
         )
     report.add("gradient balance", True, detail, warning=dominant)
 

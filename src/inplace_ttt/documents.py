@@ -8,8 +8,8 @@ that is how a folder of suffix-less text files is included."""
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 TEXT_SUFFIXES = (".txt",)
 TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -65,8 +65,7 @@ def read_text(path: Path) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(
-            f"data: {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): convert it to UTF-8, "
-            "e.g. iconv -f latin1 -t utf-8"
+            f"data: {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): convert it to UTF-8, e.g. iconv -f latin1 -t utf-8"
         ) from None
     if "\x00" in text:
         raise ValueError(f"data: {path} holds NUL bytes (at offset {text.index(chr(0))}): a binary file, not text")

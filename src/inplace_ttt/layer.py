@@ -17,9 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cache import FastWeightState, FixedStepState
 from .config import TTTConfig
-from .ops import chunk_conv, chunk_update, clip_factor, context_parallel_ttt, find_segments, inplace_ttt, sequence_shard, state_dtype
+from .ops import chunk_conv, context_parallel_ttt, find_segments, inplace_ttt, sequence_shard, state_dtype
+from .ops.recurrent import fixed_step, prefill, token_step
+from .ops.state import FastWeightState, FixedStepState
 
 
 @dataclass(frozen=True)
@@ -205,14 +206,21 @@ class InPlaceTTTMLP(nn.Module):
         except ValueError as e:
             error = str(e)
         shard = sequence_shard(
-            self.cp_group, position_ids, B, T, self.chunk_size, widths=(src.shape[-1], h), dtype=z.dtype, device=z.device,
-            settings=(self.ttt_lr, self.clip_tau, False), halo=self.ttt.kernel // 2, error=error,
+            self.cp_group,
+            position_ids,
+            B,
+            T,
+            self.chunk_size,
+            widths=(src.shape[-1], h),
+            dtype=z.dtype,
+            device=z.device,
+            settings=(self.ttt_lr, self.clip_tau, False),
+            halo=self.ttt.kernel // 2,
+            error=error,
         )
         src_ext, key_ext, own = shard.with_halo(src)
         v = self.ttt(src_ext, key_ext)[:, own].to(z.dtype)
-        return context_parallel_ttt(
-            z, v, None, self.ttt_lr, self.chunk_size, group=self.cp_group, clip_tau=self.clip_tau, stats=stats, shard=shard
-        )
+        return context_parallel_ttt(z, v, None, self.ttt_lr, self.chunk_size, group=self.cp_group, clip_tau=self.clip_tau, stats=stats, shard=shard)
 
     def _record(self, stats: dict) -> None:
         """Telemetry of the last forward: ``lr ||S|| / ||W0||`` and the share of clipped chunk updates."""
@@ -245,128 +253,16 @@ class InPlaceTTTMLP(nn.Module):
             pos = state.last_pos[:, None] + 1 + torch.arange(n, device=z.device)
         else:
             pos = position_ids.to(device=z.device, dtype=torch.long)
-        if n == 1:
-            return self._step(z[:, 0], src[:, 0], pos[:, 0], state)[:, None]
-        return self.down(z) + self._prefill(z, src, pos, state)
-
-    def _restart(self, state: FastWeightState, first_pos: Tensor, has_token: Tensor) -> None:
-        """Rows whose first new token starts a document (position 0 or a jump) drop their state."""
-        restart = _restarts(state, first_pos, has_token)
-        if bool(restart.any()):
-            state.restart_rows(restart)
-
-    def _step(self, z: Tensor, src: Tensor, pos: Tensor, state: FastWeightState) -> Tensor:
-        """One token per row: output with the current fast weight, then update if it ends a chunk.
-
-        A plain `nn.Linear` down projection runs as one product with ``W0 + lr S`` (the state keeps
-        that weight until it changes): decoding then reads one ``[d, h]`` matrix per row, as the
-        unconverted model does. Any other module (LoRA-wrapped, quantized, sharded) runs as itself,
-        plus the fast-weight term."""
-        valid = pos >= 0
-        restart = _restarts(state, pos, valid)
-        done = valid & (pos % self.chunk_size == self.chunk_size - 1)
-        any_restart, any_done, all_valid = torch.stack([restart.any(), done.any(), valid.all()]).tolist()  # one host sync
-        if any_restart:
-            state.restart_rows(restart)
-        if type(self.down) is nn.Linear:
-            out = state.apply(z, self.ttt_lr, self.down)
-        else:
-            out = self.down(z) + state.apply(z, self.ttt_lr)
-        state.write_token(src, z, pos, None if all_valid else valid)
-        if any_done:
-            rows = done.nonzero()[:, 0]
-            keep = state.buf_valid[rows][..., None]  # columns of the chunk that hold its tokens
-            cols = torch.arange(self.chunk_size, device=z.device)
-            seg_key = torch.where(keep[..., 0], 0, -1 - cols)  # one segment; empty columns match nothing
-            v = torch.where(keep, self.ttt(state.buf_src[rows], seg_key), 0).to(z.dtype)
-            state.add_to_rows(rows, chunk_update(v, torch.where(keep, state.buf_z[rows], 0), self.clip_tau))
-            state.buf_valid[rows] = False
-        return out
-
-    def _prefill(self, z: Tensor, src: Tensor, pos: Tensor, state: FastWeightState) -> Tensor:
-        """Several tokens per row: run the chunked op over (unfinished chunk + new tokens)."""
-        valid = pos >= 0
-        has_token = valid.any(1)
-        first = pos.gather(1, valid.long().argmax(1, keepdim=True))[:, 0]
-        self._restart(state, first, has_token)
-        b_src, b_z, b_pos = state.buffered()
-        m = b_pos.shape[1]
-        all_src, all_z, all_pos = torch.cat([b_src, src], 1), torch.cat([b_z, z], 1), torch.cat([b_pos, pos], 1)
-        # padding after buffered tokens (a left-padded continuation) would split their chunk:
-        # move each row's padding to its front, keeping the tokens in order
-        order = None
-        present = all_pos >= 0
-        if bool((present[:, :-1] & ~present[:, 1:]).any()):
-            order = torch.argsort(present.to(torch.int8), dim=1, stable=True)
-            all_src, all_z, all_pos = (_take(t, order) for t in (all_src, all_z, all_pos))
-        seg = find_segments(all_pos, z.shape[0], all_pos.shape[1], self.chunk_size, z.device)
-        v = self.ttt(all_src, seg.seg_key).to(z.dtype)
-        out, state.fast_sum = inplace_ttt(
-            all_z, v, None, self.ttt_lr, self.chunk_size, position_ids=all_pos, clip_tau=self.clip_tau,
-            initial_state=state.fast_sum, output_final_state=True,
-        )
-        # keep the tokens of each row's last segment if its chunk is unfinished
-        cols = torch.arange(all_pos.shape[1], device=z.device)
-        last_col = torch.where(seg.valid, cols, -1).max(1).values
-        last_pos = all_pos.gather(1, last_col.clamp(min=0)[:, None])[:, 0]
-        last_seg = seg.seg_index.gather(1, last_col.clamp(min=0)[:, None])
-        unfinished = (last_col >= 0) & ((last_pos + 1) % self.chunk_size != 0)
-        state.store(all_src, all_z, all_pos, seg.valid & (seg.seg_index == last_seg) & unfinished[:, None])
-        state.last_pos = torch.where(has_token, last_pos, state.last_pos)
-        if order is not None:
-            out = torch.empty_like(out).scatter_(1, order[..., None].expand_as(out), out)
-        return out[:, m:]
+        if n > 1:
+            return self.down(z) + prefill(z, src, pos, state, self.ttt, self.ttt_lr, self.chunk_size, self.clip_tau)
+        # a plain `nn.Linear` down projection runs as one product with W0 + lr S (the state keeps that
+        # weight until it changes); any other module (LoRA-wrapped, quantized) as itself plus the fast term
+        plain = type(self.down) is nn.Linear
+        w0, bias = (self.down.weight, self.down.bias) if plain else (None, None)
+        out = token_step(z[:, 0], src[:, 0], pos[:, 0], state, self.ttt, self.ttt_lr, self.chunk_size, self.clip_tau, w0, bias)
+        return (out if plain else self.down(z[:, 0]) + out)[:, None]
 
     def fixed_step(self, z: Tensor, src: Tensor, state: FixedStepState, active: Tensor) -> Tensor:
-        """One token per row, CUDA-graph safe: the fast-weight term ``lr z S^T`` (`z` ``[B, h]``,
-        `src` ``[B, F]`` -> ``[B, d]``), then `state` moves on in place where `active` ``[B]``.
-
-        The same updates as the chunked op, formed token by token (see `FixedStepState`): no
-        host sync, no data-dependent branch, fixed shapes."""
-        r, C = state.radius, self.chunk_size
-        pos = state.next_pos
-        S = state.fast_sum
-        out = ((z[:, None].to(S.dtype) @ S.mT)[:, 0] * self.ttt_lr).to(z.dtype)
-        win_src = torch.cat([state.window_src[:, 1:], src[:, None].to(state.window_src.dtype)], 1)
-        win_pos = torch.cat([state.window_pos[:, 1:], pos[:, None]], 1)
-        win_z = torch.cat([state.window_z[:, 1:], z[:, None].to(state.window_z.dtype)], 1)
-        # targets of the window's last r+1 tokens: tap k of token i reads window column i + k,
-        # kept where it holds a token of the same chunk (columns past the newest are empty)
-        chunk = torch.where(win_pos >= 0, win_pos.div(C, rounding_mode="floor"), -1)
-        B, K, F_ = win_src.shape
-        taps_src = torch.cat([win_src, win_src.new_zeros(B, r, F_)], 1).unfold(1, K, 1)  # [B, r+1, F, K]
-        taps_chunk = torch.cat([chunk, chunk.new_full((B, r), -1)], 1).unfold(1, K, 1)  # [B, r+1, K]
-        own_chunk = chunk[:, r:]  # [B, r+1]
-        same = (taps_chunk == own_chunk[..., None]) & (own_chunk[..., None] >= 0)
-        conv = (torch.where(same[:, :, None], taps_src, 0) * self.ttt.taps(win_src.dtype)).sum(-1)
-        v = self.ttt.project(conv).to(z.dtype)  # [B, r+1, d]
-        # token t-r is final now; at a chunk's last token the r after it are too
-        ends_chunk = pos % C == C - 1
-        first = torch.arange(r + 1, device=z.device) == 0
-        final = (own_chunk == pos.div(C, rounding_mode="floor")[:, None]) & (first | ends_chunk[:, None]) & active[:, None]
-        v = torch.where(final[..., None], v, 0)
-        state.pending.baddbmm_(v.mT.to(S.dtype), win_z.to(S.dtype))
-        fold = ends_chunk & active
-        update = state.pending
-        if self.clip_tau is not None:
-            update = update * clip_factor(update, self.clip_tau)[:, None, None]
-        S.add_(torch.where(fold[:, None, None], update, 0))
-        state.pending.masked_fill_(fold[:, None, None], 0)
-        state.updates.add_(fold.long())
-        state.window_src.copy_(torch.where(active[:, None, None], win_src, state.window_src))
-        state.window_pos.copy_(torch.where(active[:, None], win_pos, state.window_pos))
-        state.window_z.copy_(torch.where(active[:, None, None], win_z, state.window_z))
-        state.next_pos.add_(active.long())
-        return out
-
-
-def _restarts(state: FastWeightState, first_pos: Tensor, has_token: Tensor) -> Tensor:
-    """`[B]`: rows whose next token does not continue their last one (a new document: position 0
-    or a jump). A row that holds nothing yet (last position -1) restarts as a no-op."""
-    return has_token & (first_pos != state.last_pos + 1)
-
-
-def _take(t: Tensor, order: Tensor) -> Tensor:
-    """`t[b, order[b]]` along dim 1 for `[B, T]` or `[B, T, F]` tensors."""
-    index = order if t.dim() == 2 else order[..., None].expand(-1, -1, t.shape[-1])
-    return t.gather(1, index)
+        """One token per row, CUDA-graph safe (`ops.recurrent.fixed_step`): the fast-weight term
+        ``[B, d]`` of `z` ``[B, h]``, `state` moved on in place where `active` ``[B]``."""
+        return fixed_step(z, src, state, active, self.ttt.taps(state.window_src.dtype), self.ttt.project, self.ttt_lr, self.chunk_size, self.clip_tau)

@@ -12,6 +12,7 @@ import inplace_ttt
 from inplace_ttt import TTTConfig
 from tests.tiny_hf import FAMILIES, VOCAB, converted, left_padded, logits, tiny, ttt_config
 
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_warm_start_is_exact(family):
     base = tiny(family)
@@ -81,8 +82,14 @@ def test_generate_logits_equal_a_full_forward(family, sample):
     ids, mask = left_padded([9, 5], 9)
     torch.manual_seed(3)
     out = model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=sample, output_logits=True,
-        return_dict_in_generate=True, pad_token_id=0, eos_token_id=None,
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=10,
+        do_sample=sample,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+        eos_token_id=None,
     )
     seq = out.sequences
     full_mask = torch.cat([mask, torch.ones(2, seq.shape[1] - 9, dtype=torch.long)], 1)
@@ -107,8 +114,16 @@ def test_beam_search_follows_the_beams():
     model = converted()
     ids, mask = left_padded([8, 6], 8)
     out = model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=9, num_beams=3, length_penalty=0.0, do_sample=False,
-        return_dict_in_generate=True, output_scores=True, pad_token_id=0, eos_token_id=None,
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=9,
+        num_beams=3,
+        length_penalty=0.0,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_scores=True,
+        pad_token_id=0,
+        eos_token_id=None,
     )
     seq = out.sequences
     full_mask = torch.cat([mask, torch.ones(2, seq.shape[1] - 8, dtype=torch.long)], 1)
@@ -251,9 +266,7 @@ def test_bad_conversions_are_refused_before_any_change():
     model = inplace_ttt.convert(tiny(), ttt_config())
     with pytest.raises(ValueError, match="already an In-Place TTT model"):
         inplace_ttt.convert(model, ttt_config())
-    phi = AutoModelForCausalLM.from_config(
-        PhiConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-    )
+    phi = AutoModelForCausalLM.from_config(PhiConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4))
     with pytest.raises(ValueError, match=r"PhiForCausalLM: the MLP of layer 0 \(PhiMLP\) is not a gated MLP"):
         inplace_ttt.convert(phi, TTTConfig(layers="all"))
     assert not inplace_ttt.adapters.is_converted(phi)
@@ -319,9 +332,9 @@ def test_a_converted_directorys_tokenizer_loads_without_a_model_type_warning(tmp
     converted().save_pretrained(tmp_path)
     tiny_tokenizer(["a", "b"]).save_pretrained(tmp_path)
     code = (
-        "import inplace_ttt, transformers; model = inplace_ttt.from_pretrained(r'%s'); "
-        "tok = transformers.AutoTokenizer.from_pretrained(r'%s'); print(type(tok).__name__)"
-    ) % (tmp_path, tmp_path)
+        f"import inplace_ttt, transformers; model = inplace_ttt.from_pretrained(r'{tmp_path}'); "
+        f"tok = transformers.AutoTokenizer.from_pretrained(r'{tmp_path}'); print(type(tok).__name__)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "TokenizersBackend" in run.stdout and "model of type" not in run.stderr, run.stderr

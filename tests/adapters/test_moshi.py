@@ -22,11 +22,29 @@ from inplace_ttt.adapters.moshi import MoshiTTTGating, load_moshi, save_ttt, upd
 from tests.conftest import perturb_targets  # noqa: E402
 
 TINY = dict(
-    delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2, n_q=16, dep_q=8, card=32, text_card=48, dim=32, num_heads=4,
-    num_layers=3, hidden_scale=4.125, causal=True, context=64, max_period=10000, gating="silu", norm="rms_norm_f32",
-    positional_embedding="rope", depformer_dim=16, depformer_num_heads=2, depformer_num_layers=1,
-    depformer_dim_feedforward=32, depformer_multi_linear=True, depformer_weights_per_step=True,
-    depformer_pos_emb="none", depformer_context=8,
+    delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2,
+    n_q=16,
+    dep_q=8,
+    card=32,
+    text_card=48,
+    dim=32,
+    num_heads=4,
+    num_layers=3,
+    hidden_scale=4.125,
+    causal=True,
+    context=64,
+    max_period=10000,
+    gating="silu",
+    norm="rms_norm_f32",
+    positional_embedding="rope",
+    depformer_dim=16,
+    depformer_num_heads=2,
+    depformer_num_layers=1,
+    depformer_dim_feedforward=32,
+    depformer_multi_linear=True,
+    depformer_weights_per_step=True,
+    depformer_pos_emb="none",
+    depformer_context=8,
 )
 
 
@@ -176,10 +194,16 @@ def test_outputs_never_depend_on_later_codes():
     assert not torch.allclose(text[:, :, t + 1 :], text2[:, :, t + 1 :])
 
 
-@pytest.mark.parametrize("target,clip_tau,variant", [
-    ("token_embeddings", None, {}), ("hidden_states", None, {}), ("token_embeddings", 0.5, {}),
-    ("token_embeddings", None, {"target_conv": False}), ("hidden_states", None, {"target_projection": False}),
-])
+@pytest.mark.parametrize(
+    "target,clip_tau,variant",
+    [
+        ("token_embeddings", None, {}),
+        ("hidden_states", None, {}),
+        ("token_embeddings", 0.5, {}),
+        ("token_embeddings", None, {"target_conv": False}),
+        ("hidden_states", None, {"target_projection": False}),
+    ],
+)
 def test_lmgen_streaming_equals_the_parallel_forward(target, clip_tau, variant):
     lm = tiny_lm()
     base = tiny_lm()

@@ -6,26 +6,37 @@ import torch
 from inplace_ttt.adapters.moshi_rope import YarnRotaryEmbedding, yarn_parameters
 
 pytest.importorskip("moshi")
-from tests.adapters.test_moshi import (  # noqa: E402  (sets NO_TORCH_COMPILE before moshi loads)
-    active_targets, codes_of_stream, logits, random_codes, stream, stream_inputs, tiny_lm,
-)
 from moshi.models.lm import LMGen  # noqa: E402
 from moshi.modules.rope import RotaryEmbedding  # noqa: E402
 from transformers import LlamaConfig  # noqa: E402
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 
 from inplace_ttt import TTTConfig, convert  # noqa: E402
+from tests.adapters.test_moshi import (  # noqa: E402  (sets NO_TORCH_COMPILE before moshi loads)
+    active_targets,
+    codes_of_stream,
+    logits,
+    random_codes,
+    stream,
+    stream_inputs,
+    tiny_lm,
+)
 
 
 def transformers_yarn(head_dim, theta, scaling):
-    config = LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, max_position_embeddings=scaling["original_max_position_embeddings"] * 8,
-                         rope_parameters={"rope_theta": theta, **scaling})
+    config = LlamaConfig(
+        hidden_size=head_dim * 4,
+        num_attention_heads=4,
+        max_position_embeddings=scaling["original_max_position_embeddings"] * 8,
+        rope_parameters={"rope_theta": theta, **scaling},
+    )
     return ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
 
 
 @pytest.mark.parametrize("factor", [1.0, 2.0, 4.0, 8.0, 32.0])
-@pytest.mark.parametrize("extra", [{}, {"beta_fast": 16, "beta_slow": 2}, {"mscale": 0.707, "mscale_all_dim": 1.0},
-                                   {"attention_factor": 1.3}, {"truncate": False}])
+@pytest.mark.parametrize(
+    "extra", [{}, {"beta_fast": 16, "beta_slow": 2}, {"mscale": 0.707, "mscale_all_dim": 1.0}, {"attention_factor": 1.3}, {"truncate": False}]
+)
 @pytest.mark.parametrize("head_dim,theta,original", [(128, 10000.0, 3000), (64, 500000.0, 8192)])
 def test_inverse_frequencies_and_attention_factor_match_transformers(factor, extra, head_dim, theta, original):
     scaling = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original, **extra}

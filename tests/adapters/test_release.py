@@ -155,7 +155,11 @@ def test_export_is_what_their_model_computes(tmp_path, family, switches):
     proj = switches.get("target_projection", True)
     assert data["model_type"] == family and data["architectures"] == [FAMILY_ARCH[family]]
     assert {k: data[k] for k in ("ttt_mode", "ttt_layers", "ttt_chunk", "ttt_lr", "ttt_proj", "ttt_target")} == {
-        "ttt_mode": True, "ttt_layers": [0, 2], "ttt_chunk": 4, "ttt_lr": 0.5, "ttt_proj": proj,
+        "ttt_mode": True,
+        "ttt_layers": [0, 2],
+        "ttt_chunk": 4,
+        "ttt_lr": 0.5,
+        "ttt_proj": proj,
         "ttt_target": {"hidden_states": "hidden_states", "token_embeddings": "input_embed"}[switches.get("target", "hidden_states")],
     }
     assert data["rope_theta"] == model.config.rope_parameters["rope_theta"] and data["rope_scaling"] is None  # what 4.57 reads
@@ -206,10 +210,18 @@ def test_ittt_train_continues_a_release_checkpoint_and_exports_it_back(tmp_path,
     for i in range(4):
         (tmp_path / "data" / f"{i}.txt").write_text(" ".join(words[(i + j) % 7] for j in range(40)))
     config = {
-        "model": str(path), "ttt": {"layers": "every 2", "chunk_size": 4},  # ignored: the checkpoint's own settings load
+        "model": str(path),
+        "ttt": {"layers": "every 2", "chunk_size": 4},  # ignored: the checkpoint's own settings load
         "data": {"train": [str(tmp_path / "data")], "row_length": 16},
-        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 100,
-                  "learning_rate": 1e-3, "report_to": [], "doctor": False},
+        "train": {
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "save_steps": 100,
+            "learning_rate": 1e-3,
+            "report_to": [],
+            "doctor": False,
+        },
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     with pytest.warns(UserWarning, match=r"ttt_layers lists \[4\]"):
@@ -264,7 +276,10 @@ def _edit_weights(path, edit):
         ({"ttt_lr": "3"}, r"ttt_lr must be a finite number > 0; got '3'"),
         ({"ttt_proj": 1}, r"ttt_proj must be true or false; got 1"),
         ({"ttt_key_norm": True}, r"\['ttt_key_norm'\] are not keys of the authors' release"),
-        ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, r"model_type 'qwen2' carries the release's ttt_\* keys, but the release format covers only \['llama', 'qwen3'\]"),
+        (
+            {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
+            r"model_type 'qwen2' carries the release's ttt_\* keys, but the release format covers only \['llama', 'qwen3'\]",
+        ),
         ({"architectures": ["LlamaForCausalLM"]}, r"architectures must be \['Qwen3ForCausalLM'\] for model_type 'qwen3'"),
     ],
 )
@@ -341,7 +356,11 @@ def _stray_layer(weights):
         (_wide_proj, {}, r"model.layers.0.mlp.ttt_proj.weight has shape \[32, 33\]; .* make it \[32, 32\]"),
         (_fork_weight, {}, r"model.layers.0.mlp.ttt_key_norm.weight is not a TTT weight of the release format"),
         (_stray_layer, {}, r"the weights hold \['model.layers.1.mlp.ttt_conv.weight'\], but config.json's ttt_layers is \[0, 2\]"),
-        (lambda w: None, {"ttt_proj": False}, r"the weights hold \['model.layers.0.mlp.ttt_proj.weight', 'model.layers.2.mlp.ttt_proj.weight'\], but config.json's ttt_proj is false"),
+        (
+            lambda w: None,
+            {"ttt_proj": False},
+            r"the weights hold \['model.layers.0.mlp.ttt_proj.weight', 'model.layers.2.mlp.ttt_proj.weight'\], but config.json's ttt_proj is false",
+        ),
     ],
 )
 def test_weights_that_do_not_match_the_config_are_named_before_anything_loads(tmp_path, monkeypatch, edit, config, message):
@@ -359,8 +378,14 @@ def test_weights_that_do_not_match_the_config_are_named_before_anything_loads(tm
 @pytest.mark.parametrize(
     "setup, message",
     [
-        (lambda m: inplace_ttt.convert(tiny("mistral"), inplace_ttt.TTTConfig(layers=[0], chunk_size=4)), r"model_type 'mistral': the release's model files cover only \['llama', 'qwen3'\]"),
-        (lambda m: inplace_ttt.convert(tiny("qwen3"), inplace_ttt.TTTConfig(layers=[0], chunk_size=4, conv_kernel=3)), r"conv_kernel is 3; the release's convolution has width 5"),
+        (
+            lambda m: inplace_ttt.convert(tiny("mistral"), inplace_ttt.TTTConfig(layers=[0], chunk_size=4)),
+            r"model_type 'mistral': the release's model files cover only \['llama', 'qwen3'\]",
+        ),
+        (
+            lambda m: inplace_ttt.convert(tiny("qwen3"), inplace_ttt.TTTConfig(layers=[0], chunk_size=4, conv_kernel=3)),
+            r"conv_kernel is 3; the release's convolution has width 5",
+        ),
         (lambda m: tiny("qwen3"), r"has no In-Place TTT layers: convert it first"),
         (lambda m: inplace_ttt.convert(tiny("llama", mlp_bias=True), inplace_ttt.TTTConfig(layers=[0], chunk_size=4)), r"mlp_bias is true"),
     ],

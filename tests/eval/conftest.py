@@ -9,8 +9,31 @@ from inplace_ttt.eval.ruler import ADJECTIVES, NOISE, NOUNS
 from tests.tiny_hf import tiny, tiny_tokenizer, ttt_config
 
 WORDS = sorted(set(re.findall(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]", NOISE + " " + " ".join(ADJECTIVES + NOUNS)))) + [
-    "What", "is", "the", "secret", "code", "for", "in", "text", "above", "?", "The", "Secret", "codes", "are",
-    "hidden", "below", "Remember", "them", ":", "you", "will", "be", "asked", "about", "-",
+    "What",
+    "is",
+    "the",
+    "secret",
+    "code",
+    "for",
+    "in",
+    "text",
+    "above",
+    "?",
+    "The",
+    "Secret",
+    "codes",
+    "are",
+    "hidden",
+    "below",
+    "Remember",
+    "them",
+    ":",
+    "you",
+    "will",
+    "be",
+    "asked",
+    "about",
+    "-",
 ]
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 pytest.importorskip("moshi")
-from tests.adapters.test_moshi import TINY, active_targets, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
 from safetensors.torch import save_file  # noqa: E402
 
 import inplace_ttt.eval.moshi as moshi_eval  # noqa: E402
@@ -16,6 +15,7 @@ from inplace_ttt import TTTConfig, convert  # noqa: E402
 from inplace_ttt.adapters.moshi import save_ttt  # noqa: E402
 from inplace_ttt.cli import main  # noqa: E402
 from inplace_ttt.eval.moshi import ModelSpec, conversation_nll  # noqa: E402
+from tests.adapters.test_moshi import TINY, active_targets, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
 from tests.speech.conftest import dataset, kit, single_thread  # noqa: E402, F401  (fixtures: a manifest of espeak-ng conversations, Mimi, tokenizer)
 
 
@@ -75,10 +75,29 @@ def write_models(root):
 def test_several_models_in_one_report_by_minute(tmp_path):
     data, conversations = write_models(tmp_path)
     out = tmp_path / "eval"
-    args = ["moshi-eval", "--model", f"base={tmp_path / 'model.safetensors'}", "--model", f"fresh={tmp_path / 'fresh'}",
-            "--model", f"ttt={tmp_path / 'trained'}", "--model", f"ttt-clip={tmp_path / 'trained'},clip_tau=0.01",
-            "--model", f"ttt-yarn={tmp_path / 'trained'},yarn=4", "--data", str(data), "--lm-config", str(tmp_path / "lm.json"),
-            "--bucket-minutes", "0.04", "--piece", "50", "--out", str(out)]  # buckets of 30 steps
+    args = [
+        "moshi-eval",
+        "--model",
+        f"base={tmp_path / 'model.safetensors'}",
+        "--model",
+        f"fresh={tmp_path / 'fresh'}",
+        "--model",
+        f"ttt={tmp_path / 'trained'}",
+        "--model",
+        f"ttt-clip={tmp_path / 'trained'},clip_tau=0.01",
+        "--model",
+        f"ttt-yarn={tmp_path / 'trained'},yarn=4",
+        "--data",
+        str(data),
+        "--lm-config",
+        str(tmp_path / "lm.json"),
+        "--bucket-minutes",
+        "0.04",
+        "--piece",
+        "50",
+        "--out",
+        str(out),
+    ]  # buckets of 30 steps
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     models = results["models"]
@@ -86,8 +105,12 @@ def test_several_models_in_one_report_by_minute(tmp_path):
     # the pooled loss of a bucket: every value of every conversation in those 30 steps, by hand
     lm = ttt_lm()
     nlls = [conversation_nll(lm, c.long(), 1000) for c in conversations]
-    for metric, pick in (("text", lambda n: n["text"][None]), ("audio", lambda n: n["audio"]), ("audio_semantic", lambda n: n["audio"][:1]),
-                         ("text_words", lambda n: torch.where(n["words"], n["text"], torch.nan)[None])):
+    for metric, pick in (
+        ("text", lambda n: n["text"][None]),
+        ("audio", lambda n: n["audio"]),
+        ("audio_semantic", lambda n: n["audio"][:1]),
+        ("text_words", lambda n: torch.where(n["words"], n["text"], torch.nan)[None]),
+    ):
         for b in range(5):
             values = torch.cat([pick(n)[:, 30 * b : 30 * (b + 1)].flatten() for n in nlls])
             values = values[~values.isnan()]
@@ -113,11 +136,14 @@ def test_several_models_in_one_report_by_minute(tmp_path):
     assert (out / "moshi_loss_by_minute.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("base", "expected NAME=PATH"),
-    ("base=m.safetensors,tau=1", "unknown option 'tau=1'"),
-    ("base=m.safetensors,clip_tau=small", "take numbers"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("base", "expected NAME=PATH"),
+        ("base=m.safetensors,tau=1", "unknown option 'tau=1'"),
+        ("base=m.safetensors,clip_tau=small", "take numbers"),
+    ],
+)
 def test_a_bad_model_spec_is_refused(spec, message):
     with pytest.raises(ValueError, match=message):
         ModelSpec.parse(spec)
@@ -142,9 +168,25 @@ def test_bad_runs_exit_2_naming_what_is_wrong(tmp_path, capsys):
 def test_a_manifest_is_encoded_then_evaluated(kit, dataset, tmp_path):  # noqa: F811  (the imported fixtures)
     """moshi-finetune's manifest as --data: encoded with Mimi and the tokenizer into OUT/codes/, then read."""
     out = tmp_path / "eval"
-    args = ["moshi-eval", "--model", f"base={kit['weights']}", "--data", str(dataset["manifest"]), "--lm-config", str(kit["lm_config"]),
-            "--mimi", str(kit["mimi"]), "--mimi-config", str(kit["mimi_config"]), "--tokenizer", str(kit["tokenizer"]),
-            "--bucket-minutes", "0.1", "--out", str(out)]
+    args = [
+        "moshi-eval",
+        "--model",
+        f"base={kit['weights']}",
+        "--data",
+        str(dataset["manifest"]),
+        "--lm-config",
+        str(kit["lm_config"]),
+        "--mimi",
+        str(kit["mimi"]),
+        "--mimi-config",
+        str(kit["mimi_config"]),
+        "--tokenizer",
+        str(kit["tokenizer"]),
+        "--bucket-minutes",
+        "0.1",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert sorted(Path(p).name for p in results["models"]["base"]["conversations"]) == ["a.safetensors", "b.safetensors", "c.safetensors"]

@@ -8,9 +8,9 @@ import pytest
 from inplace_ttt.adapters import ttt_layers
 from inplace_ttt.assets import corpus_files
 from inplace_ttt.cli import main
-from inplace_ttt.eval.runner import ALL_TASKS, EvalSettings, evaluate, load_model, parse_lengths
 from inplace_ttt.documents import read_documents
 from inplace_ttt.eval.ruler import TASK_NAMES, make_samples
+from inplace_ttt.eval.runner import ALL_TASKS, EvalSettings, evaluate, model_to_evaluate, parse_lengths
 from tests.eval.conftest import WORDS
 from tests.tiny_hf import tiny, tiny_tokenizer
 
@@ -45,7 +45,7 @@ def test_whole_eval_of_two_models(models, heldout, tmp_path):
     assert results["recall"]["gap"] == {"256": 256 - 64, "512": 512 - 64}  # 16 pairs and their queries
     for entry in results["models"].values():
         assert sorted(entry["ruler"]) == sorted(TASK_NAMES)
-        for length, cell in entry["recall"].items():
+        for cell in entry["recall"].values():
             assert len(cell["scores"]) == 2 and 0 <= cell["accuracy"] <= 100
         for task in entry["ruler"].values():
             for length, cell in task.items():
@@ -62,8 +62,7 @@ def test_whole_eval_of_two_models(models, heldout, tmp_path):
     a, b = (results["models"][n]["ruler"] for n in ("base", "ttt"))
     for task in a:
         for length in a[task]:
-            strip = lambda cell: [(o["index"], o["answers"], o["tokens"], o["depths"]) for o in cell["outputs"]]
-            assert strip(a[task][length]) == strip(b[task][length])
+            assert _answers(a[task][length]) == _answers(b[task][length])
     text = report.read_text()
     for heading in ("## RULER-style tasks", "## Associative recall", "## Loss by position", "## Sliding window"):
         assert heading in text
@@ -75,8 +74,23 @@ def test_whole_eval_of_two_models(models, heldout, tmp_path):
 
 
 def test_same_seed_same_results_and_cli(models, heldout, tmp_path, capsys):
-    args = ["eval", "--model", str(models[1]), "--tasks", "niah_multikey,vt,loss", "--lengths", "256",
-            "--samples", "2", "--data", str(heldout), "--piece", "100", "--clip-tau", "0.5"]
+    args = [
+        "eval",
+        "--model",
+        str(models[1]),
+        "--tasks",
+        "niah_multikey,vt,loss",
+        "--lengths",
+        "256",
+        "--samples",
+        "2",
+        "--data",
+        str(heldout),
+        "--piece",
+        "100",
+        "--clip-tau",
+        "0.5",
+    ]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     assert f"report: {tmp_path / 'a' / 'report.md'}" in capsys.readouterr().out
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
@@ -86,9 +100,9 @@ def test_same_seed_same_results_and_cli(models, heldout, tmp_path, capsys):
 
 
 def test_clip_tau_reaches_every_ttt_layer(models):
-    model = load_model(str(models[1]), dtype=__import__("torch").float32, clip_tau=1e-5)
+    model = model_to_evaluate(str(models[1]), dtype=__import__("torch").float32, clip_tau=1e-5)
     assert [layer.clip_tau for _, layer in ttt_layers(model)] == [1e-5, 1e-5]
-    plain = load_model(str(models[0]), dtype=__import__("torch").float32, clip_tau=1e-5)
+    plain = model_to_evaluate(str(models[0]), dtype=__import__("torch").float32, clip_tau=1e-5)
     assert not hasattr(plain.config, "inplace_ttt")
 
 
@@ -150,6 +164,10 @@ def test_passages_are_disjoint_slices_taken_evenly_across_documents():
     assert [int(p[0]) for p in passages(docs, 30, 4)] == [0, 1000, 2060, 2150]  # every third of the 12
 
 
+def _answers(cell):
+    return [(o["index"], o["answers"], o["tokens"], o["depths"]) for o in cell["outputs"]]
+
+
 def test_batched_prompts_generate_what_each_generates_alone(heldout, tmp_path):
     """Tokenizers often pad on the right; `ittt eval` tokenizes each prompt alone and left-pads
     the batch itself, so a row's answer does not depend on the rows beside it (right padding
@@ -173,8 +191,16 @@ def test_batched_prompts_generate_what_each_generates_alone(heldout, tmp_path):
     tokenizer.save_pretrained(tmp_path / "ttt")
     generated = {}
     for batch in (1, 4):
-        settings = EvalSettings(models=[str(tmp_path / "ttt")], tasks=["niah_single", "vt"], lengths=[256], samples=4, data=[str(heldout)],
-                                piece=96, batch=batch, out=str(tmp_path / str(batch)))
+        settings = EvalSettings(
+            models=[str(tmp_path / "ttt")],
+            tasks=["niah_single", "vt"],
+            lengths=[256],
+            samples=4,
+            data=[str(heldout)],
+            piece=96,
+            batch=batch,
+            out=str(tmp_path / str(batch)),
+        )
         evaluate(settings)
         ruler = json.loads((tmp_path / str(batch) / "results.json").read_text())["models"]["ttt"]["ruler"]
         generated[batch] = {task: [(o["tokens"], o["generated"]) for o in cells["256"]["outputs"]] for task, cells in ruler.items()}

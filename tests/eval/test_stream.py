@@ -30,7 +30,10 @@ def test_token_nll_needs_two_tokens():
 
 
 MODELS = {
-    "plain": tiny, "ttt": converted, "swa": lambda: tiny("mistral_swa"), "swa_ttt": lambda: converted("mistral_swa"),
+    "plain": tiny,
+    "ttt": converted,
+    "swa": lambda: tiny("mistral_swa"),
+    "swa_ttt": lambda: converted("mistral_swa"),
 }
 
 
@@ -51,7 +54,7 @@ def test_batched_greedy_in_pieces_equals_generate_one_at_a_time(make):
     prompts = [torch.randint(3, VOCAB, (n,), generator=g) for n in (23, 30, 12)]  # left-padded to 30 in the batch
     got = greedy(model, prompts, 12, piece=7)
     for p, new in zip(prompts, got):
-        ref = model.generate(input_ids=p[None], max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):]
+        ref = model.generate(input_ids=p[None], max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p) :]
         assert new == ref.tolist()
 
 

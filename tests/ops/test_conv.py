@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from inplace_ttt.ops import chunk_conv, find_segments
 from tests.conftest import per_segment_conv
 

@@ -216,9 +216,15 @@ def _worker(rank, world, store, job):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
         if job == "match":
-            for with_positions, with_w0, tau, C in [(False, True, None, 4), (True, True, None, 4), (True, False, 2.0, 4),
-                                                    (True, True, 4.0, 8), (False, False, 3.0, 8), (True, True, None, 16),
-                                                    (False, True, 5.0, 32)]:
+            for with_positions, with_w0, tau, C in [
+                (False, True, None, 4),
+                (True, True, None, 4),
+                (True, False, 2.0, 4),
+                (True, True, 4.0, 8),
+                (False, False, 3.0, 8),
+                (True, True, None, 16),
+                (False, True, 5.0, 32),
+            ]:
                 check_op(rank, world, with_positions, with_w0, tau, C)
             for target, tau in [("hidden_states", None), ("token_embeddings", 1.0)]:
                 check_layer(rank, world, target, tau)

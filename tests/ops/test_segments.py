@@ -39,3 +39,17 @@ def test_padding_inside_a_chunk_is_refused():
 def test_an_empty_batch_has_no_segments():
     seg = find_segments(torch.zeros(2, 0, dtype=torch.long), 2, 0, 4, torch.device("cpu"))
     assert seg.seg_index.shape == (2, 0) and not seg.valid.any()
+
+
+def test_each_rows_last_token_and_whether_it_leaves_its_chunk_unfinished():
+    """Against a plain loop over the rows: right padding, left padding, a row of padding, a row whose
+    last token ends its chunk (position 3 with chunks of 4), and the empty batch."""
+    pos = torch.tensor([[0, 1, 2, -1, -1], [-1, -1, 0, 1, 2], [-1, -1, -1, -1, -1], [5, 6, 7, -1, -1], [0, 1, 2, 3, 0]])
+    seg = find_segments(pos, 5, 5, 4, pos.device)
+    col, last = seg.last_token()
+    expect_col = [max((t for t in range(5) if pos[b, t] >= 0), default=-1) for b in range(5)]
+    assert col.tolist() == expect_col
+    assert last.tolist() == [int(pos[b, c]) if c >= 0 else -1 for b, c in enumerate(expect_col)]
+    assert seg.ends_mid_chunk().tolist() == [True, True, False, False, True]
+    empty = find_segments(torch.zeros(2, 0, dtype=torch.long), 2, 0, 4, torch.device("cpu"))
+    assert [t.tolist() for t in empty.last_token()] == [[-1, -1], [-1, -1]] and not empty.ends_mid_chunk().any()

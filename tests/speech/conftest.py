@@ -22,8 +22,7 @@ from tests.adapters.test_moshi import TINY  # noqa: E402
 
 SPEAKER_USER = "SPEAKER_USER"
 LM_KWARGS = {**TINY, "card": 64, "text_card": 64}
-WORDS = ("hello there how are you doing today I am fine thank you the weather is lovely shall we talk "
-         "about music or maybe books tell me more please").split()
+WORDS = ("hello there how are you doing today I am fine thank you the weather is lovely shall we talk about music or maybe books tell me more please").split()
 
 
 def mimi_config() -> dict:
@@ -75,7 +74,7 @@ def need_espeak() -> str:
     return exe
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def spoken(word: str) -> np.ndarray:
     """espeak-ng saying `word` (22050 Hz mono float32), its leading and trailing silence cut."""
     import soundfile as sf
@@ -157,16 +156,27 @@ def kit(tmp_path_factory):
     (root / "mimi.json").write_text(json.dumps(mimi_config()))
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(  # pad_id 3: the id Moshi's text padding uses is never a word piece
-        sentence_iterator=iter([" ".join(WORDS)] * 50), model_writer=model, vocab_size=LM_KWARGS["text_card"], pad_id=3,
-        hard_vocab_limit=False, model_type="unigram", minloglevel=2,
+        sentence_iterator=iter([" ".join(WORDS)] * 50),
+        model_writer=model,
+        vocab_size=LM_KWARGS["text_card"],
+        pad_id=3,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        minloglevel=2,
     )
     (root / "tokenizer.model").write_bytes(model.getvalue())
     torch.manual_seed(0)
     lm = LMModel(**LM_KWARGS, dtype=torch.float32)
     save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(root / "model.safetensors"))
     (root / "lm.json").write_text(json.dumps(LM_KWARGS))
-    return {"root": root, "mimi": root / "mimi.safetensors", "mimi_config": root / "mimi.json", "tokenizer": root / "tokenizer.model",
-            "weights": root / "model.safetensors", "lm_config": root / "lm.json"}
+    return {
+        "root": root,
+        "mimi": root / "mimi.safetensors",
+        "mimi_config": root / "mimi.json",
+        "tokenizer": root / "tokenizer.model",
+        "weights": root / "model.safetensors",
+        "lm_config": root / "lm.json",
+    }
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,20 @@ from tests.speech.conftest import LM_KWARGS, write_conversation
 
 
 def encode_args(kit, manifest, out) -> list[str]:
-    return ["moshi-encode", str(manifest), "--mimi", str(kit["mimi"]), "--mimi-config", str(kit["mimi_config"]),
-            "--tokenizer", str(kit["tokenizer"]), "--lm-config", str(kit["lm_config"]), "--out", str(out)]
+    return [
+        "moshi-encode",
+        str(manifest),
+        "--mimi",
+        str(kit["mimi"]),
+        "--mimi-config",
+        str(kit["mimi_config"]),
+        "--tokenizer",
+        str(kit["tokenizer"]),
+        "--lm-config",
+        str(kit["lm_config"]),
+        "--out",
+        str(out),
+    ]
 
 
 def read_codes(path):
@@ -113,9 +125,15 @@ def test_a_rerun_skips_done_files_and_each_bad_file_is_named_and_skipped(kit, da
     out = tmp_path / "codes"
     assert main(encode_args(kit, manifest, out)) == 2
     err = capsys.readouterr().err
-    for name, why in [("mono", "1 channel.*stereo"), ("notranscript", "no transcript"), ("badjson", "not valid JSON"),
-                      ("late", "past the end of the audio"), ("backwards", "start <= end"), ("noise", "unreadable audio"),
-                      ("missing", "no such audio file")]:
+    for name, why in [
+        ("mono", "1 channel.*stereo"),
+        ("notranscript", "no transcript"),
+        ("badjson", "not valid JSON"),
+        ("late", "past the end of the audio"),
+        ("backwards", "start <= end"),
+        ("noise", "unreadable audio"),
+        ("missing", "no such audio file"),
+    ]:
         assert any(f"skipped {name}.wav" in line and re.search(why, line) for line in err.splitlines()), (name, err)
     assert sorted(p.name for p in out.rglob("*")) == ["good.safetensors"]  # nothing half-written, no temporaries
     done = out / "good.safetensors"
@@ -136,14 +154,17 @@ def test_files_encoded_with_other_settings_are_not_taken_as_done(kit, dataset, e
     assert "encoded with other settings" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content,message", [
-    ("", "holds no conversations"),
-    ("\n\n", "holds no conversations"),
-    ('{"path": "a.wav", "duration": 1.0}\n{"path": "a.wav"\n', r"data.jsonl:2: not valid JSON"),
-    ('{"duration": 1.0}\n', r"data.jsonl:1: expected"),
-    ('{"path": "a.wav", "duration": -1}\n', r"data.jsonl:1: 'duration' must be"),
-    ('{"path": "../a.wav", "duration": 1}\n', r"data.jsonl:1: path '../a.wav' must be relative"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("", "holds no conversations"),
+        ("\n\n", "holds no conversations"),
+        ('{"path": "a.wav", "duration": 1.0}\n{"path": "a.wav"\n', r"data.jsonl:2: not valid JSON"),
+        ('{"duration": 1.0}\n', r"data.jsonl:1: expected"),
+        ('{"path": "a.wav", "duration": -1}\n', r"data.jsonl:1: 'duration' must be"),
+        ('{"path": "../a.wav", "duration": 1}\n', r"data.jsonl:1: path '../a.wav' must be relative"),
+    ],
+)
 def test_a_bad_manifest_is_refused_before_anything_is_written(kit, tmp_path, capsys, content, message):
     manifest = tmp_path / "data.jsonl"
     manifest.write_text(content)
@@ -182,8 +203,18 @@ def test_the_published_mimi_architecture_encodes_with_moshis_default_settings(ki
     (tmp_path / "lm.json").write_text(json.dumps({**LM_KWARGS, "card": 2048}))
     write_conversation(tmp_path / "short.wav", 2.0, 24000, [("hello", 0.2)], [("fine", 1.0)])
     (tmp_path / "data.jsonl").write_text(json.dumps({"path": "short.wav", "duration": 2.0}) + "\n")
-    args = ["moshi-encode", str(tmp_path / "data.jsonl"), "--mimi", str(tmp_path / "mimi.safetensors"), "--tokenizer", str(kit["tokenizer"]),
-            "--lm-config", str(tmp_path / "lm.json"), "--out", str(tmp_path / "codes")]
+    args = [
+        "moshi-encode",
+        str(tmp_path / "data.jsonl"),
+        "--mimi",
+        str(tmp_path / "mimi.safetensors"),
+        "--tokenizer",
+        str(kit["tokenizer"]),
+        "--lm-config",
+        str(tmp_path / "lm.json"),
+        "--out",
+        str(tmp_path / "codes"),
+    ]
     assert main(args) == 0
     codes, record = read_codes(tmp_path / "codes" / "short.safetensors")
     assert codes.shape == (17, 25) and record["words"] == 1 and record["sample_rate"] == 24000

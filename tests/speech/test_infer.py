@@ -8,7 +8,6 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-
 from moshi.models.loaders import get_moshi_lm
 from safetensors.torch import save_file
 
@@ -41,9 +40,24 @@ def user_recording(path, seconds: float, rate: int, seed: int = 0):
 
 
 def infer_args(kit, model, inp, out, *extra) -> list[str]:
-    return ["moshi-infer", str(inp), str(out), "--weights", str(model / "model.safetensors"), "--ttt", str(model / "ttt.safetensors"),
-            "--mimi", str(kit["mimi"]), "--mimi-config", str(kit["mimi_config"]), "--tokenizer", str(kit["tokenizer"]),
-            "--lm-config", str(kit["lm_config"]), *extra]
+    return [
+        "moshi-infer",
+        str(inp),
+        str(out),
+        "--weights",
+        str(model / "model.safetensors"),
+        "--ttt",
+        str(model / "ttt.safetensors"),
+        "--mimi",
+        str(kit["mimi"]),
+        "--mimi-config",
+        str(kit["mimi_config"]),
+        "--tokenizer",
+        str(kit["tokenizer"]),
+        "--lm-config",
+        str(kit["lm_config"]),
+        *extra,
+    ]
 
 
 def test_a_20_second_recording_gives_20_seconds_of_moshi_and_counts_updates(kit, ttt_model, tmp_path, capsys):
@@ -91,17 +105,23 @@ def test_bad_input_is_refused_naming_it_and_nothing_is_written(kit, ttt_model, t
         (infer_args(kit, ttt_model, tmp_path / "three.wav", out, "--channel", "left"), "three.wav has 3 channels"),
         (infer_args(kit, ttt_model, tmp_path / "gone.wav", out), "gone.wav: no such audio file"),
         (infer_args(kit, ttt_model, mono, tmp_path / "out" / "moshi.mp3"), "must be a .wav file"),
-        ([a if a != str(ttt_model / "model.safetensors") else str(tmp_path / "model.pt") for a in infer_args(kit, ttt_model, mono, out)],
-         "model.pt is not a safetensors file"),
-        ([a if a != str(ttt_model / "ttt.safetensors") else str(tmp_path / "none.safetensors") for a in infer_args(kit, ttt_model, mono, out)],
-         "TTT weights: no such file"),
+        (
+            [a if a != str(ttt_model / "model.safetensors") else str(tmp_path / "model.pt") for a in infer_args(kit, ttt_model, mono, out)],
+            "model.pt is not a safetensors file",
+        ),
+        (
+            [a if a != str(ttt_model / "ttt.safetensors") else str(tmp_path / "none.safetensors") for a in infer_args(kit, ttt_model, mono, out)],
+            "TTT weights: no such file",
+        ),
         ([a for a in infer_args(kit, ttt_model, mono, out) if a not in ("--mimi-config", str(kit["mimi_config"]))], "does not fit the Mimi settings"),
     ]
     lut = {"n_bins": 3, "dim": 8, "tokenizer": "noop", "possible_values": ["calm", "happy", "sad"]}
     conditioned = {**LM_KWARGS, "conditioners": {"description": {"type": "lut", "lut": lut}}, "fuser": {"sum": ["description"]}}
     (tmp_path / "conditioned.json").write_text(json.dumps(conditioned))
-    save_file({k: v.contiguous() for k, v in get_moshi_lm(None, lm_kwargs=conditioned, dtype=torch.float32).state_dict().items()},
-              str(tmp_path / "conditioned.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in get_moshi_lm(None, lm_kwargs=conditioned, dtype=torch.float32).state_dict().items()},
+        str(tmp_path / "conditioned.safetensors"),
+    )
     args = infer_args(kit, ttt_model, mono, out)
     i = args.index("--ttt")
     del args[i : i + 2]

@@ -56,14 +56,17 @@ def test_alignments_are_read_as_annotate_writes_them(tmp_path):
     assert read_alignments(path, 2.0) == [Word(" Hello", 0.1, 0.42, "SPEAKER_MAIN"), Word("there", 0.5, 1.0, "SPEAKER_MAIN")]
 
 
-@pytest.mark.parametrize("data,message", [
-    ("{not json", "not valid JSON"),
-    ({"words": []}, "expected .*alignments"),
-    ({"alignments": [["hi", [0.1], "SPEAKER_MAIN"]]}, r"alignments\[0\] .*expected \[word, \[start_s, end_s\], speaker\]"),
-    ({"alignments": [["hi", [0.1, "x"], "SPEAKER_MAIN"]]}, r"alignments\[0\]"),
-    ({"alignments": [["ok", [0.0, 0.2], "SPEAKER_MAIN"], ["hi", [0.5, 0.4], "SPEAKER_MAIN"]]}, r"alignments\[1\] \('hi'\) .*start <= end"),
-    ({"alignments": [["hi", [1.5, 2.2], "SPEAKER_MAIN"]]}, r"'hi'.* past the end of the audio \(2.000 s\)"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ("{not json", "not valid JSON"),
+        ({"words": []}, "expected .*alignments"),
+        ({"alignments": [["hi", [0.1], "SPEAKER_MAIN"]]}, r"alignments\[0\] .*expected \[word, \[start_s, end_s\], speaker\]"),
+        ({"alignments": [["hi", [0.1, "x"], "SPEAKER_MAIN"]]}, r"alignments\[0\]"),
+        ({"alignments": [["ok", [0.0, 0.2], "SPEAKER_MAIN"], ["hi", [0.5, 0.4], "SPEAKER_MAIN"]]}, r"alignments\[1\] \('hi'\) .*start <= end"),
+        ({"alignments": [["hi", [1.5, 2.2], "SPEAKER_MAIN"]]}, r"'hi'.* past the end of the audio \(2.000 s\)"),
+    ],
+)
 def test_a_broken_transcript_is_refused_with_the_file_and_entry_named(tmp_path, data, message):
     path = write(tmp_path, data)
     with pytest.raises(ValueError, match=f"{path}: .*{message}"):

@@ -32,9 +32,16 @@ def workspace(tmp_path):
         "ttt": {"layers": "every 2", "chunk_size": 8, "ttt_lr": 0.5},
         "data": {"train": [str(train_dir)], "eval": [str(eval_dir)], "row_length": 32},
         "train": {
-            "output_dir": str(tmp_path / "run"), "learning_rate": 1e-3, "ttt_learning_rate": 5e-3, "max_steps": 6,
-            "per_device_train_batch_size": 2, "logging_steps": 1, "save_steps": 2, "warmup_ratio": 0.0,
-            "report_to": [], "seed": 0,
+            "output_dir": str(tmp_path / "run"),
+            "learning_rate": 1e-3,
+            "ttt_params_learning_rate": 5e-3,
+            "max_steps": 6,
+            "per_device_train_batch_size": 2,
+            "logging_steps": 1,
+            "save_steps": 2,
+            "warmup_ratio": 0.0,
+            "report_to": [],
+            "seed": 0,
         },
     }
     path = tmp_path / "run.yaml"

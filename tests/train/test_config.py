@@ -18,13 +18,28 @@ def test_yaml_and_overrides_with_types(tmp_path):
     assert c.train.learning_rate == 1e-5 and isinstance(c.train.learning_rate, float)
     assert c.ttt.chunk_size == 512 and c.ttt.layers == (0, 3)
     assert c.train.bf16 == "true" and c.train.mode == "lora" and c.lora.r == 8
-    assert c.data.train == ["docs"] and c.train.ttt_learning_rate is None
+    assert c.data.train == ["docs"] and c.train.ttt_params_learning_rate is None
+
+
+def test_renamed_train_keys_still_read_for_one_release(tmp_path):
+    """`train.ttt_learning_rate` and `train.ttt_max_grad_norm` (the names before the TTT parameters'
+    optimizer settings were told apart from the fast weights' eta) map to the new keys, with a warning."""
+    path = write(tmp_path, BASE + "train:\n  ttt_learning_rate: 0.001\n")
+    with pytest.warns(FutureWarning, match="train.ttt_learning_rate is deprecated; use train.ttt_params_learning_rate"):
+        c = load_config(path, ["--train.ttt_max_grad_norm", "0.5"])
+    assert c.train.ttt_params_learning_rate == 0.001 and c.train.ttt_params_max_grad_norm == 0.5
+    with pytest.raises(ValueError, match="train.ttt_learning_rate is the old name of train.ttt_params_learning_rate"):
+        load_config(path, ["--train.ttt_params_learning_rate", "0.01"])
 
 
 @pytest.mark.parametrize(
     "text, overrides, message",
     [
-        (BASE + "trian: {}\n", [], r"unknown key\(s\) \['trian'\]; valid keys here: \['data', 'gguf_file', 'lora', 'model', 'model_type', 'tokenizer', 'train', 'ttt'\]"),
+        (
+            BASE + "trian: {}\n",
+            [],
+            r"unknown key\(s\) \['trian'\]; valid keys here: \['data', 'gguf_file', 'lora', 'model', 'model_type', 'tokenizer', 'train', 'ttt'\]",
+        ),
         (BASE, ["--train.lr", "1"], r"unknown key\(s\) \['train.lr'\]; valid keys here: .*'learning_rate'"),
         (BASE, ["--train.mode", "half"], r"train.mode must be one of \('full', 'ttt_only', 'lora'\)"),
         (BASE, ["--train.max_steps", "ten"], "train.max_steps: expected int, got 'ten'"),

@@ -24,8 +24,14 @@ def one_process(config):
 
 
 def two_processes(config):
-    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "inplace_ttt.cli", "train", str(config)],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "inplace_ttt.cli", "train", str(config)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -58,8 +64,15 @@ def test_fsdp_over_two_processes_matches_one(workspace):
     config = workspace["config"]
     edit(config, train={"max_steps": 3, "save_steps": 2, "per_device_train_batch_size": 2, "output_dir": str(workspace["root"] / "one")})
     one_process(config)
-    edit(config, train={"per_device_train_batch_size": 1, "output_dir": str(workspace["root"] / "fsdp"), "fsdp": "full_shard auto_wrap",
-                        "fsdp_config": fsdp_config(workspace["root"], "LlamaDecoderLayer")})
+    edit(
+        config,
+        train={
+            "per_device_train_batch_size": 1,
+            "output_dir": str(workspace["root"] / "fsdp"),
+            "fsdp": "full_shard auto_wrap",
+            "fsdp_config": fsdp_config(workspace["root"], "LlamaDecoderLayer"),
+        },
+    )
     two_processes(config)
     same_run(workspace["root"] / "one", workspace["root"] / "fsdp", [1, 2, 3], "model.safetensors")
     assert (workspace["root"] / "fsdp" / "checkpoint-2" / "COMPLETE").is_file()
@@ -70,8 +83,9 @@ def moshi_config(tmp_path, **train):
     from tests.train.test_moshi_train import write_run
 
     path = write_run(tmp_path, train.pop("mode", "ttt_only"), steps=3)
-    edit(path, train={"save_steps": 100, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_learning_rate": 1e-2,
-                      "batch_size": 1, **train})
+    edit(
+        path, train={"save_steps": 100, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_params_learning_rate": 1e-2, "batch_size": 1, **train}
+    )
     return path
 
 
@@ -89,8 +103,15 @@ def test_moshi_on_two_processes_matches_one_with_the_same_global_batch(tmp_path)
 def test_moshi_full_mode_with_fsdp_over_two_processes_matches_one(tmp_path):
     path = moshi_config(tmp_path, mode="full", gradient_accumulation_steps=2, output_dir=str(tmp_path / "one"))
     one_process(path)
-    edit(path, train={"gradient_accumulation_steps": 1, "output_dir": str(tmp_path / "fsdp"), "fsdp": "full_shard auto_wrap",
-                      "fsdp_config": fsdp_config(tmp_path, "StreamingTransformerLayer")})
+    edit(
+        path,
+        train={
+            "gradient_accumulation_steps": 1,
+            "output_dir": str(tmp_path / "fsdp"),
+            "fsdp": "full_shard auto_wrap",
+            "fsdp_config": fsdp_config(tmp_path, "StreamingTransformerLayer"),
+        },
+    )
     two_processes(path)
     same_run(tmp_path / "one", tmp_path / "fsdp", [1, 2, 3], "model.safetensors")
     same_run(tmp_path / "one", tmp_path / "fsdp", [1, 2, 3], "ttt.safetensors")

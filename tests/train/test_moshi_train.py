@@ -2,15 +2,12 @@
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 pytest.importorskip("moshi")
-from tests.adapters.test_moshi import TINY, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from inplace_ttt import TTTConfig, convert  # noqa: E402
@@ -18,6 +15,7 @@ from inplace_ttt.adapters.moshi import load_moshi, training_loss  # noqa: E402
 from inplace_ttt.cli import main  # noqa: E402
 from inplace_ttt.train.moshi import MoshiRunConfig, conversation_rows  # noqa: E402
 from inplace_ttt.train.run import load_run_config as load_config  # noqa: E402
+from tests.adapters.test_moshi import TINY, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
 
 
 def test_loss_is_moshi_finetunes_weighted_cross_entropy():
@@ -72,8 +70,7 @@ def write_run(tmp_path, mode, steps=3):
         "model": {"weights": str(tmp_path / "model.safetensors"), "lm_kwargs": str(tmp_path / "lm.json")},
         "ttt": {"layers": [0, 2], "chunk_size": 4, "target": "token_embeddings"},
         "data": {"train": [str(data)], "row_length": 16},
-        "train": {"output_dir": str(tmp_path / "run"), "mode": mode, "learning_rate": 1e-2, "max_steps": steps,
-                  "batch_size": 2, "logging_steps": 1},
+        "train": {"output_dir": str(tmp_path / "run"), "mode": mode, "learning_rate": 1e-2, "max_steps": steps, "batch_size": 2, "logging_steps": 1},
         "lora": {"r": 2, "alpha": 4, "target_modules": ["linear_in", "linear_out"]},
     }
     path = tmp_path / "run.yaml"
@@ -140,8 +137,18 @@ def test_a_bfloat16_run_trains_as_far_as_a_float32_run(tmp_path):
     moved, diagonal = {}, {}
     for dtype in ("float32", "bfloat16"):
         path = write_run(tmp_path / dtype, "ttt_only")
-        args = ["--model.dtype", dtype, "--train.learning_rate", "1e-5", "--train.ttt_learning_rate", "5e-4",
-                "--train.max_steps", "60", "--train.logging_steps", "60"]
+        args = [
+            "--model.dtype",
+            dtype,
+            "--train.learning_rate",
+            "1e-5",
+            "--train.ttt_params_learning_rate",
+            "5e-4",
+            "--train.max_steps",
+            "60",
+            "--train.logging_steps",
+            "60",
+        ]
         assert main(["train", str(path), *args]) == 0
         final = tmp_path / dtype / "run" / "final"
         key = "transformer.layers.0.gating.linear_out.weight"
@@ -164,12 +171,12 @@ def test_an_empty_conversation_is_refused_with_its_file_named(tmp_path):
 
 # the shared engine: checkpoints, resume, accumulation, several processes, evaluation ------------
 
-from tests.train.test_trainer import REPO, edit, losses, run_cli, train_dying_in_checkpoint  # noqa: E402
+from tests.train.test_trainer import edit, losses, run_cli, train_dying_in_checkpoint  # noqa: E402
 
 
 def moshi_run(tmp_path, train=None, **sections):
     path = write_run(tmp_path, "ttt_only", steps=6)
-    defaults = {"save_steps": 2, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_learning_rate": 1e-2}
+    defaults = {"save_steps": 2, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_params_learning_rate": 1e-2}
     edit(path, train={**defaults, **(train or {})}, **sections)
     return path
 
@@ -214,8 +221,10 @@ def test_lora_checkpoints_hold_the_adapter_and_the_ttt_weights_and_resume_exactl
 
 
 def test_accumulation_checkpointing_limits_tensorboard_and_telemetry(tmp_path):
-    path = moshi_run(tmp_path, train={"max_steps": 4, "save_steps": 1, "save_total_limit": 2, "gradient_accumulation_steps": 2,
-                                      "batch_size": 1, "report_to": ["tensorboard"]})
+    path = moshi_run(
+        tmp_path,
+        train={"max_steps": 4, "save_steps": 1, "save_total_limit": 2, "gradient_accumulation_steps": 2, "batch_size": 1, "report_to": ["tensorboard"]},
+    )
     assert main(["train", str(path)]) == 0
     run = tmp_path / "run"
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
@@ -239,7 +248,9 @@ def test_evaluation_on_held_out_conversations_is_the_weighted_loss(tmp_path):
         save_file({"codes": random_codes(lm, 1, T)[0]}, str(held / f"h{i}.safetensors"))
     edit(path, data={"eval": [str(held)]})
     assert main(["train", str(path)]) == 0
-    logged = {json.loads(line)["step"]: json.loads(line)["eval_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line}
+    logged = {
+        json.loads(line)["step"]: json.loads(line)["eval_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line
+    }
     assert sorted(logged) == [2, 4]
     final = tmp_path / "run" / "final"
     trained = load_moshi(final / "model.safetensors", TINY, ttt_file=final / "ttt.safetensors", dtype=torch.float32)
@@ -261,25 +272,46 @@ def _bad_codes(tmp_path, codes):
 
 BAD_RUNS = {
     "missing weights": (lambda tmp: {"model": {"weights": str(tmp / "nope.safetensors")}}, r"model.weights: no such file: .*nope.safetensors"),
-    "pickled weights": (lambda tmp: (tmp / "model.pt").write_bytes(b"x") and {"model": {"weights": str(tmp / "model.pt")}},
-                        r"model.weights: .*model.pt is not a safetensors file \(.safetensors, .sft, .sfts\); only safetensors weights are read"),
-    "lm_kwargs of another model": (lambda tmp: (tmp / "big.json").write_text(json.dumps({**TINY, "dim": 64})) and {"model": {"lm_kwargs": str(tmp / "big.json")}},
-                                   r"model.weights .*model.safetensors does not load with model.lm_kwargs .*big.json"),
-    "lm_kwargs not JSON": (lambda tmp: (tmp / "bad.json").write_text("{dim: ") and {"model": {"lm_kwargs": str(tmp / "bad.json")}},
-                           r"model.lm_kwargs: cannot read .*bad.json as JSON"),
-    "wrong number of streams": (lambda tmp: _bad_codes(tmp, torch.zeros(3, 20, dtype=torch.int64)), r"bad.safetensors: 'codes' has 3 streams; the model reads 17"),
-    "codes out of the vocabulary": (lambda tmp: _bad_codes(tmp, torch.full((17, 20), 40, dtype=torch.int64)), r"bad.safetensors: codes outside the model's vocabularies"),
+    "pickled weights": (
+        lambda tmp: (tmp / "model.pt").write_bytes(b"x") and {"model": {"weights": str(tmp / "model.pt")}},
+        r"model.weights: .*model.pt is not a safetensors file \(.safetensors, .sft, .sfts\); only safetensors weights are read",
+    ),
+    "lm_kwargs of another model": (
+        lambda tmp: (tmp / "big.json").write_text(json.dumps({**TINY, "dim": 64})) and {"model": {"lm_kwargs": str(tmp / "big.json")}},
+        r"model.weights .*model.safetensors does not load with model.lm_kwargs .*big.json",
+    ),
+    "lm_kwargs not JSON": (
+        lambda tmp: (tmp / "bad.json").write_text("{dim: ") and {"model": {"lm_kwargs": str(tmp / "bad.json")}},
+        r"model.lm_kwargs: cannot read .*bad.json as JSON",
+    ),
+    "wrong number of streams": (
+        lambda tmp: _bad_codes(tmp, torch.zeros(3, 20, dtype=torch.int64)),
+        r"bad.safetensors: 'codes' has 3 streams; the model reads 17",
+    ),
+    "codes out of the vocabulary": (
+        lambda tmp: _bad_codes(tmp, torch.full((17, 20), 40, dtype=torch.int64)),
+        r"bad.safetensors: codes outside the model's vocabularies",
+    ),
     "codes all missing": (lambda tmp: _bad_codes(tmp, torch.full((17, 20), -1, dtype=torch.int64)), r"bad.safetensors: every code is -1"),
-    "conversations shorter than two chunks": (lambda tmp: _bad_codes(tmp, torch.zeros(17, 7, dtype=torch.int64)),
-                                              r"data.train: every conversation row holds fewer than two TTT chunks \(8 steps; the longest has 7\)"),
+    "conversations shorter than two chunks": (
+        lambda tmp: _bad_codes(tmp, torch.zeros(17, 7, dtype=torch.int64)),
+        r"data.train: every conversation row holds fewer than two TTT chunks \(8 steps; the longest has 7\)",
+    ),
     "unknown mode": (lambda tmp: {"train": {"mode": "prefix"}}, r"train.mode must be one of \('full', 'ttt_only', 'lora'\)"),
     "device tpu": (lambda tmp: {"model": {"device": "tpu"}}, r"model.device must be 'auto', 'cpu' or 'cuda'; got 'tpu'"),
-    "truncated weights": (lambda tmp: _cut(tmp / "model.safetensors") and {}, r"model.weights: .*model.safetensors is not a readable safetensors file \(.*\): it is empty, cut short or corrupt"),
+    "truncated weights": (
+        lambda tmp: _cut(tmp / "model.safetensors") and {},
+        r"model.weights: .*model.safetensors is not a readable safetensors file \(.*\): it is empty, cut short or corrupt",
+    ),
     "corrupt codes file": (lambda tmp: _cut(tmp / "conversations" / "conv0.safetensors") and {}, r"conv0.safetensors: not a readable safetensors file"),
-    "nothing to predict": (lambda tmp: _bad_codes(tmp, torch.cat([torch.full((9, 20), -1), torch.zeros(8, 20, dtype=torch.int64)])),
-                           r"bad.safetensors: the 9 streams the loss predicts \(text and the model's 8 audio codebooks\) are all -1 \(missing\): nothing to train on"),
-    "a changed ttt section over trained TTT weights": (lambda tmp: _trained_ttt(tmp) and {"model": {"ttt_weights": str(tmp / "trained" / "ttt.safetensors")}, "ttt": {"chunk_size": 8}},
-                                                       r"model.ttt_weights .*ttt.safetensors is a trained In-Place TTT checkpoint, .*differs: ttt.chunk_size 8 \(checkpoint: 4\)"),
+    "nothing to predict": (
+        lambda tmp: _bad_codes(tmp, torch.cat([torch.full((9, 20), -1), torch.zeros(8, 20, dtype=torch.int64)])),
+        r"bad.safetensors: the 9 streams the loss predicts \(text and the model's 8 audio codebooks\) are all -1 \(missing\): nothing to train on",
+    ),
+    "a changed ttt section over trained TTT weights": (
+        lambda tmp: _trained_ttt(tmp) and {"model": {"ttt_weights": str(tmp / "trained" / "ttt.safetensors")}, "ttt": {"chunk_size": 8}},
+        r"model.ttt_weights .*ttt.safetensors is a trained In-Place TTT checkpoint, .*differs: ttt.chunk_size 8 \(checkpoint: 4\)",
+    ),
 }
 
 

@@ -22,7 +22,7 @@ def test_small_steps_accumulate_in_the_copies_not_in_bf16():
         for m, o in ((module, opt), (plain, plain_opt), (reference, reference_opt)):
             m.weight.grad = torch.ones_like(m.weight)
             o.step()
-    (_, master), = masters.pairs.values()
+    ((_, master),) = masters.pairs.values()
     assert torch.equal(master, reference.weight.detach())  # the float32 run's weight, exactly (about 0.99)
     assert torch.equal(module.weight.detach(), reference.weight.detach().to(torch.bfloat16))  # written back, rounded once
     assert float(plain.weight) == 1.0  # every step below half of bf16's spacing at 1 was lost

@@ -9,14 +9,19 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, MistralForCausalLM
 
 import inplace_ttt
-
 from inplace_ttt.cli import main
 from inplace_ttt.train.config import load_config
 from inplace_ttt.train.pretrain import SUMMARY, ArchitectureConfig, PretrainConfig, build_model, train_tokenizer
 from tests.train.conftest import write_docs
 
-TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "num_key_value_heads": 1, "max_position_embeddings": 128}
+TINY_MODEL = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 128,
+}
 
 
 @pytest.fixture
@@ -24,10 +29,18 @@ def run_config(tmp_path):
     config = {
         "model": TINY_MODEL,
         "tokenizer": {"vocab_size": 300},
-        "data": {"train": [str(write_docs(tmp_path / "train", 12))], "eval": [str(write_docs(tmp_path / "eval", 3, seed=1))],
-                 "row_length": 64},
-        "train": {"output_dir": str(tmp_path / "run"), "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_steps": 30,
-                  "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 1000, "report_to": [], "seed": 0},
+        "data": {"train": [str(write_docs(tmp_path / "train", 12))], "eval": [str(write_docs(tmp_path / "eval", 3, seed=1))], "row_length": 64},
+        "train": {
+            "output_dir": str(tmp_path / "run"),
+            "learning_rate": 1e-2,
+            "warmup_ratio": 0.0,
+            "max_steps": 30,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+            "save_steps": 1000,
+            "report_to": [],
+            "seed": 0,
+        },
     }
     path = tmp_path / "pretrain.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -89,12 +102,24 @@ def test_sliding_window_builds_transformers_mistral_with_that_window():
 
 
 def test_ttt_from_step_zero_trains_and_loads_like_a_converted_model(run_config, tmp_path):
-    overrides = ["--ttt.layers", "[0]", "--ttt.chunk_size", "16", "--ttt.ttt_lr", "1.0", "--model.sliding_window", "8",
-                 "--train.ttt_learning_rate", "3e-3", "--train.max_steps", "8"]
+    overrides = [
+        "--ttt.layers",
+        "[0]",
+        "--ttt.chunk_size",
+        "16",
+        "--ttt.ttt_lr",
+        "1.0",
+        "--model.sliding_window",
+        "8",
+        "--train.ttt_params_learning_rate",
+        "3e-3",
+        "--train.max_steps",
+        "8",
+    ]
     assert main(["pretrain", str(run_config), *overrides]) == 0
     final = tmp_path / "run" / "final"
     model = inplace_ttt.from_pretrained(final)
-    (idx, layer), = inplace_ttt.ttt_layers(model)
+    ((idx, layer),) = inplace_ttt.ttt_layers(model)
     assert idx == 0 and layer.chunk_size == 16 and model.config.sliding_window == 8
     assert layer.ttt.conv_weight.abs().sum() > 0  # trained from zero
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

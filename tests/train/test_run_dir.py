@@ -143,7 +143,9 @@ def test_a_finished_run_resumed_does_nothing_and_says_so(family_run, capsys):
     before = folder_state(run)
     assert main(["train", str(config), "--resume", "--train.max_steps", "1"]) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
-    assert out == f"ittt train: {run} is a finished run ({run / 'final'} is written): nothing to resume. To train it further, start a new run from its final model"
+    assert (
+        out == f"ittt train: {run} is a finished run ({run / 'final'} is written): nothing to resume. To train it further, start a new run from its final model"
+    )
     assert folder_state(run) == before  # final/ untouched, no step trained
 
 

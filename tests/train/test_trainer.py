@@ -75,8 +75,15 @@ def test_full_run_logs_telemetry_and_saves_every_weight(workspace, capsys):
     run = workspace["run"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = rows[1]
-    for key in ("loss", "grad_norm", "ttt/layer0/grad_conv", "ttt/layer0/grad_target", "ttt/layer2/grad_down",
-                "ttt/layer0/fast_ratio", "ttt/layer2/clipped_share"):
+    for key in (
+        "loss",
+        "grad_norm",
+        "ttt/layer0/grad_conv",
+        "ttt/layer0/grad_target",
+        "ttt/layer2/grad_down",
+        "ttt/layer0/fast_ratio",
+        "ttt/layer2/clipped_share",
+    ):
         assert key in logged, key
     assert logged["ttt/layer0/grad_conv"] > 0 and logged["ttt/layer0/fast_ratio"] > 0
     assert list(run.rglob("events.out.tfevents*"))  # TensorBoard
@@ -106,9 +113,7 @@ def test_lora_checkpoints_hold_the_ttt_weights_and_resume_restores_them(workspac
     assert main(["train", str(workspace["config"])]) == 0
     ckpt = workspace["run"] / "checkpoint-2"
     saved = load_file(ckpt / TTT_WEIGHTS)
-    assert sorted(saved) == sorted(
-        f"base_model.model.model.layers.{i}.mlp.ttt.{w}" for i in (0, 2) for w in ("conv_weight", "target_weight")
-    )
+    assert sorted(saved) == sorted(f"base_model.model.model.layers.{i}.mlp.ttt.{w}" for i in (0, 2) for w in ("conv_weight", "target_weight"))
     assert all(t.abs().sum() > 0 for n, t in saved.items() if "conv" in n)
     final = inplace_ttt.from_pretrained(workspace["run"] / "final")  # LoRA merged, TTT weights in
     assert all(layer.ttt.conv_weight.abs().sum() > 0 for _, layer in inplace_ttt.ttt_layers(final))
@@ -202,7 +207,9 @@ def test_a_truncated_model_is_named(workspace, capsys):
     weights.write_bytes(weights.read_bytes()[:1000])
     assert main(["train", str(workspace["config"])]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert re.fullmatch(r"ittt train: error: model: .*base/model.safetensors is not a readable safetensors file \(.*\): it is empty, cut short or corrupt", last), last
+    assert re.fullmatch(
+        r"ittt train: error: model: .*base/model.safetensors is not a readable safetensors file \(.*\): it is empty, cut short or corrupt", last
+    ), last
     assert not workspace["run"].exists()
 
 
@@ -264,8 +271,17 @@ def test_a_non_gated_model_is_refused(workspace, capsys):
 
 def test_accumulation_checkpointing_and_bf16_autocast(workspace):
     """The engine's features compose with TTT: activation checkpointing, accumulation, bf16 autocast."""
-    edit(workspace["config"], train={"max_steps": 2, "save_steps": 100, "gradient_accumulation_steps": 2,
-                                     "gradient_checkpointing": True, "bf16": "true", "per_device_train_batch_size": 1})
+    edit(
+        workspace["config"],
+        train={
+            "max_steps": 2,
+            "save_steps": 100,
+            "gradient_accumulation_steps": 2,
+            "gradient_checkpointing": True,
+            "bf16": "true",
+            "per_device_train_batch_size": 1,
+        },
+    )
     assert main(["train", str(workspace["config"])]) == 0
     rows = [json.loads(line) for line in (workspace["run"] / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "loss" in r]
@@ -312,7 +328,7 @@ def test_clip_groups_clips_the_ttt_parameters_on_their_own():
 
 
 def test_ttt_gradient_clipping_of_its_own_and_what_clipping_did_are_logged(workspace):
-    edit(workspace["config"], train={"max_steps": 2, "save_steps": 100, "ttt_max_grad_norm": 0.05, "max_grad_norm": 1.0})
+    edit(workspace["config"], train={"max_steps": 2, "save_steps": 100, "ttt_params_max_grad_norm": 0.05, "max_grad_norm": 1.0})
     assert main(["train", str(workspace["config"])]) == 0
     logged = [json.loads(line) for line in (workspace["run"] / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     for row in logged:

@@ -8,8 +8,8 @@ for a model, and the functions here work the same for both families.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Iterator
 
 import torch.nn as nn
 
@@ -84,5 +84,17 @@ def clip_tau(model: nn.Module, value: float | None):
         set_clip_tau(model, previous)
 
 
-__all__ = ["adapter_of", "convert", "from_pretrained", "export_release", "set_clip_tau", "clip_tau", "set_context_parallel", "ttt_layers", "probe",
-           "decoder_layers", "is_converted", "ttt_positions"]
+__all__ = [
+    "adapter_of",
+    "convert",
+    "from_pretrained",
+    "export_release",
+    "set_clip_tau",
+    "clip_tau",
+    "set_context_parallel",
+    "ttt_layers",
+    "probe",
+    "decoder_layers",
+    "is_converted",
+    "ttt_positions",
+]

@@ -23,9 +23,9 @@ import json
 import os
 import types
 import weakref
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -66,9 +66,7 @@ def decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
         layers = getattr(module, "layers", None)
         if isinstance(layers, nn.ModuleList) and len(layers) and all(hasattr(layer, "mlp") for layer in layers):
             return module, layers
-    raise ValueError(
-        f"{type(model).__name__} is not a decoder this adapter can read: no `layers` ModuleList whose layers have an `.mlp`"
-    )
+    raise ValueError(f"{type(model).__name__} is not a decoder this adapter can read: no `layers` ModuleList whose layers have an `.mlp`")
 
 
 def ttt_layers(model: nn.Module) -> Iterator[tuple[int, InPlaceTTTMLP]]:
@@ -230,10 +228,7 @@ def _check_context_parallel(cache, position_ids) -> None:
     if cache is not None:
         raise ValueError("a context-parallel forward (sequences split across ranks) does not stream: pass no cache (use_cache=False)")
     if position_ids is None:
-        raise ValueError(
-            "with context parallelism pass position_ids: the global positions of this rank's tokens "
-            "(rotary attention needs them too)"
-        )
+        raise ValueError("with context parallelism pass position_ids: the global positions of this rank's tokens (rotary attention needs them too)")
 
 
 def ttt_positions(batch: int, length: int, attention_mask, position_ids, past: int, device) -> Tensor:
@@ -465,8 +460,12 @@ def _causality_gap(model: nn.Module, batch: dict) -> float:
 
 
 PROBE = ModelProbe(
-    positions=_positions, logits=_logits, loss=_loss, causality_gap=_causality_gap,
-    original_mlp=lambda base, idx: decoder_layers(base)[1][idx].mlp, settings=lambda model: model.config.inplace_ttt,
+    positions=_positions,
+    logits=_logits,
+    loss=_loss,
+    causality_gap=_causality_gap,
+    original_mlp=lambda base, idx: decoder_layers(base)[1][idx].mlp,
+    settings=lambda model: model.config.inplace_ttt,
 )
 
 

@@ -19,9 +19,10 @@ input embeddings (the temporal transformer's input), kept by a forward pre-hook.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,11 +32,11 @@ from moshi.modules.streaming import State, StreamingModule
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from ..cache import FixedStepState
 from ..config import TTTConfig
 from ..files import check_safetensors
 from ..layer import GatedMLPSpec, InPlaceTTTMLP, is_ttt_param
 from ..ops import state_dtype
+from ..ops.state import FixedStepState
 from . import MOSHI_TTT_WEIGHTS as TTT_WEIGHTS
 from .moshi_rope import YarnRotaryEmbedding, check_rope_scaling, yarn_parameters
 from .probe import ModelProbe
@@ -295,7 +296,9 @@ def require_safetensors(path: str | Path) -> None:
     """Refuse weights that are not a whole safetensors file: moshi's loaders `torch.load` (unpickle)
     any other suffix, and a file cut short would fail deep inside them."""
     if Path(path).suffix not in SAFETENSORS:
-        raise ValueError(f"{path} is not a safetensors file ({', '.join(SAFETENSORS)}); only safetensors weights are read (other formats are pickles, never loaded)")
+        raise ValueError(
+            f"{path} is not a safetensors file ({', '.join(SAFETENSORS)}); only safetensors weights are read (other formats are pickles, never loaded)"
+        )
     check_safetensors(path)
 
 
@@ -362,7 +365,6 @@ def load_moshi(
     return lm
 
 
-
 # the doctor's view of a Moshi model -------------------------------------------------------------
 
 
@@ -399,6 +401,10 @@ def _causality_gap(lm: nn.Module, batch: dict) -> float:
 
 
 PROBE = ModelProbe(
-    positions=_positions, logits=_logits, loss=lambda lm, batch: training_loss(lm, batch["codes"])["loss"], causality_gap=_causality_gap,
-    original_mlp=lambda base, idx: base.transformer.layers[idx].gating, settings=lambda lm: getattr(lm, SETTINGS_KEY),
+    positions=_positions,
+    logits=_logits,
+    loss=lambda lm, batch: training_loss(lm, batch["codes"])["loss"],
+    causality_gap=_causality_gap,
+    original_mlp=lambda base, idx: base.transformer.layers[idx].gating,
+    settings=lambda lm: getattr(lm, SETTINGS_KEY),
 )

@@ -22,7 +22,9 @@ def check_rope_scaling(rope_scaling: dict) -> dict:
     """Validate a transformers-style YaRN dict (``{"rope_type": "yarn", "factor": 4.0,
     "original_max_position_embeddings": 3000, ...}``); returns a copy."""
     if not isinstance(rope_scaling, dict):
-        raise ValueError(f"rope_scaling must be a dict like {{'rope_type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': 3000}}; got {rope_scaling!r}")
+        raise ValueError(
+            f"rope_scaling must be a dict like {{'rope_type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': 3000}}; got {rope_scaling!r}"
+        )
     unknown = sorted(set(rope_scaling) - set(YARN_KEYS))
     if unknown:
         raise ValueError(f"unknown rope_scaling keys {unknown}; valid keys: {list(YARN_KEYS)}")
@@ -33,7 +35,9 @@ def check_rope_scaling(rope_scaling: dict) -> dict:
         raise ValueError(f"rope_scaling.factor must be a number >= 1; got {factor!r}")
     original = rope_scaling.get("original_max_position_embeddings")
     if not isinstance(original, int) or isinstance(original, bool) or original < 1:
-        raise ValueError(f"rope_scaling.original_max_position_embeddings must be an integer >= 1 (the pretraining context, e.g. 3000 steps for Moshi 7B); got {original!r}")
+        raise ValueError(
+            f"rope_scaling.original_max_position_embeddings must be an integer >= 1 (the pretraining context, e.g. 3000 steps for Moshi 7B); got {original!r}"
+        )
     return {"rope_type": "yarn", **rope_scaling}
 
 

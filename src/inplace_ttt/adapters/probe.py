@@ -7,8 +7,8 @@ where the original model keeps each MLP. Each adapter describes its family with 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch.nn as nn
 from torch import Tensor

@@ -8,8 +8,9 @@ same for both. The settings are the model's own record of its `TTTConfig` (what 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch.nn as nn
 

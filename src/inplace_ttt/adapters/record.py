@@ -9,7 +9,7 @@ from a trained model, and to know which pretrained weights each run was allowed 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 TRAINING_KEY = "training"
 

@@ -73,8 +73,12 @@ def read_release(path: str | os.PathLike, data: dict):
     layers = _in_range(settings["ttt_layers"], base.num_hidden_layers, where)
     tensors = _read_tensors(path, files, layers, settings["ttt_proj"], base.hidden_size)
     config = TTTConfig(
-        layers=layers, chunk_size=settings["ttt_chunk"], ttt_lr=float(settings["ttt_lr"]),
-        target=TARGETS[settings["ttt_target"]], conv_kernel=KERNEL, target_projection=settings["ttt_proj"],
+        layers=layers,
+        chunk_size=settings["ttt_chunk"],
+        ttt_lr=float(settings["ttt_lr"]),
+        target=TARGETS[settings["ttt_target"]],
+        conv_kernel=KERNEL,
+        target_projection=settings["ttt_proj"],
     )
     return config, base, tensors
 
@@ -124,7 +128,9 @@ def _in_range(layers: list[int], n: int, where: str) -> list[int]:
     if not kept:
         raise ValueError(f"{where}: ttt_layers {layers} names no layer of this {n}-layer model (0..{n - 1})")
     if past:
-        warnings.warn(f"{where}: ttt_layers lists {past}, past this {n}-layer model's last layer {n - 1}; their model skips it, and so does this one")
+        warnings.warn(
+            f"{where}: ttt_layers lists {past}, past this {n}-layer model's last layer {n - 1}; their model skips it, and so does this one", stacklevel=2
+        )
     return kept
 
 
@@ -155,7 +161,9 @@ def _read_tensors(path: Path, files: list[Path], layers: list[int], proj: bool, 
         raise ValueError(f"{path}: the weights hold {[found[k][1] for k in extra]}, but config.json's {what}")
     missing = sorted(wanted.keys() - found.keys())
     if missing:
-        raise ValueError(f"{path}: config.json (ttt_layers {layers}, ttt_proj {str(proj).lower()}) needs {[_name(*k) for k in missing]}, which no weight file holds")
+        raise ValueError(
+            f"{path}: config.json (ttt_layers {layers}, ttt_proj {str(proj).lower()}) needs {[_name(*k) for k in missing]}, which no weight file holds"
+        )
     tensors = {}
     for (i, kind), shape in sorted(wanted.items()):
         file, key = found[i, kind]
@@ -196,7 +204,9 @@ def export_release(model: nn.Module, save_directory: str | os.PathLike, *, token
     if family not in FAMILIES:
         raise ValueError(f"export_release: model_type {family!r}: the release's model files cover only {sorted(FAMILIES)}")
     if family == "llama" and getattr(model.config, "mlp_bias", False):
-        raise ValueError("export_release: mlp_bias is true: the release's TTT layers drop the down projection's bias, so their model would compute something else")
+        raise ValueError(
+            "export_release: mlp_bias is true: the release's TTT layers drop the down projection's bias, so their model would compute something else"
+        )
     first = next(iter(layers.values()))
     if first.ttt.conv_weight is not None and first.ttt.kernel != KERNEL:
         raise ValueError(f"export_release: conv_kernel is {first.ttt.kernel}; the release's convolution has width {KERNEL}")
@@ -262,6 +272,12 @@ def _release_config(data: dict, layer: InPlaceTTTMLP, indices: list[int]) -> dic
         data["torch_dtype"] = data["dtype"]
     target = {ours: theirs for theirs, ours in TARGETS.items()}[layer.target]
     return {
-        **data, "architectures": [FAMILIES[family]], "ttt_mode": True, "ttt_layers": indices, "ttt_chunk": layer.chunk_size,
-        "ttt_lr": layer.ttt_lr, "ttt_proj": layer.ttt.target_weight is not None, "ttt_target": target,
+        **data,
+        "architectures": [FAMILIES[family]],
+        "ttt_mode": True,
+        "ttt_layers": indices,
+        "ttt_chunk": layer.chunk_size,
+        "ttt_lr": layer.ttt_lr,
+        "ttt_proj": layer.ttt.target_weight is not None,
+        "ttt_target": target,
     }

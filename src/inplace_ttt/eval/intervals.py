@@ -8,7 +8,7 @@ units give no interval (None).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,8 +25,14 @@ def _bootstrap(data: tuple[np.ndarray, ...], statistic, seed: int) -> list[float
         value = float(statistic(*data, axis=-1))
         return [value, value]
     result = bootstrap(
-        data, statistic, paired=True, vectorized=True, n_resamples=RESAMPLES, confidence_level=LEVEL,
-        method="percentile", rng=np.random.default_rng(seed),
+        data,
+        statistic,
+        paired=True,
+        vectorized=True,
+        n_resamples=RESAMPLES,
+        confidence_level=LEVEL,
+        method="percentile",
+        rng=np.random.default_rng(seed),
     )
     return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 

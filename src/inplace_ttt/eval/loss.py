@@ -83,7 +83,10 @@ def sliding_window(model, docs: list[Tensor], contexts: list[int], block: int, p
             per_document[d] = value
         mean = sum(losses) / len(losses)
         rows[c] = {
-            "loss": mean, "interval": mean_interval(losses, seed), "ppl": math.exp(mean), "documents": len(losses),
+            "loss": mean,
+            "interval": mean_interval(losses, seed),
+            "ppl": math.exp(mean),
+            "documents": len(losses),
             "per_document": per_document,
         }
     return {"block": block, "contexts": rows}

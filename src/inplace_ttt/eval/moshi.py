@@ -50,7 +50,7 @@ class ModelSpec:
     yarn: float | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
+    def parse(cls, text: str) -> ModelSpec:
         head, *options = text.split(",")
         name, sep, path = head.partition("=")
         if not sep or not name or not path:
@@ -92,8 +92,15 @@ class ModelSpec:
             context = (lm_kwargs or moshi_7b)["context"]
             rope_scaling = {"rope_type": "yarn", "factor": self.yarn, "original_max_position_embeddings": context}
         try:
-            return load_lm(self.weights, lm_kwargs, ttt=self.ttt, clip_tau=... if self.clip_tau is None else self.clip_tau,
-                           rope_scaling=rope_scaling, device=device, dtype=dtype)
+            return load_lm(
+                self.weights,
+                lm_kwargs,
+                ttt=self.ttt,
+                clip_tau=... if self.clip_tau is None else self.clip_tau,
+                rope_scaling=rope_scaling,
+                device=device,
+                dtype=dtype,
+            )
         except ValueError as e:
             raise ValueError(f"--model {self.name}: {e}") from None
 
@@ -235,9 +242,14 @@ def evaluate_moshi(settings: MoshiEvalSettings, progress: bool = True) -> Path:
                 per_file[str(f)] = bucket_sums(conversation_nll(lm, codes, settings.piece), bucket_steps, n_buckets)
                 bar.update(1)
             results["models"][spec.name] = {
-                "weights": str(spec.weights), "ttt": None if spec.ttt is None else str(spec.ttt), "clip_tau": spec.clip_tau, "yarn": spec.yarn,
-                "ttt_layers": getattr(lm, "inplace_ttt", {}).get("layers", []), "context_steps": lm.transformer.layers[0].self_attn.context,
-                "buckets": _pooled(per_file, n_buckets), "conversations": per_file,
+                "weights": str(spec.weights),
+                "ttt": None if spec.ttt is None else str(spec.ttt),
+                "clip_tau": spec.clip_tau,
+                "yarn": spec.yarn,
+                "ttt_layers": getattr(lm, "inplace_ttt", {}).get("layers", []),
+                "context_steps": lm.transformer.layers[0].self_attn.context,
+                "buckets": _pooled(per_file, n_buckets),
+                "conversations": per_file,
             }
             del lm
     write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
@@ -249,11 +261,11 @@ def _pooled(per_file: dict, n_buckets: int) -> dict[str, dict[str, list]]:
     95% bootstrap interval of that mean resampling conversations (`eval.intervals`; None below two)."""
     pooled = {}
     for metric in METRICS:
-        per_conversation = [([c[metric]["sum"][i] for c in per_file.values()], [c[metric]["count"][i] for c in per_file.values()])
-                            for i in range(n_buckets)]
+        per_conversation = [([c[metric]["sum"][i] for c in per_file.values()], [c[metric]["count"][i] for c in per_file.values()]) for i in range(n_buckets)]
         sums, counts = [sum(s) for s, _ in per_conversation], [sum(n) for _, n in per_conversation]
         pooled[metric] = {
-            "loss": [s / n if n else None for s, n in zip(sums, counts)], "count": counts,
+            "loss": [s / n if n else None for s, n in zip(sums, counts)],
+            "count": counts,
             "interval": [ratio_interval(s, n) for s, n in per_conversation],
         }
     return pooled
@@ -274,10 +286,18 @@ def write_moshi_report(results: dict, out: Path) -> Path:
     labels = _bucket_labels(n, s["bucket_minutes"])
     first = next(iter(models.values()))
     lines = [
-        "# Moshi long-conversation evaluation", "",
-        "Models: " + ", ".join(f"`{name}` ({m['weights']}" + (f", TTT layers {m['ttt_layers']}" if m["ttt"] else ", no TTT")
-                               + (f", clip_tau {m['clip_tau']}" if m["clip_tau"] is not None else "") + (f", YaRN x{m['yarn']:g}" if m["yarn"] else "") + ")"
-                               for name, m in models.items()) + ".",
+        "# Moshi long-conversation evaluation",
+        "",
+        "Models: "
+        + ", ".join(
+            f"`{name}` ({m['weights']}"
+            + (f", TTT layers {m['ttt_layers']}" if m["ttt"] else ", no TTT")
+            + (f", clip_tau {m['clip_tau']}" if m["clip_tau"] is not None else "")
+            + (f", YaRN x{m['yarn']:g}" if m["yarn"] else "")
+            + ")"
+            for name, m in models.items()
+        )
+        + ".",
         f"{len(first['conversations'])} conversations; time buckets of {s['bucket_minutes']:g} min; pieces of {s['piece']} steps; "
         f"attention context {first['context_steps']} steps ({first['context_steps'] / FRAME_RATE / 60:.2f} min); device {results['device']}, dtype {results['dtype']}.",
         "",

@@ -39,14 +39,19 @@ def write_report(results: dict, out: Path, preamble: list[str] = ()) -> Path:
     tasks = sorted({t for m in models.values() for t in m["ruler"]})
     if tasks:
         lengths = [str(n) for n in s["lengths"]]
-        lines += ["## RULER-style tasks (accuracy %, 95% interval over samples)", "", "| task | model | " + " | ".join(_human(int(n)) for n in lengths) + " | mean |"]
+        lines += [
+            "## RULER-style tasks (accuracy %, 95% interval over samples)",
+            "",
+            "| task | model | " + " | ".join(_human(int(n)) for n in lengths) + " | mean |",
+        ]
         lines += ["|---|---|" + "---|" * (len(lengths) + 1)]
         for task in tasks:
             for name in names:
                 cells = [models[name]["ruler"].get(task, {}).get(n, {}) for n in lengths]
                 got = [c["accuracy"] for c in cells if c]
                 lines.append(
-                    f"| {task} | {name} | " + " | ".join(_with_interval(c.get("accuracy"), c.get("interval"), 1) for c in cells)
+                    f"| {task} | {name} | "
+                    + " | ".join(_with_interval(c.get("accuracy"), c.get("interval"), 1) for c in cells)
                     + f" | {_fmt(sum(got) / len(got) if got else None, 1)} |"
                 )
         lines.append("")
@@ -74,8 +79,10 @@ def write_report(results: dict, out: Path, preamble: list[str] = ()) -> Path:
         edges = first["edges"]
         buckets = [f"{_human(a)}-{_human(b)}" for a, b in zip(edges[:-1], edges[1:])]
         lines += [
-            "## Loss by position (mean token loss, nats; 95% interval over documents)", "",
-            "| model | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets),
+            "## Loss by position (mean token loss, nats; 95% interval over documents)",
+            "",
+            "| model | " + " | ".join(buckets) + " |",
+            "|---|" + "---|" * len(buckets),
         ]
         for name in names:
             lp = models[name]["loss_by_position"]
@@ -165,9 +172,7 @@ def _plot_loss(models, path: Path) -> Path:
     for name, m in models.items():
         lp = m["loss_by_position"]
         series[name] = ([max(1, (a + b) / 2) for a, b in zip(lp["edges"][:-1], lp["edges"][1:])], lp["loss"], lp["interval"])
-    return _log2_chart(
-        series, path, "Loss by position", "token position in document (bucket middle, log scale)", "mean token loss (nats, 95% interval)"
-    )
+    return _log2_chart(series, path, "Loss by position", "token position in document (bucket middle, log scale)", "mean token loss (nats, 95% interval)")
 
 
 def _plot_sliding(models, path: Path) -> Path:
@@ -179,8 +184,11 @@ def _plot_sliding(models, path: Path) -> Path:
         series[name] = ([max(c, 1) for c in cs], [r["loss"] for r in cells], [r.get("interval") for r in cells])
     block = next(iter(models.values()))["sliding_window"]["block"]
     return _log2_chart(
-        series, path, f"Loss of the final {block} tokens as the context grows",
-        "context before the final block (tokens, log scale; 0 shown at 1)", "block loss (nats, 95% interval over documents)",
+        series,
+        path,
+        f"Loss of the final {block} tokens as the context grows",
+        "context before the final block (tokens, log scale; 0 shown at 1)",
+        "block loss (nats, 95% interval over documents)",
     )
 
 

@@ -20,8 +20,8 @@ search over the amount of filler; the same seed gives the same prompts. Scoring 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 # our own filler and word lists ------------------------------------------------------------
 
@@ -63,9 +63,7 @@ def score(prediction: str, answers: list[str], metric: str) -> float:
     return sum(found) / len(found) if metric == "all" else float(any(found))
 
 
-def make_samples(
-    task: str, tokenizer, length: int, count: int, seed: int = 0, haystack: str | None = None, chat_template: bool = False
-) -> list[Sample]:
+def make_samples(task: str, tokenizer, length: int, count: int, seed: int = 0, haystack: str | None = None, chat_template: bool = False) -> list[Sample]:
     """`count` samples of `task` whose prompts have `length` tokens (within 1%).
 
     chat_template: the task text is the user's turn of the tokenizer's chat template, and the
@@ -79,7 +77,7 @@ def make_samples(
     out = []
     for index in range(count):
         key = f"{seed}:{task}:{length}:{index}"  # a str seed hashes the same in every process
-        sample = _fit(lambda n: _prompted(build(random.Random(key), filler, n, index), tokenizer, chat_template), tokenizer, length)
+        sample = _fit(lambda n: _prompted(build(random.Random(key), filler, n, index), tokenizer, chat_template), tokenizer, length)  # noqa: B023 (called in this iteration)
         sample.task, sample.length, sample.index = task, length, index
         out.append(sample)
     return out

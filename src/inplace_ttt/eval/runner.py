@@ -95,7 +95,9 @@ def parse_lengths(text: str) -> list[int]:
     return sorted(set(out))
 
 
-def load_model(path: str, dtype: torch.dtype, clip_tau: float | None):
+def model_to_evaluate(path: str, dtype: torch.dtype, clip_tau: float | None):
+    """A model of `--model` through the one loader (`adapters.hf.load_causal_lm`), in eval mode, with
+    `--clip-tau` on its TTT layers."""
     try:
         model = load_causal_lm(path, dtype=dtype)
     except (ValueError, FileNotFoundError) as e:
@@ -135,7 +137,7 @@ def check_positions(paths: list[str], longest: int) -> None:
         if limit is None or longest <= limit:
             continue
         if any(key in data for key in ("rope_theta", "rope_parameters", "rope_scaling")):
-            warnings.warn(f"--lengths up to {longest} is past {path}'s max_position_embeddings {limit}: a RoPE model extrapolates there")
+            warnings.warn(f"--lengths up to {longest} is past {path}'s max_position_embeddings {limit}: a RoPE model extrapolates there", stacklevel=2)
         else:
             raise ValueError(f"--lengths: {longest} tokens is past {path}'s {limit} learned positions: give lengths up to {limit}")
 
@@ -164,7 +166,9 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
             docs = passages(docs, max(settings.lengths) + 1, settings.passages)
     ruler_tasks = [t for t in settings.tasks if t in TASK_NAMES]
     groups = [make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack, settings.chat_template) for t in ruler_tasks for n in settings.lengths]
-    recall = [make_recall(tokenizer, n, settings.samples, settings.seed, settings.recall_pairs) for n in settings.lengths] if RECALL_TASK in settings.tasks else []
+    recall = (
+        [make_recall(tokenizer, n, settings.samples, settings.seed, settings.recall_pairs) for n in settings.lengths] if RECALL_TASK in settings.tasks else []
+    )
     max_len = max(settings.lengths)
     edges = bucket_edges(min(max_len, max((len(d) for d in docs), default=max_len)))
     contexts = settings.contexts if settings.contexts is not None else [0] + [n - settings.block for n in settings.lengths if n > settings.block]
@@ -178,7 +182,7 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
     with tqdm(total=len(settings.models) * per_model, desc="eval", unit="item") as bar:
         for name, path in zip(names, settings.models):
             started = time.perf_counter()
-            model = load_model(path, dtype, settings.clip_tau).to(device)
+            model = model_to_evaluate(path, dtype, settings.clip_tau).to(device)
             entry = {"path": path, "ttt": hasattr(model.config, CONFIG_KEY), "ruler": {}}
             for group in groups:
                 first = group[0]

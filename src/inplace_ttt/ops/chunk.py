@@ -95,8 +95,9 @@ class _Scan:
         self.live = [a or u for a, u in zip(self.live, upd)]
 
 
-def chunk_fwd(z: Tensor, v: Tensor, w0: Tensor | None, initial_state: Tensor | None, lr: float, clip_tau: float | None,
-              layout: SlotLayout) -> tuple[Tensor, Tensor, Tensor | None]:
+def chunk_fwd(
+    z: Tensor, v: Tensor, w0: Tensor | None, initial_state: Tensor | None, lr: float, clip_tau: float | None, layout: SlotLayout
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """The forward scan: ``(out, final state, clip factors [n_slots, B] or None)``."""
     scan = _Scan(z, v, w0, initial_state, lr, layout)
     B = z.shape[0]
@@ -120,8 +121,19 @@ def chunk_fwd(z: Tensor, v: Tensor, w0: Tensor | None, initial_state: Tensor | N
     return out, scan.S, clip
 
 
-def chunk_bwd(z: Tensor, v: Tensor, w0: Tensor | None, initial_state: Tensor | None, clip: Tensor | None, lr: float,
-              layout: SlotLayout, g_out: Tensor | None, g_final: Tensor | None, need_w0: bool, need_init: bool):
+def chunk_bwd(
+    z: Tensor,
+    v: Tensor,
+    w0: Tensor | None,
+    initial_state: Tensor | None,
+    clip: Tensor | None,
+    lr: float,
+    layout: SlotLayout,
+    g_out: Tensor | None,
+    g_final: Tensor | None,
+    need_w0: bool,
+    need_init: bool,
+):
     """The backward: a forward sweep rebuilding each state, then the reverse scan; returns the
     gradients of ``(z, v, w0, initial_state)`` (None where not needed)."""
     scan = _Scan(z, v, w0, initial_state, lr, layout)

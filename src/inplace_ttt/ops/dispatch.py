@@ -62,10 +62,26 @@ def inplace_ttt(
     """
     if group is not None:
         return context_parallel_ttt(
-            z, v, w0, lr, chunk_size, group=group, position_ids=position_ids, clip_tau=clip_tau, stats=stats,
+            z,
+            v,
+            w0,
+            lr,
+            chunk_size,
+            group=group,
+            position_ids=position_ids,
+            clip_tau=clip_tau,
+            stats=stats,
             single_process_only=initial_state is not None or output_final_state,
         )
     return chunk_inplace_ttt(
-        z, v, w0, lr, chunk_size, position_ids=position_ids, clip_tau=clip_tau, initial_state=initial_state,
-        output_final_state=output_final_state, stats=stats,
+        z,
+        v,
+        w0,
+        lr,
+        chunk_size,
+        position_ids=position_ids,
+        clip_tau=clip_tau,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        stats=stats,
     )

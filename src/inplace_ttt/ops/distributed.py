@@ -138,15 +138,12 @@ def _row_summary(seg, halo: int) -> Tensor:
     cols = torch.arange(T, device=seg.valid.device)
     has = seg.valid.any(1)
     first_col = torch.where(has, seg.valid.long().argmax(1), -1)
-    last_col = torch.where(seg.valid, cols, -1).max(1).values  # T >= 1: `sequence_shard` refuses empty slices
-
-    def pick(c: Tensor) -> Tensor:
-        return torch.where(has, seg.positions.gather(1, c.clamp(min=0)[:, None])[:, 0], -1)
-
+    first_pos = torch.where(has, seg.positions.gather(1, first_col.clamp(min=0)[:, None])[:, 0], -1)
+    last_col, last_pos = seg.last_token()
     inner_start = (seg.doc_start & (cols[None] != first_col[:, None])).any(1)
     n_seg = seg.seg_start.sum(1)
     edges = torch.cat([seg.positions[:, :halo], seg.positions[:, T - halo :]], 1) if halo else seg.positions[:, :0]
-    return torch.cat([torch.stack([pick(first_col), pick(last_col), first_col, last_col, inner_start.long(), n_seg], 1), edges], 1)
+    return torch.cat([torch.stack([first_pos, last_pos, first_col, last_col, inner_start.long(), n_seg], 1), edges], 1)
 
 
 def _derive(group, rank, world, seg, rows, lengths, C, halo) -> SequenceShard:
@@ -173,9 +170,7 @@ def _derive(group, rank, world, seg, rows, lengths, C, halo) -> SequenceShard:
     done = has & ((n_seg > 1) | ((last + 1) % C == 0))
     before = rows[rank - 1, :, 6 + halo :] if rank > 0 else torch.full_like(rows[0, :, :halo], -1)
     after = rows[rank + 1, :, 6 : 6 + halo] if rank + 1 < world else torch.full_like(rows[0, :, :halo], -1)
-    return SequenceShard(
-        group, rank, world, C, seg, starts | (inner > 0), done, cont, bool(torch.stack(straddle).any()), (before, after)
-    )
+    return SequenceShard(group, rank, world, C, seg, starts | (inner > 0), done, cont, bool(torch.stack(straddle).any()), (before, after))
 
 
 def context_parallel_ttt(
@@ -211,17 +206,23 @@ def context_parallel_ttt(
         B, T, h = z.shape if z.dim() == 3 else (-1, -1, -1)
         d = v.shape[-1] if v.dim() == 3 else -1
         shard = sequence_shard(
-            group, position_ids, B, T, chunk_size, widths=(d, h), dtype=z.dtype, device=z.device,
-            settings=(lr, clip_tau, w0 is not None), error=error,
+            group,
+            position_ids,
+            B,
+            T,
+            chunk_size,
+            widths=(d, h),
+            dtype=z.dtype,
+            device=z.device,
+            settings=(lr, clip_tau, w0 is not None),
+            error=error,
         )
     out, final = chunk_inplace_ttt(z, v, w0, lr, chunk_size, position_ids=shard.positions, clip_tau=clip_tau, output_final_state=True, stats=stats)
     pieces = [final]
     seg = shard.segments
     if shard.straddle:  # the partial updates of the first and the unfinished last chunk
         last = seg.seg_start.sum(1, keepdim=True) - 1
-        cols = torch.arange(z.shape[1], device=z.device)
-        last_pos = seg.positions.gather(1, torch.where(seg.valid, cols, -1).max(1, keepdim=True).values.clamp(min=0))
-        open_tail = (last_pos + 1) % chunk_size != 0
+        open_tail = seg.ends_mid_chunk()[:, None]
         with torch.autocast(z.device.type, enabled=False):
             pieces += [_partial(v, z, seg.valid & (seg.seg_index == 0)), _partial(v, z, seg.valid & (seg.seg_index == last) & open_tail)]
     first_doc = seg.valid & (torch.cumsum(seg.doc_start & (seg.seg_index > 0), 1) == 0) & shard.cont[shard.rank][:, None]

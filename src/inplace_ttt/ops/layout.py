@@ -24,7 +24,6 @@ class SlotLayout:
 
     def __init__(self, seg: Segments, has_positions: bool, final_state: bool = True):
         B, T = seg.shape
-        C = seg.chunk_size
         device = seg.positions.device
         self.batch, self.length = B, T
         self.clip: Tensor | None = None  # clip factors [n, B] once a forward pass ran
@@ -40,9 +39,8 @@ class SlotLayout:
         exists = slot[None, :] < counts[:, None]
         followed = exists[:, 1:] & ~starts_doc[:, 1:]
         # the row's last slot feeds only the final state: folded in if wanted and its chunk is complete
-        last_col = torch.where(seg.valid, torch.arange(T, device=device), -1).max(1).values
-        last_pos = seg.positions.gather(1, last_col.clamp(min=0)[:, None])[:, 0]
-        complete = (last_col >= 0) & ((last_pos + 1) % C == 0) & final_state
+        last_col, _ = seg.last_token()
+        complete = (last_col >= 0) & ~seg.ends_mid_chunk() & final_state
         is_last = slot[None, :n] == (counts - 1)[:, None]
         update = followed | (is_last & complete[:, None])
         keep = ~(starts_doc[:, :n] & exists[:, :n])

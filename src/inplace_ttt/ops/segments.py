@@ -35,6 +35,21 @@ class Segments:
     def shape(self) -> tuple[int, int]:
         return tuple(self.positions.shape)  # type: ignore[return-value]
 
+    def last_token(self) -> tuple[Tensor, Tensor]:
+        """Each row's last token: its column and position (`[B]` each; -1 and -1 for a row of padding)."""
+        B, T = self.shape
+        if T == 0:
+            none = torch.full((B,), -1, dtype=torch.long, device=self.positions.device)
+            return none, none
+        col = torch.where(self.valid, torch.arange(T, device=self.positions.device), -1).max(1).values
+        return col, torch.where(col >= 0, self.positions.gather(1, col.clamp(min=0)[:, None])[:, 0], -1)
+
+    def ends_mid_chunk(self) -> Tensor:
+        """`[B]` bool: the row's last token leaves its chunk unfinished (its update cannot be formed
+        yet: the next tokens, another rank's or the stream's, complete it). False for a row of padding."""
+        col, pos = self.last_token()
+        return (col >= 0) & ((pos + 1) % self.chunk_size != 0)
+
 
 def find_segments(position_ids: Tensor | None, batch: int, length: int, chunk_size: int, device: torch.device) -> Segments:
     """Segments of a batch; raises if padding sits inside a chunk of a document."""

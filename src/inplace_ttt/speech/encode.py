@@ -33,7 +33,7 @@ from ..files import atomic_path
 from ..train.moshi import CODES_KEY
 from .audio import AudioInfo, audio_info, fixed_blocks, read_resampled
 from .kv_cache import widen_kv_caches
-from .loading import Streams, load_mimi, load_tokenizer, lm_streams
+from .loading import Streams, lm_streams, load_mimi, load_tokenizer
 from .transcript import MAIN_SPEAKER, read_alignments, text_stream, transcript_path
 
 METADATA_KEY = "inplace_ttt_encode"
@@ -115,8 +115,11 @@ class Encoder:
             raise ValueError(f"Mimi weights: {settings.mimi} has {self.mimi.cardinality} codes per codebook; the model reads {self.streams.card}")
         self.tokenizer = load_tokenizer(settings.tokenizer, self.streams.text_card)
         self.fingerprint = {
-            "mimi_sha256": _sha256(settings.mimi), "mimi_config": settings.mimi_config, "tokenizer_sha256": _sha256(settings.tokenizer),
-            "streams": asdict(self.streams), "main_speaker": settings.main_speaker,
+            "mimi_sha256": _sha256(settings.mimi),
+            "mimi_config": settings.mimi_config,
+            "tokenizer_sha256": _sha256(settings.tokenizer),
+            "streams": asdict(self.streams),
+            "main_speaker": settings.main_speaker,
         }
 
     def audio_codes(self, info: AudioInfo) -> torch.Tensor:

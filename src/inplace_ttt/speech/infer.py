@@ -22,10 +22,10 @@ import array
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -144,8 +144,9 @@ def run_inference(settings: InferSettings, progress: bool = True) -> dict:
     if not out.parent.is_dir():
         raise ValueError(f"output: no such folder: {out.parent}")
     device, dtype = resolve_device(settings.device, settings.dtype)
-    lm = load_lm(settings.weights, settings.lm_kwargs, ttt=settings.ttt, clip_tau=... if settings.clip_tau is None else settings.clip_tau,
-                 device=device, dtype=dtype)
+    lm = load_lm(
+        settings.weights, settings.lm_kwargs, ttt=settings.ttt, clip_tau=... if settings.clip_tau is None else settings.clip_tau, device=device, dtype=dtype
+    )
     if lm.fuser is not None:
         raise ValueError(f"{settings.weights}: a conditioned LMModel (condition fuser); moshi-infer plays unconditioned models only")
     streams = Streams.of(lm)
@@ -208,12 +209,23 @@ def run_inference(settings: InferSettings, progress: bool = True) -> dict:
     wall = time.perf_counter() - start
     audio_seconds = samples_in / rate
     report = {
-        "input": str(settings.input), "output": str(out), "transcript": str(out.with_suffix(".txt")),
-        "audio_seconds": audio_seconds, "frames": produced, "steps": steps, "words": transcript.words,
-        "wall_seconds": wall, "real_time_factor": wall / audio_seconds if audio_seconds else None,
-        "step_ms": _ms_summary(step_s), "frame_ms": _ms_summary(frame_s),
-        "ttt_layers": [i for i, _ in ttt_layers(lm)], "updates": updates,
-        "device": str(device), "dtype": str(dtype).removeprefix("torch."), "seed": settings.seed, "greedy": settings.greedy,
+        "input": str(settings.input),
+        "output": str(out),
+        "transcript": str(out.with_suffix(".txt")),
+        "audio_seconds": audio_seconds,
+        "frames": produced,
+        "steps": steps,
+        "words": transcript.words,
+        "wall_seconds": wall,
+        "real_time_factor": wall / audio_seconds if audio_seconds else None,
+        "step_ms": _ms_summary(step_s),
+        "frame_ms": _ms_summary(frame_s),
+        "ttt_layers": [i for i, _ in ttt_layers(lm)],
+        "updates": updates,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "seed": settings.seed,
+        "greedy": settings.greedy,
     }
     write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     return report

@@ -28,7 +28,8 @@ def widen_kv_caches(module: nn.Module, block: int) -> int:
         if m.context is None:
             continue  # attends to everything: moshi sized the ring for its weights-per-step schedule
         _, batch, heads, _, head_dim = old.cache.shape
-        state.kv_cache = RingKVCache(batch, heads, head_dim, m.context + block - 1, respect_exec_mask=old.respect_exec_mask,
-                                     device=old.cache.device, dtype=old.cache.dtype)
+        state.kv_cache = RingKVCache(
+            batch, heads, head_dim, m.context + block - 1, respect_exec_mask=old.respect_exec_mask, device=old.cache.device, dtype=old.cache.dtype
+        )
         widened += 1
     return widened

@@ -62,7 +62,7 @@ class Streams:
     end_of_padding: int  # LMModel.end_of_text_padding_id
 
     @classmethod
-    def of(cls, lm) -> "Streams":
+    def of(cls, lm) -> Streams:
         return cls(lm.text_card, lm.card, lm.dep_q, lm.n_q, lm.text_padding_token_id, lm.end_of_text_padding_id)
 
     @property
@@ -86,8 +86,16 @@ def lm_streams(lm_kwargs: dict | None) -> Streams:
     return Streams.of(lm)
 
 
-def load_lm(weights: str | Path, lm_kwargs: dict | None = None, *, ttt: str | Path | None = None, clip_tau: float | None = ...,
-            rope_scaling: dict | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_lm(
+    weights: str | Path,
+    lm_kwargs: dict | None = None,
+    *,
+    ttt: str | Path | None = None,
+    clip_tau: float | None = ...,
+    rope_scaling: dict | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
     """A Moshi LM for inference: with `ttt` (a ``ttt.safetensors`` from `save_ttt`) the In-Place
     TTT model, without it the plain model, both through moshi's `get_moshi_lm`."""
     from moshi.models.loaders import get_moshi_lm
@@ -101,8 +109,9 @@ def load_lm(weights: str | Path, lm_kwargs: dict | None = None, *, ttt: str | Pa
                 raise ValueError("rope_scaling and clip_tau need an In-Place TTT model: give its ttt.safetensors")
             lm = get_moshi_lm(weights, lm_kwargs=lm_kwargs, device=device, dtype=dtype)
         else:
-            lm = load_moshi(weights, lm_kwargs, ttt_file=safetensors_file(ttt, "TTT weights"), clip_tau=clip_tau,
-                            rope_scaling=rope_scaling, device=device, dtype=dtype)
+            lm = load_moshi(
+                weights, lm_kwargs, ttt_file=safetensors_file(ttt, "TTT weights"), clip_tau=clip_tau, rope_scaling=rope_scaling, device=device, dtype=dtype
+            )
     except RuntimeError as e:
         if "state_dict" not in str(e):  # not load_state_dict's "the weights do not fit" (an out-of-memory, say)
             raise

@@ -70,8 +70,13 @@ def read_alignments(path: Path, duration: float) -> list[Word]:
     words = []
     for i, entry in enumerate(data["alignments"]):
         if not (
-            isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[2], str)
-            and isinstance(entry[1], list) and len(entry[1]) == 2 and all(_is_number(x) for x in entry[1])
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[2], str)
+            and isinstance(entry[1], list)
+            and len(entry[1]) == 2
+            and all(_is_number(x) for x in entry[1])
         ):
             raise ValueError(f"{path}: alignments[{i}] is {json.dumps(entry)[:80]}; expected [word, [start_s, end_s], speaker]")
         word = Word(entry[0], float(entry[1][0]), float(entry[1][1]), entry[2])

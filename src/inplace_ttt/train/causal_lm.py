@@ -41,7 +41,7 @@ def settle(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, ttt=adopt_ttt(config.ttt, saved, base.num_hidden_layers, f"model {config.model}"))
 
 
-def load_model(config: RunConfig, dtype: torch.dtype) -> nn.Module:
+def model_to_train(config: RunConfig, dtype: torch.dtype) -> nn.Module:
     """The model to train: a saved In-Place TTT model as it is, or a base model converted
     (left as it is with ``ttt: null``, the baseline without TTT)."""
     if is_ttt_checkpoint(config.model):
@@ -60,8 +60,10 @@ def load_tokenizer(config: RunConfig):
     """`tokenizer` if given, else the model directory's tokenizer files, else (with `gguf_file`)
     the tokenizer the GGUF file carries."""
     source = config.tokenizer or config.model
-    from_gguf = config.tokenizer is None and config.gguf_file is not None and not any(
-        (Path(config.model) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    from_gguf = (
+        config.tokenizer is None
+        and config.gguf_file is not None
+        and not any((Path(config.model) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
     )
     try:
         return AutoTokenizer.from_pretrained(source, **({"gguf_file": config.gguf_file} if from_gguf else {}))
@@ -81,7 +83,7 @@ def prepare(config: RunConfig) -> RunParts:
     tokenizer = load_tokenizer(config)
     train_rows = build_dataset(config.data, tokenizer, config.data.train)  # data errors first: nothing loaded yet
     eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
-    model = load_model(config, torch.float32)
+    model = model_to_train(config, torch.float32)
     layers = dict(ttt_layers(model))
     if layers:
         require_two_chunks(config.data.row_length, layers)
@@ -93,10 +95,7 @@ def prepare(config: RunConfig) -> RunParts:
     for rows in (train_rows, eval_rows or train_rows):
         top = int(rows.input_ids.max())
         if top >= vocab_rows:
-            raise RunError(
-                f"tokenizer mismatch: the data has token id {top} but the model's embedding has {vocab_rows} rows; "
-                "use the model's own tokenizer"
-            )
+            raise RunError(f"tokenizer mismatch: the data has token id {top} but the model's embedding has {vocab_rows} rows; use the model's own tokenizer")
 
     def save_final(trained: nn.Module, directory: Path) -> None:
         trained.save_pretrained(directory)
@@ -106,9 +105,16 @@ def prepare(config: RunConfig) -> RunParts:
 
     def first_batch_doctor(module: nn.Module, batch: dict, optimizer):
         inputs = {k: batch[k] for k in ("input_ids", "position_ids")}
-        return doctor(unwrap(module), inputs, optimizer=optimizer, training=True, fresh=fresh)
+        return doctor(unwrap(module), inputs, optimizer=optimizer, training=True, fresh=fresh, ttt_params_max_grad_norm=config.train.ttt_params_max_grad_norm)
 
     return RunParts(
-        module=model, layers=layers, train_dataset=train_rows, eval_dataset=eval_rows, collate=collate,
-        save_final=save_final, doctor=first_batch_doctor, processing_class=tokenizer, settings=getattr(model.config, CONFIG_KEY, None),
+        module=model,
+        layers=layers,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        collate=collate,
+        save_final=save_final,
+        doctor=first_batch_doctor,
+        processing_class=tokenizer,
+        settings=getattr(model.config, CONFIG_KEY, None),
     )

@@ -11,8 +11,8 @@ padding token as a sequence of its own, the TTT layers leave it out of every upd
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -64,7 +64,7 @@ class MoshiDataConfig:
 class MoshiTrainConfig(TrainConfig):
     """The engine's settings with Moshi's defaults, plus moshi-finetune's loss weights."""
 
-    ALIASES: ClassVar[dict[str, str]] = {"batch_size": "per_device_train_batch_size"}
+    ALIASES: ClassVar[dict[str, str]] = {**TrainConfig.ALIASES, "batch_size": "per_device_train_batch_size"}
 
     output_dir: str = "runs/moshi-ttt"
     mode: str = "ttt_only"
@@ -87,9 +87,7 @@ class MoshiRunConfig:
     ttt: TTTConfig = field(default_factory=lambda: TTTConfig(target="token_embeddings"))
     data: MoshiDataConfig = field(default_factory=MoshiDataConfig)
     train: MoshiTrainConfig = field(default_factory=MoshiTrainConfig)
-    lora: LoraSettings = field(
-        default_factory=lambda: LoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"])
-    )
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"]))
 
     def __post_init__(self) -> None:
         if self.model_type != "moshi":
@@ -229,14 +227,17 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
     lm_kwargs = read_lm_kwargs(m.lm_kwargs)
     try:
         return load_moshi(
-            m.weights, lm_kwargs, ttt_file=m.ttt_weights, config=None if m.ttt_weights else ttt,
-            rope_scaling=m.rope_scaling, device=device, dtype=getattr(torch, m.dtype),
+            m.weights,
+            lm_kwargs,
+            ttt_file=m.ttt_weights,
+            config=None if m.ttt_weights else ttt,
+            rope_scaling=m.rope_scaling,
+            device=device,
+            dtype=getattr(torch, m.dtype),
         )
     except (RuntimeError, TypeError, SafetensorError) as e:  # load_state_dict's size mismatches, unknown LMModel arguments
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(
-            f"model.weights {m.weights} does not load with model.lm_kwargs {m.lm_kwargs or '(Moshi 7B defaults)'}: {first}"
-        ) from None
+        raise RunError(f"model.weights {m.weights} does not load with model.lm_kwargs {m.lm_kwargs or '(Moshi 7B defaults)'}: {first}") from None
 
 
 def check_model_files(m: MoshiModelConfig) -> None:
@@ -305,7 +306,14 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         unwrap(module).lm.transformer.checkpointing = True  # moshi's own activation checkpointing
 
     def first_batch_doctor(module: nn.Module, batch: dict, optimizer):  # converted here unless it continues a run's TTT weights
-        return doctor(unwrap(module).lm, batch, optimizer=optimizer, training=True, fresh=config.model.ttt_weights is None)
+        return doctor(
+            unwrap(module).lm,
+            batch,
+            optimizer=optimizer,
+            training=True,
+            fresh=config.model.ttt_weights is None,
+            ttt_params_max_grad_norm=t.ttt_params_max_grad_norm,
+        )
 
     return RunParts(
         module=MoshiLoss(lm, t.first_codebook_weight, t.text_padding_weight),

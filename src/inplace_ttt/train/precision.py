@@ -24,11 +24,7 @@ class MasterWeights:
     """The float32 copies of a module's low-precision trainable parameters, by name."""
 
     def __init__(self, module: nn.Module):
-        self.pairs = {
-            name: (p, p.detach().float().clone())
-            for name, p in module.named_parameters()
-            if p.requires_grad and p.dtype != torch.float32
-        }
+        self.pairs = {name: (p, p.detach().float().clone()) for name, p in module.named_parameters() if p.requires_grad and p.dtype != torch.float32}
         self._by_param = {id(p): m for p, m in self.pairs.values()}
 
     def __bool__(self) -> bool:

@@ -26,8 +26,8 @@ from ..documents import read_documents
 from ..files import write_atomic
 from .config import DataConfig, TrainConfig
 from .data import build_dataset, collate
-from .telemetry import MetricsJsonl, TTTTelemetry
 from .run_dir import start_run_dir, write_final
+from .telemetry import MetricsJsonl, TTTTelemetry
 from .trainer import RunError, TTTTrainer, require_two_chunks, training_arguments, use_bf16
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -65,9 +65,7 @@ class ArchitectureConfig:
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"model.sliding_window must be None (full attention) or >= 1 tokens; got {self.sliding_window}")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"model.hidden_size ({self.hidden_size}) must be a multiple of model.num_attention_heads ({self.num_attention_heads})"
-            )
+            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be a multiple of model.num_attention_heads ({self.num_attention_heads})")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"model.num_attention_heads ({self.num_attention_heads}) must be a multiple of model.num_key_value_heads ({self.num_key_value_heads})"
@@ -86,9 +84,7 @@ class PretrainConfig:
         if not self.data.train:
             raise ValueError("data.train: give at least one file or folder of training documents")
         if self.data.row_length > self.model.max_position_embeddings:
-            raise ValueError(
-                f"data.row_length ({self.data.row_length}) exceeds model.max_position_embeddings ({self.model.max_position_embeddings})"
-            )
+            raise ValueError(f"data.row_length ({self.data.row_length}) exceeds model.max_position_embeddings ({self.model.max_position_embeddings})")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -103,9 +99,7 @@ def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    bpe = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
+    bpe = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(docs, bpe)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, clean_up_tokenization_spaces=False)
 
@@ -186,8 +180,8 @@ def pretrain(config: PretrainConfig, resume: bool = False, allow_changes: bool =
         data_collator=collate,
         processing_class=tokenizer,
         callbacks=[MetricsJsonl(out / "metrics.jsonl")],
-        ttt_learning_rate=t.ttt_learning_rate,
-        ttt_max_grad_norm=t.ttt_max_grad_norm,
+        ttt_params_learning_rate=t.ttt_params_learning_rate,
+        ttt_params_max_grad_norm=t.ttt_params_max_grad_norm,
         telemetry=telemetry,
     )
     telemetry.enable()

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
@@ -42,8 +43,15 @@ PARTIAL_FINAL = ".final-partial"
 CONFIG = "config.yaml"
 # keys that may differ on --resume: where and how often the run reports and saves, not what it trains
 BOOKKEEPING = {
-    "train.output_dir", "train.report_to", "train.logging_steps", "train.save_steps", "train.save_total_limit",
-    "train.dataloader_num_workers", "train.doctor", "train.eval_steps", "train.per_device_eval_batch_size",
+    "train.output_dir",
+    "train.report_to",
+    "train.logging_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.dataloader_num_workers",
+    "train.doctor",
+    "train.eval_steps",
+    "train.per_device_eval_batch_size",
 }
 
 _held: dict[str, int] = {}  # folder (resolved) -> file descriptor of the lock this process holds on it
@@ -120,10 +128,7 @@ def resume_point(config, resume: bool, allow_changes: bool = False, new_lock: bo
     if not (out.is_dir() and holds_run(out, new_lock)):
         raise RunError(f"--resume: train.output_dir {out} holds no run to resume; leave out --resume to start one")
     if (out / FINAL).is_dir():
-        raise RunFinished(
-            f"{out} is a finished run ({out / FINAL} is written): nothing to resume. To train it further, start a new run "
-            "from its final model"
-        )
+        raise RunFinished(f"{out} is a finished run ({out / FINAL} is written): nothing to resume. To train it further, start a new run from its final model")
     checkpoint = last_complete_checkpoint(out)
     changes = config_changes(config, out / CONFIG)
     if changes and not allow_changes:

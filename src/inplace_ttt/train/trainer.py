@@ -9,7 +9,7 @@ loads the model and the data and hands the engine a `RunParts`; `train.run` pick
 We add what is specific to In-Place TTT:
 
 - modes (`train.modes`) and a learning rate of their own for the TTT parameters, and optionally
-  a gradient clipping of their own (`train.ttt_max_grad_norm`): at the warm start their
+  a gradient clipping of their own (`train.ttt_params_max_grad_norm`): at the warm start their
   gradients can be hundreds of times the others', and one global clip then scales every other
   update down by as much;
 - float32 master weights for trainable parameters held in bf16 (`train.precision`);
@@ -29,9 +29,10 @@ import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -44,7 +45,15 @@ from .config import TrainConfig
 from .modes import ModeError, apply_mode, is_peft, merged, unwrap
 from .precision import MasterWeights
 from .run_dir import (
-    RunError, mark_checkpoint_complete, mark_checkpoint_started, named_folder_errors, not_created_yet, release_run_dir, resume_point, rotate_checkpoints, start_run_dir,
+    RunError,
+    mark_checkpoint_complete,
+    mark_checkpoint_started,
+    named_folder_errors,
+    not_created_yet,
+    release_run_dir,
+    resume_point,
+    rotate_checkpoints,
+    start_run_dir,
     write_final,
 )
 from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry
@@ -75,16 +84,21 @@ class TTTTrainer(Trainer):
     weights for low-precision parameters, pre-clip telemetry and complete-only checkpoints."""
 
     def __init__(
-        self, *args, ttt_learning_rate: float | None = None, ttt_max_grad_norm: float | None = None, telemetry: TTTTelemetry,
-        before_save: Callable[[int], None] | None = None, **kwargs
+        self,
+        *args,
+        ttt_params_learning_rate: float | None = None,
+        ttt_params_max_grad_norm: float | None = None,
+        telemetry: TTTTelemetry,
+        before_save: Callable[[int], None] | None = None,
+        **kwargs,
     ):
         # the Trainer sets `use_cache` to its own argument (False) for training: saved models keep the user's
         self.user_config = _cache_setting(kwargs.get("model"))
         super().__init__(*args, **kwargs)
         if self.pop_callback(ProgressCallback) is not None:  # one readable line per log (the whole dict stays in the files)
             self.add_callback(SummaryProgress)
-        self.ttt_learning_rate = ttt_learning_rate
-        self.ttt_max_grad_norm = ttt_max_grad_norm
+        self.ttt_params_learning_rate = ttt_params_learning_rate
+        self.ttt_params_max_grad_norm = ttt_params_max_grad_norm
         self.telemetry = telemetry
         self.before_save = before_save  # called with the step before every save (the training record)
         self.master_weights: MasterWeights | None = None
@@ -101,8 +115,8 @@ class TTTTrainer(Trainer):
             param_groups = []
             for (decays, is_ttt), params in sorted(groups.items()):
                 group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
-                if is_ttt and self.ttt_learning_rate is not None:
-                    group["lr"] = self.ttt_learning_rate
+                if is_ttt and self.ttt_params_learning_rate is not None:
+                    group["lr"] = self.ttt_params_learning_rate
                 param_groups.append(group)
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = self.master_weights.attach(cls(param_groups, **kwargs))
@@ -110,7 +124,7 @@ class TTTTrainer(Trainer):
 
     def _clip_grad_norm(self, model):
         self.telemetry.record_gradients(model.named_parameters())
-        if self.ttt_max_grad_norm is None:
+        if self.ttt_params_max_grad_norm is None:
             norm = super()._clip_grad_norm(model)
             self.telemetry.add("clip_scale", _clip_scale(float(norm), self.args.max_grad_norm))
             return norm
@@ -119,13 +133,13 @@ class TTTTrainer(Trainer):
     def _get_grad_norm(self, model, grad_norm=None):
         if grad_norm is None:  # no global clipping configured: this is where the step's gradients are final
             self.telemetry.record_gradients(model.named_parameters())
-            if self.ttt_max_grad_norm is not None:
+            if self.ttt_params_max_grad_norm is not None:
                 grad_norm = self._clip_groups(model, math.inf)
         return super()._get_grad_norm(model, grad_norm=grad_norm)
 
     def _clip_groups(self, model, other_max: float) -> torch.Tensor:
-        ttt_norm, other_norm = clip_groups(model.named_parameters(), self.ttt_max_grad_norm, other_max)
-        self.telemetry.add("ttt/clip_scale", _clip_scale(ttt_norm, self.ttt_max_grad_norm))
+        ttt_norm, other_norm = clip_groups(model.named_parameters(), self.ttt_params_max_grad_norm, other_max)
+        self.telemetry.add("ttt/clip_scale", _clip_scale(ttt_norm, self.ttt_params_max_grad_norm))
         self.telemetry.add("clip_scale", _clip_scale(other_norm, other_max))
         return torch.tensor(math.hypot(ttt_norm, other_norm))
 
@@ -256,7 +270,7 @@ def require_ttt_context(lengths: torch.Tensor, chunk: int, key: str, what: str, 
         )
     share = float(lengths[short].sum()) / float(lengths.sum())
     if share > 0.5:
-        warnings.warn(f"{key}: {share:.0%} of the data is in {what}s shorter than two TTT chunks ({2 * chunk} {unit}), where TTT is inert")
+        warnings.warn(f"{key}: {share:.0%} of the data is in {what}s shorter than two TTT chunks ({2 * chunk} {unit}), where TTT is inert", stacklevel=2)
 
 
 def use_bf16(setting: str) -> bool:
@@ -272,7 +286,13 @@ _CHECKPOINTING_ARG = next(
 
 
 def training_arguments(
-    t: TrainConfig, out: Path, bf16: bool, evaluate: bool, *, label_names: list[str] | None = None, trainer_checkpointing: bool = True,
+    t: TrainConfig,
+    out: Path,
+    bf16: bool,
+    evaluate: bool,
+    *,
+    label_names: list[str] | None = None,
+    trainer_checkpointing: bool = True,
     use_cpu: bool | None = None,
 ) -> TrainingArguments:
     """The Trainer's arguments from the `train` section (`trainer_checkpointing`: the Trainer
@@ -332,8 +352,13 @@ def run_training(
     if t.gradient_checkpointing and parts.enable_checkpointing is not None:
         parts.enable_checkpointing(module)
     args = training_arguments(
-        t, out, use_bf16(t.bf16), evaluate=parts.eval_dataset is not None, label_names=parts.label_names,
-        trainer_checkpointing=parts.enable_checkpointing is None, use_cpu=parts.use_cpu,
+        t,
+        out,
+        use_bf16(t.bf16),
+        evaluate=parts.eval_dataset is not None,
+        label_names=parts.label_names,
+        trainer_checkpointing=parts.enable_checkpointing is None,
+        use_cpu=parts.use_cpu,
     )
     telemetry = TTTTelemetry(parts.layers)
     record = _training_recorder(parts.settings, config)
@@ -346,8 +371,8 @@ def run_training(
             data_collator=parts.collate,
             processing_class=parts.processing_class,
             callbacks=[MetricsJsonl(out / "metrics.jsonl"), *callbacks],
-            ttt_learning_rate=t.ttt_learning_rate,
-            ttt_max_grad_norm=t.ttt_max_grad_norm,
+            ttt_params_learning_rate=t.ttt_params_learning_rate,
+            ttt_params_max_grad_norm=t.ttt_params_max_grad_norm,
             telemetry=telemetry,
             before_save=record,
         )

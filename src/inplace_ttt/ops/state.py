@@ -1,7 +1,10 @@
-"""`FastWeightState`: the streaming state of one TTT layer for one batch of sequences.
+"""The streaming states of one TTT layer for one batch of sequences (the ops of `ops.recurrent`
+read tokens into them).
 
-It lives outside the module (a generation cache owns one per TTT layer), so batch size is
-free, eval never touches trained weights, and rows reset independently. It holds:
+They live outside the module (a generation cache owns one per TTT layer), so batch size is free,
+eval never touches trained weights, and rows reset independently.
+
+`FastWeightState` (any number of tokens per row per call) holds:
 
 - `fast_sum` ``[B, d, h]`` float32: the sum of (clipped) updates of the current document's
   complete chunks, the ``S`` of ``W = W0 + lr S``;
@@ -9,12 +12,13 @@ free, eval never touches trained weights, and rows reset independently. It holds
   ``position % chunk_size``: its update needs the whole chunk (the target convolution looks
   ahead inside it), so it is computed when the chunk's last token arrives;
 - `last_pos` ``[B]``: the last position seen per row (-1: nothing yet).
+
+`FixedStepState` (one token per row per call, fixed shapes for CUDA graphs) is described below.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -54,15 +58,14 @@ class FastWeightState:
         self.buf_valid = torch.zeros(batch, chunk_size, dtype=torch.bool, device=device)
         self.last_pos = torch.full((batch,), -1, dtype=torch.long, device=device)
 
-    def apply(self, z: Tensor, lr: float, down: nn.Linear | None = None) -> Tensor:
+    def apply(self, z: Tensor, lr: float, w0: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         """One token per row (`z` `[B, h]` -> `[B, d]`) through the fast weight: the fast-weight
-        term ``lr z S^T``, or with `down` (the layer's `nn.Linear`, ``W0`` and bias) the whole down
-        projection ``z (W0 + lr S)^T + b``, one matrix product per row.
+        term ``lr z S^T``, or with `w0` (and `bias`) the whole down projection ``z (W0 + lr S)^T + b``,
+        one matrix product per row.
 
         It multiplies by ``lr S`` (or ``W0 + lr S``) in z's dtype, kept until the state, `lr` or
         ``W0`` changes: a ``[B, d, h]`` tensor beside S. The sum and the scaling happen in S's
         float32 before the cast (S alone may exceed fp16's range)."""
-        w0 = None if down is None else down.weight
         key = (z.dtype, lr, None if w0 is None else (w0.data_ptr(), w0._version))
         if w0 is None and self._fast_sum.dtype == z.dtype:
             return (z[:, None] @ self._fast_sum.mT)[:, 0] * lr
@@ -71,7 +74,7 @@ class FastWeightState:
             self._cast = (key, weight.to(z.dtype))
         weight = self._cast[1]
         out = F.linear(z, weight[0]) if z.shape[0] == 1 else (z[:, None] @ weight.mT)[:, 0]
-        return out if down is None or down.bias is None else out + down.bias
+        return out if bias is None else out + bias
 
     def add_to_rows(self, rows: Tensor, update: Tensor) -> None:
         """``fast_sum[rows] += update`` (a chunk completed in those rows)."""
