@@ -153,7 +153,7 @@ def decode_part(args) -> dict:
     """Both models decode step by step in turn (base, TTT, base, ...), so that a slow moment of a
     shared machine hits both; per model the median and mean step, and the median per-step ratio."""
     base = base_model().eval()
-    ttt = with_targets(inplace_ttt.convert(copy.deepcopy(base), ttt_config(args.chunk))).eval()
+    ttt = with_targets(inplace_ttt.convert(copy.deepcopy(base), ttt_config(args.decode_chunk))).eval()
     ids = torch.randint(0, SHAPE["vocab_size"], (args.batch, args.prompt), generator=torch.Generator().manual_seed(1))
     times: dict[str, list[float]] = {"base": [], "ttt": []}
     for _ in range(args.repeats):
@@ -180,7 +180,7 @@ def doctor_part(ws: dict, args) -> dict:
         raise RuntimeError(f"ittt doctor failed:\n{run.stdout}\n{run.stderr}")
     model = inplace_ttt.from_pretrained(ws["ttt"]).train()
     base = AutoModelForCausalLM.from_pretrained(ws["base"])
-    ids = AutoTokenizer.from_pretrained(ws["base"])(read_documents([str(ws["docs"])])[0], return_tensors="pt").input_ids
+    ids = AutoTokenizer.from_pretrained(ws["base"])("\n\n".join(read_documents([str(ws["docs"])])), return_tensors="pt").input_ids
     length = 3 * args.chunk
     ids = ids[:, : 2 * length].view(2, length)
     started = time.perf_counter()
@@ -193,7 +193,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", default=["train", "decode", "doctor"], choices=["train", "decode", "doctor"])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--chunk", type=int, default=1024, help="TTT chunk size (train, doctor); decode uses --decode-chunk")
+    p.add_argument("--chunk", type=int, default=512, help="TTT chunk size (train, doctor; a row holds at least two); decode uses --decode-chunk")
     p.add_argument("--decode-chunk", type=int, default=256)
     p.add_argument("--row-length", type=int, default=1024)
     p.add_argument("--steps", type=int, default=4, help="timed training steps per run")
@@ -222,11 +222,10 @@ def main():
             for name, s in speed.items():
                 print(f"| {name} | {s:.0f} | {s / speed['base']:.3f} |", flush=True)
         if "decode" in args.parts:
-            args.chunk = args.decode_chunk
             ms = decode_part(args)
             print(
                 f"\n## decode, batch {args.batch}, prompt {args.prompt}, {args.new} greedy tokens x {args.repeats} repeats, "
-                f"chunk {args.chunk} (updates while decoding), the two models stepping in turn"
+                f"chunk {args.decode_chunk} (updates while decoding), the two models stepping in turn"
             )
             print("| model | median ms/token | x base | mean ms/token | x base |\n|---|---|---|---|---|")
             for name in ("base", "ttt"):

@@ -166,3 +166,43 @@ def test_passages_are_disjoint_slices_taken_evenly_across_documents():
 
 def _answers(cell):
     return [(o["index"], o["answers"], o["tokens"], o["depths"]) for o in cell["outputs"]]
+
+
+def test_batched_prompts_generate_what_each_generates_alone(heldout, tmp_path):
+    """Tokenizers often pad on the right; `ittt eval` tokenizes each prompt alone and left-pads
+    the batch itself, so a row's answer does not depend on the rows beside it (right padding
+    would continue the shorter rows after their padding). A byte-level BPE tokenizer makes the
+    prompts of a batch differ in length, as real ones do."""
+    import copy
+
+    import torch
+
+    import inplace_ttt
+    from tests.tiny_gguf import byte_bpe_tokenizer
+    from tests.tiny_hf import ttt_config
+
+    tokenizer = byte_bpe_tokenizer([" ".join(WORDS)] + read_documents([str(heldout)]), vocab_size=400)
+    assert tokenizer.padding_side == "right"
+    model = inplace_ttt.convert(copy.deepcopy(tiny(vocab_size=len(tokenizer))), ttt_config(chunk_size=16))
+    with torch.no_grad():
+        for _, layer in inplace_ttt.ttt_layers(model):
+            layer.ttt.conv_weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    model.save_pretrained(tmp_path / "ttt")
+    tokenizer.save_pretrained(tmp_path / "ttt")
+    generated = {}
+    for batch in (1, 4):
+        settings = EvalSettings(
+            models=[str(tmp_path / "ttt")],
+            tasks=["niah_single", "vt"],
+            lengths=[256],
+            samples=4,
+            data=[str(heldout)],
+            piece=96,
+            batch=batch,
+            out=str(tmp_path / str(batch)),
+        )
+        evaluate(settings)
+        ruler = json.loads((tmp_path / str(batch) / "results.json").read_text())["models"]["ttt"]["ruler"]
+        generated[batch] = {task: [(o["tokens"], o["generated"]) for o in cells["256"]["outputs"]] for task, cells in ruler.items()}
+    assert generated[4] == generated[1]
+    assert all(len({tokens for tokens, _ in outputs}) > 1 for outputs in generated[4].values())  # rows of different lengths: padding happened
