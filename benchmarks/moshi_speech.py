@@ -52,7 +52,9 @@ def build(root: Path, small_mimi: bool) -> dict:
     (root / "lm.json").write_text(json.dumps(lm_kwargs))
     torch.manual_seed(0)
     save_file({k: v.contiguous() for k, v in LMModel(**lm_kwargs, dtype=torch.float32).state_dict().items()}, str(root / "model.safetensors"))
-    lm = load_moshi(root / "model.safetensors", lm_kwargs, config=TTTConfig(layers=[0, 6], chunk_size=64, target="token_embeddings"), dtype=torch.float32)
+    lm = load_moshi(
+        root / "model.safetensors", lm_kwargs, config=TTTConfig(layers=[0, 6], chunk_size=64, target_source="token_embeddings"), dtype=torch.float32
+    )
     active_targets(lm)
     save_ttt(lm, root / "ttt")
     import io

@@ -58,7 +58,7 @@ def build(args, device):
         device=device,
         dtype=torch.float32,
     ).eval()
-    ttt = inplace_ttt.convert(copy.deepcopy(base), inplace_ttt.TTTConfig(layers="every 6", chunk_size=args.chunk, ttt_lr=1.0, target="token_embeddings"))
+    ttt = inplace_ttt.convert(copy.deepcopy(base), inplace_ttt.TTTConfig(layers="every 6", chunk_size=args.chunk, ttt_lr=1.0, target_source="token_embeddings"))
     with torch.no_grad():
         for _, layer in inplace_ttt.ttt_layers(ttt):
             layer.ttt.conv_weight.normal_(0, 0.02)

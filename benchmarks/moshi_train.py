@@ -72,7 +72,7 @@ def build(args, ttt: bool) -> MoshiLoss:
         dtype=torch.float32,
     )
     if ttt:
-        lm = inplace_ttt.convert(lm, inplace_ttt.TTTConfig(layers="every 6", chunk_size=args.chunk, ttt_lr=1.0, target="token_embeddings"))
+        lm = inplace_ttt.convert(lm, inplace_ttt.TTTConfig(layers="every 6", chunk_size=args.chunk, ttt_lr=1.0, target_source="token_embeddings"))
     return MoshiLoss(lm, first_codebook_weight=100.0, text_padding_weight=0.5).train()
 
 

@@ -101,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = word_tokenizer(args.words)
-    ttt = TTTConfig(layers="all", chunk_size=args.chunk, ttt_lr=args.eta, target=args.target, target_init=args.target_init)
+    ttt = TTTConfig(layers="all", chunk_size=args.chunk, ttt_lr=args.eta, target_source=args.target, target_init=args.target_init)
     lengths = [int(n) for n in args.eval_lengths.split(",")]
     reach = args.layers * (args.window - 1)
     print(

@@ -8,7 +8,7 @@ from inplace_ttt import TTTConfig
 def test_defaults_are_the_released_recipe_shape():
     c = TTTConfig()
     assert c.layer_indices(36) == tuple(range(0, 36, 6))
-    assert c.target == "hidden_states" and c.conv_kernel == 5 and c.clip_tau is None
+    assert c.target_source == "hidden_states" and c.conv_kernel == 5 and c.clip_tau is None
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def test_explicit_layers_sorted_and_range_checked():
         ("ttt_lr", 1e38, r"ttt_lr must be a number in \(0, 1000\] \(the paper's is 3; far larger ones overflow"),
         ("ttt_lr", 1000.5, r"ttt_lr must be a number in \(0, 1000\]"),
         ("conv_kernel", 4, "conv_kernel must be an odd integer"),
-        ("target", "embeddings", r"target must be one of \('hidden_states', 'token_embeddings'\)"),
+        ("target_source", "embeddings", r"target_source must be one of \('hidden_states', 'token_embeddings'\)"),
         ("clip_tau", 0.0, "clip_tau must be None or a finite number > 0"),
         ("clip_tau", -1e-5, "clip_tau must be None or a finite number > 0"),
         ("layers", [], "layers must be distinct non-negative"),
@@ -66,10 +66,28 @@ def test_the_target_needs_the_convolution_or_the_projection():
 
 
 def test_dict_round_trip_and_unknown_keys():
-    c = TTTConfig(layers=[0, 3], chunk_size=64, ttt_lr=1.5, target="token_embeddings", clip_tau=1e-5, target_init="diagonal", target_projection=False)
+    c = TTTConfig(layers=[0, 3], chunk_size=64, ttt_lr=1.5, target_source="token_embeddings", clip_tau=1e-5, target_init="diagonal", target_projection=False)
     assert TTTConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match=r"unknown TTTConfig fields \['chunk'\]"):
         TTTConfig.from_dict({"chunk": 3})
     assert c.replace(clip_tau=None).clip_tau is None
     with pytest.raises(ValueError, match="chunk_size"):
         c.replace(chunk_size=-1)
+
+
+def test_target_is_the_old_name_of_target_source():
+    """Read for one release: the keyword (with a warning), a run's YAML key (with a warning) and the
+    saved settings of earlier checkpoints (silently: the user has nothing to change there)."""
+    import warnings
+
+    from inplace_ttt.train.config import build_config
+
+    with pytest.warns(FutureWarning, match=r"TTTConfig\(target=...\) is deprecated; use target_source"):
+        assert TTTConfig(target="token_embeddings").target_source == "token_embeddings"
+    with pytest.warns(FutureWarning, match="target is deprecated; use target_source"):
+        assert build_config(TTTConfig, {"target": "token_embeddings"}).target_source == "token_embeddings"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = TTTConfig.from_dict({"layers": [1], "chunk_size": 8, "target": "token_embeddings"})
+        assert old.target_source == "token_embeddings" and "target" not in old.to_dict()
+        assert old.replace(chunk_size=16).target_source == "token_embeddings"

@@ -194,7 +194,7 @@ def moshi():
     from tests.adapters.test_moshi import random_codes, tiny_lm
 
     base = tiny_lm()
-    lm = inplace_ttt.convert(tiny_lm(), inplace_ttt.TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings")).train()
+    lm = inplace_ttt.convert(tiny_lm(), inplace_ttt.TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings")).train()
     codes = random_codes(base, 2, 16)
     return lm, base, {"codes": codes}
 

@@ -101,7 +101,7 @@ def test_packed_rows_equal_documents_alone():
 
 
 def test_token_embedding_target():
-    _, layer = make(TTTConfig(layers=[0], chunk_size=4, ttt_lr=0.5, target="token_embeddings"))
+    _, layer = make(TTTConfig(layers=[0], chunk_size=4, ttt_lr=0.5, target_source="token_embeddings"))
     train_targets(layer)
     x, emb = torch.randn(2, 12, D, dtype=torch.float64), torch.randn(2, 12, D, dtype=torch.float64)
     with pytest.raises(ValueError, match="pass target_source"):

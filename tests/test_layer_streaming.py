@@ -83,7 +83,7 @@ def test_updates_really_happen_while_streaming():
 
 
 def test_token_embedding_target_streams():
-    layer = make_layer(target="token_embeddings")
+    layer = make_layer(target_source="token_embeddings")
     x, emb = torch.randn(2, 15, D, dtype=torch.float64), torch.randn(2, 15, D, dtype=torch.float64)
     full = layer(x, target_source=emb)
     out, _ = stream(layer, x, None, [5, 6, 7, 12], target_source=emb)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import InitVar, dataclass
+from typing import Any, ClassVar
 
 TARGETS = ("hidden_states", "token_embeddings")
 TARGET_INITS = ("identity", "diagonal")
@@ -29,7 +30,7 @@ class TTTConfig:
         ``"every 6"`` / ``"every 6th layer from 0"`` (the released recipe), ``"every 4 from 2"``.
     chunk_size: tokens per chunk ``C``; a chunk's update reaches the chunks after it.
     ttt_lr: the fast-weight learning rate ``eta`` (released default 3.0), at most `TTT_LR_MAX`.
-    target: where the target ``V = Conv1D(X) W_target`` reads ``X`` from: the MLP input
+    target_source: where the target ``V = Conv1D(X) W_target`` reads ``X`` from: the MLP input
         (``"hidden_states"``, what the released code recommends for continual training) or the
         model's token embeddings (``"token_embeddings"``, the paper's text).
     conv_kernel: width of the depthwise convolution of the target, odd, centred.
@@ -50,18 +51,24 @@ class TTTConfig:
         training starves the new parameters of gradient.
     """
 
+    ALIASES: ClassVar[dict[str, str]] = {"target": "target_source"}  # renamed keys, read for one release
+
     layers: Sequence[int] | str = "every 6"
     chunk_size: int = 1024
     ttt_lr: float = 3.0
-    target: str = "hidden_states"
+    target_source: str = "hidden_states"
     conv_kernel: int = 5
     clip_tau: float | None = None
     target_init: str = "diagonal"  # measured: TRAINING.md runs Tid / R2b, docs/demo.md "Choosing the start"
     target_init_std: float = 0.02
     target_conv: bool = True
     target_projection: bool = True
+    target: InitVar[str | None] = None  # the old name of `target_source`, accepted for one release
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, target: str | None = None) -> None:
+        if target is not None:
+            warnings.warn("TTTConfig(target=...) is deprecated; use target_source=...", FutureWarning, stacklevel=3)
+            self.target_source = target
         if isinstance(self.layers, str):
             _parse_rule(self.layers)
         else:
@@ -79,8 +86,8 @@ class TTTConfig:
                 f"the fast weights to inf and NaN); got {self.ttt_lr!r}"
             )
         self.ttt_lr = float(self.ttt_lr)
-        if self.target not in TARGETS:
-            raise ValueError(f"TTTConfig.target must be one of {TARGETS}; got {self.target!r}")
+        if self.target_source not in TARGETS:
+            raise ValueError(f"TTTConfig.target_source must be one of {TARGETS}; got {self.target_source!r}")
         if not _is_int(self.conv_kernel) or self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ValueError(f"TTTConfig.conv_kernel must be an odd integer >= 1 (centred); got {self.conv_kernel!r}")
         if self.target_init not in TARGET_INITS:
@@ -124,6 +131,8 @@ class TTTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TTTConfig:
+        """From saved settings (`to_dict`); those of earlier releases name `target_source` `target`."""
+        data = {cls.ALIASES.get(k, k): v for k, v in data.items()}
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - valid)
         if unknown:

@@ -47,7 +47,7 @@ class DemoSettings:
     ttt_params_learning_rate: float = 1e-4
     # tuned on this corpus (TRAINING.md, docs/demo.md): the last layer, targets from the token embeddings,
     # W_target starting at the identity
-    ttt: TTTConfig = field(default_factory=lambda: TTTConfig(layers=[3], chunk_size=64, ttt_lr=3.0, target="token_embeddings", target_init="identity"))
+    ttt: TTTConfig = field(default_factory=lambda: TTTConfig(layers=[3], chunk_size=64, ttt_lr=3.0, target_source="token_embeddings", target_init="identity"))
     eval_lengths: list[int] = field(default_factory=lambda: [1024])
     block: int = 128
     passages: int = 48
@@ -159,7 +159,7 @@ def _preamble(settings: DemoSettings, gap: float, curves: dict[str, dict[int, fl
         "The `ittt demo` run: the embedded base model (a 4.5M-parameter sliding-window attention model, each token",
         "attending to the last 128, pretrained on the embedded public-domain Bibles) continual-trained with In-Place TTT",
         "(`ittt`) and, with the same data, steps, learning rate and seed, without TTT (`baseline`). TTT on layers",
-        f"{t.layers}, chunk {t.chunk_size}, ttt_lr {t.ttt_lr}, target {t.target}, W_target init {t.target_init}"
+        f"{t.layers}, chunk {t.chunk_size}, ttt_lr {t.ttt_lr}, target source {t.target_source}, W_target init {t.target_init}"
         f"{f' (std {t.target_init_std})' if t.target_init == 'diagonal' else ''}; {settings.steps} steps of {settings.batch_size} rows x",
         f"{settings.row_length} tokens, AdamW lr {settings.learning_rate} (TTT parameters {settings.ttt_params_learning_rate}).",
         f"Evaluation on {settings.passages} passages of {max(settings.eval_lengths) + 1} tokens cut from the held-out books.",

@@ -148,7 +148,7 @@ class InPlaceTTTMLP(nn.Module):
         self.chunk_size = config.chunk_size
         self.ttt_lr = config.ttt_lr
         self.clip_tau = config.clip_tau
-        self.target = config.target
+        self.target_source = config.target_source
         self.cp_group = None  # a process group splitting sequences along time (context parallelism)
         weight = getattr(self, spec.down).weight
         d = weight.shape[0]
@@ -159,7 +159,7 @@ class InPlaceTTTMLP(nn.Module):
         return getattr(self, self.spec.down)
 
     def extra_repr(self) -> str:
-        return f"wraps={self.wrapped_type}, chunk_size={self.chunk_size}, ttt_lr={self.ttt_lr}, target={self.target}, clip_tau={self.clip_tau}"
+        return f"wraps={self.wrapped_type}, chunk_size={self.chunk_size}, ttt_lr={self.ttt_lr}, target_source={self.target_source}, clip_tau={self.clip_tau}"
 
     def forward(
         self,
@@ -231,7 +231,7 @@ class InPlaceTTTMLP(nn.Module):
         }
 
     def _source(self, x: Tensor, target_source: Tensor | None) -> Tensor:
-        if self.target == "hidden_states":
+        if self.target_source == "hidden_states":
             return x
         if target_source is None:
             raise ValueError("this TTT layer reads its target from token embeddings: pass target_source=[B, T, d] embeddings")

@@ -236,7 +236,7 @@ def test_checkpointing_gives_the_same_gradients():
 
 def test_token_embedding_target():
     base = tiny()
-    model = converted(target="token_embeddings")
+    model = converted(target_source="token_embeddings")
     ids, mask = left_padded([15, 10], 15)
     full = logits(model, ids, mask)
     with torch.no_grad():
@@ -246,7 +246,7 @@ def test_token_embedding_target():
             out = model(input_ids=ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=out.cache, use_cache=True)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1)[mask.bool()], full[mask.bool()], rtol=1e-4, atol=1e-4)
-    fresh = inplace_ttt.convert(copy.deepcopy(base), ttt_config(target="token_embeddings"))
+    fresh = inplace_ttt.convert(copy.deepcopy(base), ttt_config(target_source="token_embeddings"))
     assert (logits(fresh, ids, mask) - logits(base, ids, mask))[mask.bool()].abs().max() <= 1e-5
 
 

@@ -108,7 +108,7 @@ def test_warm_start_is_exact_and_only_the_temporal_transformer_changes(target):
     codes = random_codes(lm, 2, 20)
     text_ref, audio_ref = logits(lm, codes)
     depformer_types = [type(layer.gating) for layer in lm.depformer.layers]
-    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target=target))
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target_source=target))
     text, audio = logits(lm, codes)
     assert torch.equal(text, text_ref) and torch.equal(audio, audio_ref)
     assert [i for i, _ in ttt_layers(lm)] == [0, 2]
@@ -128,7 +128,7 @@ def moshi_loss(lm: LMModel, codes: torch.Tensor) -> torch.Tensor:
 
 def test_gradient_reaches_every_ttt_parameter_from_the_start():
     lm = tiny_lm()
-    convert(lm, TTTConfig(layers=[0, 1], chunk_size=4, target="token_embeddings"))
+    convert(lm, TTTConfig(layers=[0, 1], chunk_size=4, target_source="token_embeddings"))
     lm.train()
     codes = random_codes(lm, 2, 16)
     ttt_params = {n: p for n, p in lm.named_parameters() if ".ttt." in n}
@@ -149,7 +149,7 @@ def test_activation_checkpointing_gives_the_same_gradients_after_a_later_forward
     """A checkpointed layer re-runs in the backward: it must read the embeddings of its own
     forward, not those of a forward that came in between (gradient accumulation)."""
     lm = tiny_lm()
-    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings"))
     active_targets(lm)
     lm.train()
     codes, other = random_codes(lm, 2, 16), random_codes(lm, 2, 16)
@@ -170,7 +170,7 @@ def test_activation_checkpointing_gives_the_same_gradients_after_a_later_forward
 
 def test_a_copy_of_a_converted_model_is_self_contained():
     lm = tiny_lm()
-    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings"))
     active_targets(lm)
     copy = deepcopy(lm)
     a, b = random_codes(lm, 2, 12), random_codes(lm, 2, 12)
@@ -181,7 +181,7 @@ def test_a_copy_of_a_converted_model_is_self_contained():
 
 def test_outputs_never_depend_on_later_codes():
     lm = tiny_lm()
-    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings"))
     active_targets(lm)
     codes = random_codes(lm, 1, 16)
     text, _ = logits(lm, codes)
@@ -207,7 +207,7 @@ def test_outputs_never_depend_on_later_codes():
 def test_lmgen_streaming_equals_the_parallel_forward(target, clip_tau, variant):
     lm = tiny_lm()
     base = tiny_lm()
-    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target=target, clip_tau=clip_tau, **variant))
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target_source=target, clip_tau=clip_tau, **variant))
     active_targets(lm)
     user, forced = stream_inputs(lm, 2, 14)  # 3 complete chunks of 4 steps, then 2 steps of a 4th
     gen = LMGen(lm, use_sampling=False)
@@ -225,7 +225,7 @@ def test_lmgen_streaming_equals_the_parallel_forward(target, clip_tau, variant):
 
 def test_streaming_pieces_of_several_steps_equal_one_forward():
     lm = tiny_lm()
-    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings"))
     active_targets(lm)
     sequence = random_codes(lm, 2, 14)  # the temporal transformer's input codes, already delayed
     _, whole = lm.forward_text(sequence)
@@ -241,7 +241,7 @@ def test_conditioned_lmgen_streaming_equals_the_parallel_forward():
     kwargs = {**TINY, "conditioners": {"description": {"type": "lut", "lut": lut}}, "fuser": {"sum": ["description"]}}
     torch.manual_seed(0)
     lm = get_moshi_lm(None, lm_kwargs=kwargs, dtype=torch.float32)
-    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings"))
     active_targets(lm)
     conditions = lm.condition_provider.prepare_and_provide([ConditionAttributes(text={"description": v}, tensor={}) for v in ("happy", "sad")])
     user, forced = stream_inputs(lm, 2, 13)
@@ -258,7 +258,7 @@ def test_conditioned_lmgen_streaming_equals_the_parallel_forward():
 
 def test_reset_streaming_restores_the_pretrained_weights_of_the_rows_reset():
     lm = tiny_lm()
-    convert(lm, TTTConfig(layers=[1], chunk_size=4, target="token_embeddings"))
+    convert(lm, TTTConfig(layers=[1], chunk_size=4, target_source="token_embeddings"))
     active_targets(lm)
     user_a, forced_a = stream_inputs(lm, 2, 10)
     user_b, forced_b = stream_inputs(lm, 2, 10)
@@ -279,7 +279,7 @@ def test_reset_streaming_restores_the_pretrained_weights_of_the_rows_reset():
 
 def test_exec_mask_freezes_the_rows_it_masks():
     lm = tiny_lm()
-    convert(lm, TTTConfig(layers=[0], chunk_size=2, target="hidden_states"))
+    convert(lm, TTTConfig(layers=[0], chunk_size=2, target_source="hidden_states"))
     active_targets(lm)
     user, forced = stream_inputs(lm, 2, 6)
     gen = LMGen(lm, use_sampling=False, support_out_of_sync=True)
@@ -296,7 +296,7 @@ def test_rows_out_of_step_and_reset_mid_chunk_each_stream_like_their_own_forward
     """Rows at different positions (an exec mask skips steps of row 1; row 0 starts over mid-chunk
     while row 1 goes on): each row's streamed outputs equal the parallel forward of the steps it ran."""
     lm = tiny_lm()
-    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target=target))
+    convert(lm, TTTConfig(layers=[0, 2], chunk_size=4, target_source=target))
     active_targets(lm)
     T = 20
     sequence = random_codes(lm, 2, T)
@@ -324,7 +324,7 @@ def test_rows_out_of_step_and_reset_mid_chunk_each_stream_like_their_own_forward
 def test_a_reset_clears_an_overflowed_conversation():
     """A row whose last conversation overflowed (inf in its state) starts the next one clean."""
     lm = tiny_lm()
-    convert(lm, TTTConfig(layers=[1], chunk_size=4, target="token_embeddings"))
+    convert(lm, TTTConfig(layers=[1], chunk_size=4, target_source="token_embeddings"))
     active_targets(lm)
     sequence = random_codes(lm, 2, 9)
     with torch.no_grad(), lm.streaming(2):

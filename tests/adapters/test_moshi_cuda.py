@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_cuda_graph_streaming_updates_and_equals_the_parallel_forward():
-    lm = convert(tiny_lm().cuda(), TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    lm = convert(tiny_lm().cuda(), TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings"))
     active_targets(lm)
     user, forced = stream_inputs(lm, 2, 14)
     gen = LMGen(lm, use_sampling=False)

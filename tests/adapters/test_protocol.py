@@ -36,7 +36,7 @@ def test_both_adapters_provide_the_protocol(module):
 
 
 def moshi_model():
-    lm = inplace_ttt.convert(tiny_lm(), inplace_ttt.TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    lm = inplace_ttt.convert(tiny_lm(), inplace_ttt.TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings"))
     active_targets(lm)
     return lm
 

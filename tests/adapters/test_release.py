@@ -142,8 +142,8 @@ def test_export_import_round_trip_is_exact(tmp_path, proj):
 @pytest.mark.parametrize(
     "family, switches",
     [
-        ("qwen3", {"target": "hidden_states"}),
-        ("llama", {"target": "token_embeddings"}),
+        ("qwen3", {"target_source": "hidden_states"}),
+        ("llama", {"target_source": "token_embeddings"}),
         ("qwen3", {"target_projection": False}),  # their ttt_proj: false
         ("llama", {"target_conv": False}),  # written as a convolution with one centre tap
     ],
@@ -160,7 +160,7 @@ def test_export_is_what_their_model_computes(tmp_path, family, switches):
         "ttt_chunk": 4,
         "ttt_lr": 0.5,
         "ttt_proj": proj,
-        "ttt_target": {"hidden_states": "hidden_states", "token_embeddings": "input_embed"}[switches.get("target", "hidden_states")],
+        "ttt_target": {"hidden_states": "hidden_states", "token_embeddings": "input_embed"}[switches.get("target_source", "hidden_states")],
     }
     assert data["rope_theta"] == model.config.rope_parameters["rope_theta"] and data["rope_scaling"] is None  # what 4.57 reads
     assert "inplace_ttt" not in data

@@ -36,7 +36,7 @@ def forward_nll(lm, codes):
 
 
 def ttt_lm():
-    lm = convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=8, target="token_embeddings"))
+    lm = convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=8, target_source="token_embeddings"))
     active_targets(lm)
     return lm
 
@@ -62,7 +62,7 @@ def test_streamed_losses_equal_one_forward_over_a_conversation_longer_than_the_c
 def write_models(root):
     write_tiny_checkpoint(root / "model.safetensors")
     (root / "lm.json").write_text(json.dumps(TINY))
-    save_ttt(convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=8, target="token_embeddings")), root / "fresh")  # untrained: the base model exactly
+    save_ttt(convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=8, target_source="token_embeddings")), root / "fresh")  # untrained: the base model exactly
     save_ttt(ttt_lm(), root / "trained")
     data = root / "held-out"
     data.mkdir()

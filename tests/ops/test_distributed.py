@@ -109,7 +109,7 @@ def check_op(rank, world, with_positions, with_w0, tau, C):
 def check_layer(rank, world, target, tau):
     torch.manual_seed(3)
     d, h, C = 6, 10, 4
-    layer = InPlaceTTTMLP(GatedMLP(d, h), TTTConfig(chunk_size=C, ttt_lr=0.5, target=target, clip_tau=tau))
+    layer = InPlaceTTTMLP(GatedMLP(d, h), TTTConfig(chunk_size=C, ttt_lr=0.5, target_source=target, clip_tau=tau))
     with torch.no_grad():  # as after training: a non-zero convolution and target
         layer.ttt.conv_weight.normal_(0, 0.5)
         layer.ttt.target_weight.add_(torch.randn(d, d) * 0.3)
@@ -145,7 +145,7 @@ def check_hf(rank, world):
     from inplace_ttt.adapters.hf import set_context_parallel
     from tests.tiny_hf import VOCAB, converted
 
-    model = converted(target="token_embeddings").train()
+    model = converted(target_source="token_embeddings").train()
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
@@ -200,7 +200,7 @@ def check_bad_input(rank, world):
         with pytest.raises(ValueError, match="at least 1 token"):
             inplace_ttt(torch.randn(2, T_mine, 6), torch.randn(2, T_mine, 4), None, 1.0, 4, position_ids=pos, group=dist.group.WORLD)
     # a layer given a bad argument on one rank: that rank names it, the others point to it (none waits)
-    layer = InPlaceTTTMLP(GatedMLP(4, 6), TTTConfig(chunk_size=4, target="token_embeddings"))
+    layer = InPlaceTTTMLP(GatedMLP(4, 6), TTTConfig(chunk_size=4, target_source="token_embeddings"))
     x = torch.randn(2, 5, 4)
     emb = torch.randn(2, 3 if rank == 1 else 5, 4)
     layer.cp_group = dist.group.WORLD

@@ -178,7 +178,7 @@ def test_encoded_conversations_train_for_a_few_steps(kit, encoded, tmp_path):
     config = {
         "model_type": "moshi",
         "model": {"weights": str(kit["weights"]), "lm_kwargs": str(kit["lm_config"])},
-        "ttt": {"layers": [0, 2], "chunk_size": 8, "target": "token_embeddings"},
+        "ttt": {"layers": [0, 2], "chunk_size": 8, "target_source": "token_embeddings"},
         "data": {"train": [str(encoded)], "row_length": 32},
         "train": {"output_dir": str(tmp_path / "run"), "mode": "ttt_only", "learning_rate": 1e-3, "max_steps": 3, "batch_size": 2, "logging_steps": 1},
     }

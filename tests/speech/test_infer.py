@@ -23,7 +23,7 @@ CHUNK = 16
 @pytest.fixture(scope="module")
 def ttt_model(kit, tmp_path_factory):
     """The tiny LMModel converted (TTT on layers 0 and 2, chunk 16) with trained-looking targets, saved."""
-    lm = load_moshi(kit["weights"], LM_KWARGS, config=TTTConfig(layers=[0, 2], chunk_size=CHUNK, target="token_embeddings"), dtype=torch.float32)
+    lm = load_moshi(kit["weights"], LM_KWARGS, config=TTTConfig(layers=[0, 2], chunk_size=CHUNK, target_source="token_embeddings"), dtype=torch.float32)
     active_targets(lm)
     return save_ttt(lm, tmp_path_factory.mktemp("ttt"))
 

@@ -68,7 +68,7 @@ def write_run(tmp_path, mode, steps=3):
     config = {
         "model_type": "moshi",
         "model": {"weights": str(tmp_path / "model.safetensors"), "lm_kwargs": str(tmp_path / "lm.json")},
-        "ttt": {"layers": [0, 2], "chunk_size": 4, "target": "token_embeddings"},
+        "ttt": {"layers": [0, 2], "chunk_size": 4, "target_source": "token_embeddings"},
         "data": {"train": [str(data)], "row_length": 16},
         "train": {"output_dir": str(tmp_path / "run"), "mode": mode, "learning_rate": 1e-2, "max_steps": steps, "batch_size": 2, "logging_steps": 1},
         "lora": {"r": 2, "alpha": 4, "target_modules": ["linear_in", "linear_out"]},
@@ -103,7 +103,7 @@ def test_a_short_run_trains_the_ttt_layers_and_saves_a_loadable_model(tmp_path, 
         assert torch.equal(saved[other], base[other])
     lm = load_moshi(final / "model.safetensors", TINY, ttt_file=final / "ttt.safetensors", dtype=torch.float32)
     assert lm.transformer.layers[0].gating.ttt.conv_weight.abs().sum() > 0  # the TTT weights trained and travelled
-    fresh = convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings"))
+    fresh = convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings"))
     codes = random_codes(lm, 1, 16)
     assert not torch.allclose(lm(codes).text_logits.nan_to_num(), fresh(codes).text_logits.nan_to_num())
     # the checkpoint says how it was trained, and the doctor checks what holds for a trained model
@@ -323,7 +323,7 @@ def _cut(path):
 def _trained_ttt(tmp):
     from inplace_ttt.adapters.moshi import save_ttt
 
-    save_ttt(convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=4, target="token_embeddings")), tmp / "trained")
+    save_ttt(convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings")), tmp / "trained")
     return True
 
 

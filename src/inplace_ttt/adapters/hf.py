@@ -8,7 +8,7 @@ decoder layer does not pass to an MLP:
   into TTT positions (documents restart at 0, padding is -1) and adopts the cache, so fast-weight
   states travel inside `cache` / `past_key_values` like keys and values do;
 - a forward hook on the input embeddings keeps the token embeddings (for
-  ``target="token_embeddings"``);
+  ``target_source="token_embeddings"``);
 - a forward pre-hook on each TTT MLP passes positions, target source and state to it.
 
 The context lives until the next forward, so gradient checkpointing's recomputation (during
@@ -179,7 +179,7 @@ def _install(model: nn.Module, base: nn.Module) -> None:
     model._ttt_context = ctx
     signature = inspect.signature(base.forward)
     base.register_forward_pre_hook(partial(_before_forward, model.config, signature, ctx), with_kwargs=True)
-    if any(layer.target == "token_embeddings" for _, layer in ttt_layers(model)):
+    if any(layer.target_source == "token_embeddings" for _, layer in ttt_layers(model)):
         base.get_input_embeddings().register_forward_hook(partial(_keep_embeddings, ctx))
     for _, layer in ttt_layers(model):
         layer.register_forward_pre_hook(partial(_feed_layer, ctx), with_kwargs=True)
@@ -260,7 +260,7 @@ def _feed_layer(ctx: _ForwardContext, layer: InPlaceTTTMLP, args, kwargs):
     kwargs = {
         **kwargs,
         "position_ids": ctx.positions,
-        "target_source": ctx.embeddings if layer.target == "token_embeddings" else None,
+        "target_source": ctx.embeddings if layer.target_source == "token_embeddings" else None,
         "state": cache.ttt_state(layer.layer_idx) if cache is not None else None,
     }
     return args, kwargs

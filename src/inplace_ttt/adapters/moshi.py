@@ -108,7 +108,7 @@ class MoshiTTTGating(InPlaceTTTMLP, StreamingModule):
 
     def forward(self, x: Tensor) -> Tensor:
         source = None
-        if self.target == "token_embeddings":
+        if self.target_source == "token_embeddings":
             source, self._layer_source = self._layer_source, None
             if source is None or source.shape[:2] != x.shape[:2]:
                 raise RuntimeError(

@@ -76,7 +76,7 @@ def read_release(path: str | os.PathLike, data: dict):
         layers=layers,
         chunk_size=settings["ttt_chunk"],
         ttt_lr=float(settings["ttt_lr"]),
-        target=TARGETS[settings["ttt_target"]],
+        target_source=TARGETS[settings["ttt_target"]],
         conv_kernel=KERNEL,
         target_projection=settings["ttt_proj"],
     )
@@ -270,7 +270,7 @@ def _release_config(data: dict, layer: InPlaceTTTMLP, indices: list[int]) -> dic
         data["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
     if "dtype" in data:
         data["torch_dtype"] = data["dtype"]
-    target = {ours: theirs for theirs, ours in TARGETS.items()}[layer.target]
+    target = {ours: theirs for theirs, ours in TARGETS.items()}[layer.target_source]
     return {
         **data,
         "architectures": [FAMILIES[family]],

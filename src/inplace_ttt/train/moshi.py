@@ -84,7 +84,7 @@ class MoshiTrainConfig(TrainConfig):
 class MoshiRunConfig:
     model_type: str = "moshi"
     model: MoshiModelConfig = field(default_factory=MoshiModelConfig)
-    ttt: TTTConfig = field(default_factory=lambda: TTTConfig(target="token_embeddings"))
+    ttt: TTTConfig = field(default_factory=lambda: TTTConfig(target_source="token_embeddings"))
     data: MoshiDataConfig = field(default_factory=MoshiDataConfig)
     train: MoshiTrainConfig = field(default_factory=MoshiTrainConfig)
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"]))
