@@ -140,8 +140,9 @@ def test_a_broken_model_folder_is_named(saved, tmp_path, capsys, case, command):
     "flags, message",
     [
         (["--samples", "0"], r"--samples must be >= 1; got 0"),
-        (["--piece", "-8"], r"--piece must be >= 1; got -8"),
-        (["--block", "0"], r"--block must be >= 1; got 0"),
+        (["--tokens-per-forward", "-8"], r"--tokens-per-forward must be >= 1; got -8"),
+        (["--piece", "-8"], r"--tokens-per-forward must be >= 1; got -8"),  # its old name
+        (["--final-block", "0"], r"--final-block must be >= 1; got 0"),
         (["--model", "runs/no-such-model/final"], r"--model: no such model folder: runs/no-such-model/final"),
     ],
 )

@@ -136,8 +136,8 @@ def _eval(args: argparse.Namespace) -> int:
         data=args.data or [],
         clip_tau=args.clip_tau,
         seed=args.seed,
-        piece=args.piece,
-        block=args.block,
+        tokens_per_forward=args.tokens_per_forward,
+        final_block=args.final_block,
         dtype=args.dtype,
         out=args.out,
         chat_template=args.chat_template,
@@ -249,7 +249,7 @@ def _moshi_eval(args: argparse.Namespace) -> int:
         data=args.data,
         out=Path(args.out),
         lm_kwargs=read_json(args.lm_config, "--lm-config"),
-        piece=args.piece,
+        steps_per_forward=args.steps_per_forward,
         bucket_minutes=args.bucket_minutes,
         device=args.device,
         dtype=args.dtype,
@@ -311,7 +311,9 @@ def _add_moshi_commands(sub) -> None:
     ev.add_argument("--mimi", type=Path, help="Mimi's weights, to encode a manifest")
     ev.add_argument("--mimi-config", help=mimi_config)
     ev.add_argument("--tokenizer", type=Path, help="Moshi's text tokenizer, to encode a manifest")
-    ev.add_argument("--piece", type=int, default=250, help="steps per forward (memory; the losses do not depend on it)")
+    ev.add_argument(
+        "--steps-per-forward", "--piece", type=int, default=250, help="steps per forward (memory; the losses do not depend on it); --piece: its old name"
+    )
     ev.add_argument("--bucket-minutes", type=float, default=1.0, help="width of the time buckets")
     ev.add_argument("--out", default="moshi-eval", help="output directory")
     ev.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
@@ -387,8 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--clip-tau", type=float, help="inference clipping for In-Place TTT models (the paper used 1e-5)")
     ev.add_argument("--out", default="eval-report", help="output directory")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--piece", type=int, default=2048, help="tokens per forward when reading long inputs")
-    ev.add_argument("--block", type=int, default=256, help="final block of the sliding-window perplexity")
+    ev.add_argument("--tokens-per-forward", "--piece", type=int, default=2048, help="tokens per forward when reading long inputs (--piece: its old name)")
+    ev.add_argument(
+        "--final-block", "--block", type=int, default=256, help="tokens scored at the end of each document in the sliding-window view (--block: its old name)"
+    )
     ev.add_argument("--batch", type=int, default=8, help="rows per forward (samples of one task and length run together)")
     ev.add_argument("--passages", type=int, help="cut the held-out documents into up to this many passages of the longest length + 1 tokens")
     ev.add_argument("--recall-pairs", type=int, default=16, help="key-value pairs per associative-recall sample")

@@ -93,7 +93,7 @@ def test_several_models_in_one_report_by_minute(tmp_path):
         str(tmp_path / "lm.json"),
         "--bucket-minutes",
         "0.04",
-        "--piece",
+        "--steps-per-forward",
         "50",
         "--out",
         str(out),

@@ -36,7 +36,9 @@ def without_timing(results: dict) -> dict:
 def test_whole_eval_of_two_models(models, heldout, tmp_path):
     base, ttt = map(str, models)
     # every task, two lengths, two models: about 8 s on 2 CPU cores (pytest --durations shows it)
-    report = evaluate(EvalSettings(models=[base, ttt], lengths=[256, 512], samples=2, data=[str(heldout)], piece=96, block=64, out=str(tmp_path)))
+    report = evaluate(
+        EvalSettings(models=[base, ttt], lengths=[256, 512], samples=2, data=[str(heldout)], tokens_per_forward=96, final_block=64, out=str(tmp_path))
+    )
     assert report == tmp_path / "report.md"
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["settings"]["lengths"] == [256, 512] and results["settings"]["seed"] == 0
@@ -86,7 +88,7 @@ def test_same_seed_same_results_and_cli(models, heldout, tmp_path, capsys):
         "2",
         "--data",
         str(heldout),
-        "--piece",
+        "--tokens-per-forward",
         "100",
         "--clip-tau",
         "0.5",
@@ -139,7 +141,7 @@ def test_chat_template_prompts_reach_the_model(models, tmp_path, capsys):
     tokenizer = tiny_tokenizer(WORDS)
     tokenizer.chat_template = CHAT
     tokenizer.save_pretrained(chat)
-    args = ["eval", "--model", str(chat), "--tasks", "niah_single", "--lengths", "256", "--samples", "1", "--piece", "100"]
+    args = ["eval", "--model", str(chat), "--tasks", "niah_single", "--lengths", "256", "--samples", "1", "--tokens-per-forward", "100"]
     assert main([*args, "--chat-template", "--out", str(tmp_path / "a")]) == 0
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     assert results["settings"]["chat_template"] is True
@@ -197,7 +199,7 @@ def test_batched_prompts_generate_what_each_generates_alone(heldout, tmp_path):
             lengths=[256],
             samples=4,
             data=[str(heldout)],
-            piece=96,
+            tokens_per_forward=96,
             batch=batch,
             out=str(tmp_path / str(batch)),
         )

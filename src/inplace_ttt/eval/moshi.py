@@ -168,7 +168,7 @@ class MoshiEvalSettings:
     data: list[str]  # codes files / folders of them / moshi-finetune manifests
     out: Path = Path("moshi-eval")
     lm_kwargs: dict | None = None
-    piece: int = 250  # steps per forward (20 s)
+    steps_per_forward: int = 250  # --steps-per-forward (20 s of a conversation per forward)
     bucket_minutes: float = 1.0
     device: str = "auto"
     dtype: str = "auto"
@@ -186,8 +186,8 @@ class MoshiEvalSettings:
             raise ValueError("--model: give at least one model")
         for spec in self.specs:
             spec.check()
-        if self.piece < 1 or not self.bucket_minutes > 0:
-            raise ValueError("--piece must be >= 1 and --bucket-minutes > 0")
+        if self.steps_per_forward < 1 or not self.bucket_minutes > 0:
+            raise ValueError("--steps-per-forward must be >= 1 and --bucket-minutes > 0")
 
 
 def conversation_files(settings: MoshiEvalSettings) -> list[Path]:
@@ -239,7 +239,7 @@ def evaluate_moshi(settings: MoshiEvalSettings, progress: bool = True) -> Path:
             n_buckets = max(1, math.ceil(max(c.shape[1] for c in conversations) / bucket_steps))
             per_file = {}
             for f, codes in zip(files, conversations):
-                per_file[str(f)] = bucket_sums(conversation_nll(lm, codes, settings.piece), bucket_steps, n_buckets)
+                per_file[str(f)] = bucket_sums(conversation_nll(lm, codes, settings.steps_per_forward), bucket_steps, n_buckets)
                 bar.update(1)
             results["models"][spec.name] = {
                 "weights": str(spec.weights),
@@ -272,7 +272,13 @@ def _pooled(per_file: dict, n_buckets: int) -> dict[str, dict[str, list]]:
 
 
 def _settings_dict(s: MoshiEvalSettings) -> dict:
-    return {"models": s.models, "data": [str(d) for d in s.data], "piece": s.piece, "bucket_minutes": s.bucket_minutes, "lm_kwargs": s.lm_kwargs}
+    return {
+        "models": s.models,
+        "data": [str(d) for d in s.data],
+        "steps_per_forward": s.steps_per_forward,
+        "bucket_minutes": s.bucket_minutes,
+        "lm_kwargs": s.lm_kwargs,
+    }
 
 
 def _bucket_labels(n: int, minutes: float) -> list[str]:
@@ -298,7 +304,7 @@ def write_moshi_report(results: dict, out: Path) -> Path:
             for name, m in models.items()
         )
         + ".",
-        f"{len(first['conversations'])} conversations; time buckets of {s['bucket_minutes']:g} min; pieces of {s['piece']} steps; "
+        f"{len(first['conversations'])} conversations; time buckets of {s['bucket_minutes']:g} min; pieces of {s['steps_per_forward']} steps; "
         f"attention context {first['context_steps']} steps ({first['context_steps'] / FRAME_RATE / 60:.2f} min); device {results['device']}, dtype {results['dtype']}.",
         "",
     ]

@@ -46,8 +46,8 @@ class EvalSettings:
     data: list[str] = field(default_factory=list)  # held-out documents (loss; and a text haystack); default: the embedded corpus's
     clip_tau: float | None = None
     seed: int = 0
-    piece: int = 2048
-    block: int = 256
+    tokens_per_forward: int = 2048  # --tokens-per-forward: long inputs are read through the cache in pieces of this many
+    final_block: int = 256  # --final-block: the sliding-window view scores each document's last this many tokens
     contexts: list[int] | None = None  # sliding-window contexts; None: 0 and each length minus the block
     max_docs: int = 16
     chat_template: bool = False  # wrap each task prompt in the tokenizer's chat template (instruct models)
@@ -69,9 +69,9 @@ class EvalSettings:
             self.data = corpus_files("heldout")
         if any(n < 16 for n in self.lengths):
             raise ValueError(f"lengths must be >= 16 tokens; got {self.lengths}")
-        for name in ("samples", "piece", "block"):  # each is a count: 0 or less gave empty or NaN reports
+        for name in ("samples", "tokens_per_forward", "final_block"):  # each is a count: 0 or less gave empty or NaN reports
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}")
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         missing = [m for m in self.models if not Path(m).expanduser().exists() and looks_local(m)]
         if missing:
             raise ValueError(f"--model: no such model folder: {', '.join(missing)}")
@@ -171,7 +171,7 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
     )
     max_len = max(settings.lengths)
     edges = bucket_edges(min(max_len, max((len(d) for d in docs), default=max_len)))
-    contexts = settings.contexts if settings.contexts is not None else [0] + [n - settings.block for n in settings.lengths if n > settings.block]
+    contexts = settings.contexts if settings.contexts is not None else [0] + [n - settings.final_block for n in settings.lengths if n > settings.final_block]
     do_loss = LOSS_TASK in settings.tasks
 
     results = {"settings": asdict(settings), "device": device, "models": {}}
@@ -191,7 +191,7 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
                 for k in range(0, len(group), settings.batch):
                     batch = group[k : k + settings.batch]
                     prompts = [torch.tensor(tokenizer(s.prompt, add_special_tokens=False)["input_ids"], device=device) for s in batch]
-                    new = greedy(model, prompts, max(s.max_new_tokens for s in batch), settings.piece, tokenizer.eos_token_id, _pad_id(tokenizer))
+                    new = greedy(model, prompts, max(s.max_new_tokens for s in batch), settings.tokens_per_forward, tokenizer.eos_token_id, _pad_id(tokenizer))
                     for s, ids in zip(batch, new):
                         text = tokenizer.decode(ids[: s.max_new_tokens], skip_special_tokens=True)
                         cell["scores"].append(score(text, s.answers, s.metric))
@@ -200,16 +200,18 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
                 _accuracy(cell, settings.seed)
             for group in recall:
                 bar.set_postfix_str(f"{name} {RECALL_TASK} {group[0].length}")
-                cell = {"scores": recall_scores(model, group, settings.piece, settings.batch)}
+                cell = {"scores": recall_scores(model, group, settings.tokens_per_forward, settings.batch)}
                 _accuracy(cell, settings.seed)
                 entry.setdefault(RECALL_TASK, {})[str(group[0].length)] = cell
                 bar.update(len(group))
             if do_loss and docs:
                 bar.set_postfix_str(f"{name} loss")
                 on_device = [d.to(device) for d in docs]
-                entry["loss_by_position"] = loss_by_position(model, on_device, edges, settings.piece, settings.batch, settings.seed)
+                entry["loss_by_position"] = loss_by_position(model, on_device, edges, settings.tokens_per_forward, settings.batch, settings.seed)
                 bar.update(len(docs))
-                entry["sliding_window"] = sliding_window(model, on_device, contexts, settings.block, settings.piece, settings.batch, settings.seed)
+                entry["sliding_window"] = sliding_window(
+                    model, on_device, contexts, settings.final_block, settings.tokens_per_forward, settings.batch, settings.seed
+                )
                 bar.update(len(docs))
             entry["seconds"] = time.perf_counter() - started
             results["models"][name] = entry
