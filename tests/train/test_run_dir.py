@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import yaml
@@ -168,6 +169,36 @@ def test_resume_with_changed_settings_is_refused_and_the_old_config_kept(family_
     assert main(["train", str(config), "--resume", "--allow-changes", "--train.learning_rate", "0.002"]) == 0
     assert (run / "config-until-step-2.yaml").read_text() == saved  # the settings of steps 1-2, kept
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["learning_rate"] == 0.002
+
+
+def change_first_training_file(config):
+    """Edit the first file under the run's data.train in place, keeping it valid data: a text
+    document's words reversed, a conversation's codes shifted by one step."""
+    first = min(p for root in yaml.safe_load(config.read_text())["data"]["train"] for p in Path(root).rglob("*") if p.is_file())
+    if first.suffix == ".safetensors":
+        from safetensors.torch import load_file, save_file
+
+        codes = load_file(str(first))["codes"]
+        save_file({"codes": codes.roll(1, dims=-1).contiguous()}, str(first))
+    else:
+        first.write_text(" ".join(reversed(first.read_text().split())))
+
+
+def test_resume_over_changed_data_files_is_refused(family_run, capsys, monkeypatch):
+    """The same config over files that changed under the same paths: the rows' fingerprint
+    (data.sha256) differs, so --resume is refused with nothing written; --allow-changes goes on."""
+    config, run = family_run
+    with killed_writing(monkeypatch, "checkpoint-4"):
+        main(["train", str(config)])
+    assert (run / "data.sha256").is_file()
+    change_first_training_file(config)
+    before = folder_state(run)
+    assert main(["train", str(config), "--resume"]) == 2
+    message = last_error(capsys)
+    assert message.startswith("ittt train: error: --resume: the training data differs from the run's: the files under data.train changed")
+    assert "pass --allow-changes" in message and folder_state(run) == before
+    assert main(["train", str(config), "--resume", "--allow-changes"]) == 0
+    assert (run / "data.sha256").read_text() != before["data.sha256"].decode()  # the rows it went on with
 
 
 def test_allow_changes_needs_resume(workspace, capsys):

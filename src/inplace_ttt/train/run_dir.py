@@ -10,6 +10,8 @@ What a run folder holds, all written by the run:
 - ``config.yaml``: the run's settings. ``--resume`` with other settings is refused, the changed
   keys named; with ``--allow-changes`` it goes on and keeps the old file as
   ``config-until-step-<N>.yaml``.
+- ``data.sha256``: a fingerprint of the rows the run trains on (`data_fingerprint`): ``--resume``
+  after the files under the same paths changed is refused too (``--allow-changes`` goes on).
 - ``metrics.jsonl``; ``checkpoint-<step>/``: an ``IN_PROGRESS`` file is its first write and a
   ``COMPLETE`` file its last, so a checkpoint counts only once complete, and only folders with
   one of the two are ours (a user's ``checkpoint-best-manual/`` or an unmarked ``checkpoint-7/``
@@ -23,6 +25,7 @@ again under the lock (`start_run_dir`), since another run may have started meanw
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -30,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..files import write_atomic
@@ -41,6 +45,7 @@ COMPLETE = "COMPLETE"
 FINAL = "final"
 PARTIAL_FINAL = ".final-partial"
 CONFIG = "config.yaml"
+DATA = "data.sha256"
 # keys that may differ on --resume: where and how often the run reports and saves, not what it trains
 BOOKKEEPING = {
     "train.output_dir",
@@ -98,13 +103,25 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def data_fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the training rows as the run reads them (dtypes, shapes and values, in order):
+    equal configs over files that changed under the same paths give another fingerprint."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{t.dtype} {list(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 # checks (read only) ----------------------------------------------------------------------------
 
 
-def resume_point(config, resume: bool, allow_changes: bool = False, new_lock: bool = False) -> Path | None:
+def resume_point(config, resume: bool, allow_changes: bool = False, new_lock: bool = False, data: str | None = None) -> Path | None:
     """The checkpoint to resume from (None: start from step 0), after checking that the run may
     use `config.train.output_dir`. Reads only: nothing is written or deleted. Raises `RunError`
-    when it may not, `RunFinished` when resuming a finished run. (`new_lock`: see `holds_run`.)"""
+    when it may not, `RunFinished` when resuming a finished run. (`new_lock`: see `holds_run`;
+    `data`: the fingerprint of the rows this run would train on, once they are loaded.)"""
     out = Path(config.train.output_dir)
     if not is_main_process():  # the main process checked and prepares the folder
         return last_complete_checkpoint(out) if resume else None
@@ -135,6 +152,13 @@ def resume_point(config, resume: bool, allow_changes: bool = False, new_lock: bo
         raise RunError(
             f"--resume: the settings differ from the run's {out / CONFIG}: {'; '.join(changes)}. Resume with the run's "
             f"settings, or pass --allow-changes to go on with these (the old file is kept as config-until-step-<N>.yaml)"
+        )
+    saved = (out / DATA).read_text().strip() if (out / DATA).is_file() else None
+    if data is not None and saved is not None and saved != data and not allow_changes:
+        raise RunError(
+            f"--resume: the training data differs from the run's: the files under data.train changed since it started "
+            f"(rows fingerprint {data[:12]}, the run's {saved[:12]} in {out / DATA}). Resume with the run's data, or pass "
+            "--allow-changes to go on with these rows"
         )
     return checkpoint
 
@@ -192,22 +216,22 @@ def _live_holder(out: Path) -> str | None:
 # changes (under the lock) ----------------------------------------------------------------------
 
 
-def start_run_dir(config, resume: bool, allow_changes: bool = False) -> Path | None:
+def start_run_dir(config, resume: bool, allow_changes: bool = False, data: str | None = None) -> Path | None:
     """Create the run folder, take its lock for as long as this process runs or until
     `release_run_dir`, check it again (another run may have started meanwhile), and make it
     ready: when resuming, delete what a kill cut off (our unfinished checkpoints and final
     model, metrics logged after the checkpoint), keep a changed config.yaml under another name;
-    write the run's config.yaml. Returns the checkpoint to resume from."""
+    write the run's config.yaml (and `data`, the rows' fingerprint). Returns the checkpoint to resume from."""
     out = Path(config.train.output_dir)
     if not is_main_process():
         return resume_point(config, resume)
-    resume_point(config, resume, allow_changes)  # refuses before anything is created
+    resume_point(config, resume, allow_changes, data=data)  # refuses before anything is created
     with named_folder_errors(out):
         out.mkdir(parents=True, exist_ok=True)
         new_lock = not (out / LOCK).exists()
         _lock(out)
     try:
-        checkpoint = resume_point(config, resume, allow_changes, new_lock)  # the folder as it is now that we hold it
+        checkpoint = resume_point(config, resume, allow_changes, new_lock, data)  # the folder as it is now that we hold it
     except RunError:
         release_run_dir(out)
         if new_lock:
@@ -228,6 +252,8 @@ def start_run_dir(config, resume: bool, allow_changes: bool = False) -> Path | N
         if config_changes(config, out / CONFIG):
             (out / CONFIG).rename(out / f"config-until-step-{step}.yaml")
     write_atomic(out / CONFIG, dump_config(config))
+    if data is not None:
+        write_atomic(out / DATA, data + "\n")
     return checkpoint
 
 
