@@ -16,7 +16,7 @@ from inplace_ttt.adapters.moshi import save_ttt  # noqa: E402
 from inplace_ttt.cli import main  # noqa: E402
 from inplace_ttt.eval.moshi import ModelSpec, conversation_nll  # noqa: E402
 from tests.adapters.test_moshi import TINY, active_targets, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
-from tests.speech.conftest import dataset, kit, single_thread  # noqa: E402, F401  (fixtures: a manifest of espeak-ng conversations, Mimi, tokenizer)
+from tests.speech.conftest import dataset, kit, kit_flags, single_thread  # noqa: E402, F401  (fixtures: a manifest of espeak-ng conversations, Mimi, tokenizer)
 
 
 @pytest.fixture(autouse=True)
@@ -174,14 +174,7 @@ def test_a_manifest_is_encoded_then_evaluated(kit, dataset, tmp_path):  # noqa: 
         f"base={kit['weights']}",
         "--data",
         str(dataset["manifest"]),
-        "--lm-config",
-        str(kit["lm_config"]),
-        "--mimi",
-        str(kit["mimi"]),
-        "--mimi-config",
-        str(kit["mimi_config"]),
-        "--tokenizer",
-        str(kit["tokenizer"]),
+        *kit_flags(kit),
         "--bucket-minutes",
         "0.1",
         "--out",

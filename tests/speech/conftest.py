@@ -179,6 +179,11 @@ def kit(tmp_path_factory):
     }
 
 
+def kit_flags(kit) -> list[str]:
+    """The command-line flags that hand a Moshi command the kit's Mimi, tokenizer and LM settings."""
+    return ["--mimi", str(kit["mimi"]), "--mimi-config", str(kit["mimi_config"]), "--tokenizer", str(kit["tokenizer"]), "--lm-config", str(kit["lm_config"])]
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     """moshi-finetune's layout: a manifest and three stereo conversations at 22.05, 16 and 24 kHz."""

@@ -17,24 +17,11 @@ from safetensors import safe_open
 
 from inplace_ttt.cli import main
 from inplace_ttt.speech.encode import METADATA_KEY
-from tests.speech.conftest import LM_KWARGS, write_conversation
+from tests.speech.conftest import LM_KWARGS, kit_flags, write_conversation
 
 
 def encode_args(kit, manifest, out) -> list[str]:
-    return [
-        "moshi-encode",
-        str(manifest),
-        "--mimi",
-        str(kit["mimi"]),
-        "--mimi-config",
-        str(kit["mimi_config"]),
-        "--tokenizer",
-        str(kit["tokenizer"]),
-        "--lm-config",
-        str(kit["lm_config"]),
-        "--out",
-        str(out),
-    ]
+    return ["moshi-encode", str(manifest), *kit_flags(kit), "--out", str(out)]
 
 
 def read_codes(path):

@@ -15,7 +15,7 @@ from inplace_ttt import TTTConfig
 from inplace_ttt.adapters.moshi import load_moshi, save_ttt
 from inplace_ttt.cli import main
 from tests.adapters.test_moshi import active_targets
-from tests.speech.conftest import LM_KWARGS, dialogue, spoken
+from tests.speech.conftest import LM_KWARGS, dialogue, kit_flags, spoken
 
 CHUNK = 16
 
@@ -48,14 +48,7 @@ def infer_args(kit, model, inp, out, *extra) -> list[str]:
         str(model / "model.safetensors"),
         "--ttt",
         str(model / "ttt.safetensors"),
-        "--mimi",
-        str(kit["mimi"]),
-        "--mimi-config",
-        str(kit["mimi_config"]),
-        "--tokenizer",
-        str(kit["tokenizer"]),
-        "--lm-config",
-        str(kit["lm_config"]),
+        *kit_flags(kit),
         *extra,
     ]
 
