@@ -18,6 +18,7 @@ import argparse
 import copy
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
@@ -28,36 +29,13 @@ from moshi.models.lm import LMGen, LMModel  # noqa: E402
 import inplace_ttt  # noqa: E402
 from inplace_ttt.adapters.moshi import update_counts  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))
+from moshi_shape import lm_kwargs  # noqa: E402
+
 
 def build(args, device):
     torch.manual_seed(0)
-    base = LMModel(
-        delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2,
-        n_q=16,
-        dep_q=8,
-        card=2048,
-        text_card=32000,
-        dim=args.dim,
-        num_heads=args.dim // 64,
-        num_layers=args.layers,
-        hidden_scale=4.125,
-        causal=True,
-        context=3000,
-        max_period=10000,
-        gating="silu",
-        norm="rms_norm_f32",
-        positional_embedding="rope",
-        depformer_dim=args.dim // 2,
-        depformer_num_heads=max(1, args.dim // 128),
-        depformer_num_layers=2,
-        depformer_dim_feedforward=int(4.125 * args.dim // 2),
-        depformer_multi_linear=True,
-        depformer_weights_per_step=True,
-        depformer_pos_emb="none",
-        depformer_context=8,
-        device=device,
-        dtype=torch.float32,
-    ).eval()
+    base = LMModel(**lm_kwargs(args.dim, args.layers, context=3000), device=device, dtype=torch.float32).eval()
     ttt = inplace_ttt.convert(copy.deepcopy(base), inplace_ttt.TTTConfig(layers="every 6", chunk_size=args.chunk, ttt_lr=1.0, target_source="token_embeddings"))
     with torch.no_grad():
         for _, layer in inplace_ttt.ttt_layers(ttt):

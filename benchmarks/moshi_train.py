@@ -38,6 +38,7 @@ from inplace_ttt.train.telemetry import TTTTelemetry  # noqa: E402
 from inplace_ttt.train.trainer import TTTTrainer, training_arguments  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+from moshi_shape import lm_kwargs  # noqa: E402
 from op import status_bytes  # noqa: E402  (the same peak-RSS reading as the operator benchmark)
 
 RUNS = [(model, engine) for engine in ("hand", "engine") for model in ("base", "ttt")]
@@ -45,32 +46,7 @@ RUNS = [(model, engine) for engine in ("hand", "engine") for model in ("base", "
 
 def build(args, ttt: bool) -> MoshiLoss:
     torch.manual_seed(0)
-    lm = LMModel(
-        delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2,
-        n_q=16,
-        dep_q=8,
-        card=args.card,
-        text_card=args.text_card,
-        dim=args.dim,
-        num_heads=args.dim // 64,
-        num_layers=args.layers,
-        hidden_scale=4.125,
-        causal=True,
-        context=args.row_length,
-        max_period=10000,
-        gating="silu",
-        norm="rms_norm_f32",
-        positional_embedding="rope",
-        depformer_dim=args.dim // 2,
-        depformer_num_heads=max(1, args.dim // 128),
-        depformer_num_layers=2,
-        depformer_dim_feedforward=int(4.125 * args.dim // 2),
-        depformer_multi_linear=True,
-        depformer_weights_per_step=True,
-        depformer_pos_emb="none",
-        depformer_context=8,
-        dtype=torch.float32,
-    )
+    lm = LMModel(**lm_kwargs(args.dim, args.layers, args.row_length, args.card, args.text_card), dtype=torch.float32)
     if ttt:
         lm = inplace_ttt.convert(lm, inplace_ttt.TTTConfig(layers="every 6", chunk_size=args.chunk, ttt_lr=1.0, target_source="token_embeddings"))
     return MoshiLoss(lm, first_codebook_weight=100.0, text_padding_weight=0.5).train()
