@@ -23,7 +23,6 @@ from ..doctor import doctor
 from .config import RunConfig, adopt_ttt
 from .data import build_dataset, collate
 from .modes import unwrap
-from .run_dir import data_fingerprint
 from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
 
 CONFIG = RunConfig
@@ -118,5 +117,5 @@ def prepare(config: RunConfig) -> RunParts:
         doctor=first_batch_doctor,
         processing_class=tokenizer,
         settings=getattr(model.config, CONFIG_KEY, None),
-        data_fingerprint=data_fingerprint(train_rows.input_ids, train_rows.position_ids),
+        train_rows=(train_rows.input_ids, train_rows.position_ids),
     )

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 
 from ..config import TTTConfig
 from .config import LoraSettings, TrainConfig, adopt_ttt
-from .run_dir import data_fingerprint
 from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
 
 CODES_KEY = "codes"
@@ -328,5 +327,5 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         enable_checkpointing=enable_checkpointing,
         use_cpu=device.type == "cpu",
         settings=getattr(lm, SETTINGS_KEY),
-        data_fingerprint=data_fingerprint(train_rows),
+        train_rows=(train_rows,),
     )

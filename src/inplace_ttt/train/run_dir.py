@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -216,15 +216,17 @@ def _live_holder(out: Path) -> str | None:
 # changes (under the lock) ----------------------------------------------------------------------
 
 
-def start_run_dir(config, resume: bool, allow_changes: bool = False, data: str | None = None) -> Path | None:
+def start_run_dir(config, resume: bool, allow_changes: bool = False, rows: Sequence[torch.Tensor] = ()) -> Path | None:
     """Create the run folder, take its lock for as long as this process runs or until
     `release_run_dir`, check it again (another run may have started meanwhile), and make it
     ready: when resuming, delete what a kill cut off (our unfinished checkpoints and final
     model, metrics logged after the checkpoint), keep a changed config.yaml under another name;
-    write the run's config.yaml (and `data`, the rows' fingerprint). Returns the checkpoint to resume from."""
+    write the run's config.yaml and, given the training `rows`, their fingerprint (hashed here, by the
+    main process only). Returns the checkpoint to resume from."""
     out = Path(config.train.output_dir)
     if not is_main_process():
         return resume_point(config, resume)
+    data = data_fingerprint(*rows) if rows else None
     resume_point(config, resume, allow_changes, data=data)  # refuses before anything is created
     with named_folder_errors(out):
         out.mkdir(parents=True, exist_ok=True)

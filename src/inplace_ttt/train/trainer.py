@@ -77,7 +77,7 @@ class RunParts:
     processing_class: Any = None  # a tokenizer, saved with checkpoints
     use_cpu: bool | None = None  # None: train on the accelerator where there is one
     settings: dict | None = None  # the TTT settings saved with the model: the engine records each run's training there
-    data_fingerprint: str | None = None  # of the training rows (`run_dir.data_fingerprint`): --resume refuses other rows
+    train_rows: tuple[torch.Tensor, ...] = ()  # the tensors of the training rows: their fingerprint lets --resume refuse other data
 
 
 class TTTTrainer(Trainer):
@@ -387,7 +387,7 @@ def run_training(
         if not report.ok:
             raise RunError(f"doctor found problems on the first batch; not training:\n{report}")
     try:
-        checkpoint = start_run_dir(config, resume, allow_changes, parts.data_fingerprint)
+        checkpoint = start_run_dir(config, resume, allow_changes, parts.train_rows)
         telemetry.enable()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if trainer.is_world_process_zero():
