@@ -40,9 +40,9 @@ def build(root: Path, small_mimi: bool) -> dict:
     from safetensors.torch import save_file
 
     from inplace_ttt import TTTConfig
-    from inplace_ttt.adapters.moshi import load_moshi, save_ttt
-    from tests.adapters.test_moshi import TINY, active_targets
+    from inplace_ttt.families.moshi import load_moshi, save_ttt
     from tests.speech.conftest import WORDS, mimi_config, random_mimi
+    from tests.tiny_moshi import TINY, active_targets
 
     mimi = random_mimi(small=small_mimi)
     save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(root / "mimi.safetensors"))

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from moshi.models.lm import LMGen, LMModel  # noqa: E402
 
 import inplace_ttt  # noqa: E402
-from inplace_ttt.adapters.moshi import update_counts  # noqa: E402
+from inplace_ttt.families.moshi import update_counts  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from moshi_shape import lm_kwargs  # noqa: E402

@@ -32,8 +32,9 @@ from moshi.models.lm import LMModel  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 import inplace_ttt  # noqa: E402
+from inplace_ttt.families.moshi import MoshiLoss  # noqa: E402
+from inplace_ttt.families.moshi.codes import ConversationRows, collate  # noqa: E402
 from inplace_ttt.train.config import TrainConfig  # noqa: E402
-from inplace_ttt.train.moshi import ConversationRows, MoshiLoss, collate  # noqa: E402
 from inplace_ttt.train.telemetry import TTTTelemetry  # noqa: E402
 from inplace_ttt.train.trainer import TTTTrainer, training_arguments  # noqa: E402
 

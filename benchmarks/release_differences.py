@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/
 import inplace_ttt  # noqa: E402
-from inplace_ttt.adapters.hf import quiet_transformers  # noqa: E402
+from inplace_ttt.families.hf import quiet_transformers  # noqa: E402
 from tests.release_reference import ReleaseModel, chunked, conv_in_chunks, inference_mlp, training_mlp  # noqa: E402
 
 VOCAB = 256

@@ -191,7 +191,7 @@ def test_one_group_holding_the_gradient_is_a_warning_with_its_share():
 @pytest.fixture
 def moshi():
     pytest.importorskip("moshi")
-    from tests.adapters.test_moshi import random_codes, tiny_lm
+    from tests.tiny_moshi import random_codes, tiny_lm
 
     base = tiny_lm()
     lm = inplace_ttt.convert(tiny_lm(), inplace_ttt.TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings")).train()
@@ -217,7 +217,7 @@ def _gelu(lm):  # the seed's TTT layers ran GELU in Moshi's SiLU gatings
 
 def _clip(lm):  # the seed clipped at 1e-5 in training
     for layer in _moshi_layers(lm).values():
-        layer.clip_tau = 1e-5
+        layer.config.clip_tau = 1e-5
 
 
 def _zero_targets(lm):
@@ -298,9 +298,9 @@ def test_cli_doctor_on_a_moshi_model_and_a_conversation(tmp_path, capsys, moshi)
 
     from safetensors.torch import save_file
 
-    from inplace_ttt.adapters.moshi import save_ttt
     from inplace_ttt.cli import main
-    from tests.adapters.test_moshi import TINY, write_tiny_checkpoint
+    from inplace_ttt.families.moshi import save_ttt
+    from tests.tiny_moshi import TINY, write_tiny_checkpoint
 
     lm, base, codes = moshi
     write_tiny_checkpoint(tmp_path / "base.safetensors")

@@ -117,10 +117,10 @@ def test_clip_tau_is_an_inference_switch():
     train_targets(layer)
     x = torch.randn(1, 12, D, dtype=torch.float64)
     free = layer(x)
-    layer.clip_tau = 1e-9
+    layer.config.clip_tau = 1e-9
     clipped = layer(x)
     assert not torch.allclose(free, clipped)
-    layer.clip_tau = None
+    layer.config.clip_tau = None
     torch.testing.assert_close(layer(x), free, rtol=0, atol=0)
 
 
@@ -194,7 +194,7 @@ def test_stats_report_how_far_the_fast_weight_moved():
     layer.record_stats = True
     layer(torch.randn(2, 12, D, dtype=torch.float64))
     assert layer.last_stats["fast_ratio"] > 0 and layer.last_stats["clipped_share"] == 0
-    layer.clip_tau = 1e-9
+    layer.config.clip_tau = 1e-9
     layer(torch.randn(2, 12, D, dtype=torch.float64))
     assert layer.last_stats["clipped_share"] == 1.0
 

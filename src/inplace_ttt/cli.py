@@ -36,8 +36,8 @@ def _doctor(args: argparse.Namespace) -> int:
     """Load a converted model and a batch of its data, run `inplace_ttt.doctor`."""
     from pathlib import Path
 
-    from .adapters import MOSHI_TTT_WEIGHTS
     from .doctor import doctor
+    from .families.moshi.io import TTT_WEIGHTS as MOSHI_TTT_WEIGHTS
 
     moshi = (Path(args.model_dir) / MOSHI_TTT_WEIGHTS).is_file()
     model, batch, base, what = (_moshi_doctor_inputs if moshi else _text_doctor_inputs)(args)
@@ -65,8 +65,8 @@ def _text_doctor_inputs(args: argparse.Namespace):
     from transformers import AutoTokenizer
 
     from . import ttt_layers
-    from .adapters.hf import is_ttt_checkpoint, load_causal_lm, quiet_transformers
     from .documents import read_documents
+    from .families.hf import is_ttt_checkpoint, load_causal_lm, quiet_transformers
 
     if not Path(args.model_dir).is_dir():
         raise ValueError(f"{args.model_dir}: no such model folder")
@@ -91,8 +91,9 @@ def _moshi_doctor_inputs(args: argparse.Namespace):
 
     import torch.nn.functional as F
 
-    from .adapters.moshi import TTT_WEIGHTS, load_base, ttt_layers
-    from .train.moshi import MoshiModelConfig, load_lm, read_conversation, read_lm_kwargs
+    from .families.moshi import TTT_WEIGHTS, load_base, ttt_layers
+    from .families.moshi.codes import read_conversation
+    from .train.moshi import MoshiModelConfig, load_lm, read_lm_kwargs
 
     d = Path(args.model_dir)
     files = MoshiModelConfig(weights=str(d / "model.safetensors"), ttt_weights=str(d / TTT_WEIGHTS), lm_kwargs=args.lm_kwargs)
@@ -155,7 +156,7 @@ def _export(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from . import export_release, from_pretrained
-    from .adapters.hf import quiet_transformers
+    from .families.hf import quiet_transformers
 
     model = from_pretrained(args.model_dir, dtype="auto")  # written in the dtype it was saved in
     try:

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from .adapters import convert
 from .assets import base_model_dir, corpus_files
 from .config import TTTConfig
 from .eval.intervals import difference_interval
 from .eval.recall import TASK as RECALL_TASK
 from .eval.report import plot_training
 from .eval.runner import LOSS_TASK, EvalSettings, evaluate
+from .families import convert
 from .files import write_atomic
 from .train.config import DataConfig, RunConfig, TrainConfig
 from .train.run import train

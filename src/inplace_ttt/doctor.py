@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .adapters import probe, ttt_layers
-from .adapters.record import describe, may_change, split_training, trained_steps
+from .families import probe, ttt_layers
+from .families.record import describe, may_change, split_training, trained_steps
 from .layer import InPlaceTTTMLP, TargetGenerator
 from .ops import find_segments, inplace_ttt
 
@@ -71,7 +71,7 @@ def doctor(
         defaults to ``model.training``.
     fresh: whether `model` is a fresh conversion, which must compute what the unconverted model
         did (without `base_model`: what it computes with TTT off); defaults to: its settings
-        record no training (`adapters.record`) and every target is zero now. (A "fresh" model
+        record no training (`families.record`) and every target is zero now. (A "fresh" model
         with non-zero targets is the seed's random init.) A trained model must keep the weights
         its recorded modes froze and, with TTT off, compute what `base_model` computes holding
         the weights it trained.
@@ -229,15 +229,16 @@ def _check_warm_start(report, model, layers, base_model, batch, family, fresh: b
     model: a fresh conversion with TTT off is the base model, by construction, so TTT on against
     TTT off). Trained: with TTT off it computes what the base computes holding the `n_changed`
     weights the training changed."""
-    saved = {i: layer.ttt_lr for i, layer in layers.items()}
+    configs = {id(layer.config): layer.config for layer in layers.values()}  # the model's settings (one, shared by its layers)
+    saved = {key: config.ttt_lr for key, config in configs.items()}
     try:
         on_logits = family.logits(model, batch)
-        for layer in layers.values():
-            layer.ttt_lr = 0.0
+        for config in configs.values():
+            config.ttt_lr = 0.0  # TTT off, for this one forward
         off_logits = family.logits(model, batch)
     finally:
-        for i, layer in layers.items():
-            layer.ttt_lr = saved[i]
+        for key, config in configs.items():
+            config.ttt_lr = saved[key]
     tol = _tolerance(next(iter(layers.values())).down.weight.dtype)
     if base_model is None:
         on = (on_logits - off_logits).abs().max().item()

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import TTTConfig
-from .ops import chunk_conv, context_parallel_ttt, find_segments, inplace_ttt, sequence_shard, state_dtype
+from .context import TTTContext
+from .ops import chunk_conv, context_parallel_ttt, inplace_ttt, sequence_shard, state_dtype
 from .ops.recurrent import fixed_step, prefill, token_step
 from .ops.state import FastWeightState, FixedStepState
 
@@ -145,14 +146,17 @@ class InPlaceTTTMLP(nn.Module):
         self.layer_idx = layer_idx
         self.record_stats = False  # set by training telemetry; fills `last_stats` after each forward
         self.last_stats: dict[str, float] = {}
-        self.chunk_size = config.chunk_size
-        self.ttt_lr = config.ttt_lr
-        self.clip_tau = config.clip_tau
-        self.target_source = config.target_source
+        self.config = config  # the one home of the settings: `convert` hands every layer of a model the same object
         self.cp_group = None  # a process group splitting sequences along time (context parallelism)
         weight = getattr(self, spec.down).weight
         d = weight.shape[0]
         self.ttt = TargetGenerator(d, d, config, dtype=weight.dtype, device=weight.device)
+
+    # the settings, read from `config` (a change there reaches every layer of the model)
+    chunk_size = property(lambda self: self.config.chunk_size)
+    ttt_lr = property(lambda self: self.config.ttt_lr)
+    clip_tau = property(lambda self: self.config.clip_tau)
+    target_source = property(lambda self: self.config.target_source)
 
     @property
     def down(self) -> nn.Module:
@@ -164,6 +168,7 @@ class InPlaceTTTMLP(nn.Module):
     def forward(
         self,
         x: Tensor,
+        context: TTTContext | None = None,
         *,
         position_ids: Tensor | None = None,
         target_source: Tensor | None = None,
@@ -171,26 +176,34 @@ class InPlaceTTTMLP(nn.Module):
     ) -> Tensor:
         """`x` ``[B, T, d]`` → ``[B, T, d]``.
 
+        context: what the model's forward says about these tokens (`TTTContext`: positions, their
+            segments, token embeddings, the streaming state), built once per model forward by
+            the model's family. A layer used on its own takes the same three as arguments:
         position_ids: ``[B, T]``, 0 starts a document, negative is padding (see `ops.segments`).
-        target_source: ``[B, T, d]`` token embeddings when ``target="token_embeddings"``.
+        target_source: ``[B, T, d]`` token embeddings when ``target_source="token_embeddings"``.
         state: streaming state; when given, `x` continues the sequences it holds (positions
             default to the next ones) and the state is updated in place.
         """
+        if context is None:
+            context = TTTContext(position_ids, target_source, (lambda _: state) if state is not None else None)
+        elif position_ids is not None or target_source is not None or state is not None:
+            raise TypeError("give a context or position_ids / target_source / state, not both")
+        state = context.state(self.layer_idx)
         z = self.spec.hidden(self, x)
         if state is not None and self.cp_group is not None:  # at once, before any collective: streaming runs on one rank
             raise ValueError("streaming (a state) runs on one rank: clear cp_group (context parallelism) to generate")
         stats = {} if self.record_stats and state is None else None
         if self.cp_group is not None:
-            fast = self._context_parallel(z, x, target_source, position_ids, stats)
+            fast = self._context_parallel(z, x, context.embeddings, context.positions, stats)
         elif x.shape[1] == 0:  # no tokens: no update, no state change
             return self.down(z)
         elif state is None:
-            src = self._source(x, target_source)
-            seg = find_segments(position_ids, x.shape[0], x.shape[1], self.chunk_size, x.device)
+            src = self._source(x, context.embeddings)
+            seg = context.segments(self.chunk_size, x.shape[0], x.shape[1], x.device)
             v = self.ttt(src, seg.seg_key).to(z.dtype)
-            fast = inplace_ttt(z, v, None, self.ttt_lr, self.chunk_size, position_ids=position_ids, clip_tau=self.clip_tau, stats=stats)
+            fast = inplace_ttt(z, v, None, self.ttt_lr, self.chunk_size, position_ids=context.positions, clip_tau=self.clip_tau, stats=stats, segments=seg)
         else:
-            return self._stream(z, self._source(x, target_source), position_ids, state)
+            return self._stream(z, self._source(x, context.embeddings), context.positions, state)
         if stats is not None:
             self._record(stats)
         return self.down(z) + fast

@@ -12,11 +12,11 @@ from safetensors.torch import save_file  # noqa: E402
 
 import inplace_ttt.eval.moshi as moshi_eval  # noqa: E402
 from inplace_ttt import TTTConfig, convert  # noqa: E402
-from inplace_ttt.adapters.moshi import save_ttt  # noqa: E402
 from inplace_ttt.cli import main  # noqa: E402
 from inplace_ttt.eval.moshi import ModelSpec, conversation_nll  # noqa: E402
-from tests.adapters.test_moshi import TINY, active_targets, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
+from inplace_ttt.families.moshi import save_ttt  # noqa: E402
 from tests.speech.conftest import dataset, kit, kit_flags, single_thread  # noqa: E402, F401  (fixtures: a manifest of espeak-ng conversations, Mimi, tokenizer)
+from tests.tiny_moshi import TINY, active_targets, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
 
 
 @pytest.fixture(autouse=True)

@@ -5,12 +5,12 @@ import random
 
 import pytest
 
-from inplace_ttt.adapters import ttt_layers
 from inplace_ttt.assets import corpus_files
 from inplace_ttt.cli import main
 from inplace_ttt.documents import read_documents
 from inplace_ttt.eval.ruler import TASK_NAMES, make_samples
 from inplace_ttt.eval.runner import ALL_TASKS, EvalSettings, evaluate, model_to_evaluate, parse_lengths
+from inplace_ttt.families import ttt_layers
 from tests.eval.conftest import WORDS
 from tests.tiny_hf import tiny, tiny_tokenizer
 

@@ -142,7 +142,7 @@ def check_hf(rank, world):
     """A converted transformers model, its sequence split across ranks: the TTT layers get the global
     positions, the token embeddings and the group through the adapter's hooks. Attention's output
     projection is zero, so attention (not split here) cannot make the ranks differ."""
-    from inplace_ttt.adapters.hf import set_context_parallel
+    from inplace_ttt.families.hf import set_context_parallel
     from tests.tiny_hf import VOCAB, converted
 
     model = converted(target_source="token_embeddings").train()

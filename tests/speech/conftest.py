@@ -18,7 +18,7 @@ import pytest
 import torch
 
 pytest.importorskip("moshi")
-from tests.adapters.test_moshi import TINY  # noqa: E402
+from tests.tiny_moshi import TINY  # noqa: E402
 
 SPEAKER_USER = "SPEAKER_USER"
 LM_KWARGS = {**TINY, "card": 64, "text_card": 64}

@@ -12,10 +12,10 @@ from moshi.models.loaders import get_moshi_lm
 from safetensors.torch import save_file
 
 from inplace_ttt import TTTConfig
-from inplace_ttt.adapters.moshi import load_moshi, save_ttt
 from inplace_ttt.cli import main
-from tests.adapters.test_moshi import active_targets
+from inplace_ttt.families.moshi import load_moshi, save_ttt
 from tests.speech.conftest import LM_KWARGS, dialogue, kit_flags, spoken
+from tests.tiny_moshi import active_targets
 
 CHUNK = 16
 

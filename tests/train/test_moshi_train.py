@@ -11,11 +11,12 @@ pytest.importorskip("moshi")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from inplace_ttt import TTTConfig, convert  # noqa: E402
-from inplace_ttt.adapters.moshi import load_moshi, training_loss  # noqa: E402
 from inplace_ttt.cli import main  # noqa: E402
-from inplace_ttt.train.moshi import MoshiRunConfig, conversation_rows  # noqa: E402
+from inplace_ttt.families.moshi import load_moshi, training_loss  # noqa: E402
+from inplace_ttt.families.moshi.codes import conversation_rows  # noqa: E402
+from inplace_ttt.train.moshi import MoshiRunConfig  # noqa: E402
 from inplace_ttt.train.run import load_run_config as load_config  # noqa: E402
-from tests.adapters.test_moshi import TINY, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
+from tests.tiny_moshi import TINY, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
 
 
 def test_loss_is_moshi_finetunes_weighted_cross_entropy():
@@ -108,7 +109,7 @@ def test_a_short_run_trains_the_ttt_layers_and_saves_a_loadable_model(tmp_path, 
     assert not torch.allclose(lm(codes).text_logits.nan_to_num(), fresh(codes).text_logits.nan_to_num())
     # the checkpoint says how it was trained, and the doctor checks what holds for a trained model
     from inplace_ttt import doctor
-    from inplace_ttt.adapters.moshi import load_base
+    from inplace_ttt.families.moshi import load_base
 
     assert lm.inplace_ttt["training"] == [{"mode": mode, "steps": 3, **({"lora_target_modules": ["linear_in", "linear_out"]} if mode == "lora" else {})}]
     report = doctor(lm.train(), {"codes": random_codes(lm, 2, 12)}, load_base(tmp_path / "model.safetensors", TINY))
@@ -162,7 +163,7 @@ def test_a_bfloat16_run_trains_as_far_as_a_float32_run(tmp_path):
 
 
 def test_an_empty_conversation_is_refused_with_its_file_named(tmp_path):
-    from inplace_ttt.train.moshi import read_conversation
+    from inplace_ttt.families.moshi.codes import read_conversation
 
     save_file({"codes": torch.zeros(17, 0, dtype=torch.int64)}, str(tmp_path / "empty.safetensors"))
     with pytest.raises(ValueError, match="empty.safetensors.*no steps"):
@@ -321,7 +322,7 @@ def _cut(path):
 
 
 def _trained_ttt(tmp):
-    from inplace_ttt.adapters.moshi import save_ttt
+    from inplace_ttt.families.moshi import save_ttt
 
     save_ttt(convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=4, target_source="token_embeddings")), tmp / "trained")
     return True

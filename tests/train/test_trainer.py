@@ -228,7 +228,7 @@ def test_a_trained_checkpoint_goes_on_with_its_own_ttt_settings(workspace, capsy
     assert not second.exists()
     edit(workspace["config"], ttt={"chunk_size": 8, "ttt_lr": 0.5, "layers": [0, 2]})  # the same values (layers as indices): accepted
     assert main(["train", str(workspace["config"])]) == 0
-    from inplace_ttt.adapters.hf import checkpoint_settings
+    from inplace_ttt.families.hf import checkpoint_settings
 
     saved = checkpoint_settings(workspace["run"] / "final")[0]
     assert yaml.safe_load((second / "config.yaml").read_text())["ttt"] == saved.to_dict()  # what the run trained with

@@ -223,7 +223,7 @@ def evaluate_moshi(settings: MoshiEvalSettings, progress: bool = True) -> Path:
     """Run every model on every conversation; write ``results.json``, ``report.md`` and plots; returns the report."""
     from tqdm.auto import tqdm
 
-    from ..train.moshi import read_conversation
+    from ..families.moshi.codes import read_conversation
 
     device, dtype = resolve_device(settings.device, settings.dtype)
     files = conversation_files(settings)

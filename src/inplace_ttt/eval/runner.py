@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import set_clip_tau
-from ..adapters.hf import CONFIG_KEY, is_ttt_checkpoint, load_causal_lm, looks_local, quiet_transformers
 from ..assets import corpus_files
+from ..config import CONFIG_KEY
 from ..documents import read_documents
+from ..families import set_clip_tau
+from ..families.hf import is_ttt_checkpoint, load_causal_lm, looks_local, quiet_transformers
 from ..files import write_atomic
 from .intervals import mean_interval
 from .loss import bucket_edges, loss_by_position, sliding_window
@@ -96,7 +97,7 @@ def parse_lengths(text: str) -> list[int]:
 
 
 def model_to_evaluate(path: str, dtype: torch.dtype, clip_tau: float | None):
-    """A model of `--model` through the one loader (`adapters.hf.load_causal_lm`), in eval mode, with
+    """A model of `--model` through the one loader (`families.hf.load_causal_lm`), in eval mode, with
     `--clip-tau` on its TTT layers."""
     try:
         model = load_causal_lm(path, dtype=dtype)

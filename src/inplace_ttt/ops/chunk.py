@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from .common import check_inputs, clip_backward, clip_factor, state_dtype, update_operands, zero_rows
 from .layout import SlotLayout
-from .segments import find_segments
+from .segments import Segments, check_segments, find_segments
 
 
 class _Scan:
@@ -235,6 +235,7 @@ def chunk_inplace_ttt(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     stats: dict | None = None,
+    segments: Segments | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The In-Place TTT op on one process: the contract of `ops.inplace_ttt` without ``group``."""
     check_inputs(z, v, w0, lr, chunk_size, clip_tau, initial_state)
@@ -245,7 +246,8 @@ def chunk_inplace_ttt(
             stats.update(updates=0, clipped=0, fast_norm=float(final.flatten(1).norm(dim=1).mean()) if B else 0.0)
         out = z.new_zeros(B, T, v.shape[-1])
         return (out, final) if output_final_state else out
-    seg = find_segments(position_ids, z.shape[0], z.shape[1], chunk_size, z.device)
+    seg = segments if segments is not None else find_segments(position_ids, B, T, chunk_size, z.device)
+    check_segments(seg, B, T, chunk_size)
     layout = SlotLayout(seg, has_positions=position_ids is not None, final_state=output_final_state)
     out, final = ChunkInPlaceTTTFunction.apply(z, v, w0, initial_state, float(lr), clip_tau, layout)
     if stats is not None:

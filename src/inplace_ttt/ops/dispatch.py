@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .chunk import chunk_inplace_ttt
 from .distributed import context_parallel_ttt
+from .segments import Segments
 
 
 def inplace_ttt(
@@ -25,6 +26,7 @@ def inplace_ttt(
     output_final_state: bool = False,
     stats: dict | None = None,
     group=None,
+    segments: Segments | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """In-Place TTT down projection.
 
@@ -56,6 +58,9 @@ def inplace_ttt(
             `position_ids` are that slice's global positions. A collective: every rank of the
             group calls it, each with at least one token; no `initial_state` or
             `output_final_state` (those belong to streaming, on one rank).
+        segments: the batch's documents and chunks (`segments.find_segments` of `position_ids`
+            and `chunk_size`), found once by a caller that runs several layers on one batch;
+            None: found here. One process only.
 
     Returns:
         ``out`` ``[B, T, d]``, and the float32 (float64) final state ``[B, d, h]`` if asked.
@@ -84,4 +89,5 @@ def inplace_ttt(
         initial_state=initial_state,
         output_final_state=output_final_state,
         stats=stats,
+        segments=segments,
     )

@@ -85,3 +85,9 @@ def find_segments(position_ids: Tensor | None, batch: int, length: int, chunk_si
     # padding gets a key of its own (negative, unique per column) so it never matches a token
     seg_key = torch.where(valid, seg_index, -1 - col)
     return Segments(pos, valid, doc_start, seg_start, seg_index, seg_key, chunk_size)
+
+
+def check_segments(seg: Segments, batch: int, length: int, chunk_size: int) -> None:
+    """Segments found beforehand (once per forward, shared by the layers) must be of this batch's shape and chunk size."""
+    if seg.shape != (batch, length) or seg.chunk_size != chunk_size:
+        raise ValueError(f"segments of {list(seg.shape)} tokens in chunks of {seg.chunk_size} given for {[batch, length]} tokens in chunks of {chunk_size}")

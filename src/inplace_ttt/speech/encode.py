@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
+from ..families.moshi.codes import CODES_KEY
 from ..files import atomic_path
-from ..train.moshi import CODES_KEY
 from .audio import AudioInfo, audio_info, fixed_blocks, read_resampled
 from .kv_cache import widen_kv_caches
 from .loading import Streams, lm_streams, load_mimi, load_tokenizer

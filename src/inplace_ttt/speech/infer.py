@@ -126,7 +126,7 @@ def run_inference(settings: InferSettings, progress: bool = True) -> dict:
     from moshi.models.lm import LMGen
     from tqdm.auto import tqdm
 
-    from ..adapters.moshi import ttt_layers, update_counts
+    from ..families.moshi import ttt_layers, update_counts
 
     info = audio_info(settings.input)
     if info.samples == 0:

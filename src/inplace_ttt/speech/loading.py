@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..adapters.moshi import SAFETENSORS
+from ..families.moshi import SAFETENSORS
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -100,7 +100,7 @@ def load_lm(
     TTT model, without it the plain model, both through moshi's `get_moshi_lm`."""
     from moshi.models.loaders import get_moshi_lm
 
-    from ..adapters.moshi import load_moshi
+    from ..families.moshi import load_moshi
 
     weights = safetensors_file(weights, "model weights")
     try:

@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 from transformers import AutoTokenizer
 
-from ..adapters import convert, is_converted, ttt_layers
-from ..adapters.hf import checkpoint_settings, is_ttt_checkpoint, load_causal_lm, looks_local
 from ..config import CONFIG_KEY
 from ..doctor import doctor
+from ..families import convert, ttt_layers
+from ..families.hf import checkpoint_settings, is_converted, is_ttt_checkpoint, load_causal_lm, looks_local
 from .config import RunConfig, adopt_ttt
 from .data import build_dataset, collate
 from .modes import unwrap

@@ -8,11 +8,11 @@ of `data.row_length` steps (the last one right-padded with -1), and attention an
 start afresh in every row, as they do when streaming starts a conversation.
 
 The engine trains `MoshiLoss`, the `LMModel` with moshi-finetune's weighted loss
-(`adapters.moshi.training_loss`): the same modes, parameter groups, schedule, checkpoints,
+(`families.moshi.loss`): the same modes, parameter groups, schedule, checkpoints,
 ``--resume``, several processes, evaluation and doctor as a transformers run. With
 `model.dtype: bfloat16` the optimizer steps float32 copies of the trainable parameters
 (`train.precision`). `final/` holds moshi's own ``model.safetensors`` plus ``ttt.safetensors``,
-loaded with `adapters.moshi.load_moshi`.
+loaded with `families.moshi.load_moshi`. The codes files are `families.moshi.codes`'.
 """
 
 from __future__ import annotations
@@ -24,13 +24,10 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import TTTConfig
 from .config import LoraSettings, TrainConfig, adopt_ttt
 from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
-
-CODES_KEY = "codes"
 
 
 @dataclass
@@ -106,84 +103,10 @@ class MoshiRunConfig:
 CONFIG = MoshiRunConfig
 
 
-# data -------------------------------------------------------------------------------------------
-
-
-def conversation_files(paths: list[str], key: str = "data.train") -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(p.rglob("*.safetensors"))
-        elif p.is_file() and p.suffix == ".safetensors":
-            files.append(p)
-        else:
-            raise ValueError(f"{key}: {p} is neither a .safetensors conversation nor a folder of them")
-    if not files:
-        raise ValueError(f"{key}: {paths} holds no .safetensors conversations")
-    return files
-
-
-def read_conversation(path: Path, num_codebooks: int, text_card: int, card: int, predicted: int | None = None) -> torch.Tensor:
-    """The ``codes`` ``[K, T]`` (long) of one conversation file, checked against the model;
-    `predicted`: how many leading streams the training loss reads (text and the model's own
-    audio), of which some value must be there."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            if CODES_KEY not in f.keys():
-                raise ValueError(f"{path}: no '{CODES_KEY}' tensor (expected int codes [K, T]); found {list(f.keys())}")
-            codes = f.get_tensor(CODES_KEY)
-    except SafetensorError as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    if codes.dim() != 2 or codes.dtype.is_floating_point or codes.dtype == torch.bool:
-        raise ValueError(f"{path}: '{CODES_KEY}' must be an integer tensor [K, T]; got {codes.dtype} {list(codes.shape)}")
-    if codes.shape[0] != num_codebooks:
-        raise ValueError(f"{path}: '{CODES_KEY}' has {codes.shape[0]} streams; the model reads {num_codebooks} (text + {num_codebooks - 1} audio codebooks)")
-    if codes.shape[1] == 0:
-        raise ValueError(f"{path}: '{CODES_KEY}' holds no steps ({list(codes.shape)})")
-    codes = codes.long()
-    if codes.min() < -1 or codes[0].max() >= text_card or codes[1:].max() >= card:
-        raise ValueError(f"{path}: codes outside the model's vocabularies (text < {text_card}, audio < {card}, -1 for missing)")
-    if (codes == -1).all():
-        raise ValueError(f"{path}: every code is -1 (missing): nothing to train on")
-    if predicted is not None and (codes[:predicted] == -1).all():
-        raise ValueError(
-            f"{path}: the {predicted} streams the loss predicts (text and the model's {predicted - 1} audio codebooks) are all -1 "
-            "(missing): nothing to train on (the loss would be 0)"
-        )
-    return codes
-
-
-def conversation_rows(conversations: list[torch.Tensor], row_length: int) -> torch.Tensor:
-    """Cut each conversation into rows of `row_length` steps, right-padding the last with -1: ``[N, K, row_length]``."""
-    rows = []
-    for codes in conversations:
-        for start in range(0, codes.shape[1], row_length):
-            piece = codes[:, start : start + row_length]
-            rows.append(F.pad(piece, (0, row_length - piece.shape[1]), value=-1))
-    return torch.stack(rows)
-
-
-class ConversationRows(torch.utils.data.Dataset):
-    """Rows ``[N, K, L]`` of conversation codes, one ``{"codes": [K, L]}`` item each."""
-
-    def __init__(self, rows: torch.Tensor):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return self.rows.shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {CODES_KEY: self.rows[i]}
-
-
-def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {CODES_KEY: torch.stack([item[CODES_KEY] for item in items])}
-
-
 def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int, key: str) -> torch.Tensor:
     """The conversations of `paths` as rows, refusing data in which TTT would be inert."""
+    from ..families.moshi.codes import conversation_files, conversation_rows, read_conversation
+
     try:
         predicted = lm.audio_offset + lm.dep_q
         conversations = [read_conversation(p, lm.num_codebooks, lm.text_card, lm.card, predicted) for p in conversation_files(paths, key)]
@@ -194,25 +117,6 @@ def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int, key:
     return rows
 
 
-# the module the engine trains -------------------------------------------------------------------
-
-
-class MoshiLoss(nn.Module):
-    """An `LMModel` whose forward is its training loss: ``forward(codes)`` returns moshi-finetune's
-    weighted loss with its text and audio parts (what the Trainer needs of a model)."""
-
-    def __init__(self, lm: nn.Module, first_codebook_weight: float, text_padding_weight: float):
-        super().__init__()
-        self.lm = lm
-        self.first_codebook_weight = first_codebook_weight
-        self.text_padding_weight = text_padding_weight
-
-    def forward(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-        from ..adapters.moshi import training_loss
-
-        return training_loss(self.lm, codes, self.first_codebook_weight, self.text_padding_weight)
-
-
 # the run ----------------------------------------------------------------------------------------
 
 
@@ -221,7 +125,7 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
     saved in `m.ttt_weights`); every mismatch named with its file."""
     from safetensors import SafetensorError
 
-    from ..adapters.moshi import load_moshi
+    from ..families.moshi import load_moshi
 
     check_model_files(m)
     lm_kwargs = read_lm_kwargs(m.lm_kwargs)
@@ -242,7 +146,7 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
 
 def check_model_files(m: MoshiModelConfig) -> None:
     """Every file of a `model` section there, and the weights whole safetensors files."""
-    from ..adapters.moshi import require_safetensors
+    from ..families.moshi import require_safetensors
 
     for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights), ("model.lm_kwargs", m.lm_kwargs)):
         if path is not None and not Path(path).is_file():
@@ -259,7 +163,7 @@ def settle(config: MoshiRunConfig) -> MoshiRunConfig:
     """The run's config with what its model fixes: a run that goes on from `model.ttt_weights`
     trains with their saved TTT settings, so a `ttt` key given that differs is refused, and the
     run (and its config.yaml) takes theirs."""
-    from ..adapters.moshi import saved_settings
+    from ..families.moshi import saved_settings
 
     if config.model.ttt_weights is None:
         return config
@@ -287,8 +191,9 @@ def read_lm_kwargs(path: str | None) -> dict | None:
 
 def prepare(config: MoshiRunConfig) -> RunParts:
     """Model and conversations, checked against each other before anything trains."""
-    from ..adapters.moshi import SETTINGS_KEY, save_ttt, ttt_layers
     from ..doctor import doctor
+    from ..families.moshi import MoshiLoss, save_ttt, settings, ttt_layers
+    from ..families.moshi.codes import CODES_KEY, ConversationRows, collate
     from .modes import unwrap
 
     if config.model.device == "cuda" and not torch.cuda.is_available():
@@ -326,6 +231,6 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         label_names=[CODES_KEY],
         enable_checkpointing=enable_checkpointing,
         use_cpu=device.type == "cpu",
-        settings=getattr(lm, SETTINGS_KEY),
+        settings=settings(lm),
         train_rows=(train_rows,),
     )

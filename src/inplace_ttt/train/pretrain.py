@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, PreTrainedModel, PreTrainedTokenizerFast, set_seed
 
-from ..adapters import convert, ttt_layers
 from ..config import TTTConfig
 from ..documents import read_documents
+from ..families import convert, ttt_layers
 from ..files import write_atomic
 from .config import DataConfig, TrainConfig
 from .data import build_dataset, collate

@@ -39,7 +39,7 @@ import torch.nn as nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 
-from ..adapters.record import TRAINING_KEY, run_entry, split_training
+from ..families.record import TRAINING_KEY, run_entry, split_training
 from ..layer import InPlaceTTTMLP, is_ttt_param
 from .config import TrainConfig
 from .modes import ModeError, apply_mode, is_peft, merged, unwrap

@@ -1,6 +1,7 @@
-"""One adapter protocol: both families' modules provide it, and the top-level functions work the same for both."""
+"""One `Family` protocol: each family defines one, `family_of` finds a model's, and the top-level
+functions, which call only the protocol, work the same for both families."""
 
-import inspect
+import dataclasses
 import os
 import tempfile
 from datetime import timedelta
@@ -10,29 +11,17 @@ import torch
 import torch.distributed as dist
 
 import inplace_ttt
-from inplace_ttt.adapters import adapter_of, hf
-from inplace_ttt.adapters.protocol import Adapter
-from tests.tiny_hf import converted
+from inplace_ttt.families import Family, family_of
+from inplace_ttt.families.hf import FAMILY as HF
+from inplace_ttt.families.hf import from_pretrained
+from tests.tiny_hf import converted, tiny
 
 pytest.importorskip("moshi")
 from moshi.models.lm import LMGen  # noqa: E402
 
-from inplace_ttt.adapters import moshi  # noqa: E402
-from tests.adapters.test_moshi import TINY, active_targets, random_codes, tiny_lm  # noqa: E402
-
-PROTOCOL = [name for name in vars(Adapter) if not name.startswith("_")]
-
-
-@pytest.mark.parametrize("module", [hf, moshi], ids=["transformers", "moshi"])
-def test_both_adapters_provide_the_protocol(module):
-    def positional(function, skip_self=False):
-        params = list(inspect.signature(function).parameters.values())[1 if skip_self else 0 :]
-        return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
-
-    for name in PROTOCOL:
-        assert hasattr(module, name), name
-        if inspect.isfunction(getattr(Adapter, name)):  # the same required positional arguments
-            assert positional(getattr(module, name)) == positional(getattr(Adapter, name), skip_self=True), name
+from inplace_ttt.families.moshi import FAMILY as MOSHI  # noqa: E402
+from inplace_ttt.families.moshi import load_moshi, save_ttt  # noqa: E402
+from tests.tiny_moshi import TINY, active_targets, random_codes, tiny_lm  # noqa: E402
 
 
 def moshi_model():
@@ -41,25 +30,58 @@ def moshi_model():
     return lm
 
 
-def test_the_right_adapter_is_picked():
-    assert adapter_of(converted()) is hf and adapter_of(moshi_model()) is moshi
+def test_each_family_fills_every_field_of_the_protocol():
+    for family in (HF, MOSHI):
+        assert isinstance(family, Family)
+        assert all(getattr(family, f.name) is not None for f in dataclasses.fields(Family)), family.name
+
+
+def test_the_right_family_is_picked_and_the_top_level_functions_call_it():
+    assert family_of(converted()) is HF and family_of(tiny()) is HF
+    assert family_of(moshi_model()) is MOSHI and family_of(tiny_lm()) is MOSHI
+    calls = []
+    spy = dataclasses.replace(HF, ttt_layers=lambda model: calls.append(model) or HF.ttt_layers(model))
+    model = converted()
+    from inplace_ttt import families
+
+    original = families.family_of
+    families.family_of = lambda m: spy
+    try:
+        inplace_ttt.set_clip_tau(model, 1e-3)
+    finally:
+        families.family_of = original
+    assert calls == [model]  # the generic function went through the family's protocol
 
 
 @pytest.mark.parametrize("family", ["transformers", "moshi"])
 def test_clip_tau_works_the_same_for_both_families_and_travels_with_save(family, tmp_path):
     model = converted() if family == "transformers" else moshi_model()
-    adapter = adapter_of(model)
     assert inplace_ttt.set_clip_tau(model, 1e-3) is None
-    assert all(layer.clip_tau == 1e-3 for _, layer in inplace_ttt.ttt_layers(model)) and adapter.settings(model)["clip_tau"] == 1e-3
+    assert all(layer.clip_tau == 1e-3 for _, layer in inplace_ttt.ttt_layers(model)) and family_of(model).settings(model)["clip_tau"] == 1e-3
     with inplace_ttt.clip_tau(model, 5e-6):
         assert all(layer.clip_tau == 5e-6 for _, layer in inplace_ttt.ttt_layers(model))
     assert all(layer.clip_tau == 1e-3 for _, layer in inplace_ttt.ttt_layers(model))  # restored
     with pytest.raises(ValueError, match="clip_tau must be None or a finite number > 0"):
         inplace_ttt.set_clip_tau(model, -1.0)
-    adapter.save(model, tmp_path / "saved")
-    options = {"dtype": torch.float32} if family == "transformers" else {"lm_kwargs": TINY, "dtype": torch.float32}
-    again = adapter.load(tmp_path / "saved", **options)
+    if family == "transformers":
+        model.save_pretrained(tmp_path / "saved")
+        again = from_pretrained(tmp_path / "saved", dtype=torch.float32)
+    else:
+        save_ttt(model, tmp_path / "saved")
+        again = load_moshi(tmp_path / "saved" / "model.safetensors", TINY, ttt_file=tmp_path / "saved" / "ttt.safetensors", dtype=torch.float32)
     assert all(layer.clip_tau == 1e-3 for _, layer in inplace_ttt.ttt_layers(again))
+
+
+def test_a_models_settings_have_one_home_shared_by_its_layers():
+    """One `TTTConfig` per converted model: a change reaches every layer, and a second model
+    converted from the same settings object keeps its own."""
+    config = inplace_ttt.TTTConfig(layers="every 2", chunk_size=4)
+    a, b = inplace_ttt.convert(tiny(), config), inplace_ttt.convert(tiny(), config)
+    (_, first), (_, second) = inplace_ttt.ttt_layers(a)
+    assert first.config is second.config and first.config is not config
+    inplace_ttt.set_clip_tau(a, 1e-4)
+    assert second.clip_tau == 1e-4 and config.clip_tau is None
+    assert all(layer.clip_tau is None for _, layer in inplace_ttt.ttt_layers(b))
 
 
 def test_an_unconverted_moshi_model_is_told_to_convert_first():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.state import FastWeightState
+from ...ops.state import FastWeightState
 
 _ADOPTED: dict[type, type] = {}
 

@@ -17,7 +17,7 @@ and whose weights add, per TTT layer i, ``model.layers.{i}.mlp.ttt_conv.weight``
 ``model.layers.{i}.mlp.ttt_proj.weight`` ``[d, d]``, applied as ``v = conv(t) @ W``: no transpose,
 unlike ``nn.Linear``. Our ``V = Conv1D(X) W_target^T`` makes ``target_weight = W^T`` and
 ``conv_weight = ttt_conv.weight[:, 0]``; their update ``eta v_i^T h_i`` summed onto ``W_down`` is
-ours. `read_release` turns such a directory into our settings and tensors (the adapter's
+ours. `read_release` turns such a directory into our settings and tensors (the family's
 `from_pretrained` builds the model); `export_release` writes a converted model back.
 """
 
@@ -36,9 +36,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..config import CONFIG_KEY, TTTConfig
-from ..files import write_atomic
-from ..layer import InPlaceTTTMLP
+from ...config import CONFIG_KEY, TTTConfig
+from ...files import write_atomic
+from ...layer import InPlaceTTTMLP
 
 FAMILIES = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
 TARGETS = {"hidden_states": "hidden_states", "input_embed": "token_embeddings"}  # theirs -> ours

@@ -9,8 +9,8 @@ pytest.importorskip("moshi")
 from moshi.models.lm import LMGen  # noqa: E402
 
 from inplace_ttt import TTTConfig, convert  # noqa: E402
-from inplace_ttt.adapters.moshi import update_counts  # noqa: E402
-from tests.adapters.test_moshi import active_targets, codes_of_stream, logits, stream, stream_inputs, tiny_lm  # noqa: E402
+from inplace_ttt.families.moshi import update_counts  # noqa: E402
+from tests.tiny_moshi import active_targets, codes_of_stream, logits, stream, stream_inputs, tiny_lm  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import inplace_ttt
-from inplace_ttt.adapters.hf import is_ttt_checkpoint, quiet_transformers
+from inplace_ttt.families.hf import is_ttt_checkpoint, quiet_transformers
 from tests.release_reference import ReleaseModel
 from tests.tiny_hf import VOCAB, converted, tiny
 

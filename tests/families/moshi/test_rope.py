@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from inplace_ttt.adapters.moshi_rope import YarnRotaryEmbedding, yarn_parameters
+from inplace_ttt.families.moshi.rope import YarnRotaryEmbedding, yarn_parameters
 
 pytest.importorskip("moshi")
 from moshi.models.lm import LMGen  # noqa: E402
@@ -12,7 +12,7 @@ from transformers import LlamaConfig  # noqa: E402
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 
 from inplace_ttt import TTTConfig, convert  # noqa: E402
-from tests.adapters.test_moshi import (  # noqa: E402  (sets NO_TORCH_COMPILE before moshi loads)
+from tests.tiny_moshi import (  # noqa: E402  (sets NO_TORCH_COMPILE before moshi loads)
     active_targets,
     codes_of_stream,
     logits,

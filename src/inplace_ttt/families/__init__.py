@@ -1,0 +1,76 @@
+"""Model families, each a package that owns its formats: `hf` (transformers causal LMs) and `moshi`
+(Kyutai's `LMModel`, an optional install). Each defines a `protocol.Family`; `family_of` finds a
+model's, and the functions here work the same for every family."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch.nn as nn
+
+from ..config import TTTConfig
+from ..layer import InPlaceTTTMLP
+from .protocol import Family
+
+
+def _is_moshi_lm(model: nn.Module) -> bool:
+    """A moshi `LMModel`, recognised without importing moshi (an optional install)."""
+    return any(c.__name__ == "LMModel" and c.__module__.startswith("moshi.") for c in type(model).__mro__)
+
+
+def family_of(model: nn.Module) -> Family:
+    """The family of `model`: moshi's for an `LMModel`, transformers' for any other model."""
+    if _is_moshi_lm(model):
+        from .moshi.family import FAMILY
+    else:
+        from .hf import FAMILY
+    return FAMILY
+
+
+def convert(model: nn.Module, config: TTTConfig, **options) -> nn.Module:
+    """Put In-Place TTT into a transformers causal LM (options: ``cp_group=`` for context
+    parallelism) or a moshi `LMModel` (``rope_scaling=`` for YaRN, ``cp_group=``), in place."""
+    return family_of(model).convert(model, config, **options)
+
+
+def ttt_layers(model: nn.Module) -> Iterator[tuple[int, InPlaceTTTMLP]]:
+    """`(layer index, TTT layer)` for every TTT layer of a converted model."""
+    return family_of(model).ttt_layers(model)
+
+
+def probe(model: nn.Module):
+    """How the doctor runs `model` (a `probe.ModelProbe` of its family)."""
+    return family_of(model).probe
+
+
+def set_context_parallel(model: nn.Module, group) -> None:
+    """Split sequences along time across the ranks of `group` (a `torch.distributed` process group;
+    None: off); see the family's `set_context_parallel`."""
+    family_of(model).set_context_parallel(model, group)
+
+
+def set_clip_tau(model: nn.Module, clip_tau: float | None) -> float | None:
+    """Set inference clipping for every TTT layer of `model` (in the `TTTConfig` they share, which
+    is what the model saves); returns the previous value."""
+    TTTConfig(clip_tau=clip_tau)  # validates
+    configs = {id(layer.config): layer.config for _, layer in ttt_layers(model)}
+    if not configs:
+        raise ValueError(f"{type(model).__name__} has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
+    previous = next(iter(configs.values())).clip_tau
+    for config in configs.values():
+        config.clip_tau = None if clip_tau is None else float(clip_tau)
+    return previous
+
+
+@contextlib.contextmanager
+def clip_tau(model: nn.Module, value: float | None):
+    """``with clip_tau(model, 1e-5): model.generate(...)``: clipping for a block, restored after."""
+    previous = set_clip_tau(model, value)
+    try:
+        yield model
+    finally:
+        set_clip_tau(model, previous)
+
+
+__all__ = ["Family", "family_of", "convert", "ttt_layers", "probe", "set_context_parallel", "set_clip_tau", "clip_tau"]

@@ -1,0 +1,170 @@
+"""Load a converted (or plain) transformers causal LM from a folder: `from_pretrained` for the
+folders `save_pretrained` writes and the authors' release (`release`), `load_causal_lm` for any
+model folder, hub id or GGUF file, every mistake a user can fix named as a ValueError."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ...config import CONFIG_KEY, TTTConfig
+from ...files import check_safetensors
+from ...layer import is_ttt_param
+from ..record import TRAINING_KEY, split_training
+from . import release
+from .convert import convert
+
+
+def is_ttt_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory saved by a converted model (its config.json carries the TTT
+    settings) or by the authors' release (`adapters.release`)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return False
+    data = _read_config_json(config_file)
+    return CONFIG_KEY in data or release.is_release_config(data)
+
+
+def _read_config_json(config_file: Path) -> dict:
+    try:
+        data = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{config_file} must hold a JSON object")
+    return data
+
+
+def checkpoint_settings(path: str | os.PathLike):
+    """An In-Place TTT checkpoint's `TTTConfig`, its base model's transformers config, (for a
+    release checkpoint) its TTT tensors, and its training record (`adapters.record`; empty for a
+    fresh conversion), all checked before any model is built; ValueError naming the file and
+    field at fault."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
+    data = _read_config_json(config_file)
+    settings = data.pop(CONFIG_KEY, None)
+    if settings is None and release.is_release_config(data):
+        return (*release.read_release(path, data), [])
+    if settings is None:
+        raise ValueError(f"{path} is not an In-Place TTT checkpoint (no '{CONFIG_KEY}' in config.json): load it with transformers and call inplace_ttt.convert")
+    settings, training = split_training(settings) if isinstance(settings, dict) else (settings, [])
+    base_type = settings.pop("base_model_type", None) if isinstance(settings, dict) else None
+    if base_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"{config_file}: {CONFIG_KEY}.base_model_type must name the transformers model type the checkpoint was converted "
+            f"from (e.g. 'llama', 'qwen3'); got {base_type!r}"
+        )
+    data["model_type"] = base_type
+    try:
+        return TTTConfig.from_dict(settings), CONFIG_MAPPING[base_type].from_dict(data), None, training
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{config_file}: {e}") from None
+
+
+def load_causal_lm(path: str | os.PathLike, *, gguf_file: str | None = None, **kwargs) -> nn.Module:
+    """A saved causal LM, In-Place TTT (`from_pretrained`) or plain (transformers'), with what
+    a user can fix named as a ValueError: a missing folder, an edited config.json, a weights
+    file cut short, weights that do not fit the config. A string that is no local path is a hub id.
+
+    With `gguf_file` (a file inside `path`, or a path of its own) a plain model comes from that
+    GGUF checkpoint, dequantized to float weights: a model that saves like any other (tied
+    embeddings stay tied)."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    local = Path(path).expanduser()
+    if local.is_file():
+        raise ValueError(f"{path} is a file, not a model folder")
+    if not local.exists() and looks_local(str(path)):
+        raise ValueError(f"{path}: no such model folder")
+    if gguf_file is not None:
+        kwargs.update(gguf_file=str(gguf_file), quantization_config=GgufConfig(dequantize=True))
+    elif local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ValueError(f"{path} has no config.json: not a saved model folder")
+        for file in sorted(local.glob("*.safetensors")):
+            check_safetensors(file)
+    try:
+        if is_ttt_checkpoint(local):
+            return from_pretrained(local, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:  # transformers' "not a local folder and not a model on the hub", a missing weights file
+        raise ValueError(f"{path}: cannot load ({str(e).strip().splitlines()[0]})") from None
+    except RuntimeError as e:
+        if "ignore_mismatched_sizes" not in str(e) and "size mismatch" not in str(e):  # an out-of-memory, say: not ours to relabel
+            raise
+        raise ValueError(f"{path}: the weights do not fit its config.json (sizes differ; transformers' load report above lists them)") from None
+
+
+def looks_local(path: str) -> bool:
+    """A path rather than a hub id (``name`` or ``namespace/name``)."""
+    first = path.split("/")[0]
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or (first != path and Path(first).is_dir())
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' warnings off for a block: loading an In-Place TTT directory makes it warn, by
+    design (unknown model_type, weights the base class does not know)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **kwargs) -> nn.Module:
+    """Load a converted model saved with `model.save_pretrained`, or a checkpoint of the authors'
+    release (`adapters.release`), safetensors only.
+
+    `clip_tau` overrides the saved inference clipping; other keyword arguments go to
+    `AutoModelForCausalLM.from_pretrained` (dtype, device_map, ...).
+    """
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    ttt_config, config, found, training = checkpoint_settings(path)  # checked before anything loads
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path} has no .safetensors weights (In-Place TTT checkpoints are safetensors only)")
+    for file in files:
+        check_safetensors(file)
+    with quiet_transformers():  # the base class does not know the TTT weights; we load them below
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, **kwargs)
+    if clip_tau is not ...:
+        ttt_config = ttt_config.replace(clip_tau=clip_tau)
+    convert(model, ttt_config)
+    if training:
+        model.config.inplace_ttt[TRAINING_KEY] = training
+    wanted = {name for name, _ in model.named_parameters() if is_ttt_param(name)}
+    if found is None:
+        found = {}
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    if key in wanted:
+                        found[key] = f.get_tensor(key)
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise ValueError(f"{path} lacks trained TTT weights {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    params = dict(model.named_parameters())
+    wrong = [f"{k} {list(t.shape)} (config.json makes it {list(params[k].shape)})" for k, t in found.items() if t.shape != params[k].shape]
+    if wrong:
+        raise ValueError(f"{path}: TTT weights do not fit its config.json: {', '.join(wrong[:3])}")
+    with torch.no_grad():
+        for key, tensor in found.items():
+            params[key].copy_(tensor)
+    return model

@@ -1,0 +1,128 @@
+"""Moshi's files in and out: moshi's own ``model.safetensors`` (read by its `get_moshi_lm`) beside
+our ``ttt.safetensors`` (the TTT parameters, the settings in its metadata). Safetensors only:
+moshi's loaders unpickle any other suffix, which must never see a user's file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ...config import CONFIG_KEY as SETTINGS_KEY
+from ...config import TTTConfig
+from ...files import check_safetensors
+from ...layer import is_ttt_param
+from ..record import TRAINING_KEY, split_training
+
+TTT_WEIGHTS = "ttt.safetensors"  # beside moshi's model.safetensors: our weights and settings
+SAFETENSORS = (".safetensors", ".sft", ".sfts")  # the suffixes moshi's loaders read as safetensors (any other they unpickle)
+
+
+def save_ttt(lm: nn.Module, directory: str | Path) -> Path:
+    """Write a converted model as moshi's own files plus ours, in `directory`:
+
+    ``model.safetensors`` (every pretrained-layout weight, trained ones included; moshi's
+    `get_moshi_lm` loads it) and ``ttt.safetensors`` (the TTT parameters, with the settings
+    in its metadata). Load both with `load_moshi`.
+    """
+    from safetensors.torch import save_file
+
+    from .convert import settings
+
+    saved = settings(lm)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in lm.state_dict().items()}
+    ttt = {k: state.pop(k) for k in list(state) if is_ttt_param(k)}
+    save_file(ttt, str(directory / (TTT_WEIGHTS + ".tmp")), metadata={SETTINGS_KEY: json.dumps(saved)})
+    save_file(state, str(directory / "model.safetensors.tmp"))
+    (directory / "model.safetensors.tmp").replace(directory / "model.safetensors")
+    (directory / (TTT_WEIGHTS + ".tmp")).replace(directory / TTT_WEIGHTS)
+    return directory
+
+
+def load_base(model_file: str | Path, lm_kwargs: dict[str, Any] | None = None, *, device="cpu", dtype=torch.float32) -> nn.Module:
+    """An unconverted `LMModel` from moshi's own loader (safetensors only: moshi would unpickle anything else)."""
+    from moshi.models.loaders import get_moshi_lm
+
+    require_safetensors(model_file)
+    return get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+
+
+def require_safetensors(path: str | Path) -> None:
+    """Refuse weights that are not a whole safetensors file: moshi's loaders `torch.load` (unpickle)
+    any other suffix, and a file cut short would fail deep inside them."""
+    if Path(path).suffix not in SAFETENSORS:
+        raise ValueError(
+            f"{path} is not a safetensors file ({', '.join(SAFETENSORS)}); only safetensors weights are read (other formats are pickles, never loaded)"
+        )
+    check_safetensors(path)
+
+
+def saved_settings(ttt_file: str | Path) -> tuple[TTTConfig, dict | None, list[dict]]:
+    """The `TTTConfig`, YaRN settings and training record (`adapters.record`) a
+    ``ttt.safetensors`` of `save_ttt` carries."""
+    from safetensors import safe_open
+
+    require_safetensors(ttt_file)
+    with safe_open(str(ttt_file), framework="pt") as f:
+        raw = (f.metadata() or {}).get(SETTINGS_KEY)
+    if raw is None:
+        raise ValueError(f"{ttt_file} holds no In-Place TTT settings (metadata key '{SETTINGS_KEY}'): not written by save_ttt")
+    settings, training = split_training(json.loads(raw))
+    rope_scaling = settings.pop("rope_scaling", None)  # not a TTTConfig field
+    return TTTConfig.from_dict(settings), rope_scaling, training
+
+
+def load_moshi(
+    model_file: str | Path,
+    lm_kwargs: dict[str, Any] | None = None,
+    *,
+    ttt_file: str | Path | None = None,
+    config: TTTConfig | None = None,
+    rope_scaling: dict | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    clip_tau: float | None = ...,
+) -> nn.Module:
+    """Load a Moshi LM with moshi's `get_moshi_lm` and make it an In-Place TTT model.
+
+    From published files: ``load_moshi(path_to_model_safetensors, config=TTTConfig(...))``
+    (`lm_kwargs` defaults to Moshi 7B's, as in moshi). From `save_ttt`'s output: also give
+    ``ttt_file`` (its ``ttt.safetensors``): the settings come from it and the trained TTT
+    weights are loaded (all must be there). `clip_tau` overrides the saved inference clipping,
+    `rope_scaling` the saved YaRN settings.
+    """
+    from moshi.models.loaders import get_moshi_lm
+    from safetensors.torch import load_file
+
+    from .convert import convert
+
+    require_safetensors(model_file)
+    ttt_weights: dict[str, Tensor] = {}
+    training: list[dict] = []
+    if ttt_file is not None:
+        config, saved_rope_scaling, training = saved_settings(ttt_file)
+        rope_scaling = saved_rope_scaling if rope_scaling is None else rope_scaling
+        ttt_weights = load_file(str(ttt_file))
+    if config is None:
+        raise ValueError("load_moshi: give config=TTTConfig(...) to convert a pretrained model, or ttt_file= to load a converted one")
+    if clip_tau is not ...:
+        config = config.replace(clip_tau=clip_tau)
+    lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+    convert(lm, config, rope_scaling=rope_scaling)
+    if training:
+        getattr(lm, SETTINGS_KEY)[TRAINING_KEY] = training
+    if ttt_file is not None:
+        params = {k: p for k, p in lm.named_parameters() if is_ttt_param(k)}
+        missing, unknown = sorted(set(params) - set(ttt_weights)), sorted(set(ttt_weights) - set(params))
+        if missing or unknown:
+            raise ValueError(f"{ttt_file} does not match the model's TTT layers: missing {missing[:4]}, unexpected {unknown[:4]}")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(ttt_weights[k])
+    return lm
