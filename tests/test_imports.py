@@ -1,4 +1,6 @@
-"""The package's import graph points one way: no cycles anywhere, and `ops` depends on torch alone."""
+"""The package's import graph points one way: no cycles, every import (`__init__.py` files included)
+goes to a lower layer of the map in docs/design.md, families never import each other, and `ops`
+depends on torch alone."""
 
 import ast
 import sys
@@ -12,8 +14,9 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every module name `path` imports (absolute; `from . import x` gives both the package and `x`)."""
+def imports_of(path: Path, modules: set[str] = frozenset()) -> set[str]:
+    """Every module name `path` imports (absolute). ``from pkg import x`` gives ``pkg.x`` where that
+    is one of `modules`, else ``pkg`` (and ``pkg.x``, which may be a module outside `modules`)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
@@ -25,18 +28,60 @@ def imports_of(path: Path) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([node.module] if node.module else []))
-            found.add(base)
-            found |= {f"{base}.{alias.name}" for alias in node.names}
+            named = {f"{base}.{alias.name}" for alias in node.names}
+            found |= named
+            if not named & modules:
+                found.add(base)
     return found
 
 
 def graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (a package's `__init__` counts like any module)."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    edges = {}
-    for name, path in modules.items():
-        # a package's __init__ is where its submodules are collected, not a dependency of them
-        edges[name] = {m for m in imports_of(path) if m in modules and m != name and modules[m].name != "__init__.py"}
-    return edges
+    return {name: {m for m in imports_of(path, set(modules)) if m in modules and m != name} for name, path in modules.items()}
+
+
+# the layers of the map (docs/design.md), lowest first: a module imports only from lower layers (and
+# its own package); the top package and the deprecated `adapters` are facades nothing else imports
+LAYERS = [
+    {"ops"},
+    {"config", "files", "documents", "assets"},
+    {"context"},
+    {"layer"},
+    {"families"},
+    {"doctor"},
+    {"speech"},
+    {"train", "eval"},
+    {"demo"},
+    {"cli"},
+]
+FACADES = {"inplace_ttt", "inplace_ttt.adapters"}
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """`(layer, top-level part)` of a module of the package."""
+    part = module.split(".")[1]
+    return next(i for i, parts in enumerate(LAYERS) if part in parts), part
+
+
+def wrong_imports(edges: dict[str, set[str]]) -> list[str]:
+    """Imports that go up the map or sideways between two parts of a layer, and families importing each other."""
+    wrong = []
+    for name, targets in edges.items():
+        if name in FACADES:
+            continue
+        for target in targets:
+            if target in FACADES:
+                wrong.append(f"{name} imports the facade {target}")
+                continue
+            (mine, part), (theirs, their_part) = layer_of(name), layer_of(target)
+            if theirs > mine or (theirs == mine and part != their_part):
+                wrong.append(f"{name} -> {target}")
+            if part == their_part == "families":
+                own, other = name.split(".")[2:3], target.split(".")[2:3]
+                if own != other and own in (["hf"], ["moshi"]) and other in (["hf"], ["moshi"]):
+                    wrong.append(f"{name} -> {target} (one family importing another)")
+    return wrong
 
 
 def test_no_import_cycles():
@@ -57,6 +102,27 @@ def test_no_import_cycles():
         if node not in state:
             visit(node, [node])
     assert not cycles, cycles
+
+
+def test_imports_point_down_the_map():
+    assert not wrong_imports(graph())
+    for path in PACKAGE.rglob("*.py"):  # every module has its layer in the map
+        if module_name(path) not in FACADES:
+            layer_of(module_name(path))
+
+
+def test_the_map_check_sees_an_upward_import_a_sideways_one_and_a_family_importing_another():
+    edges = {
+        "inplace_ttt.families": {"inplace_ttt.train.run"},  # a package's __init__ going up
+        "inplace_ttt.eval.runner": {"inplace_ttt.train.config"},  # sideways in one layer
+        "inplace_ttt.families.hf.convert": {"inplace_ttt.families.moshi.io"},
+        "inplace_ttt.train.run": {"inplace_ttt.families", "inplace_ttt.ops.chunk"},  # fine: downwards
+    }
+    assert sorted(wrong_imports(edges)) == [
+        "inplace_ttt.eval.runner -> inplace_ttt.train.config",
+        "inplace_ttt.families -> inplace_ttt.train.run",
+        "inplace_ttt.families.hf.convert -> inplace_ttt.families.moshi.io (one family importing another)",
+    ]
 
 
 def test_ops_depends_on_torch_alone():

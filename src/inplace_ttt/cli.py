@@ -64,7 +64,7 @@ def _text_doctor_inputs(args: argparse.Namespace):
     """A transformers checkpoint, rows of tokenized text from `--data`, the `--base` model."""
     from transformers import AutoTokenizer
 
-    from . import ttt_layers
+    from .families import ttt_layers
     from .documents import read_documents
     from .families.hf import is_ttt_checkpoint, load_causal_lm, quiet_transformers
 
@@ -155,7 +155,7 @@ def _export(args: argparse.Namespace) -> int:
     """A saved model (ours or a release checkpoint) written in the authors' release format, with its tokenizer."""
     from transformers import AutoTokenizer
 
-    from . import export_release, from_pretrained
+    from .families.hf import export_release, from_pretrained
     from .families.hf import quiet_transformers
 
     model = from_pretrained(args.model_dir, dtype="auto")  # written in the dtype it was saved in
