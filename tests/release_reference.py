@@ -1,7 +1,7 @@
 """The authors' In-Place TTT math, transcribed in plain torch from reading their release.
 
 Independent of `inplace_ttt` (nothing from `src/` is imported): the reference that
-`tests/adapters/test_release.py` holds our loaded models to, and that
+`tests/families/hf/test_release.py` holds our loaded models to, and that
 `benchmarks/release_differences.py` measures the release's behaviour with.
 
 Read from ByteDance-Seed/In-Place-TTT (stored copies; their forked transformers 4.57 files):

@@ -64,8 +64,8 @@ def _text_doctor_inputs(args: argparse.Namespace):
     """A transformers checkpoint, rows of tokenized text from `--data`, the `--base` model."""
     from transformers import AutoTokenizer
 
-    from .families import ttt_layers
     from .documents import read_documents
+    from .families import ttt_layers
     from .families.hf import is_ttt_checkpoint, load_causal_lm, quiet_transformers
 
     if not Path(args.model_dir).is_dir():
@@ -155,8 +155,7 @@ def _export(args: argparse.Namespace) -> int:
     """A saved model (ours or a release checkpoint) written in the authors' release format, with its tokenizer."""
     from transformers import AutoTokenizer
 
-    from .families.hf import export_release, from_pretrained
-    from .families.hf import quiet_transformers
+    from .families.hf import export_release, from_pretrained, quiet_transformers
 
     model = from_pretrained(args.model_dir, dtype="auto")  # written in the dtype it was saved in
     try:

@@ -110,7 +110,7 @@ def _drop_context(attention, args, kwargs):
 
 
 def _hand_context(mlp: InPlaceTTTMLP, args, kwargs):
-    if "context" in kwargs or {"position_ids", "target_source", "state"} & kwargs.keys():  # called by hand with its own arguments
+    if len(args) > 1 or {"context", "position_ids", "target_source", "state"} & kwargs.keys():  # called by hand with its own arguments
         return None
     context = mlp.__dict__.pop(_PLACED, None)  # taken: it serves this one call
     if context is None:
