@@ -1,11 +1,9 @@
 """transformers integration on tiny random Llama, Qwen2, Qwen3 and Mistral models."""
 
 import copy
-import json
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM, PhiConfig
 
 import inplace_ttt
@@ -110,93 +108,6 @@ def test_fast_weights_carry_what_the_sliding_window_drops():
     assert (logits(model, ids)[0, 20:] - logits(model, changed)[0, 20:]).abs().amax(-1).min() > 0
 
 
-def test_beam_search_follows_the_beams():
-    model = converted()
-    ids, mask = left_padded([8, 6], 8)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        max_new_tokens=9,
-        num_beams=3,
-        length_penalty=0.0,
-        do_sample=False,
-        return_dict_in_generate=True,
-        output_scores=True,
-        pad_token_id=0,
-        eos_token_id=None,
-    )
-    seq = out.sequences
-    full_mask = torch.cat([mask, torch.ones(2, seq.shape[1] - 8, dtype=torch.long)], 1)
-    logp = torch.log_softmax(logits(model, seq, full_mask), -1)
-    picked = logp[:, 7:-1].gather(-1, seq[:, 8:, None])[..., 0].sum(1)
-    torch.testing.assert_close(picked, out.sequences_scores, rtol=1e-4, atol=1e-4)
-
-
-def test_rollback_is_refused():
-    model = converted()
-    with torch.no_grad():
-        out = model(input_ids=torch.randint(3, VOCAB, (1, 6)), use_cache=True)
-    with pytest.raises(NotImplementedError, match="cannot be rolled back"):
-        out.cache.crop(2)
-
-
-def test_assisted_decoding_is_refused():
-    model = converted()
-    with pytest.raises(ValueError, match="requires a cache that can be cropped"):
-        model.generate(input_ids=torch.randint(3, VOCAB, (1, 8)), assistant_model=tiny(), max_new_tokens=4, do_sample=False)
-
-
-def test_a_cache_filled_without_ttt_is_refused():
-    from transformers import DynamicCache
-
-    base = tiny()
-    with torch.no_grad():
-        cache = base(input_ids=torch.randint(3, VOCAB, (1, 5)), cache=DynamicCache(config=base.config)).cache
-    model = inplace_ttt.convert(base, ttt_config())
-    with pytest.raises(ValueError, match="already holds 5 tokens that no fast-weight state saw"):
-        model(input_ids=torch.randint(3, VOCAB, (1, 1)), cache=cache)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_save_load_round_trip(tmp_path, family):
-    model = converted(family)
-    model.save_pretrained(tmp_path)
-    ids, mask = left_padded([13, 9], 13)
-    loaded = inplace_ttt.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    assert torch.equal(logits(loaded, ids, mask), logits(model, ids, mask))
-    with safe_open(tmp_path / "model.safetensors", framework="pt") as f:
-        keys = set(f.keys())
-    assert {n for n, _ in model.named_parameters() if ".ttt." in n} <= keys
-    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
-
-
-def test_plain_transformers_refuses_the_checkpoint(tmp_path):
-    converted().save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "inplace_ttt"
-    with pytest.raises(ValueError, match="inplace_ttt"):
-        AutoModelForCausalLM.from_pretrained(tmp_path)
-
-
-def test_loading_a_plain_checkpoint_says_what_to_do(tmp_path):
-    tiny().save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="not an In-Place TTT checkpoint"):
-        inplace_ttt.from_pretrained(tmp_path)
-
-
-def test_clip_tau_at_load_and_at_generation(tmp_path):
-    model = converted()
-    model.save_pretrained(tmp_path)
-    ids = torch.randint(3, VOCAB, (1, 16))
-    free = logits(model, ids)
-    with inplace_ttt.clip_tau(model, 1e-5):
-        clipped = logits(model, ids)
-    assert not torch.allclose(free, clipped)
-    assert torch.equal(logits(model, ids), free)  # restored
-    loaded = inplace_ttt.from_pretrained(tmp_path, clip_tau=1e-5, dtype=torch.float32).eval()
-    torch.testing.assert_close(logits(loaded, ids), clipped, rtol=0, atol=0)
-    assert all(layer.clip_tau == 1e-5 for _, layer in inplace_ttt.ttt_layers(loaded))
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_gradient_flow(checkpointing, family):
@@ -283,36 +194,6 @@ def test_top_level_convert_passes_the_context_parallel_group_and_refuses_other_o
         inplace_ttt.set_context_parallel(tiny(), None)
 
 
-def test_a_gguf_loaded_model_converts_to_a_plain_float_checkpoint(tmp_path):
-    import gguf
-
-    from inplace_ttt.families.hf import load_causal_lm
-    from tests.tiny_gguf import write_gguf
-
-    original = tiny(tie_word_embeddings=True)
-    write_gguf(original, tmp_path / "f32.gguf")
-    write_gguf(original, tmp_path / "q8.gguf", quantize=gguf.GGMLQuantizationType.Q8_0)
-    ids = torch.randint(3, VOCAB, (2, 20))
-    # read as transformers reads it: dense float weights, but the GGUF quantizer attached (save_pretrained refuses)
-    gguf_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="f32.gguf")
-    assert gguf_model.hf_quantizer is not None
-    assert torch.equal(logits(gguf_model, ids), logits(original, ids))  # our writer's layout is llama.cpp's
-    model = inplace_ttt.convert(gguf_model, ttt_config())
-    model.save_pretrained(tmp_path / "saved")
-    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
-    assert "quantization_config" not in saved and saved["tie_word_embeddings"] is True
-    loaded = inplace_ttt.from_pretrained(tmp_path / "saved")
-    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight  # the tie kept
-    assert torch.equal(logits(loaded, ids), logits(original, ids))
-    # a quantized file, read dequantized: a model like any other, before and after conversion
-    q8 = load_causal_lm(tmp_path, gguf_file="q8.gguf")
-    assert getattr(q8, "hf_quantizer", None) is None and q8.lm_head.weight is q8.model.embed_tokens.weight
-    reference = logits(q8, ids)
-    assert 0 < (reference - logits(original, ids)).abs().max() < 0.05  # Q8_0 rounding
-    inplace_ttt.convert(q8, ttt_config()).save_pretrained(tmp_path / "q8-saved")
-    assert torch.equal(logits(inplace_ttt.from_pretrained(tmp_path / "q8-saved"), ids), reference)
-
-
 def test_packed_quantized_weights_are_refused_before_any_change():
     model = tiny()
     mlp = model.model.layers[0].mlp
@@ -320,25 +201,6 @@ def test_packed_quantized_weights_are_refused_before_any_change():
     with pytest.raises(ValueError, match=r"holds quantized weights \(Linear\); In-Place TTT needs float weights"):
         inplace_ttt.convert(model, ttt_config())
     assert not inplace_ttt.families.hf.is_converted(model)
-
-
-def test_a_converted_directorys_tokenizer_loads_without_a_model_type_warning(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.tiny_hf import tiny_tokenizer
-
-    converted().save_pretrained(tmp_path)
-    tiny_tokenizer(["a", "b"]).save_pretrained(tmp_path)
-    code = (
-        f"import inplace_ttt, transformers; model = inplace_ttt.from_pretrained(r'{tmp_path}'); "
-        f"tok = transformers.AutoTokenizer.from_pretrained(r'{tmp_path}'); print(type(tok).__name__)"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "TokenizersBackend" in run.stdout and "model of type" not in run.stderr, run.stderr
-    with pytest.raises(ValueError, match="inplace_ttt"):  # a model class still refuses it
-        AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
 def test_batched_generation_needs_left_padding_from_a_tokenizer_that_pads_right():
