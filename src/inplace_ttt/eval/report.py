@@ -14,7 +14,8 @@ def _fmt(x, digits=3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _with_interval(x, interval, digits=3) -> str:
+def with_interval(x, interval, digits=3) -> str:
+    """A table cell: ``3.412 [3.380, 3.441]``, the number alone without an interval, ``-`` without a number."""
     if x is None:
         return "-"
     return _fmt(x, digits) + (f" [{_fmt(interval[0], digits)}, {_fmt(interval[1], digits)}]" if interval else "")
@@ -51,7 +52,7 @@ def write_report(results: dict, out: Path, preamble: list[str] = ()) -> Path:
                 got = [c["accuracy"] for c in cells if c]
                 lines.append(
                     f"| {task} | {name} | "
-                    + " | ".join(_with_interval(c.get("accuracy"), c.get("interval"), 1) for c in cells)
+                    + " | ".join(with_interval(c.get("accuracy"), c.get("interval"), 1) for c in cells)
                     + f" | {_fmt(sum(got) / len(got) if got else None, 1)} |"
                 )
         lines.append("")
@@ -71,7 +72,7 @@ def write_report(results: dict, out: Path, preamble: list[str] = ()) -> Path:
         ]
         for name in names:
             cells = [models[name].get("recall", {}).get(n, {}) for n in lengths]
-            lines.append(f"| {name} | " + " | ".join(_with_interval(c.get("accuracy"), c.get("interval"), 1) for c in cells) + " |")
+            lines.append(f"| {name} | " + " | ".join(with_interval(c.get("accuracy"), c.get("interval"), 1) for c in cells) + " |")
         lines.append("")
         plots.append(_plot_recall(models, lengths, info["chance"], out / "recall_accuracy.png"))
     if any("loss_by_position" in m for m in models.values()):
@@ -86,7 +87,7 @@ def write_report(results: dict, out: Path, preamble: list[str] = ()) -> Path:
         ]
         for name in names:
             lp = models[name]["loss_by_position"]
-            lines.append(f"| {name} | " + " | ".join(_with_interval(x, i) for x, i in zip(lp["loss"], lp["interval"])) + " |")
+            lines.append(f"| {name} | " + " | ".join(with_interval(x, i) for x, i in zip(lp["loss"], lp["interval"])) + " |")
         lines += ["", f"Tokens per bucket: {first['tokens']}; documents per bucket: {first['documents']}.", ""]
         plots.append(_plot_loss(models, out / "loss_by_position.png"))
         contexts = sorted({int(c) for m in models.values() for c in m["sliding_window"]["contexts"]})
@@ -102,7 +103,7 @@ def write_report(results: dict, out: Path, preamble: list[str] = ()) -> Path:
         for name in names:
             rows = models[name]["sliding_window"]["contexts"]
             cells = [rows.get(c, rows.get(str(c), {})) for c in contexts]
-            lines.append(f"| {name} | " + " | ".join(_with_interval(r.get("loss"), r.get("interval")) for r in cells) + " |")
+            lines.append(f"| {name} | " + " | ".join(with_interval(r.get("loss"), r.get("interval")) for r in cells) + " |")
         counts = next(m for m in models.values() if "sliding_window" in m)["sliding_window"]["contexts"]
         lines += ["| documents | " + " | ".join(str(counts.get(c, counts.get(str(c), {})).get("documents", "-")) for c in contexts) + " |", ""]
         plots.append(_plot_sliding(models, out / "sliding_window.png"))
@@ -112,7 +113,8 @@ def write_report(results: dict, out: Path, preamble: list[str] = ()) -> Path:
     return path
 
 
-def _figure():
+def pyplot():
+    """matplotlib's pyplot drawing off-screen (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,7 +132,7 @@ def _log2_axis(ax) -> None:
 
 
 def _plot_ruler(models, tasks, lengths, path: Path) -> Path:
-    plt = _figure()
+    plt = pyplot()
     cols = min(4, len(tasks))
     rows = (len(tasks) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
@@ -138,7 +140,7 @@ def _plot_ruler(models, tasks, lengths, path: Path) -> Path:
     for ax, task in zip(axes.flat, tasks):
         for name, m in models.items():
             cells = [m["ruler"].get(task, {}).get(n, {}) for n in lengths]
-            _line(ax, x, [c.get("accuracy") for c in cells], [c.get("interval") for c in cells], name, bars=True)
+            line_with_interval(ax, x, [c.get("accuracy") for c in cells], [c.get("interval") for c in cells], name, bars=True)
         ax.set_title(task)
         ax.set_xscale("log", base=2)
         ax.set_xticks(x, [_human(n) for n in x])
@@ -149,22 +151,22 @@ def _plot_ruler(models, tasks, lengths, path: Path) -> Path:
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     axes.flat[0].legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_recall(models, lengths, chance: float, path: Path) -> Path:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     x = [int(n) for n in lengths]
     for name, m in models.items():
         cells = [m.get("recall", {}).get(n, {}) for n in lengths]
-        _line(ax, x, [c.get("accuracy") for c in cells], [c.get("interval") for c in cells], name, bars=True)
+        line_with_interval(ax, x, [c.get("accuracy") for c in cells], [c.get("interval") for c in cells], name, bars=True)
     ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
     _log2_axis(ax)
     ax.set(title="Associative recall", xlabel="sequence length (tokens)", ylabel="accuracy (%, 95% interval)", ylim=(-5, 105))
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_loss(models, path: Path) -> Path:
@@ -192,7 +194,7 @@ def _plot_sliding(models, path: Path) -> Path:
     )
 
 
-def _line(ax, x, y, intervals, label: str, bars: bool = False) -> None:
+def line_with_interval(ax, x, y, intervals, label: str, bars: bool = False) -> None:
     """One model's line with its 95% intervals: error bars, or a shaded band."""
     (line,) = ax.plot(x, y, marker="o", label=label)
     have = [(xi, i) for xi, i in zip(x, intervals) if i]
@@ -208,18 +210,19 @@ def _line(ax, x, y, intervals, label: str, bars: bool = False) -> None:
 
 def _log2_chart(series: dict[str, tuple[list, list, list]], path: Path, title: str, xlabel: str, ylabel: str) -> Path:
     """One line per model over a log-2 token axis, with its 95% band."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, (x, y, intervals) in series.items():
-        _line(ax, x, y, intervals, name)
+        line_with_interval(ax, x, y, intervals, name)
     _log2_axis(ax)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` as a PNG at `path` and free it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -231,7 +234,7 @@ def _save(fig, path: Path) -> Path:
 def plot_training(curves: dict[str, dict[int, float]], path: Path, reference: str | None = None) -> Path:
     """Training loss against step, one line per run; with a `reference` run, a second panel shows
     each run's loss minus the reference's at the same steps (same batches: the noise cancels)."""
-    plt = _figure()
+    plt = pyplot()
     panels = 2 if reference in curves else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4), squeeze=False)
     for name, curve in curves.items():
@@ -251,4 +254,4 @@ def plot_training(curves: dict[str, dict[int, float]], path: Path, reference: st
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -32,7 +32,7 @@ import torch
 
 from ..files import atomic_path, write_atomic
 from .audio import audio_info, fixed_blocks, read_resampled, wav_writer
-from .loading import Streams, load_lm, load_mimi, load_tokenizer, resolve_device
+from .loading import Streams, load_inference_lm, load_mimi, load_tokenizer, resolve_device
 from .transcript import FRAME_RATE
 
 CHANNELS = {"left": 0, "right": 1}
@@ -144,7 +144,7 @@ def run_inference(settings: InferSettings, progress: bool = True) -> dict:
     if not out.parent.is_dir():
         raise ValueError(f"output: no such folder: {out.parent}")
     device, dtype = resolve_device(settings.device, settings.dtype)
-    lm = load_lm(
+    lm = load_inference_lm(
         settings.weights, settings.lm_kwargs, ttt=settings.ttt, clip_tau=... if settings.clip_tau is None else settings.clip_tau, device=device, dtype=dtype
     )
     if lm.fuser is not None:

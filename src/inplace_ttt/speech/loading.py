@@ -74,19 +74,23 @@ class Streams:
         return max(self.dep_q, self.user_q)  # as moshi's CheckpointInfo.get_mimi
 
 
-def lm_streams(lm_kwargs: dict | None) -> Streams:
-    """The stream layout of the LMModel `lm_kwargs` describe (None: Moshi 7B), read from moshi's
-    own model built on the meta device (no memory, no weights)."""
+def meta_lm(lm_kwargs: dict | None):
+    """The LMModel `lm_kwargs` describe (None: Moshi 7B), moshi's own built on the meta device:
+    its layout and settings, without memory or weights."""
     from moshi.models.loaders import get_moshi_lm
 
     try:
-        lm = get_moshi_lm(None, lm_kwargs=lm_kwargs, device="meta")
+        return get_moshi_lm(None, lm_kwargs=lm_kwargs, device="meta")
     except (TypeError, KeyError) as e:
         raise ValueError(f"--lm-config: not LMModel settings ({e})") from None
-    return Streams.of(lm)
 
 
-def load_lm(
+def lm_streams(lm_kwargs: dict | None) -> Streams:
+    """The stream layout of the LMModel `lm_kwargs` describe (None: Moshi 7B)."""
+    return Streams.of(meta_lm(lm_kwargs))
+
+
+def load_inference_lm(
     weights: str | Path,
     lm_kwargs: dict | None = None,
     *,

@@ -5,6 +5,7 @@ the model's own audio codebooks, then the user's; -1 marks a missing value: no i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,17 +14,23 @@ import torch.nn.functional as F
 CODES_KEY = "codes"
 
 
-def conversation_files(paths: list[str], key: str = "data.train") -> list[Path]:
+def conversation_files(paths: list[str | Path], key: str = "data.train", manifest: Callable[[Path], list[Path]] | None = None) -> list[Path]:
+    """The codes files `paths` name, in order: a codes file itself, a folder's (all below it, sorted)
+    and, given `manifest` (what turns one into its codes files, e.g. by encoding it), those of each
+    moshi-finetune manifest (``.jsonl``). `key` names the setting in errors."""
     files: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        if manifest is not None and p.suffix == ".jsonl":
+            files += manifest(p)
+        elif p.is_dir():
             files += sorted(p.rglob("*.safetensors"))
         elif p.is_file() and p.suffix == ".safetensors":
             files.append(p)
         else:
-            raise ValueError(f"{key}: {p} is neither a .safetensors conversation nor a folder of them")
+            kinds = "a codes file (.safetensors), a folder of them, nor a manifest (.jsonl)" if manifest else "a codes file (.safetensors) nor a folder of them"
+            raise ValueError(f"{key}: {p} is neither {kinds}")
     if not files:
-        raise ValueError(f"{key}: {paths} holds no .safetensors conversations")
+        raise ValueError(f"{key}: {[str(p) for p in paths]} holds no conversations")
     return files
 
 

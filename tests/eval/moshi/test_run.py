@@ -1,5 +1,5 @@
-"""`ittt moshi-eval`: losses streamed in pieces past the model's context equal one forward over
-the whole conversation; several models in one report, by minute."""
+"""`ittt moshi-eval` end to end: several models in one report, by minute; bad runs refused; a
+manifest encoded, then evaluated."""
 
 import json
 from pathlib import Path
@@ -7,69 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("moshi")
-from safetensors.torch import save_file  # noqa: E402
-
-import inplace_ttt.eval.moshi as moshi_eval  # noqa: E402
-from inplace_ttt import TTTConfig, convert  # noqa: E402
-from inplace_ttt.cli import main  # noqa: E402
-from inplace_ttt.eval.moshi import ModelSpec, conversation_nll  # noqa: E402
-from inplace_ttt.families.moshi import save_ttt  # noqa: E402
-from tests.speech.conftest import dataset, kit, kit_flags, single_thread  # noqa: E402, F401  (fixtures: a manifest of espeak-ng conversations, Mimi, tokenizer)
-from tests.tiny_moshi import TINY, active_targets, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with single_thread():
-        yield
-
-
-def forward_nll(lm, codes):
-    """The reference: `LMModel.forward` over the whole conversation, -log p of each target (NaN where invalid)."""
-    out = lm(codes[None])
-    logp_text = torch.log_softmax(out.text_logits[0, 0].double(), -1)
-    text = -logp_text.gather(-1, codes[0].clamp(min=0)[:, None])[:, 0]
-    logp_audio = torch.log_softmax(out.logits[0].double(), -1)
-    audio = -logp_audio.gather(-1, codes[1 : 1 + lm.dep_q].clamp(min=0)[..., None])[..., 0]
-    return text.masked_fill(~out.text_mask[0, 0], float("nan")), audio.masked_fill(~out.mask[0], float("nan"))
-
-
-def ttt_lm():
-    lm = convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=8, target_source="token_embeddings"))
-    active_targets(lm)
-    return lm
-
-
-def test_streamed_losses_equal_one_forward_over_a_conversation_longer_than_the_context(monkeypatch):
-    lm = ttt_lm()
-    T = 150  # the context is 64 steps
-    codes = random_codes(lm, 1, T)[0]
-    codes[4, 100:110] = -1  # missing values: no loss
-    with torch.no_grad():
-        text, audio = forward_nll(lm, codes)
-    for piece in (40, 1, T):
-        nll = conversation_nll(lm, codes, piece)
-        assert torch.equal(nll["text"].isnan(), text.isnan()) and torch.equal(nll["audio"].isnan(), audio.isnan())
-        torch.testing.assert_close(nll["text"], text, rtol=1e-5, atol=1e-5, equal_nan=True)
-        torch.testing.assert_close(nll["audio"], audio, rtol=1e-5, atol=1e-5, equal_nan=True)
-    assert nll["audio"].isnan().sum() == 7 + 10  # the 7 delayed codebooks' last step, and the missing values
-    monkeypatch.setattr(moshi_eval, "widen_kv_caches", lambda *a: 0)  # moshi's own ring of `context` steps
-    narrow = conversation_nll(lm, codes, 40)
-    assert (narrow["text"] - text).abs().nan_to_num(0).max() > 1e-3
-
-
-def write_models(root):
-    write_tiny_checkpoint(root / "model.safetensors")
-    (root / "lm.json").write_text(json.dumps(TINY))
-    save_ttt(convert(tiny_lm(), TTTConfig(layers=[0, 2], chunk_size=8, target_source="token_embeddings")), root / "fresh")  # untrained: the base model exactly
-    save_ttt(ttt_lm(), root / "trained")
-    data = root / "held-out"
-    data.mkdir()
-    conversations = [random_codes(tiny_lm(), 1, T)[0] for T in (150, 75)]
-    for i, codes in enumerate(conversations):
-        save_file({"codes": codes.to(torch.int32)}, str(data / f"conv{i}.safetensors"))
-    return data, conversations
+from inplace_ttt.cli import main
+from inplace_ttt.eval.moshi.loss import conversation_nll
+from tests.eval.moshi.conftest import ttt_lm, write_models
+from tests.speech.conftest import dataset, kit, kit_flags  # noqa: F401  (fixtures: a manifest of espeak-ng conversations, Mimi, tokenizer)
 
 
 def test_several_models_in_one_report_by_minute(tmp_path):
@@ -134,19 +75,6 @@ def test_several_models_in_one_report_by_minute(tmp_path):
     assert "## audio loss (nats) by minute" in report and "| ttt-yarn |" in report and "0-0.04 | 0.04-0.08" in report
     assert "[95% bootstrap interval over conversations]" in report
     assert (out / "moshi_loss_by_minute.png").stat().st_size > 0
-
-
-@pytest.mark.parametrize(
-    "spec,message",
-    [
-        ("base", "expected NAME=PATH"),
-        ("base=m.safetensors,tau=1", "unknown option 'tau=1'"),
-        ("base=m.safetensors,clip_tau=small", "take numbers"),
-    ],
-)
-def test_a_bad_model_spec_is_refused(spec, message):
-    with pytest.raises(ValueError, match=message):
-        ModelSpec.parse(spec)
 
 
 def test_bad_runs_exit_2_naming_what_is_wrong(tmp_path, capsys):
