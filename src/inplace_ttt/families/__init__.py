@@ -54,12 +54,14 @@ def set_clip_tau(model: nn.Module, clip_tau: float | None) -> float | None:
     """Set inference clipping for every TTT layer of `model` (in the `TTTConfig` they share, which
     is what the model saves); returns the previous value."""
     TTTConfig(clip_tau=clip_tau)  # validates
-    configs = {id(layer.config): layer.config for _, layer in ttt_layers(model)}
+    family = family_of(model)
+    configs = {id(layer.config): layer.config for _, layer in family.ttt_layers(model)}
     if not configs:
         raise ValueError(f"{type(model).__name__} has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
     previous = next(iter(configs.values())).clip_tau
     for config in configs.values():
         config.clip_tau = None if clip_tau is None else float(clip_tau)
+    family.settings(model)  # the record the model saves (config.json, ttt.safetensors) follows
     return previous
 
 
