@@ -35,8 +35,3 @@ def test_train_help_lists_the_keys_with_defaults_and_allowed_values(capsys):
     assert "data.text_field" not in moshi and "train.first_codebook_weight" not in transformers
     # and the modes, described
     assert re.search(r"train\.mode:\n  - `full`: every parameter;\n  - `ttt_only`: ", text)
-
-
-def test_allow_changes_goes_with_resume(tmp_path, capsys):
-    assert main(["train", str(tmp_path / "run.yaml"), "--allow-changes"]) == 2
-    assert capsys.readouterr().err.strip() == "ittt train: error: --allow-changes goes with --resume"

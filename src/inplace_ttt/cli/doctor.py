@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from ..doctor import check_saved
     from ..families import SavedFiles
 
-    files = SavedFiles(args.model_dir, args.data, args.base, args.base_gguf_file, args.lm_kwargs, args.text_field)
+    files = SavedFiles(
+        model_dir=args.model_dir, data=args.data, base=args.base, base_gguf_file=args.base_gguf_file, lm_kwargs=args.lm_kwargs, text_field=args.text_field
+    )
     report, batch = check_saved(files, length=args.length, rows=args.rows, inference=args.inference)
     print(f"doctor: {args.model_dir} on {batch} of {args.data}")
     print(report)

@@ -1,6 +1,6 @@
 """Model families, each a package that owns its formats: `hf` (transformers causal LMs) and `moshi`
 (Kyutai's `LMModel`, an optional install). Each defines a `protocol.Family`; `family_of` finds a
-model's, and the functions here work the same for every family."""
+model's, `family_of_folder` a saved model folder's, and the functions here work the same for every family."""
 
 from __future__ import annotations
 
