@@ -9,7 +9,7 @@ import torch.nn as nn
 import inplace_ttt
 from inplace_ttt.doctor import doctor
 from tests.conftest import perturb_targets
-from tests.tiny_hf import VOCAB, converted, tiny, tiny_tokenizer, ttt_config
+from tests.tiny_hf import VOCAB, converted, tiny, ttt_config
 
 
 def batch(length=16, rows=2):
@@ -146,28 +146,6 @@ def test_a_leak_from_the_future_is_named():
     assert not check(doctor(model, batch()), "causality").ok
 
 
-def test_cli_doctor(tmp_path, capsys):
-    from inplace_ttt.cli import main
-
-    words = [f"w{i}" for i in range(VOCAB - 4)]
-    model, base = fresh()
-    model.save_pretrained(tmp_path / "ttt")
-    base.save_pretrained(tmp_path / "base")
-    tiny_tokenizer(words).save_pretrained(tmp_path / "ttt")
-    data = tmp_path / "data.txt"
-    data.write_text(" ".join(words[i % len(words)] for i in range(200)))
-    assert main(["doctor", str(tmp_path / "ttt"), "--data", str(data), "--base", str(tmp_path / "base")]) == 0
-    out = capsys.readouterr().out
-    assert "PASS  warm start" in out and "all checks passed" in out
-    # a broken one exits non-zero and says why
-    broken = inplace_ttt.from_pretrained(tmp_path / "ttt")
-    inplace_ttt.set_clip_tau(broken, 1e-5)
-    broken.save_pretrained(tmp_path / "clipped")
-    tiny_tokenizer(words).save_pretrained(tmp_path / "clipped")
-    assert main(["doctor", str(tmp_path / "clipped"), "--data", str(data)]) == 1
-    assert "FAIL  no clipping in training" in capsys.readouterr().out
-
-
 def test_one_group_holding_the_gradient_is_a_warning_with_its_share():
     model, _ = fresh()
     report = doctor(model, batch())
@@ -291,28 +269,6 @@ def test_lora_wrapped_and_unoptimised_moshi_targets_are_named(moshi):
     wrapped = get_peft_model(lm, LoraConfig(r=2, target_parameters=["ttt.target_weight"]))
     c = check(doctor(wrapped.base_model.model, codes), "TTT params not LoRA-wrapped")
     assert not c.ok and "layer 0" in c.detail
-
-
-def test_cli_doctor_on_a_moshi_model_and_a_conversation(tmp_path, capsys, moshi):
-    import json
-
-    from safetensors.torch import save_file
-
-    from inplace_ttt.cli import main
-    from inplace_ttt.families.moshi import save_ttt
-    from tests.tiny_moshi import TINY, write_tiny_checkpoint
-
-    lm, base, codes = moshi
-    write_tiny_checkpoint(tmp_path / "base.safetensors")
-    save_ttt(lm, tmp_path / "final")
-    (tmp_path / "lm.json").write_text(json.dumps(TINY))
-    save_file({"codes": codes["codes"][0]}, str(tmp_path / "conversation.safetensors"))
-    args = ["doctor", str(tmp_path / "final"), "--data", str(tmp_path / "conversation.safetensors"), "--lm-kwargs", str(tmp_path / "lm.json")]
-    assert main([*args, "--base", str(tmp_path / "base.safetensors"), "--length", "12"]) == 0
-    out = capsys.readouterr().out
-    assert "on 1 x 12 steps of" in out and "PASS  warm start" in out and "all checks passed" in out
-    assert main([*args, "--length", "0"]) == 2
-    assert "--length and --rows must be >= 1" in capsys.readouterr().err
 
 
 def test_the_package_exports_the_doctor_function():

@@ -1,8 +1,10 @@
 """Files: writing them so that a crash leaves the old version or the new one, never half of one;
-reading a user's weights file only once it is known to be whole."""
+reading a user's weights file only once it is known to be whole, and a JSON file of settings with
+errors that name it."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -50,3 +52,16 @@ def check_safetensors(path: str | Path) -> None:
             pass
     except SafetensorError as e:
         raise ValueError(f"{path} is not a readable safetensors file ({e}): it is empty, cut short or corrupt") from None
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object a file holds; ValueError naming the file when it is missing, not JSON or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data

@@ -1,17 +1,19 @@
 """Model families, each a package that owns its formats: `hf` (transformers causal LMs) and `moshi`
 (Kyutai's `LMModel`, an optional install). Each defines a `protocol.Family`; `family_of` finds a
-model's, and the functions here work the same for every family."""
+model's, `family_of_folder` a saved model folder's, and the functions here work the same for every family."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch.nn as nn
 
 from ..config import TTTConfig
 from ..layer import InPlaceTTTMLP
 from .protocol import Family
+from .saved import Saved, SavedFiles
 
 
 def _is_moshi_lm(model: nn.Module) -> bool:
@@ -26,6 +28,23 @@ def family_of(model: nn.Module) -> Family:
     else:
         from .hf import FAMILY
     return FAMILY
+
+
+def family_of_folder(path: str | Path) -> Family:
+    """The family that saved the model folder `path`: moshi's for one holding a ttt.safetensors
+    (`moshi.io.TTT_WEIGHTS`), transformers' for any other."""
+    from .moshi.io import TTT_WEIGHTS
+
+    if (Path(path) / TTT_WEIGHTS).is_file():
+        from .moshi.family import FAMILY
+    else:
+        from .hf import FAMILY
+    return FAMILY
+
+
+def read_saved(files: SavedFiles) -> Saved:
+    """A saved converted model, its data and its base model, read by the family that saved it."""
+    return family_of_folder(files.model_dir).read_saved(files)
 
 
 def convert(model: nn.Module, config: TTTConfig, **options) -> nn.Module:
@@ -75,4 +94,17 @@ def clip_tau(model: nn.Module, value: float | None):
         set_clip_tau(model, previous)
 
 
-__all__ = ["Family", "family_of", "convert", "ttt_layers", "probe", "set_context_parallel", "set_clip_tau", "clip_tau"]
+__all__ = [
+    "Family",
+    "Saved",
+    "SavedFiles",
+    "family_of",
+    "family_of_folder",
+    "read_saved",
+    "convert",
+    "ttt_layers",
+    "probe",
+    "set_context_parallel",
+    "set_clip_tau",
+    "clip_tau",
+]

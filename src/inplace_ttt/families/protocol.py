@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..layer import InPlaceTTTMLP
 from .probe import ModelProbe
+from .saved import Saved, SavedFiles
 
 
 @dataclass(frozen=True)
@@ -22,3 +23,4 @@ class Family:
     settings: Callable[[nn.Module], dict[str, Any]]  # converted model -> its TTT settings as saved, training record included
     set_context_parallel: Callable[[nn.Module, Any], None]  # (model, process group or None): split sequences along time
     probe: ModelProbe  # how the doctor runs a model of the family
+    read_saved: Callable[[SavedFiles], Saved]  # a saved model of the family, its data and its base, read for the doctor

@@ -5,7 +5,6 @@ model folder, hub id or GGUF file, every mistake a user can fix named as a Value
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ...config import CONFIG_KEY, TTTConfig
-from ...files import check_safetensors
+from ...files import check_safetensors, read_json_object
 from ...layer import is_ttt_param
 from ..record import TRAINING_KEY, split_training
 from . import release
@@ -26,18 +25,8 @@ def is_ttt_checkpoint(path: str | os.PathLike) -> bool:
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         return False
-    data = _read_config_json(config_file)
+    data = read_json_object(config_file)
     return CONFIG_KEY in data or release.is_release_config(data)
-
-
-def _read_config_json(config_file: Path) -> dict:
-    try:
-        data = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{config_file} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{config_file} must hold a JSON object")
-    return data
 
 
 def checkpoint_settings(path: str | os.PathLike):
@@ -51,7 +40,7 @@ def checkpoint_settings(path: str | os.PathLike):
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
-    data = _read_config_json(config_file)
+    data = read_json_object(config_file)
     settings = data.pop(CONFIG_KEY, None)
     if settings is None and release.is_release_config(data):
         return (*release.read_release(path, data), [])

@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .families import probe, ttt_layers
-from .families.record import describe, may_change, split_training, trained_steps
-from .layer import InPlaceTTTMLP, TargetGenerator
-from .ops import find_segments, inplace_ttt
+from ..families import probe, ttt_layers
+from ..families.record import describe, may_change, split_training, trained_steps
+from ..layer import InPlaceTTTMLP, TargetGenerator
+from ..ops import find_segments, inplace_ttt
 
 
 @dataclass

@@ -1,0 +1,7 @@
+"""`python -m inplace_ttt.cli ...` (what torchrun launches: ``torchrun -m inplace_ttt.cli train x.yaml``)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

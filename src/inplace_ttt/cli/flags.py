@@ -1,0 +1,42 @@
+"""Flags several commands share: a renamed flag that still answers to its old name (with a
+FutureWarning), Moshi's LMModel keyword arguments (``--lm-kwargs``), Mimi's settings and the device."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+LM_KWARGS_HELP = "JSON file of the LMModel's keyword arguments (default: Moshi 7B's, as moshi's loaders); --lm-config: its old name"
+
+
+class RenamedFlag(argparse.Action):
+    """A value flag whose first option string is its name and whose others are old names, still
+    read, with a FutureWarning."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string != self.option_strings[0]:
+            warnings.warn(f"{option_string} is deprecated; use {self.option_strings[0]}", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def add_lm_kwargs(parser: argparse.ArgumentParser, help: str = LM_KWARGS_HELP) -> None:
+    """``--lm-kwargs FILE`` (old name ``--lm-config``): the JSON file of moshi `LMModel` keyword arguments."""
+    parser.add_argument("--lm-kwargs", "--lm-config", action=RenamedFlag, help=help)
+
+
+def add_mimi_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mimi-config", help="JSON file of Mimi's settings (default: the published Mimi's, as moshi's loaders)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+
+
+def prepare_moshi(device: str) -> None:
+    """On a CPU, moshi's lazy torch.compile only costs time: turn it off (before moshi is imported)."""
+    import os
+
+    import torch
+
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        os.environ.setdefault("NO_TORCH_COMPILE", "1")
