@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import inplace_ttt
 from inplace_ttt.cli import main
 from inplace_ttt.train.run_dir import COMPLETE, last_complete_checkpoint
-from inplace_ttt.train.trainer import TTT_WEIGHTS
+from inplace_ttt.train.trainer import LORA_TTT_WEIGHTS
 from tests.tiny_hf import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ def test_lora_checkpoints_hold_the_ttt_weights_and_resume_restores_them(workspac
     edit(workspace["config"], train={"mode": "lora", "max_steps": 4, "save_steps": 2}, lora={"r": 2, "target_modules": ["q_proj", "v_proj"]})
     assert main(["train", str(workspace["config"])]) == 0
     ckpt = workspace["run"] / "checkpoint-2"
-    saved = load_file(ckpt / TTT_WEIGHTS)
+    saved = load_file(ckpt / LORA_TTT_WEIGHTS)
     assert sorted(saved) == sorted(f"base_model.model.model.layers.{i}.mlp.ttt.{w}" for i in (0, 2) for w in ("conv_weight", "target_weight"))
     assert all(t.abs().sum() > 0 for n, t in saved.items() if "conv" in n)
     final = inplace_ttt.from_pretrained(workspace["run"] / "final")  # LoRA merged, TTT weights in
