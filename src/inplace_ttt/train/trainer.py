@@ -7,9 +7,9 @@ whose forward returns a dict with a ``loss``: a transformers causal LM as it is,
 `LMModel` inside `families.moshi.MoshiLoss`. A model family (`train.causal_lm`, `train.moshi`,
 `train.scratch`) loads the model and the data and hands the engine a `RunParts`; `train.run`
 picks the family. The Trainer's arguments are the run's `train` section (`train.config.TrainConfig`,
-a `TrainingArguments`). We add what is specific to In-Place TTT, through transformers' public
-extension points (callbacks, `create_optimizer`, `compute_loss`, `training_step`, `log`,
-`save_model`) except for three private methods, each saying why:
+a `TrainingArguments`). We add what is specific to In-Place TTT through transformers' public
+extension points (callbacks, `create_optimizer`, `compute_loss`, `training_step`, `log`, `train`,
+`save_model`); three private methods remain overridden where it has none, each saying why:
 
 - modes (`train.modes`) and a learning rate of their own for the TTT parameters, and optionally
   a gradient clipping of their own (`train.ttt_params_max_grad_norm`): at the warm start their
