@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
@@ -36,7 +35,7 @@ from inplace_ttt.families.moshi import MoshiLoss  # noqa: E402
 from inplace_ttt.families.moshi.codes import ConversationRows, collate  # noqa: E402
 from inplace_ttt.train.config import TrainConfig  # noqa: E402
 from inplace_ttt.train.telemetry import TTTTelemetry  # noqa: E402
-from inplace_ttt.train.trainer import TTTTrainer, training_arguments  # noqa: E402
+from inplace_ttt.train.trainer import TTTTrainer  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from moshi_shape import lm_kwargs  # noqa: E402
@@ -87,21 +86,24 @@ class _StepTimes(TrainerCallback):
 
 def engine(module: MoshiLoss, data: torch.Tensor, steps: int, batch: int) -> list[float]:
     layers = dict(inplace_ttt.ttt_layers(module.lm))
-    t = TrainConfig(
-        mode="full",
-        learning_rate=1e-5,
-        max_steps=steps,
-        per_device_train_batch_size=batch,
-        logging_steps=10**6,
-        save_steps=10**6,
-        warmup_ratio=0.0,
-        report_to=[],
-        doctor=False,
-    )
     timer = _StepTimes()
     with tempfile.TemporaryDirectory() as out:
-        args = training_arguments(t, Path(out), False, False, label_names=["codes"], use_cpu=True)
-        args.disable_tqdm = True
+        args = TrainConfig(
+            output_dir=out,
+            mode="full",
+            learning_rate=1e-5,
+            max_steps=steps,
+            per_device_train_batch_size=batch,
+            logging_steps=10**6,
+            save_steps=10**6,
+            warmup_ratio=0.0,
+            report_to=[],
+            doctor=False,
+            bf16=False,
+            label_names=["codes"],
+            use_cpu=True,
+            disable_tqdm=True,
+        )
         trainer = TTTTrainer(
             model=module, args=args, train_dataset=ConversationRows(data), data_collator=collate, callbacks=[timer], telemetry=TTTTelemetry(layers)
         )

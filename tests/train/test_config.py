@@ -1,6 +1,7 @@
 import pytest
 
 from inplace_ttt.train.config import load_config
+from inplace_ttt.train.run import load_run_config
 
 
 def write(tmp_path, text):
@@ -17,17 +18,75 @@ def test_yaml_and_overrides_with_types(tmp_path):
     c = load_config(path, ["--train.learning_rate", "1e-5", "--ttt.layers", "[0, 3]", "--train.bf16", "true", "--lora.r", "8"])
     assert c.train.learning_rate == 1e-5 and isinstance(c.train.learning_rate, float)
     assert c.ttt.chunk_size == 512 and c.ttt.layers == (0, 3)
-    assert c.train.bf16 == "true" and c.train.mode == "lora" and c.lora.r == 8
+    assert c.train.bf16 is True and c.train.mode == "lora" and c.lora.r == 8
     assert c.data.train == ["docs"] and c.train.ttt_params_learning_rate is None
+
+
+def test_the_train_section_is_transformers_training_arguments(tmp_path):
+    """Any `TrainingArguments` key works; ours keep their defaults; config.yaml records the values as given."""
+    import yaml
+    from transformers import TrainingArguments
+
+    from inplace_ttt.train.config import dump_config
+
+    c = load_config(write(tmp_path, BASE), ["--train.adam_beta2", "0.95", "--train.optim", "adafactor", "--train.warmup_ratio", "0.1"])
+    assert isinstance(c.train, TrainingArguments) and c.train.adam_beta2 == 0.95 and c.train.optim == "adafactor"
+    assert (c.train.learning_rate, c.train.weight_decay, c.train.seed, c.train.report_to) == (5e-6, 0.1, 0, ["tensorboard"])  # ours, not transformers'
+    assert c.train.warmup_steps == 0.1  # transformers 5 reads a warmup_steps below 1 as a share of the steps
+    saved = yaml.safe_load(dump_config(c))["train"]
+    assert saved["adam_beta2"] == 0.95 and saved["warmup_ratio"] == 0.1 and saved["bf16"] == "auto"
+    assert "adam_epsilon" not in saved and "warmup_steps" not in saved  # transformers' keys at transformers' defaults stay out of the record
+    with pytest.raises(ValueError, match=r"train.lr_scheduler_type must be one of \(.*'cosine'.*\); got 'cosinus'"):
+        load_config(write(tmp_path, BASE), ["--train.lr_scheduler_type", "cosinus"])
+    with pytest.raises(ValueError, match=r"^train.optim must be one of \('adamw_torch', .*'sgd', .*\); got 'sgdd'"):  # transformers' enums
+        load_config(write(tmp_path, BASE), ["--train.optim", "sgdd"])
+    with pytest.raises(ValueError, match=r"^train: --load_best_model_at_end requires the save and eval strategy to match"):  # transformers' own checks
+        load_config(write(tmp_path, BASE), ["--train.load_best_model_at_end", "true", "--train.save_strategy", "epoch"])
+
+
+def test_every_field_of_every_schema_has_help_and_choices_as_a_tuple():
+    """What `ittt train --help` walks. transformers' own fields keep transformers' metadata (a few
+    give their choices as a list or dict keys); ours give a tuple."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from inplace_ttt.train.run import FAMILIES, schema
+
+    theirs = {f.name: f for f in dataclasses.fields(TrainingArguments)}
+
+    def walk(cls, where):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{where}{f.name}"
+            if f is not theirs.get(f.name):
+                assert isinstance(f.metadata.get("choices", ()), tuple), f"{where}{f.name}"
+            if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
+                walk(f.type, f"{where}{f.name}.")
+
+    import typing
+
+    for model_type in FAMILIES:
+        if model_type == "moshi":
+            pytest.importorskip("moshi")
+        cls = schema(model_type)
+        walk(cls, "")
+        hints = typing.get_type_hints(cls)
+        for name in ("model", "data", "train", "lora"):
+            if dataclasses.is_dataclass(hints[name]):
+                walk(hints[name], f"{name}.")
+        assert {f.name: f.default for f in dataclasses.fields(cls)}["model_type"] == model_type
+        assert "choices" in next(f for f in dataclasses.fields(hints["train"]) if f.name == "mode").metadata
 
 
 def test_renamed_train_keys_still_read_for_one_release(tmp_path):
     """`train.ttt_learning_rate` and `train.ttt_max_grad_norm` (the names before the TTT parameters'
-    optimizer settings were told apart from the fast weights' eta) map to the new keys, with a warning."""
+    optimizer settings were told apart from the fast weights' eta) map to the new keys, with a warning;
+    so do `train.batch_size` (Moshi's) and `ttt.target`, all from the one table."""
     path = write(tmp_path, BASE + "train:\n  ttt_learning_rate: 0.001\n")
     with pytest.warns(FutureWarning, match="train.ttt_learning_rate is deprecated; use train.ttt_params_learning_rate"):
-        c = load_config(path, ["--train.ttt_max_grad_norm", "0.5"])
+        c = load_config(path, ["--train.ttt_max_grad_norm", "0.5", "--train.batch_size", "3", "--ttt.target", "token_embeddings"])
     assert c.train.ttt_params_learning_rate == 0.001 and c.train.ttt_params_max_grad_norm == 0.5
+    assert c.train.per_device_train_batch_size == 3 and c.ttt.target_source == "token_embeddings"
     with pytest.raises(ValueError, match="train.ttt_learning_rate is the old name of train.ttt_params_learning_rate"):
         load_config(path, ["--train.ttt_params_learning_rate", "0.01"])
 
@@ -41,6 +100,8 @@ def test_renamed_train_keys_still_read_for_one_release(tmp_path):
             r"unknown key\(s\) \['trian'\]; valid keys here: \['data', 'gguf_file', 'lora', 'model', 'model_type', 'tokenizer', 'train', 'ttt'\]",
         ),
         (BASE, ["--train.lr", "1"], r"unknown key\(s\) \['train.lr'\]; valid keys here: .*'learning_rate'"),
+        (BASE, ["--train.bf16", "maybe"], r"train.bf16 must be one of \('auto', True, False\); got 'maybe'"),
+        (BASE, ["--model_type", "jax"], r"model_type must be one of \('transformers', 'moshi', 'scratch'\); got 'jax'"),
         (BASE, ["--train.mode", "half"], r"train.mode must be one of \('full', 'ttt_only', 'lora'\)"),
         (BASE, ["--train.max_steps", "ten"], "train.max_steps: expected int, got 'ten'"),
         (BASE, ["--ttt.chunk_size", "0"], "chunk_size must be an integer >= 1"),
@@ -70,7 +131,7 @@ def test_renamed_train_keys_still_read_for_one_release(tmp_path):
 )
 def test_bad_configs_say_what_is_wrong(tmp_path, text, overrides, message):
     with pytest.raises(ValueError, match=message):
-        load_config(write(tmp_path, text), overrides)
+        load_run_config(write(tmp_path, text), overrides)
 
 
 def test_missing_file(tmp_path):
@@ -82,7 +143,5 @@ def test_shipped_configs_load():
     from pathlib import Path
 
     for path in sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")):
-        if path.name.startswith("pretrain-"):  # `ittt pretrain` recipes: tests/train/test_pretrain.py loads them
-            continue
-        config = load_config(path)
-        assert config.model and config.data.row_length >= 2 * config.ttt.chunk_size, path
+        config = load_run_config(path)
+        assert config.model and (config.ttt is None or config.data.row_length >= 2 * config.ttt.chunk_size), path

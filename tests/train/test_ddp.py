@@ -84,7 +84,16 @@ def moshi_config(tmp_path, **train):
 
     path = write_run(tmp_path, train.pop("mode", "ttt_only"), steps=3)
     edit(
-        path, train={"save_steps": 100, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_params_learning_rate": 1e-2, "batch_size": 1, **train}
+        path,
+        train={
+            "save_steps": 100,
+            "logging_steps": 1,
+            "report_to": [],
+            "learning_rate": 1e-3,
+            "ttt_params_learning_rate": 1e-2,
+            "per_device_train_batch_size": 1,
+            **train,
+        },
     )
     return path
 

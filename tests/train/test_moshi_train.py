@@ -71,7 +71,14 @@ def write_run(tmp_path, mode, steps=3):
         "model": {"weights": str(tmp_path / "model.safetensors"), "lm_kwargs": str(tmp_path / "lm.json")},
         "ttt": {"layers": [0, 2], "chunk_size": 4, "target_source": "token_embeddings"},
         "data": {"train": [str(data)], "row_length": 16},
-        "train": {"output_dir": str(tmp_path / "run"), "mode": mode, "learning_rate": 1e-2, "max_steps": steps, "batch_size": 2, "logging_steps": 1},
+        "train": {
+            "output_dir": str(tmp_path / "run"),
+            "mode": mode,
+            "learning_rate": 1e-2,
+            "max_steps": steps,
+            "per_device_train_batch_size": 2,
+            "logging_steps": 1,
+        },
         "lora": {"r": 2, "alpha": 4, "target_modules": ["linear_in", "linear_out"]},
     }
     path = tmp_path / "run.yaml"
@@ -224,7 +231,14 @@ def test_lora_checkpoints_hold_the_adapter_and_the_ttt_weights_and_resume_exactl
 def test_accumulation_checkpointing_limits_tensorboard_and_telemetry(tmp_path):
     path = moshi_run(
         tmp_path,
-        train={"max_steps": 4, "save_steps": 1, "save_total_limit": 2, "gradient_accumulation_steps": 2, "batch_size": 1, "report_to": ["tensorboard"]},
+        train={
+            "max_steps": 4,
+            "save_steps": 1,
+            "save_total_limit": 2,
+            "gradient_accumulation_steps": 2,
+            "per_device_train_batch_size": 1,
+            "report_to": ["tensorboard"],
+        },
     )
     assert main(["train", str(path)]) == 0
     run = tmp_path / "run"

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -101,7 +102,7 @@ def test_sliding_window_builds_transformers_mistral_with_that_window():
     assert torch.equal(a[16:], b[16:]) and not torch.equal(a[:16], b[:16])
 
 
-def test_ttt_from_step_zero_trains_and_loads_like_a_converted_model(run_config, tmp_path):
+def test_ttt_from_step_zero_trains_and_loads_like_a_converted_model(run_config, tmp_path, capsys):
     overrides = [
         "--ttt.layers",
         "[0]",
@@ -117,6 +118,7 @@ def test_ttt_from_step_zero_trains_and_loads_like_a_converted_model(run_config, 
         "8",
     ]
     assert main(["pretrain", str(run_config), *overrides]) == 0
+    assert "doctor on the first batch" in capsys.readouterr().out  # the doctor of `ittt train`, on a model with TTT layers
     final = tmp_path / "run" / "final"
     model = inplace_ttt.from_pretrained(final)
     ((idx, layer),) = inplace_ttt.ttt_layers(model)
@@ -143,6 +145,25 @@ def test_pretrain_refuses_to_overwrite_a_run(run_config, tmp_path, capsys):
     (tmp_path / "run" / "final").mkdir(parents=True)
     assert main(["pretrain", str(run_config)]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_pretrain_is_ittt_train_of_the_scratch_family(run_config, tmp_path, capsys):
+    """The same run folder as `ittt train`: nothing written for a refused run, a config.yaml, the rows'
+    fingerprint, a resumable run whose tokenizer comes from its checkpoint, the training record."""
+    assert main(["pretrain", str(run_config), "--data.train", f"[{tmp_path / 'nothing'}]"]) == 2
+    assert "data: no such file or folder" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    edit = ["--train.max_steps", "4", "--train.save_steps", "2", "--ttt.layers", "[0]", "--ttt.chunk_size", "16"]
+    assert main(["train", str(run_config), "--model_type", "scratch", *edit]) == 0
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["model_type"] == "scratch" and (run / "data.sha256").is_file()
+    assert not (run / "tokenizer").exists() and (run / "checkpoint-2" / "tokenizer.json").is_file()
+    assert json.loads((run / "final" / "config.json").read_text())["inplace_ttt"]["training"] == [{"mode": "full", "steps": 4}]
+    first = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    for name in ("final", "checkpoint-4"):  # as if killed after checkpoint-2
+        shutil.rmtree(run / name)
+    assert main(["pretrain", str(run_config), *edit, "--resume"]) == 0  # the tokenizer of checkpoint-2, the same rows
+    again = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert again == first
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,7 @@ def killed_writing(monkeypatch, marker: str):
     with pytest.raises(Killed):
         yield
     monkeypatch.setattr(run_dir, "write_atomic", real)
+    sys.stderr.write("\n")  # the next run's messages start on a line of their own, as the next process's would (not after a cut-off progress bar)
 
 
 SLOW_TRAIN = (

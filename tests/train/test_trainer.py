@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import inplace_ttt
 from inplace_ttt.cli import main
 from inplace_ttt.train.run_dir import COMPLETE, last_complete_checkpoint
-from inplace_ttt.train.trainer import TTT_WEIGHTS
+from inplace_ttt.train.trainer import LORA_TTT_WEIGHTS
 from tests.tiny_hf import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ def test_lora_checkpoints_hold_the_ttt_weights_and_resume_restores_them(workspac
     edit(workspace["config"], train={"mode": "lora", "max_steps": 4, "save_steps": 2}, lora={"r": 2, "target_modules": ["q_proj", "v_proj"]})
     assert main(["train", str(workspace["config"])]) == 0
     ckpt = workspace["run"] / "checkpoint-2"
-    saved = load_file(ckpt / TTT_WEIGHTS)
+    saved = load_file(ckpt / LORA_TTT_WEIGHTS)
     assert sorted(saved) == sorted(f"base_model.model.model.layers.{i}.mlp.ttt.{w}" for i in (0, 2) for w in ("conv_weight", "target_weight"))
     assert all(t.abs().sum() > 0 for n, t in saved.items() if "conv" in n)
     final = inplace_ttt.from_pretrained(workspace["run"] / "final")  # LoRA merged, TTT weights in
@@ -337,6 +337,27 @@ def test_ttt_gradient_clipping_of_its_own_and_what_clipping_did_are_logged(works
         assert row["ttt/clip_scale"] == pytest.approx(min(1.0, 0.05 / ttt), rel=1e-4)
         assert row["clip_scale"] == pytest.approx(min(1.0, 1.0 / other), rel=1e-3)
         assert row["ttt/grad_share"] == pytest.approx(ttt**2 / row["grad_norm"] ** 2, rel=1e-4)
+
+
+def test_without_global_clipping_the_telemetry_still_reads_the_gradients_and_the_ttt_group_is_clipped(workspace):
+    """`max_grad_norm: 0` turns transformers' clipping off (it never calls it): the gradients are read
+    before the optimizer step instead, and the TTT parameters still get their own clipping (torch scales
+    by max_norm / (norm + 1e-6))."""
+    edit(workspace["config"], train={"max_steps": 2, "save_steps": 100, "ttt_params_max_grad_norm": 1e-5, "max_grad_norm": 0})
+    assert main(["train", str(workspace["config"])]) == 0
+    logged = [json.loads(line) for line in (workspace["run"] / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(logged) == 2
+    for row in logged:
+        assert row["ttt/layer0/grad_conv"] > 0 and row["ttt/grad_norm"] > 1e-5
+        assert row["ttt/clip_scale"] == pytest.approx(1e-5 / (row["ttt/grad_norm"] + 1e-6), rel=1e-4) and row["clip_scale"] == 1.0
+        assert row["grad_norm"] >= row["ttt/grad_norm"]  # the Trainer's norm, before clipping
+
+
+def test_the_old_name_of_the_lora_ttt_weights_file_still_reads():
+    import inplace_ttt.train.trainer as trainer
+
+    with pytest.warns(FutureWarning, match="TTT_WEIGHTS is deprecated; use LORA_TTT_WEIGHTS"):
+        assert trainer.TTT_WEIGHTS == LORA_TTT_WEIGHTS == "ttt_weights.safetensors"
 
 
 @pytest.mark.parametrize("warmup_steps, first", [(0, 2), (3, 3)])

@@ -10,7 +10,9 @@ model itself (its forward computes the loss from ``labels``), and `final/` is a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -21,7 +23,7 @@ from ..doctor import doctor
 from ..families import convert, ttt_layers
 from ..families.hf import checkpoint_settings, is_converted, is_ttt_checkpoint, load_causal_lm, looks_local
 from .config import RunConfig, adopt_ttt
-from .data import build_dataset, collate
+from .data import PackedRows, build_dataset, collate
 from .modes import unwrap
 from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
 
@@ -84,6 +86,23 @@ def prepare(config: RunConfig) -> RunParts:
     train_rows = build_dataset(config.data, tokenizer, config.data.train)  # data errors first: nothing loaded yet
     eval_rows = build_dataset(config.data, tokenizer, config.data.eval) if config.data.eval else None
     model = model_to_train(config, torch.float32)
+    return causal_lm_parts(config, model, tokenizer, train_rows, eval_rows, fresh=not is_ttt_checkpoint(config.model))
+
+
+def causal_lm_parts(
+    config,
+    model: nn.Module,
+    tokenizer,
+    train_rows: PackedRows,
+    eval_rows: PackedRows | None,
+    fresh: bool,
+    also_save: Callable[[Path], None] | None = None,
+    **more: Any,
+) -> RunParts:
+    """What the engine needs to train a transformers causal LM on packed rows, after checking the
+    rows against the model: two TTT chunks of context, token ids inside its vocabulary. `fresh`:
+    converted by this run (the doctor checks its warm start); `also_save`: writes more into
+    `final/`; `more`: further `RunParts` fields."""
     layers = dict(ttt_layers(model))
     if layers:
         require_two_chunks(config.data.row_length, layers)
@@ -100,14 +119,14 @@ def prepare(config: RunConfig) -> RunParts:
     def save_final(trained: nn.Module, directory: Path) -> None:
         trained.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
-
-    fresh = not is_ttt_checkpoint(config.model)  # converted here: it must start as the base model
+        if also_save is not None:
+            also_save(directory)
 
     def first_batch_doctor(module: nn.Module, batch: dict, optimizer):
         inputs = {k: batch[k] for k in ("input_ids", "position_ids")}
         return doctor(unwrap(module), inputs, optimizer=optimizer, training=True, fresh=fresh, ttt_params_max_grad_norm=config.train.ttt_params_max_grad_norm)
 
-    return RunParts(
+    parts = dict(
         module=model,
         layers=layers,
         train_dataset=train_rows,
@@ -119,3 +138,4 @@ def prepare(config: RunConfig) -> RunParts:
         settings=getattr(model.config, CONFIG_KEY, None),
         train_rows=(train_rows.input_ids, train_rows.position_ids),
     )
+    return RunParts(**{**parts, **more})

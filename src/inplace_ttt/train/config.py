@@ -1,17 +1,23 @@
-"""The run configuration of `ittt train`: one YAML file, overridable from the command line.
+"""The run configuration of `ittt train` (and `ittt pretrain`): one YAML file, overridable from the command line.
 
-Sections mirror what a user sets: `model`, `ttt` (a `TTTConfig`), `data`, `train`, `lora`.
-`TrainConfig` (the engine's settings) and `LoraSettings` are shared by every model family;
-`RunConfig` is a transformers run, `train.moshi.MoshiRunConfig` a Moshi run (which one a file
-is, `model_type` says: `train.run` reads it). Unknown keys are errors that list the valid
-ones, and values are converted to the field's type, so ``--train.learning_rate 1e-5`` works
-even though YAML reads ``1e-5`` as a string.
+Sections mirror what a user sets: `model`, `ttt` (a `TTTConfig`), `data`, `train`, `lora`. `RunBase`
+holds what every model family shares: the `train` section is transformers' own `TrainingArguments`
+(`TrainConfig`, any of its keys works) and `lora` the PEFT settings; a family's subclass gives its
+`model` and `data` sections and its defaults (`RunConfig` here for a transformers causal LM,
+`train.moshi.MoshiRunConfig`, `train.scratch.ScratchRunConfig`; `train.run.schema` picks one by
+``model_type``). Every field carries ``metadata["help"]`` and, where only some values are allowed,
+``metadata["choices"]``. Unknown keys are errors that list the valid ones, values are converted to
+the field's type (``--train.learning_rate 1e-5`` works though YAML reads ``1e-5`` as a string), and
+renamed keys (`RENAMED`) still read, with a FutureWarning.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import enum
 import math
+import os
 import types
 import typing
 import warnings
@@ -19,22 +25,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 import yaml
+from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
 from ..config import TTTConfig
 
 MODES = ("full", "ttt_only", "lora")
+MODEL_TYPES = ("transformers", "moshi", "scratch")
 GIVEN = "_given"  # where a built section keeps the keys it was given
+DECLARED = "_declared"  # where a TrainConfig keeps its values as given, before transformers normalises them
+_TRANSFORMERS = {f.name: f for f in dataclasses.fields(TrainingArguments)}
+# transformers 5.2x renamed `gradient_checkpointing` to `activation_checkpointing` and keeps both names
+CHECKPOINTING_KEYS = tuple(k for k in ("activation_checkpointing", "gradient_checkpointing") if k in _TRANSFORMERS)
+
+
+def meta(text: str, choices: tuple = ()) -> dict[str, Any]:
+    """A field's metadata: its help, and the values allowed where only some are."""
+    return {"help": text, **({"choices": choices} if choices else {})}
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def redefault(base: type, name: str, default: Any, note: str, choices: tuple = ()) -> Any:
+    """`base`'s field `name` with another default: its help with `note` added."""
+    theirs = next(f for f in dataclasses.fields(base) if f.name == name)
+    metadata = {**theirs.metadata, "help": f"{theirs.metadata['help']} {note}".strip(), **({"choices": choices} if choices else {})}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _ours(name: str, default: Any, why: str, choices: tuple = ()) -> Any:
+    """A `TrainingArguments` field with our default, and why ours differs from transformers'."""
+    return redefault(TrainingArguments, name, default, f"Default here {default!r}: {why} (transformers: {_default_of(_TRANSFORMERS[name])!r}).", choices)
 
 
 @dataclass
 class DataConfig:
-    train: list[str] = field(default_factory=list)
-    eval: list[str] = field(default_factory=list)
-    text_field: str = "text"
-    txt_split: str = "file"  # "file": one document per .txt file; "blank_line": per blank-line block
-    row_length: int = 4096
-    add_eos: bool = True
+    """Text documents, tokenized with the model's tokenizer and packed into rows (`train.data`)."""
+
+    train: list[str] = field(default_factory=list, metadata=meta("training documents: .txt / .jsonl / .parquet files, folders or glob patterns"))
+    eval: list[str] = field(default_factory=list, metadata=meta("held-out documents, evaluated every train.eval_steps"))
+    text_field: str = field(default="text", metadata=meta("the field of .jsonl / .parquet records that holds the text"))
+    txt_split: str = field(
+        default="file", metadata=meta("how .txt files split into documents: one per file, or one per blank-line block", ("file", "blank_line"))
+    )
+    row_length: int = field(default=4096, metadata=meta("tokens per packed row (at least two TTT chunks)"))
+    add_eos: bool = field(default=True, metadata=meta("append the tokenizer's EOS to every document"))
 
     def __post_init__(self) -> None:
         if self.txt_split not in ("file", "blank_line"):
@@ -44,48 +85,72 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    """The engine's settings, the same for every model family (most pass through to transformers'
-    `TrainingArguments`)."""
+class TrainConfig(TrainingArguments):
+    """The `train` section: transformers' `TrainingArguments`, so any of its keys works, with our
+    defaults where they differ (each field's help says why) and the keys In-Place TTT adds (`mode`,
+    `ttt_params_*`, `warmup_ratio`, `doctor`). A built one is settled: it keeps the values it was
+    given (`record`, `derive`) beside the ones transformers normalised."""
 
-    # renamed keys, accepted with a FutureWarning for one release: `ttt_learning_rate` read as if it
-    # were the fast weights' eta (`ttt.ttt_lr`); it is the optimizer's rate for the TTT parameters
-    ALIASES: ClassVar[dict[str, str]] = {
-        "ttt_learning_rate": "ttt_params_learning_rate",
-        "ttt_max_grad_norm": "ttt_params_max_grad_norm",
-    }
-
-    output_dir: str = "runs/ittt"
-    mode: str = "full"
-    learning_rate: float = 5e-6
-    ttt_params_learning_rate: float | None = None  # AdamW's rate for the TTT parameters (conv, W_target); None: learning_rate
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0  # global clipping of the gradients (of the non-TTT parameters if ttt_params_max_grad_norm is set)
-    # the TTT parameters' gradients clipped as their own group at this norm (None: inside the global
-    # clip, where at the warm start they dominate it); measured: docs/training.md "Clipping"
-    ttt_params_max_grad_norm: float | None = 1.0
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.02  # share of the steps spent warming up, in [0, 1)
-    warmup_steps: int = 0  # if > 0, the number of warmup steps (instead of warmup_ratio)
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 1
-    per_device_eval_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    bf16: str = "auto"  # "auto": where the accelerator supports it; "true" / "false"
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = None
-    eval_steps: int | None = None
-    seed: int = 0
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    doctor: bool = True
-    dataloader_num_workers: int = 0
-    fsdp: str | None = None  # e.g. "full_shard auto_wrap" (launch with torchrun)
-    fsdp_config: str | None = None  # path to a transformers FSDP JSON config
+    output_dir: str = _ours("output_dir", "runs/ittt", "the run folder")
+    learning_rate: float = _ours("learning_rate", 5e-6, "the released recipe's")
+    weight_decay: float = _ours("weight_decay", 0.1, "the released recipe's")
+    lr_scheduler_type: str = _ours("lr_scheduler_type", "cosine", "the released recipe's", tuple(s.value for s in SchedulerType))
+    num_train_epochs: float = _ours("num_train_epochs", 1.0, "one pass over the data")
+    per_device_train_batch_size: int = _ours("per_device_train_batch_size", 1, "a row is long")
+    per_device_eval_batch_size: int = _ours("per_device_eval_batch_size", 1, "a row is long")
+    bf16: bool | str = _ours("bf16", "auto", "'auto' is bf16 where the accelerator supports it", ("auto", True, False))
+    use_cpu: bool | None = _ours("use_cpu", None, "null is the CPU where there is no CUDA device")
+    logging_steps: int = _ours("logging_steps", 10, "a count of steps here, not a ratio")
+    save_steps: int = _ours("save_steps", 500, "a count of steps here, not a ratio")
+    eval_steps: int | None = _ours("eval_steps", None, "a count of steps here; set, it turns evaluation on (eval_strategy 'steps')")
+    seed: int = _ours("seed", 0, "also the data order's seed unless data_seed is set")
+    report_to: list[str] = _ours("report_to", ["tensorboard"], "TensorBoard events in the run folder")
+    remove_unused_columns: bool = _ours("remove_unused_columns", False, "a batch holds only what the model reads")
+    prediction_loss_only: bool = _ours("prediction_loss_only", True, "evaluation is the loss: gathering logits of long rows would only cost memory")
+    mode: str = field(
+        default="full",
+        metadata=meta(
+            "what trains: every parameter; the TTT parameters and the TTT layers' down projections; or LoRA on lora.target_modules plus the TTT parameters",
+            MODES,
+        ),
+    )
+    ttt_params_learning_rate: float | None = field(
+        default=None,
+        metadata=meta("AdamW's learning rate for the TTT parameters (conv, W_target); null: learning_rate. Not the fast weights' eta (ttt.ttt_lr)"),
+    )
+    ttt_params_max_grad_norm: float | None = field(
+        default=1.0,
+        metadata=meta(
+            "clip the TTT parameters' gradients as their own group at this norm, the others at max_grad_norm; null: inside the one "
+            "global clip, which at the warm start they dominate (measured: docs/training.md, Clipping)"
+        ),
+    )
+    warmup_ratio: float = field(default=0.02, metadata=meta("share of the steps spent warming up, in [0, 1); a warmup_steps above 0 wins"))
+    doctor: bool = field(default=True, metadata=meta("run the doctor on the first batch (with the real optimizer) and stop the run on a failed check"))
 
     def __post_init__(self) -> None:
+        if isinstance(self.bf16, str) and self.bf16.lower() in ("true", "false"):  # the strings earlier releases took
+            self.bf16 = self.bf16.lower() == "true"
+        self.__dict__[DECLARED] = copy.deepcopy({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init})
+        self._check()
+        if self.bf16 == "auto":
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if self.use_cpu is None:
+            self.use_cpu = not torch.cuda.is_available()
+        if self.data_seed is None:
+            self.data_seed = self.seed
+        if not self.warmup_steps:
+            self.warmup_steps = self.warmup_ratio  # transformers reads a number below 1 as a share of the steps
+        if self.eval_steps is not None and self.eval_strategy == "no":
+            self.eval_strategy = "steps"
+        if self.ddp_backend is None and self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            self.ddp_backend = "gloo"
+        try:
+            super().__post_init__()
+        except ValueError as e:  # transformers' own checks, which do not name the section
+            raise ValueError(f"train: {e}") from None
+
+    def _check(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"train.mode must be one of {MODES}; got {self.mode!r}")
         if self.max_steps != -1 and self.max_steps < 1:
@@ -108,8 +173,10 @@ class TrainConfig:
             raise ValueError(
                 "train.fsdp_config is set but train.fsdp is not, so it would be ignored: set train.fsdp (e.g. 'full_shard auto_wrap') or drop fsdp_config"
             )
-        if self.bf16 not in ("auto", "true", "false"):
-            raise ValueError(f"train.bf16 must be 'auto', 'true' or 'false'; got {self.bf16!r}")
+        for name in ("bf16", "lr_scheduler_type"):
+            choices = _choices(type(self), name)
+            if getattr(self, name) not in choices:
+                raise ValueError(f"train.{name} must be one of {choices}; got {getattr(self, name)!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"train.warmup_ratio must be in [0, 1) (a share of the steps; use train.warmup_steps for a count); got {self.warmup_ratio}")
         if self.warmup_steps < 0:
@@ -117,40 +184,108 @@ class TrainConfig:
         if self.ttt_params_max_grad_norm is not None and not (math.isfinite(self.ttt_params_max_grad_norm) and self.ttt_params_max_grad_norm > 0):
             raise ValueError(f"train.ttt_params_max_grad_norm must be None or a finite number > 0; got {self.ttt_params_max_grad_norm}")
 
+    @property
+    def declared(self) -> dict[str, Any]:
+        """Every field's value as given (defaults included), before transformers normalised it."""
+        return self.__dict__[DECLARED]
+
+    def derive(self, **changes: Any) -> TrainConfig:
+        """A new section from the values as given, with `changes`: `dataclasses.replace`, without
+        feeding transformers its own normalised values back."""
+        return type(self)(**{**self.declared, **changes})
+
+    def record(self, every_key: bool = False) -> dict[str, Any]:
+        """The section for config.yaml: our keys and every key given another value than transformers'
+        default (`every_key`: all of them, to compare two runs)."""
+        return _declared_record(type(self), self.declared, every_key)
+
+
+def _declared_record(cls: type[TrainConfig], declared: dict[str, Any], every_key: bool) -> dict[str, Any]:
+    def plain(value):
+        return value.value if isinstance(value, enum.Enum) else value
+
+    def kept(f: dataclasses.Field) -> bool:
+        theirs = _TRANSFORMERS.get(f.name)
+        if every_key or theirs is None or f is not theirs:
+            return True
+        return plain(declared[f.name]) != plain(_default_of(theirs))
+
+    return {f.name: plain(declared[f.name]) for f in dataclasses.fields(cls) if f.init and kept(f)}
+
+
+def _choices(cls: type, name: str) -> tuple:
+    return next(f.metadata["choices"] for f in dataclasses.fields(cls) if f.name == name)
+
 
 @dataclass
 class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    r: int = field(default=16, metadata=meta("LoRA rank"))
+    alpha: int = field(default=32, metadata=meta("LoRA alpha (the update is scaled by alpha / r)"))
+    dropout: float = field(default=0.0, metadata=meta("dropout on the LoRA path"))
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata=meta("module names PEFT wraps (never the TTT parameters)")
+    )
+
+
+# the keys of earlier releases, per section class (a subclass's section inherits them): read as the new key, with a FutureWarning
+RENAMED: dict[type, dict[str, str]] = {
+    TTTConfig: {"target": "target_source"},
+    # `ttt_learning_rate` read as if it were the fast weights' eta (`ttt.ttt_lr`); it is the optimizer's rate for the TTT parameters
+    TrainConfig: {
+        "ttt_learning_rate": "ttt_params_learning_rate",
+        "ttt_max_grad_norm": "ttt_params_max_grad_norm",
+        "batch_size": "per_device_train_batch_size",
+    },
+}
 
 
 @dataclass
-class RunConfig:
-    """A run of a transformers causal LM."""
+class RunBase:
+    """What a run config holds for every model family; a family's subclass sets `MODEL_TYPE`, its
+    `model` and `data` sections and its defaults."""
 
-    model_type: str = "transformers"
-    model: str = ""
-    gguf_file: str | None = None  # a GGUF checkpoint in `model` (a directory): read dequantized to float
-    tokenizer: str | None = None
-    ttt: TTTConfig | None = field(default_factory=TTTConfig)  # None (`ttt: null`): train without TTT, the fair baseline
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    MODEL_TYPE: ClassVar[str]
+
+    model_type: str = field(default="transformers", metadata=meta("the model family, which decides the model and data sections", MODEL_TYPES))
+    model: Any = field(default=None, metadata=meta("the model (each family's)"))
+    ttt: TTTConfig | None = field(default_factory=TTTConfig, metadata=meta("the In-Place TTT settings (TTTConfig's fields); null: train without TTT"))
+    data: Any = field(default=None, metadata=meta("the data (each family's)"))
+    train: TrainConfig = field(default_factory=TrainConfig, metadata=meta("the engine's settings: transformers' TrainingArguments and ours"))
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata=meta("LoRA settings for train.mode lora"))
 
     def __post_init__(self) -> None:
-        if self.model_type != "transformers":
-            raise ValueError(f"model_type must be 'transformers' for this recipe; got {self.model_type!r}")
+        if self.model_type != self.MODEL_TYPE:
+            raise ValueError(f"model_type must be {self.MODEL_TYPE!r} for this recipe; got {self.model_type!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _section_record(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _section_record(value: Any, every_key: bool = False) -> Any:
+    if isinstance(value, TrainConfig):
+        return value.record(every_key)
+    if isinstance(value, TTTConfig):
+        return value.to_dict()
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+@dataclass
+class RunConfig(RunBase):
+    """A run of a transformers causal LM."""
+
+    MODEL_TYPE: ClassVar[str] = "transformers"
+
+    model: str = field(default="", metadata=meta("the model: a directory or hub id (a base model, or a saved In-Place TTT model)"))
+    data: DataConfig = field(default_factory=DataConfig, metadata=meta("text documents packed into rows"))
+    gguf_file: str | None = field(default=None, metadata=meta("a GGUF checkpoint in `model` (a directory): read dequantized to float"))
+    tokenizer: str | None = field(default=None, metadata=meta("the tokenizer's directory or hub id; null: the model's"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.model:
             raise ValueError("model: give a model directory or hub id")
         if not self.data.train:
             raise ValueError("data.train: give at least one file or folder of training documents")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["ttt"] = self.ttt.to_dict() if self.ttt is not None else None
-        return d
 
 
 def read_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
@@ -191,33 +326,39 @@ def _parse_yaml(text: str, where: str) -> Any:
 
 def load_config(path: str | Path | None, overrides: list[str] = (), schema: type = RunConfig):
     """Read the YAML file (if any), apply ``--section.key value`` overrides, validate as `schema`
-    (a dataclass of sections: `RunConfig` for a transformers run, `PretrainConfig` for `ittt pretrain`)."""
+    (a dataclass of sections: `train.run.schema(model_type)` gives a run's)."""
     return build_config(schema, read_config(path, overrides))
 
 
 def build_config(schema: type, data: dict[str, Any]):
-    """Validate a mapping as `schema`, naming any unknown key or wrong value."""
+    """Validate a mapping as `schema`, naming any unknown key or wrong value. A value that already
+    is the section (a built `TrainConfig`, say) is taken as it is."""
     return _build(schema, data, "")
 
 
 def _build(cls, data: Any, where: str):
+    data = _fields(cls, data, where)
+    built = cls(**data)
+    built.__dict__[GIVEN] = frozenset(data)
+    return built
+
+
+def _fields(cls, data: Any, where: str) -> dict[str, Any]:
+    """The given keys of a section (renamed keys read as the new ones), converted to their fields' types."""
     if not isinstance(data, dict):
         raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for old, new in getattr(cls, "ALIASES", {}).items():  # renamed keys, accepted for one release
+    for old, new in (pair for base in cls.__mro__ for pair in RENAMED.get(base, {}).items()):
         if old in data:
             if new in data:
                 raise ValueError(f"{where}{old} is the old name of {where}{new}: give one of them")
-            warnings.warn(f"{where}{old} is deprecated; use {where}{new}", FutureWarning, stacklevel=2)
+            warnings.warn(f"{where}{old} is deprecated; use {where}{new}", FutureWarning, stacklevel=4)
             data = {(new if k == old else k): v for k, v in data.items()}
-    unknown = sorted(set(data) - set(fields))
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
     if unknown:
         raise ValueError(f"unknown key(s) {[where + k for k in unknown]}; valid keys here: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _convert(hints[name], value, f"{where}{name}") for name, value in data.items()}
-    built = cls(**kwargs)
-    built.__dict__[GIVEN] = frozenset(data)
-    return built
+    return {name: _convert(hints[name], value, f"{where}{name}") for name, value in data.items()}
 
 
 def given_keys(section) -> frozenset[str] | None:
@@ -229,24 +370,31 @@ def _convert(tp, value, where: str):
     """Coerce a YAML value to a field's annotated type, naming the field when it cannot."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where + ".")
+        return value if isinstance(value, tp) else _build(tp, value, where + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        named = next((a for a in options if isinstance(a, type) and issubclass(a, enum.Enum)), None)
+        if named is not None and isinstance(value, str):  # transformers' `SomeEnum | str` fields
+            return _convert(named, value, where)
+        if type(value) in options:  # already of one of the types (a YAML bool for `bool | str`)
+            return value
         if len(options) == 1:  # Optional[X]: X's own error names the problem
             return _convert(options[0], value, where)
-        errors = []
         for option in options:
             try:
                 return _convert(option, value, where)
-            except (TypeError, ValueError) as e:
-                errors.append(str(e))
+            except (TypeError, ValueError):
+                pass
         raise ValueError(f"{where}: {value!r} fits none of {options}")
     if origin is list:
         items = value if isinstance(value, list) else [value]
         return [_convert(args[0], v, where) for v in items]
-    if tp is typing.Any:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        allowed = tuple(e.value for e in tp)
+        if value not in allowed:
+            raise ValueError(f"{where} must be one of {allowed}; got {value!r}")
         return value
     try:
         if tp is bool:
@@ -268,11 +416,27 @@ def _convert(tp, value, where: str):
             return str(value).lower() if isinstance(value, bool) else str(value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-    return value
+    return value  # Any, enums, mappings: the section's own checks judge them
 
 
 def dump_config(config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def comparable(config) -> dict[str, Any]:
+    """A config's record with every key of its `train` section: two runs' settings side by side."""
+    return {**config.to_dict(), "train": _section_record(config.train, every_key=True)}
+
+
+def comparable_saved(schema: type, data: dict[str, Any], live: TrainConfig) -> dict[str, Any]:
+    """`comparable` of a saved config.yaml's mapping, read as `schema`. Its `train` section is read
+    without building a `TrainingArguments`, whose construction resets the accelerator state of a
+    live Trainer (`live`, the running config's section, stands in while the rest is validated)."""
+    train_type = typing.get_type_hints(schema)["train"]
+    declared = {f.name: _default_of(f) for f in dataclasses.fields(train_type) if f.init}
+    declared.update(_fields(train_type, data.get("train") or {}, "train."))
+    rest = build_config(schema, {**data, "train": live})
+    return {**rest.to_dict(), "train": _declared_record(train_type, declared, every_key=True)}
 
 
 def adopt_ttt(given: TTTConfig, saved: TTTConfig, num_layers: int | None, what: str) -> TTTConfig:

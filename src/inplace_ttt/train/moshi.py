@@ -18,7 +18,7 @@ loaded with `families.moshi.load_moshi`. The codes files are `families.moshi.cod
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,18 +26,22 @@ import torch
 import torch.nn as nn
 
 from ..config import TTTConfig
-from .config import LoraSettings, TrainConfig, adopt_ttt
+from .config import LoraSettings, RunBase, TrainConfig, adopt_ttt, meta, redefault
 from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
 
 
 @dataclass
 class MoshiModelConfig:
-    weights: str = ""  # moshi's model.safetensors (published, or `final/` of an earlier run)
-    ttt_weights: str | None = None  # ttt.safetensors of an earlier run: continue it (its settings win)
-    lm_kwargs: str | None = None  # JSON file of LMModel keyword arguments; None: Moshi 7B's (moshi's defaults)
-    dtype: str = "float32"  # "float32" or "bfloat16" (bf16 weights, float32 master copies of the trained ones)
-    device: str = "auto"  # "auto": cuda if available; "cpu"; "cuda"
-    rope_scaling: dict[str, Any] | None = None  # YaRN, e.g. {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 3000}
+    weights: str = field(default="", metadata=meta("moshi's model.safetensors (published, or final/ of an earlier run)"))
+    ttt_weights: str | None = field(default=None, metadata=meta("ttt.safetensors of an earlier run: continue it (its TTT settings win)"))
+    lm_kwargs: str | None = field(default=None, metadata=meta("a JSON file of LMModel keyword arguments; null: Moshi 7B's (moshi's defaults)"))
+    dtype: str = field(
+        default="float32", metadata=meta("the weights' dtype (bfloat16: float32 master copies of the trained ones step)", ("float32", "bfloat16"))
+    )
+    device: str = field(default="auto", metadata=meta("where the model trains; auto: cuda if available", ("auto", "cpu", "cuda")))
+    rope_scaling: dict[str, Any] | None = field(
+        default=None, metadata=meta("YaRN, e.g. {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 3000}; null: none")
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
@@ -48,9 +52,9 @@ class MoshiModelConfig:
 
 @dataclass
 class MoshiDataConfig:
-    train: list[str] = field(default_factory=list)  # .safetensors files or folders of them
-    eval: list[str] = field(default_factory=list)  # held-out conversations, evaluated every train.eval_steps
-    row_length: int = 3000  # steps per row (12.5 per second: 3000 = 4 minutes)
+    train: list[str] = field(default_factory=list, metadata=meta("conversation codes: .safetensors files or folders of them"))
+    eval: list[str] = field(default_factory=list, metadata=meta("held-out conversations, evaluated every train.eval_steps"))
+    row_length: int = field(default=3000, metadata=meta("steps per row (12.5 per second: 3000 = 4 minutes)"))
 
     def __post_init__(self) -> None:
         if self.row_length < 2:
@@ -61,43 +65,45 @@ class MoshiDataConfig:
 class MoshiTrainConfig(TrainConfig):
     """The engine's settings with Moshi's defaults, plus moshi-finetune's loss weights."""
 
-    ALIASES: ClassVar[dict[str, str]] = {**TrainConfig.ALIASES, "batch_size": "per_device_train_batch_size"}
+    output_dir: str = redefault(TrainConfig, "output_dir", "runs/moshi-ttt", "Moshi runs: 'runs/moshi-ttt'.")
+    mode: str = redefault(TrainConfig, "mode", "ttt_only", "Moshi runs: 'ttt_only'.")
+    learning_rate: float = redefault(TrainConfig, "learning_rate", 2e-6, "Moshi runs: 2e-6.")
+    warmup_ratio: float = redefault(TrainConfig, "warmup_ratio", 0.0, "Moshi runs: 0.")
+    max_steps: int = redefault(TrainConfig, "max_steps", 1000, "Moshi runs: 1000.")
+    first_codebook_weight: float = field(default=100.0, metadata=meta("loss weight of the first audio codebook (moshi-finetune's example recipe)"))
+    text_padding_weight: float = field(default=0.5, metadata=meta("loss weight of the text padding tokens (moshi-finetune's example recipe)"))
 
-    output_dir: str = "runs/moshi-ttt"
-    mode: str = "ttt_only"
-    learning_rate: float = 2e-6
-    warmup_ratio: float = 0.0
-    max_steps: int = 1000
-    first_codebook_weight: float = 100.0  # moshi-finetune's example recipe
-    text_padding_weight: float = 0.5  # moshi-finetune's example recipe
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check(self) -> None:
+        super()._check()
         if self.first_codebook_weight < 0 or self.text_padding_weight < 0:
             raise ValueError("train.first_codebook_weight and train.text_padding_weight must be >= 0")
 
 
 @dataclass
-class MoshiRunConfig:
-    model_type: str = "moshi"
-    model: MoshiModelConfig = field(default_factory=MoshiModelConfig)
-    ttt: TTTConfig = field(default_factory=lambda: TTTConfig(target_source="token_embeddings"))
-    data: MoshiDataConfig = field(default_factory=MoshiDataConfig)
-    train: MoshiTrainConfig = field(default_factory=MoshiTrainConfig)
-    lora: LoraSettings = field(default_factory=lambda: LoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"]))
+class MoshiRunConfig(RunBase):
+    """A run of Kyutai's Moshi on conversation codes."""
+
+    MODEL_TYPE: ClassVar[str] = "moshi"
+
+    model_type: str = redefault(RunBase, "model_type", "moshi", "")
+    model: MoshiModelConfig = field(default_factory=MoshiModelConfig, metadata=meta("moshi's weights and how to load them"))
+    ttt: TTTConfig = field(
+        default_factory=lambda: TTTConfig(target_source="token_embeddings"),
+        metadata=meta("the In-Place TTT settings (TTTConfig's fields); Moshi's default target_source: token_embeddings"),
+    )
+    data: MoshiDataConfig = field(default_factory=MoshiDataConfig, metadata=meta("conversation codes cut into rows"))
+    train: MoshiTrainConfig = field(default_factory=MoshiTrainConfig, metadata=meta("the engine's settings with Moshi's defaults, and the loss weights"))
+    lora: LoraSettings = field(
+        default_factory=lambda: LoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"]),
+        metadata=meta("LoRA settings for train.mode lora (Moshi's default target_modules: in_projs.0, out_projs.0, linear_in, linear_out)"),
+    )
 
     def __post_init__(self) -> None:
-        if self.model_type != "moshi":
-            raise ValueError(f"model_type must be 'moshi' for this recipe; got {self.model_type!r}")
+        super().__post_init__()
         if not self.model.weights:
             raise ValueError("model.weights: give the path of a moshi model.safetensors")
         if not self.data.train:
             raise ValueError("data.train: give at least one conversation file or folder")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ttt"] = self.ttt.to_dict()
-        return d
 
 
 CONFIG = MoshiRunConfig

@@ -1,9 +1,11 @@
-"""`ittt train`: the one place where a run's model family is chosen.
+"""`ittt train` (and `ittt pretrain`): the one place where a run's model family is chosen.
 
-A run YAML says its family with ``model_type`` (``transformers``, the default, or ``moshi``);
-the family's module settles what its model fixes (`settle`: a trained checkpoint's own TTT
-settings), loads the model and data (`prepare`) and the shared engine (`trainer.run_training`)
-trains them.
+A run YAML says its family with ``model_type``: ``transformers`` (the default: a causal LM and
+text documents), ``moshi`` (Kyutai's Moshi and conversation codes) or ``scratch`` (a small Llama
+or Mistral and its tokenizer trained from nothing, what `ittt pretrain` runs). The family's
+module holds its config schema (`CONFIG`, `schema`), settles what its model fixes (`settle`: a
+trained checkpoint's own TTT settings) and loads the model and data (`prepare`); the shared
+engine (`trainer.run_training`) trains them.
 """
 
 from __future__ import annotations
@@ -11,18 +13,22 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from .config import build_config, read_config
+from .config import MODEL_TYPES, build_config, read_config
 from .trainer import RunError, run_training
 
-FAMILIES = ("transformers", "moshi")
+FAMILIES = MODEL_TYPES
 
 
 def family(model_type: str) -> ModuleType:
-    """The module of a model family: its config schema (`CONFIG`) and its `prepare`."""
+    """The module of a model family: its config schema (`CONFIG`), `settle` and `prepare`."""
     if model_type == "transformers":
         from . import causal_lm
 
         return causal_lm
+    if model_type == "scratch":
+        from . import scratch
+
+        return scratch
     if model_type == "moshi":
         try:
             from . import moshi
@@ -32,10 +38,15 @@ def family(model_type: str) -> ModuleType:
     raise RunError(f"model_type must be one of {FAMILIES}; got {model_type!r}")
 
 
+def schema(model_type: str) -> type:
+    """The config schema (nested dataclasses, `train.config.RunBase`'s subclass) of a model family."""
+    return family(model_type).CONFIG
+
+
 def load_run_config(path: str | Path | None, overrides: list[str] = ()):
     """The run's config, validated as its family's schema."""
     data = read_config(path, overrides)
-    return build_config(family(data.get("model_type", "transformers")).CONFIG, data)
+    return build_config(schema(data.get("model_type", "transformers")), data)
 
 
 def train(config, resume: bool = False, allow_changes: bool = False) -> Path:

@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from ..files import write_atomic
-from .config import build_config, dump_config
+from .config import comparable, comparable_saved, dump_config
 
 LOCK = ".ittt-run.lock"
 IN_PROGRESS = "IN_PROGRESS"
@@ -57,6 +57,11 @@ BOOKKEEPING = {
     "train.doctor",
     "train.eval_steps",
     "train.per_device_eval_batch_size",
+    "train.eval_strategy",
+    "train.disable_tqdm",
+    "train.logging_dir",
+    "train.logging_strategy",
+    "train.save_strategy",
 }
 
 _held: dict[str, int] = {}  # folder (resolved) -> file descriptor of the lock this process holds on it
@@ -169,10 +174,10 @@ def config_changes(config, saved: Path) -> list[str]:
     if not saved.is_file():
         return []
     try:
-        old = build_config(type(config), yaml.safe_load(saved.read_text()) or {})
+        before = _flat(comparable_saved(type(config), yaml.safe_load(saved.read_text()) or {}, config.train))
     except (yaml.YAMLError, ValueError, TypeError) as e:
         raise RunError(f"--resume: cannot read the run's {saved}: {e}") from None
-    before, after = (_flat(yaml.safe_load(dump_config(c))) for c in (old, config))
+    after = _flat(comparable(config))
     keys = sorted((set(before) | set(after)) - BOOKKEEPING)
     return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys if before.get(k) != after.get(k)]
 

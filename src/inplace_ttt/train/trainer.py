@@ -4,9 +4,12 @@ The Trainer (on Accelerate) does what a distributed training loop needs: gradien
 accumulation, mixed precision, activation checkpointing, schedules, clipping, DDP/FSDP,
 TensorBoard, a progress bar, evaluation, resumable checkpoints. It trains any `nn.Module`
 whose forward returns a dict with a ``loss``: a transformers causal LM as it is, a Moshi
-`LMModel` inside `train.moshi.MoshiLoss`. A model family (`train.causal_lm`, `train.moshi`)
-loads the model and the data and hands the engine a `RunParts`; `train.run` picks the family.
-We add what is specific to In-Place TTT:
+`LMModel` inside `families.moshi.MoshiLoss`. A model family (`train.causal_lm`, `train.moshi`,
+`train.scratch`) loads the model and the data and hands the engine a `RunParts`; `train.run`
+picks the family. The Trainer's arguments are the run's `train` section (`train.config.TrainConfig`,
+a `TrainingArguments`). We add what is specific to In-Place TTT through transformers' public
+extension points (callbacks, `create_optimizer`, `compute_loss`, `training_step`, `log`, `train`,
+`save_model`); three private methods remain overridden where it has none, each saying why:
 
 - modes (`train.modes`) and a learning rate of their own for the TTT parameters, and optionally
   a gradient clipping of their own (`train.ttt_params_max_grad_norm`): at the warm start their
@@ -25,7 +28,6 @@ We add what is specific to In-Place TTT:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import warnings
@@ -36,16 +38,17 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from ..families.record import TRAINING_KEY, run_entry, split_training
 from ..layer import InPlaceTTTMLP, is_ttt_param
-from .config import TrainConfig
+from .config import CHECKPOINTING_KEYS, TrainConfig
 from .modes import ModeError, apply_mode, is_peft, merged, unwrap
 from .precision import MasterWeights
 from .run_dir import (
     RunError,
+    checkpoint_step,
     mark_checkpoint_complete,
     mark_checkpoint_started,
     named_folder_errors,
@@ -58,7 +61,14 @@ from .run_dir import (
 )
 from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry
 
-TTT_WEIGHTS = "ttt_weights.safetensors"
+LORA_TTT_WEIGHTS = "ttt_weights.safetensors"  # in a LoRA-mode checkpoint: the TTT parameters, beside the PEFT adapter
+
+
+def __getattr__(name: str):
+    if name == "TTT_WEIGHTS":  # the old name, easily confused with Moshi's ttt.safetensors (`families.moshi.TTT_WEIGHTS`)
+        warnings.warn("inplace_ttt.train.trainer.TTT_WEIGHTS is deprecated; use LORA_TTT_WEIGHTS", FutureWarning, stacklevel=2)
+        return LORA_TTT_WEIGHTS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -78,31 +88,32 @@ class RunParts:
     use_cpu: bool | None = None  # None: train on the accelerator where there is one
     settings: dict | None = None  # the TTT settings saved with the model: the engine records each run's training there
     train_rows: tuple[torch.Tensor, ...] = ()  # the tensors of the training rows: their fingerprint lets --resume refuse other data
+    callbacks: Sequence[TrainerCallback] = ()  # the family's own (the from-scratch family's summary, say)
 
 
 class TTTTrainer(Trainer):
     """`Trainer` with TTT parameter groups (own learning rate, own clipping), float32 master
-    weights for low-precision parameters, pre-clip telemetry and complete-only checkpoints."""
+    weights for low-precision parameters, pre-clip telemetry and complete-only checkpoints.
+    `args` is a `TrainConfig` (its `ttt_params_*` keys). transformers' own checkpoint rotation
+    (inside its checkpoint save, before our COMPLETE mark, over any folder named checkpoint-*)
+    stays off: the Trainer gets the arguments with ``save_total_limit`` null and
+    `CompleteCheckpoints` rotates ours at that limit once the newest is complete."""
 
-    def __init__(
-        self,
-        *args,
-        ttt_params_learning_rate: float | None = None,
-        ttt_params_max_grad_norm: float | None = None,
-        telemetry: TTTTelemetry,
-        before_save: Callable[[int], None] | None = None,
-        **kwargs,
-    ):
+    def __init__(self, *args, telemetry: TTTTelemetry, **kwargs):
         # the Trainer sets `use_cache` to its own argument (False) for training: saved models keep the user's
         self.user_config = _cache_setting(kwargs.get("model"))
+        arguments = kwargs["args"]
+        self.keep_checkpoints = arguments.save_total_limit
+        if self.keep_checkpoints is not None:
+            kwargs["args"] = arguments.derive(save_total_limit=None)
         super().__init__(*args, **kwargs)
         if self.pop_callback(ProgressCallback) is not None:  # one readable line per log (the whole dict stays in the files)
             self.add_callback(SummaryProgress)
-        self.ttt_params_learning_rate = ttt_params_learning_rate
-        self.ttt_params_max_grad_norm = ttt_params_max_grad_norm
+        self.add_callback(CompleteCheckpoints(self))
+        self.add_callback(UnclippedGradients(self))
         self.telemetry = telemetry
-        self.before_save = before_save  # called with the step before every save (the training record)
         self.master_weights: MasterWeights | None = None
+        self.resumed_from: str | None = None
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -116,31 +127,33 @@ class TTTTrainer(Trainer):
             param_groups = []
             for (decays, is_ttt), params in sorted(groups.items()):
                 group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
-                if is_ttt and self.ttt_params_learning_rate is not None:
-                    group["lr"] = self.ttt_params_learning_rate
+                if is_ttt and self.args.ttt_params_learning_rate is not None:
+                    group["lr"] = self.args.ttt_params_learning_rate
                 param_groups.append(group)
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = self.master_weights.attach(cls(param_groups, **kwargs))
         return self.optimizer
 
     def _clip_grad_norm(self, model):
+        # private: transformers has no hook between the backward and its clipping, where the telemetry must read the gradients and the TTT group be clipped apart
         self.telemetry.record_gradients(model.named_parameters())
-        if self.ttt_params_max_grad_norm is None:
+        if self.args.ttt_params_max_grad_norm is None:
             norm = super()._clip_grad_norm(model)
             self.telemetry.add("clip_scale", _clip_scale(float(norm), self.args.max_grad_norm))
             return norm
         return self._clip_groups(model, self.args.max_grad_norm)
 
-    def _get_grad_norm(self, model, grad_norm=None):
-        if grad_norm is None:  # no global clipping configured: this is where the step's gradients are final
-            self.telemetry.record_gradients(model.named_parameters())
-            if self.ttt_params_max_grad_norm is not None:
-                grad_norm = self._clip_groups(model, math.inf)
-        return super()._get_grad_norm(model, grad_norm=grad_norm)
+    def unclipped_gradients(self, model) -> None:
+        """The step's final gradients when no global clipping is configured (`UnclippedGradients`):
+        the telemetry reads them, and the TTT group is still clipped at its own norm."""
+        self.telemetry.record_gradients(model.named_parameters())
+        if self.args.ttt_params_max_grad_norm is not None:
+            self._clip_groups(model, math.inf)
 
     def _clip_groups(self, model, other_max: float) -> torch.Tensor:
-        ttt_norm, other_norm = clip_groups(model.named_parameters(), self.ttt_params_max_grad_norm, other_max)
-        self.telemetry.add("ttt/clip_scale", _clip_scale(ttt_norm, self.ttt_params_max_grad_norm))
+        ttt_max = self.args.ttt_params_max_grad_norm
+        ttt_norm, other_norm = clip_groups(model.named_parameters(), ttt_max, other_max)
+        self.telemetry.add("ttt/clip_scale", _clip_scale(ttt_norm, ttt_max))
         self.telemetry.add("clip_scale", _clip_scale(other_norm, other_max))
         return torch.tensor(math.hypot(ttt_norm, other_norm))
 
@@ -162,20 +175,29 @@ class TTTTrainer(Trainer):
             logs = {**logs, **self.telemetry.flush()}
         super().log(logs, start_time)
 
-    def _save(self, output_dir=None, state_dict=None):
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs):
+        self.resumed_from = resume_from_checkpoint  # `CompleteCheckpoints` restores what transformers does not load
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """transformers' save, with the user's `use_cache`; a checkpoint's first write marks it ours
+        and unfinished; in LoRA mode the TTT parameters go beside the adapter (PEFT saves the adapter only)."""
         output_dir = output_dir or self.args.output_dir
-        if not isinstance(self.model, PreTrainedModel) and not is_peft(self.model) and state_dict is None:
-            # a module of ours (Moshi): what it trained; what it froze comes from its weights file on resume
-            state_dict = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
-        if self.before_save is not None:
-            self.before_save(self.state.global_step)
+        if self.args.should_save and checkpoint_step(Path(output_dir)) is not None:
+            mark_checkpoint_started(Path(output_dir))
         with self.user_settings():
-            super()._save(output_dir, state_dict)
-        if is_peft(self.model) and self.args.should_save:  # PEFT saves the adapter only
+            super().save_model(output_dir, _internal_call)
+        if is_peft(self.model) and self.args.should_save:
             from safetensors.torch import save_file
 
             ttt = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if is_ttt_param(n)}
-            save_file(ttt, os.path.join(output_dir, TTT_WEIGHTS))
+            save_file(ttt, os.path.join(output_dir, LORA_TTT_WEIGHTS))
+
+    def _save(self, output_dir=None, state_dict=None):
+        # private: the one place that chooses what a checkpoint of a module other than a PreTrainedModel holds (Moshi: what trained, not the frozen base)
+        if state_dict is None and not isinstance(self.model, PreTrainedModel) and not is_peft(self.model):
+            state_dict = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        super()._save(output_dir, state_dict)
 
     @contextlib.contextmanager
     def user_settings(self):
@@ -190,41 +212,75 @@ class TTTTrainer(Trainer):
             for key, value in during.items():
                 setattr(config, key, value)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        extra = Path(resume_from_checkpoint) / TTT_WEIGHTS
-        if extra.is_file():
-            from safetensors.torch import load_file
-
-            params = dict((model or self.model).named_parameters())
-            with torch.no_grad():
-                for name, tensor in load_file(extra).items():
-                    params[name].copy_(tensor)
-        if self.master_weights:
-            self.master_weights.load(resume_from_checkpoint)
-
     def _issue_warnings_after_load(self, load_result):
-        # a checkpoint holds what trained (and a tied head is one weight): only a trained weight missing is news
+        # private: transformers' only report of a loaded checkpoint's missing keys; ours hold what trained (and a tied head is one weight), so only a trained weight missing is news
         trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
         missing = [k for k in load_result.missing_keys if k in trained]
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
-    def _save_checkpoint(self, model, trial):
-        # mark the checkpoint ours and unfinished, write it, mark it complete, and only then let
-        # older checkpoints (of ours) go
-        latest = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if self.args.should_save:
-            mark_checkpoint_started(latest)
-        limit, self.args.save_total_limit = self.args.save_total_limit, None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        if self.args.should_save:
-            if self.master_weights:
-                self.master_weights.save(latest)
-            mark_checkpoint_complete(latest, self.state.global_step)
-            rotate_checkpoints(latest.parent, limit, keep=self.state.best_model_checkpoint)
+
+class CompleteCheckpoints(TrainerCallback):
+    """Checkpoints that count only once complete: after transformers wrote one, the float32 master
+    weights go in, then the COMPLETE mark, and only then do older checkpoints (of ours) go. On
+    resume, it restores what transformers does not load: the TTT parameters beside a LoRA adapter
+    and the master weights."""
+
+    def __init__(self, trainer: TTTTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        checkpoint = self.trainer.resumed_from
+        if checkpoint is None:
+            return
+        extra = Path(checkpoint) / LORA_TTT_WEIGHTS
+        if extra.is_file():
+            from safetensors.torch import load_file
+
+            params = dict(self.trainer.model.named_parameters())
+            with torch.no_grad():
+                for name, tensor in load_file(extra).items():
+                    params[name].copy_(tensor)
+        if self.trainer.master_weights:
+            self.trainer.master_weights.load(checkpoint)
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:
+            return
+        latest = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.trainer.master_weights:
+            self.trainer.master_weights.save(latest)
+        mark_checkpoint_complete(latest, state.global_step)
+        rotate_checkpoints(latest.parent, self.trainer.keep_checkpoints, keep=state.best_model_checkpoint)
+
+
+class UnclippedGradients(TrainerCallback):
+    """Without global clipping (``max_grad_norm: 0``) transformers never calls its clipping: the
+    gradients are final just before the optimizer step."""
+
+    def __init__(self, trainer: TTTTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if args.max_grad_norm <= 0:
+            self.trainer.unclipped_gradients(kwargs["model"])
+
+
+class TrainingRecord(TrainerCallback):
+    """Writes this run into the model's training record (`settings`, after the runs it already
+    holds) at every step, so every save, checkpoint or final, says how far it trained."""
+
+    def __init__(self, settings: dict, config):
+        self.settings, self.config = settings, config
+        self.earlier = split_training(settings)[1]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.write(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.write(state.global_step)  # a resumed run with no step left still records itself
+
+    def write(self, step: int) -> None:
+        self.settings[TRAINING_KEY] = [*self.earlier, run_entry(self.config.train.mode, step, self.config.lora.target_modules)]
 
 
 def _cache_setting(model) -> dict:
@@ -274,61 +330,19 @@ def require_ttt_context(lengths: torch.Tensor, chunk: int, key: str, what: str, 
         warnings.warn(f"{key}: {share:.0%} of the data is in {what}s shorter than two TTT chunks ({2 * chunk} {unit}), where TTT is inert", stacklevel=2)
 
 
-def use_bf16(setting: str) -> bool:
-    if setting == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return setting == "true"
-
-
-# transformers renamed `gradient_checkpointing` to `activation_checkpointing` (5.2x); accept both
-_CHECKPOINTING_ARG = next(
-    name for name in ("activation_checkpointing", "gradient_checkpointing") if name in {f.name for f in dataclasses.fields(TrainingArguments)}
-)
-
-
-def training_arguments(
-    t: TrainConfig,
-    out: Path,
-    bf16: bool,
-    evaluate: bool,
-    *,
-    label_names: list[str] | None = None,
-    trainer_checkpointing: bool = True,
-    use_cpu: bool | None = None,
-) -> TrainingArguments:
-    """The Trainer's arguments from the `train` section (`trainer_checkpointing`: the Trainer
-    turns activation checkpointing on, as transformers models support; otherwise the family does)."""
-    return TrainingArguments(
-        output_dir=str(out),
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps or t.warmup_ratio,  # transformers reads a number below 1 as a ratio
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        bf16=bf16,
-        **{_CHECKPOINTING_ARG: t.gradient_checkpointing and trainer_checkpointing},
-        logging_steps=t.logging_steps,
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if evaluate and t.eval_steps else "no",
-        eval_steps=t.eval_steps,
-        prediction_loss_only=True,  # evaluation is the loss: gathering logits of long rows would only cost memory
-        label_names=label_names,
-        seed=t.seed,
-        data_seed=t.seed,
-        report_to=t.report_to,
-        remove_unused_columns=False,
-        dataloader_num_workers=t.dataloader_num_workers,
-        fsdp=t.fsdp,
-        fsdp_config=t.fsdp_config,
-        use_cpu=not torch.cuda.is_available() if use_cpu is None else use_cpu,
-        ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-    )
+def trainer_arguments(t: TrainConfig, parts: RunParts) -> TrainConfig:
+    """The Trainer's arguments: the `train` section with what the model family decides (the batch
+    keys the loss reads, the device, its own activation checkpointing, no evaluation without data)."""
+    changes: dict[str, Any] = {}
+    if parts.label_names is not None:
+        changes["label_names"] = parts.label_names
+    if parts.use_cpu is not None:
+        changes["use_cpu"] = parts.use_cpu
+    if parts.enable_checkpointing is not None:
+        changes.update(dict.fromkeys(CHECKPOINTING_KEYS, False))
+    if parts.eval_dataset is None:
+        changes.update(eval_strategy="no", eval_steps=None)
+    return t.derive(**changes) if changes else t
 
 
 # the run ---------------------------------------------------------------------------------------
@@ -352,17 +366,9 @@ def run_training(
         raise RunError(str(e)) from None
     if t.gradient_checkpointing and parts.enable_checkpointing is not None:
         parts.enable_checkpointing(module)
-    args = training_arguments(
-        t,
-        out,
-        use_bf16(t.bf16),
-        evaluate=parts.eval_dataset is not None,
-        label_names=parts.label_names,
-        trainer_checkpointing=parts.enable_checkpointing is None,
-        use_cpu=parts.use_cpu,
-    )
     telemetry = TTTTelemetry(parts.layers)
-    record = _training_recorder(parts.settings, config)
+    record = [TrainingRecord(parts.settings, config)] if parts.settings is not None else []
+    args = trainer_arguments(t, parts)
     with not_created_yet(out), named_folder_errors(out):
         trainer = TTTTrainer(
             model=module,
@@ -371,11 +377,8 @@ def run_training(
             eval_dataset=parts.eval_dataset,
             data_collator=parts.collate,
             processing_class=parts.processing_class,
-            callbacks=[MetricsJsonl(out / "metrics.jsonl"), *callbacks],
-            ttt_params_learning_rate=t.ttt_params_learning_rate,
-            ttt_params_max_grad_norm=t.ttt_params_max_grad_norm,
+            callbacks=[MetricsJsonl(out / "metrics.jsonl"), *record, *parts.callbacks, *callbacks],
             telemetry=telemetry,
-            before_save=record,
         )
     if t.doctor and parts.layers and parts.doctor is not None:
         trainer.create_optimizer()
@@ -391,22 +394,8 @@ def run_training(
         telemetry.enable()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if trainer.is_world_process_zero():
-            if record is not None:
-                record(trainer.state.global_step)
             with trainer.user_settings():
                 write_final(out, lambda folder: parts.save_final(merged(module), folder))
     finally:
         release_run_dir(out)
     return out / "final"
-
-
-def _training_recorder(settings: dict | None, config) -> Callable[[int], None] | None:
-    """Writes this run into the model's training record (after the runs it already holds), at a step."""
-    if settings is None:
-        return None
-    earlier = split_training(settings)[1]
-
-    def record(step: int) -> None:
-        settings[TRAINING_KEY] = [*earlier, run_entry(config.train.mode, step, config.lora.target_modules)]
-
-    return record
