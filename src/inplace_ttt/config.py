@@ -11,13 +11,19 @@ import math
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import InitVar, dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
 
 TARGETS = ("hidden_states", "token_embeddings")
 TARGET_INITS = ("identity", "diagonal")
 TTT_LR_MAX = 1000.0  # the fast-weight learning rate's bound: the paper's 3 times 300
 CONFIG_KEY = "inplace_ttt"  # where a converted transformers model's config keeps these settings
+
+
+def _meta(text: str, choices: tuple = ()) -> dict[str, Any]:
+    """A field's help, and its allowed values where only some are (what `ittt train --help` lists)."""
+    return {"help": text, **({"choices": choices} if choices else {})}
+
 
 _RULE = re.compile(r"^\s*every\s+(\d+)(?:st|nd|rd|th)?(?:\s+layers?)?(?:\s+from\s+(\d+))?\s*$")
 
@@ -53,16 +59,17 @@ class TTTConfig:
 
     ALIASES: ClassVar[dict[str, str]] = {"target": "target_source"}  # renamed keys, read for one release
 
-    layers: Sequence[int] | str = "every 6"
-    chunk_size: int = 1024
-    ttt_lr: float = 3.0
-    target_source: str = "hidden_states"
-    conv_kernel: int = 5
-    clip_tau: float | None = None
-    target_init: str = "diagonal"  # measured: TRAINING.md runs Tid / R2b, docs/demo.md "Choosing the start"
-    target_init_std: float = 0.02
-    target_conv: bool = True
-    target_projection: bool = True
+    layers: Sequence[int] | str = field(default="every 6", metadata=_meta("layer indices ([0, 6, 12]) or a rule: 'all', 'every 6', 'every 4 from 2'"))
+    chunk_size: int = field(default=1024, metadata=_meta("tokens per chunk; a chunk's update reaches the chunks after it"))
+    ttt_lr: float = field(default=3.0, metadata=_meta(f"the fast weights' learning rate eta, in (0, {TTT_LR_MAX:g}] (the paper's: 3)"))
+    target_source: str = field(default="hidden_states", metadata=_meta("where the target reads X from: the MLP input or the token embeddings", TARGETS))
+    conv_kernel: int = field(default=5, metadata=_meta("width of the target's depthwise convolution, odd"))
+    clip_tau: float | None = field(default=None, metadata=_meta("clip each chunk update to this Frobenius norm; an inference option (null: off)"))
+    # measured: TRAINING.md runs Tid / R2b, docs/demo.md "Choosing the start"
+    target_init: str = field(default="diagonal", metadata=_meta("how W_target starts (the convolution starts at zero)", TARGET_INITS))
+    target_init_std: float = field(default=0.02, metadata=_meta("the standard deviation of the diagonal start"))
+    target_conv: bool = field(default=True, metadata=_meta("false: the paper's no-convolution ablation"))
+    target_projection: bool = field(default=True, metadata=_meta("false: the release's ttt_proj: false, no W_target"))
     target: InitVar[str | None] = None  # the old name of `target_source`, accepted for one release
 
     def __post_init__(self, target: str | None = None) -> None:

@@ -27,14 +27,14 @@ class Schema:
     name: str = ""
     inner: Inner = field(default_factory=lambda: Inner(depth=7))
     maybe: Inner | None = None
-    plain: str = "free"
+    plain: str = field(default="free", metadata={"choices": ("free", "bound")})
 
 
 def test_each_key_shows_its_default_type_choices_and_first_help_sentence():
-    lines = describe_schema(Schema, {"plain": ["free", "bound"]})
+    lines = describe_schema(Schema)
     text = "\n".join(lines)
     assert re.search(r"^  name +'' +str$", text, re.M)
-    assert re.search(r"^  plain +free +str; one of: free, bound$", text, re.M)  # choices given from outside the schema
+    assert re.search(r"^  plain +free +str; one of: free, bound$", text, re.M)  # choices declared in the field's metadata
     assert re.search(r"^  inner\.depth +7 +int$", text, re.M)  # the section's default_factory, not the class default
     assert re.search(r"^  inner\.shade +red +Colour \| str; one of: red, blue$", text, re.M)
     assert re.search(r"^  inner\.kind +b +str; one of: a, b$", text, re.M)

@@ -10,9 +10,9 @@ def test_pretrain_help_lists_its_keys(capsys):
         main(["pretrain", "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    assert re.search(r"\n    model\.hidden_size +256 +int\n", text) and re.search(r"\n    tokenizer\.vocab_size +4096 +int\n", text)
+    assert re.search(r"\n    model\.hidden_size +256 +int  # width", text) and re.search(r"\n    tokenizer\.vocab_size +4096 +int\b", text)
     assert "  ttt: (default null: off; give the section to turn it on)\n    ttt.layers" in text
-    assert re.search(r"\n    train\.mode +full +str; one of: full, ttt_only, lora\n", text)
+    assert re.search(r"\n    train\.mode +full +str; one of: full, ttt_only, lora  # what trains", text)
 
 
 def test_pretrain_overrides_are_applied_and_checked(tmp_path, capsys):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
@@ -18,17 +18,16 @@ SHOWN_CHOICES = 12  # allowed values listed (transformers' optimizers are 41); t
 KEY_WIDTH, DEFAULT_WIDTH = 40, 24  # the columns' widths at most (a longer value pushes its line on)
 
 
-def describe_schema(schema: type, choices: Mapping[str, Sequence[Any]] | None = None) -> list[str]:
+def describe_schema(schema: type) -> list[str]:
     """The lines listing every key of `schema`, sections under a ``name:`` line. Defaults are the
-    schema's own: a section's ``default_factory`` is called, so a family's section defaults show.
-    `choices`: allowed values of keys (by dotted name) that the schema checks but does not declare."""
-    rows = _rows(schema, None, "", choices or {})
+    schema's own: a section's ``default_factory`` is called, so a family's section defaults show."""
+    rows = _rows(schema, None, "")
     width = min(max((len(row[0]) for row in rows if len(row) > 1), default=0), KEY_WIDTH)
     default_width = min(max((len(row[1]) for row in rows if len(row) > 1), default=0), DEFAULT_WIDTH)
     return [row[0] if len(row) == 1 else f"  {row[0]:<{width}}  {row[1]:<{default_width}}  {row[2]}".rstrip() for row in rows]
 
 
-def _rows(cls: type, instance: Any, prefix: str, choices: Mapping[str, Sequence[Any]]) -> list[tuple[str, ...]]:
+def _rows(cls: type, instance: Any, prefix: str) -> list[tuple[str, ...]]:
     """(key, default, type and help) per key, and (header,) before each section."""
     hints = _hints(cls)
     keys, sections = [], []
@@ -40,7 +39,7 @@ def _rows(cls: type, instance: Any, prefix: str, choices: Mapping[str, Sequence[
         key = prefix + f.name
         section = _section_type(tp)
         if section is None:
-            allowed = f.metadata.get("choices") or _declared_choices(tp) or choices.get(key)
+            allowed = f.metadata.get("choices") or _declared_choices(tp)
             text = _type_name(tp) + (f"; one of: {_listed(allowed)}" if allowed else "") + _help(f.metadata.get("help"))
             keys.append((key, _shown(default), text))
         else:
@@ -48,7 +47,7 @@ def _rows(cls: type, instance: Any, prefix: str, choices: Mapping[str, Sequence[
             header = f"{key}:" + (
                 " (null: off)" if nullable and default is not None else " (default null: off; give the section to turn it on)" if nullable else ""
             )
-            sections += [("",), (header,), *_rows(section, default if dataclasses.is_dataclass(default) else None, key + ".", choices)]
+            sections += [("",), (header,), *_rows(section, default if dataclasses.is_dataclass(default) else None, key + ".")]
     return keys + sections
 
 

@@ -20,9 +20,9 @@ def add(sub) -> None:
 
 
 def schemas() -> dict[str, Callable[[], type]]:
-    from ..train.pretrain import PretrainConfig
+    from ..train.run import schema
 
-    return {"ittt pretrain": lambda: PretrainConfig}
+    return {"ittt pretrain (model_type: scratch)": lambda: schema("scratch")}
 
 
 def run(args: argparse.Namespace) -> int:

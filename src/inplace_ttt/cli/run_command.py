@@ -47,17 +47,13 @@ class ConfigHelp(argparse.Action):
 
 def config_keys(schemas: dict[str, Callable[[], type]]) -> str:
     """The keys of each schema (a family that cannot load, e.g. an optional install, says why), and the training modes."""
-    from ..config import TARGET_INITS, TARGETS
     from ..train import modes
-    from ..train.config import MODES
     from .config_help import describe_schema
 
-    # allowed values the schemas check in code but do not declare in field metadata (yet)
-    undeclared = {"train.mode": MODES, "ttt.target_source": TARGETS, "ttt.target_init": TARGET_INITS}
     parts = ["The config's keys: name, default, type and allowed values (a YAML file sets them by section: ttt: {chunk_size: 2048})."]
     for title, load in schemas.items():
         try:
-            lines = describe_schema(load(), undeclared)
+            lines = describe_schema(load())
         except ValueError as e:
             lines = [f"  ({e})"]
         parts.append("\n".join([title, *("  " + line if line else line for line in lines)]))

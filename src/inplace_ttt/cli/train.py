@@ -16,9 +16,9 @@ def add(sub) -> None:
 
 def schemas() -> dict[str, Callable[[], type]]:
     """The config schema of each model family, by its `model_type`."""
-    from ..train.run import FAMILIES, family
+    from ..train.run import FAMILIES, schema
 
-    return {f"model_type: {model_type}": (lambda model_type=model_type: family(model_type).CONFIG) for model_type in FAMILIES}
+    return {f"model_type: {model_type}": (lambda model_type=model_type: schema(model_type)) for model_type in FAMILIES}
 
 
 def run(args: argparse.Namespace) -> int:
