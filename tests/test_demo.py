@@ -2,12 +2,14 @@
 
 import json
 
+import pytest
 from safetensors.torch import load_file
 
 from inplace_ttt.cli import main
 from inplace_ttt.demo import DemoSettings
 
 
+@pytest.mark.integration
 def test_short_demo_runs_the_whole_pipeline(tmp_path, capsys):
     run = tmp_path / "demo"
     args = ["demo", "--out", str(run), "--steps", "2", "--row-length", "256", "--chunk-size", "64", "--lengths", "256", "--passages", "6", "--samples", "2"]

@@ -148,3 +148,15 @@ def test_the_walk_sees_a_cycle_when_there_is_one(tmp_path, monkeypatch):
         assert "inplace_ttt.a" in str(e)
     else:
         raise AssertionError("the cycle a <-> b was not found")
+
+
+def test_test_modules_share_helpers_only_through_conftest_and_helper_modules():
+    """A test module never imports another test module (shared fixtures live in conftest.py files,
+    shared builders in helper modules such as tests/tiny_hf.py)."""
+    tests = Path(__file__).resolve().parent
+    wrong = []
+    for path in tests.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[-1].startswith("test_"):
+                wrong.append(f"{path.relative_to(tests)} imports {node.module}")
+    assert not wrong, wrong

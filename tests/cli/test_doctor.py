@@ -29,6 +29,7 @@ def test_doctor_passes_a_fresh_conversion_and_fails_a_clipped_one(tmp_path, caps
     assert "FAIL  no clipping in training" in capsys.readouterr().out
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("flag", ["--lm-kwargs", "--lm-config"])
 def test_doctor_on_a_moshi_model_and_a_conversation(tmp_path, capsys, flag):
     """A Moshi final/ and one conversation's codes; --lm-config, the old name of --lm-kwargs, still works (with a warning)."""

@@ -28,6 +28,7 @@ def test_every_command_is_there(capsys):
         assert f"    {command} " in out, command
 
 
+@pytest.mark.integration
 def test_the_entry_point_and_python_m_reach_main():
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "ittt"]
     assert script.value == "inplace_ttt.cli:main" and script.load() is main

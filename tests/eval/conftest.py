@@ -3,6 +3,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import inplace_ttt
 from inplace_ttt.eval.ruler import ADJECTIVES, NOISE, NOUNS
@@ -55,3 +56,13 @@ def models(tmp_path_factory, tokenizer):
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     return root / "base", root / "ttt"
+
+
+def full_nll(model, ids):
+    """The reference: one forward over the whole input, no cache."""
+    with torch.no_grad():
+        logits = model(input_ids=ids[None], use_cache=False).logits[0]
+    return F.cross_entropy(logits[:-1], ids[1:], reduction="none")
+
+
+CHAT = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inplace_ttt.eval.loss import bucket_edges, loss_by_position, sliding_window
-from tests.eval.test_stream import full_nll
+from tests.eval.conftest import full_nll
 from tests.tiny_hf import VOCAB, converted
 
 

@@ -3,6 +3,7 @@
 import pytest
 
 from inplace_ttt.eval.ruler import SINGLE_DEPTHS, TASK_NAMES, make_samples, n_tokens, score
+from tests.eval.conftest import CHAT
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)
@@ -67,9 +68,6 @@ def test_too_short_and_unknown(tokenizer):
         make_samples("cwe", tokenizer, 40, 1)
     with pytest.raises(ValueError, match="unknown task 'qa'"):
         make_samples("qa", tokenizer, 512, 1)
-
-
-CHAT = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)

@@ -33,6 +33,7 @@ def without_timing(results: dict) -> dict:
     return results
 
 
+@pytest.mark.integration
 def test_whole_eval_of_two_models(models, heldout, tmp_path):
     base, ttt = map(str, models)
     # every task, two lengths, two models: about 8 s on 2 CPU cores (pytest --durations shows it)
@@ -75,6 +76,7 @@ def test_whole_eval_of_two_models(models, heldout, tmp_path):
         assert f"]({plot})" in text
 
 
+@pytest.mark.integration
 def test_same_seed_same_results_and_cli(models, heldout, tmp_path, capsys):
     args = [
         "eval",
@@ -134,7 +136,7 @@ def test_bad_settings_are_named(models, heldout, tmp_path, capsys):
 def test_chat_template_prompts_reach_the_model(models, tmp_path, capsys):
     import shutil
 
-    from tests.eval.test_ruler import CHAT
+    from tests.eval.conftest import CHAT
 
     chat = tmp_path / "chat"
     shutil.copytree(models[1], chat)
@@ -170,6 +172,7 @@ def _answers(cell):
     return [(o["index"], o["answers"], o["tokens"], o["depths"]) for o in cell["outputs"]]
 
 
+@pytest.mark.integration
 def test_batched_prompts_generate_what_each_generates_alone(heldout, tmp_path):
     """Tokenizers often pad on the right; `ittt eval` tokenizes each prompt alone and left-pads
     the batch itself, so a row's answer does not depend on the rows beside it (right padding

@@ -2,17 +2,10 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from inplace_ttt.eval.stream import greedy, token_nll
+from tests.eval.conftest import full_nll
 from tests.tiny_hf import VOCAB, converted, tiny
-
-
-def full_nll(model, ids):
-    """The reference: one forward over the whole input, no cache."""
-    with torch.no_grad():
-        logits = model(input_ids=ids[None], use_cache=False).logits[0]
-    return F.cross_entropy(logits[:-1], ids[1:], reduction="none")
 
 
 @pytest.mark.parametrize("make", [tiny, converted], ids=["plain", "ttt"])

@@ -61,8 +61,7 @@ def test_short_documents_that_leave_ttt_inert_are_refused(workspace, capsys):
     """Documents of ~14 tokens with chunk 8: no document spans two chunks. The padding at the end
     of the last row once looked like a 166-token document and let the run through."""
     from inplace_ttt.cli import main
-    from tests.train.conftest import write_docs
-    from tests.train.test_trainer import edit
+    from tests.train.conftest import edit, write_docs
 
     short = write_docs(workspace["root"] / "short", 30, words_per_doc=(10, 14))  # ~390 tokens: the row ends in padding
     edit(workspace["config"], data={"train": [str(short)], "eval": [], "row_length": 512})

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.test_trainer import REPO, edit, losses
+from tests.train.conftest import REPO, edit, losses
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside this Python")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside this Python")]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -80,7 +80,7 @@ def test_fsdp_over_two_processes_matches_one(workspace):
 
 def moshi_config(tmp_path, **train):
     pytest.importorskip("moshi")
-    from tests.train.test_moshi_train import write_run
+    from tests.train.conftest import write_run
 
     path = write_run(tmp_path, train.pop("mode", "ttt_only"), steps=3)
     edit(

@@ -5,7 +5,6 @@ import re
 
 import pytest
 import torch
-import yaml
 
 pytest.importorskip("moshi")
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -16,7 +15,8 @@ from inplace_ttt.families.moshi import load_moshi, training_loss  # noqa: E402
 from inplace_ttt.families.moshi.codes import conversation_rows  # noqa: E402
 from inplace_ttt.train.moshi import MoshiRunConfig  # noqa: E402
 from inplace_ttt.train.run import load_run_config as load_config  # noqa: E402
-from tests.tiny_moshi import TINY, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402  (sets NO_TORCH_COMPILE)
+from tests.tiny_moshi import TINY, random_codes, tiny_lm  # noqa: E402  (sets NO_TORCH_COMPILE)
+from tests.train.conftest import edit, losses, moshi_run, run_cli, train_dying_in_checkpoint, write_run  # noqa: E402
 
 
 def test_loss_is_moshi_finetunes_weighted_cross_entropy():
@@ -54,36 +54,6 @@ def test_conversations_become_rows_padded_with_missing_values():
     assert rows.shape == (4, 3, 4)  # 10 steps -> 4 + 4 + 2(+2 padding); 4 steps -> one row
     assert torch.equal(rows[0], a[:, :4]) and torch.equal(rows[2, :, :2], a[:, 8:]) and (rows[2, :, 2:] == -1).all()
     assert torch.equal(rows[3], b)
-
-
-def write_run(tmp_path, mode, steps=3):
-    tmp_path.mkdir(exist_ok=True)
-    write_tiny_checkpoint(tmp_path / "model.safetensors")
-    (tmp_path / "lm.json").write_text(json.dumps(TINY))
-    data = tmp_path / "conversations"
-    data.mkdir()
-    lm = tiny_lm()
-    for i, T in enumerate([40, 33, 16]):
-        codes = random_codes(lm, 1, T)[0].to(torch.int32)
-        save_file({"codes": codes}, str(data / f"conv{i}.safetensors"))
-    config = {
-        "model_type": "moshi",
-        "model": {"weights": str(tmp_path / "model.safetensors"), "lm_kwargs": str(tmp_path / "lm.json")},
-        "ttt": {"layers": [0, 2], "chunk_size": 4, "target_source": "token_embeddings"},
-        "data": {"train": [str(data)], "row_length": 16},
-        "train": {
-            "output_dir": str(tmp_path / "run"),
-            "mode": mode,
-            "learning_rate": 1e-2,
-            "max_steps": steps,
-            "per_device_train_batch_size": 2,
-            "logging_steps": 1,
-        },
-        "lora": {"r": 2, "alpha": 4, "target_modules": ["linear_in", "linear_out"]},
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.mark.parametrize("mode", ["ttt_only", "lora"])
@@ -138,6 +108,7 @@ def test_bad_runs_are_refused_with_the_field_named(tmp_path):
         train(load_config(path, ["--train.output_dir", str(tmp_path / "run2")]))
 
 
+@pytest.mark.integration
 def test_a_bfloat16_run_trains_as_far_as_a_float32_run(tmp_path):
     """In bf16 the optimizer steps float32 copies: stepping the bf16 weights in place rounds
     steps below half their spacing away (most of the down projection's at lr 1e-5, all of
@@ -179,16 +150,8 @@ def test_an_empty_conversation_is_refused_with_its_file_named(tmp_path):
 
 # the shared engine: checkpoints, resume, accumulation, several processes, evaluation ------------
 
-from tests.train.test_trainer import edit, losses, run_cli, train_dying_in_checkpoint  # noqa: E402
 
-
-def moshi_run(tmp_path, train=None, **sections):
-    path = write_run(tmp_path, "ttt_only", steps=6)
-    defaults = {"save_steps": 2, "logging_steps": 1, "report_to": [], "learning_rate": 1e-3, "ttt_params_learning_rate": 1e-2}
-    edit(path, train={**defaults, **(train or {})}, **sections)
-    return path
-
-
+@pytest.mark.integration
 def test_a_killed_moshi_run_resumes_exactly_bf16_master_weights_included(tmp_path):
     path = moshi_run(tmp_path, model={"dtype": "bfloat16"})
     reference, run = tmp_path / "reference", tmp_path / "run"

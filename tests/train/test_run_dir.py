@@ -18,7 +18,9 @@ import inplace_ttt.train.run_dir as run_dir
 import inplace_ttt.train.trainer as trainer
 from inplace_ttt.cli import main
 from inplace_ttt.train.run_dir import COMPLETE, IN_PROGRESS, LOCK, PARTIAL_FINAL, checkpoint_step, mark_checkpoint_started, rotate_checkpoints
-from tests.train.test_trainer import REPO, edit, losses
+from tests.train.conftest import REPO, edit, losses
+
+pytestmark = pytest.mark.integration  # the whole module: slow runs (see pyproject.toml's markers)
 
 FAMILIES = ["transformers", "moshi"]
 
@@ -30,7 +32,7 @@ def family_run(request, tmp_path, workspace):
         config, run = workspace["config"], workspace["run"]
     else:
         pytest.importorskip("moshi")
-        from tests.train.test_moshi_train import moshi_run
+        from tests.train.conftest import moshi_run
 
         config, run = moshi_run(tmp_path / "moshi", train={"report_to": []}), tmp_path / "moshi" / "run"
     edit(config, train={"max_steps": 4, "save_steps": 2, "logging_steps": 1})

@@ -1,12 +1,8 @@
 """`ittt train` end to end on a tiny model: modes, telemetry, checkpoints, resume, faults."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,48 +14,7 @@ from inplace_ttt.cli import main
 from inplace_ttt.train.run_dir import COMPLETE, last_complete_checkpoint
 from inplace_ttt.train.trainer import LORA_TTT_WEIGHTS
 from tests.tiny_hf import tiny_tokenizer
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def edit(config_path, **sections):
-    data = yaml.safe_load(config_path.read_text())
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            data.setdefault(section, {}).update(values)
-        else:
-            data[section] = values
-    config_path.write_text(yaml.safe_dump(data))
-    return config_path
-
-
-def losses(run_dir):
-    """Loss per step from metrics.jsonl (the last line wins when a resumed run logs a step again)."""
-    out = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "loss" in row:
-            out[row["step"]] = row["loss"]
-    return out
-
-
-def run_cli(*args, env=None):
-    """`ittt` in a fresh process (what a user runs; also how a crash is simulated)."""
-    cmd = [sys.executable, "-c", "import sys; from inplace_ttt.cli import main; sys.exit(main(sys.argv[1:]))", *args]
-    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
-
-
-def train_dying_in_checkpoint(config, step: int):
-    """`ittt train` in a process that dies while writing checkpoint-`step`: after its files, before its COMPLETE mark."""
-    crash = (
-        "import os, inplace_ttt.train.run_dir as t; real = t.write_atomic\n"
-        "def write(path, text):\n"
-        f"    if 'checkpoint-{step}' in str(path): os._exit(9)\n"
-        "    real(path, text)\n"
-        "t.write_atomic = write\n"
-        "import sys; from inplace_ttt.cli import main; sys.exit(main(sys.argv[1:]))"
-    )
-    return subprocess.run([sys.executable, "-c", crash, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
+from tests.train.conftest import edit, losses, run_cli, train_dying_in_checkpoint
 
 
 def test_full_run_logs_telemetry_and_saves_every_weight(workspace, capsys):
@@ -108,6 +63,7 @@ def test_ttt_only_trains_only_ttt_parameters(workspace):
         assert changed == name.endswith(("layers.0.mlp.down_proj.weight", "layers.2.mlp.down_proj.weight")), name
 
 
+@pytest.mark.integration
 def test_lora_checkpoints_hold_the_ttt_weights_and_resume_restores_them(workspace):
     edit(workspace["config"], train={"mode": "lora", "max_steps": 4, "save_steps": 2}, lora={"r": 2, "target_modules": ["q_proj", "v_proj"]})
     assert main(["train", str(workspace["config"])]) == 0
@@ -149,6 +105,7 @@ def test_separate_learning_rate_for_ttt_parameters(workspace):
     assert sum(n for lr, n in seen["groups"] if lr == 5e-3) == 4  # conv + W_target of two layers
 
 
+@pytest.mark.integration
 def test_killed_run_resumes_from_its_last_complete_checkpoint_exactly(workspace):
     from tests.tiny_hf import tiny
 
