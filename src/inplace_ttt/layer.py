@@ -10,6 +10,7 @@ live in `self.ttt` (a `TargetGenerator`), deliberately not `nn.Linear`, so that 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -155,8 +156,21 @@ class InPlaceTTTMLP(nn.Module):
     # the settings, read from `config` (a change there reaches every layer of the model)
     chunk_size = property(lambda self: self.config.chunk_size)
     ttt_lr = property(lambda self: self.config.ttt_lr)
-    clip_tau = property(lambda self: self.config.clip_tau)
     target_source = property(lambda self: self.config.target_source)
+
+    @property
+    def clip_tau(self) -> float | None:
+        return self.config.clip_tau
+
+    @clip_tau.setter
+    def clip_tau(self, value: float | None) -> None:
+        """The old way to set clipping, one layer at a time; it now sets the model's one `TTTConfig`."""
+        warnings.warn(
+            "layer.clip_tau = ... sets the clipping of every layer sharing this layer's TTTConfig; use inplace_ttt.set_clip_tau(model, ...)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        self.config.clip_tau = TTTConfig(clip_tau=value).clip_tau
 
     @property
     def down(self) -> nn.Module:

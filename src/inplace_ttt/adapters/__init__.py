@@ -43,5 +43,20 @@ sys.meta_path.insert(0, _OldNames())
 warnings.warn("inplace_ttt.adapters is now inplace_ttt.families", FutureWarning, stacklevel=2)
 
 
+# the old package's own names that live elsewhere now
+RENAMED = {
+    "adapter_of": ("families", "family_of"),
+    "MOSHI_TTT_WEIGHTS": ("families.moshi.io", "TTT_WEIGHTS"),
+    "from_pretrained": ("families.hf", "from_pretrained"),
+    "export_release": ("families.hf", "export_release"),
+    "decoder_layers": ("families.hf", "decoder_layers"),
+    "is_converted": ("families.hf", "is_converted"),
+    "ttt_positions": ("families.hf", "ttt_positions"),
+}
+
+
 def __getattr__(name: str):
+    if name in RENAMED:
+        module, new = RENAMED[name]
+        return getattr(importlib.import_module(f"inplace_ttt.{module}"), new)
     return getattr(families, name)
