@@ -68,3 +68,27 @@ def test_unreadable_files_are_named(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ValueError, match=message):
         read_documents([str(tmp_path / name)])
+
+
+def test_a_fifo_or_a_link_to_a_device_in_a_data_folder_is_named_before_anything_is_read(tmp_path, no_hang):
+    import os
+
+    (tmp_path / "a.txt").write_text("a document")
+    os.mkfifo(tmp_path / "b.txt")  # opening it would block until a writer came
+    with pytest.raises(ValueError, match=r"^data: .*b.txt is a FIFO \(named pipe\), not a regular file"):
+        read_documents([str(tmp_path)])
+    with pytest.raises(ValueError, match=r"^data: .*b.txt is a FIFO"):
+        read_documents([str(tmp_path / "*")])
+    (tmp_path / "b.txt").unlink()
+    (tmp_path / "zero.jsonl").symlink_to("/dev/zero")  # would be read until memory runs out
+    with pytest.raises(ValueError, match=r"^data: .*zero.jsonl is a character device, not a regular file"):
+        read_documents([str(tmp_path / "zero.jsonl")])
+
+
+def test_a_data_file_over_the_size_limit_is_refused_with_how_to_split_it(tmp_path, monkeypatch):
+    from inplace_ttt import documents
+
+    (tmp_path / "a.txt").write_text("x" * 100)
+    monkeypatch.setattr(documents, "DOCUMENT_FILE_LIMIT", 99)
+    with pytest.raises(ValueError, match=r"^data: .*a.txt holds 0.0 GiB, over the .* GiB a file may hold: split it into smaller files, e.g. split -C 1G"):
+        read_documents([str(tmp_path)])

@@ -3,30 +3,39 @@
 
 A folder contributes the files with those suffixes. A file named on its own, or matched by a
 glob pattern (``corpus/*``, ``books/**/*``), that has no suffix at all is read as plain text:
-that is how a folder of suffix-less text files is included."""
+that is how a folder of suffix-less text files is included. Only regular files of at most
+`DOCUMENT_FILE_LIMIT` bytes are read (`files.check_regular_file`, before any is opened)."""
 
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .files import GiB, check_regular_file
+
 TEXT_SUFFIXES = (".txt",)
 TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DOCUMENT_FILE_LIMIT = 4 * GiB  # every document is held in memory: a larger file is split first
+SPLIT_HINT = ": split it into smaller files, e.g. split -C 1G --additional-suffix=.txt FILE part- (whole lines; .jsonl the same way)"
 
 
 def data_files(paths: Sequence[str]) -> list[Path]:
-    """Expand files, folders and glob patterns into the data files they hold, checking each exists."""
+    """Expand files, folders and glob patterns into the data files they hold, checking that each is
+    a regular file (not a FIFO, device, socket or link loop) of at most `DOCUMENT_FILE_LIMIT` bytes."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES or f.suffix in TABLE_SUFFIXES)
-        elif p.is_file():
+            files += sorted(f for f in p.rglob("*") if (f.suffix in TEXT_SUFFIXES or f.suffix in TABLE_SUFFIXES) and not f.is_dir())
+        elif os.path.lexists(p):
             files.append(p)
         elif glob.has_magic(str(p)):
-            files += sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+            files += sorted(Path(f) for f in glob.glob(str(p), recursive=True) if not Path(f).is_dir())
         else:
             raise ValueError(f"data: no such file or folder: {p}")
+    for f in files:
+        check_regular_file(f, "data", DOCUMENT_FILE_LIMIT, SPLIT_HINT)
     bad = [str(f) for f in files if f.suffix and f.suffix not in TEXT_SUFFIXES and f.suffix not in TABLE_SUFFIXES]
     if bad:
         raise ValueError(f"data: unsupported file type {bad}; use .txt, .jsonl, .json or .parquet (a file without a suffix is plain text)")

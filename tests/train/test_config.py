@@ -119,6 +119,13 @@ def test_renamed_train_keys_still_read_for_one_release(tmp_path):
         (BASE, ["--train.output_dir", "{a: 1}"], r"train.output_dir: expected str, got \{'a': 1\}"),
         (BASE, ["--model", "[a, b]"], r"model: expected str, got \['a', 'b'\]"),
         (BASE, ["--train.fsdp_config", "fsdp.json"], r"train.fsdp_config is set but train.fsdp is not, so it would be ignored"),
+        # allocations checked against the machine
+        (
+            BASE,
+            ["--train.dataloader_num_workers", "100000"],
+            r"train.dataloader_num_workers must be in \[0, \d+\] \(4 per core of this machine's \d+; .*got 100000",
+        ),
+        (BASE, ["--train.dataloader_num_workers", "-1"], r"train.dataloader_num_workers must be in \[0, \d+\].*got -1"),
         # values that ended in tracebacks
         (BASE, ["--train.gradient_accumulation_steps", "0"], r"train.gradient_accumulation_steps must be >= 1; got 0"),
         (BASE, ["--train.per_device_train_batch_size", "0"], r"train.per_device_train_batch_size must be >= 1; got 0"),

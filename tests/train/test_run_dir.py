@@ -299,3 +299,42 @@ def test_rotation_deletes_only_complete_checkpoints_of_ours(tmp_path):
     rotate_checkpoints(tmp_path, 2, keep=str(tmp_path / "checkpoint-2"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2", "checkpoint-3-mine", "checkpoint-8"]
     assert [checkpoint_step(tmp_path / n) for n in ("checkpoint-12", "checkpoint-best", "checkpoint-3-mine", "checkpoint-")] == [12, None, None, None]
+
+
+class Planted:
+    """A harmless class: a checkpoint's state file holding it must be refused, never unpickled."""
+
+
+def test_a_state_file_that_is_not_tensors_is_named_before_resuming(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    torch.save({"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}, checkpoint / "optimizer.pt")
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}, checkpoint / "rng_state.pth")
+    run_dir.check_state_files(checkpoint)  # what transformers' Trainer writes loads
+    torch.save({"state": {}, "planted": Planted()}, checkpoint / "optimizer.pt")
+    with pytest.raises(run_dir.RunError, match=r"^--resume: .*optimizer.pt cannot be loaded safely \(WeightsUnpickler error: Unsupported global: .*Planted\)"):
+        run_dir.check_state_files(checkpoint)
+    (checkpoint / "optimizer.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(
+        run_dir.RunError, match=r"^--resume: .*optimizer.pt cannot be loaded safely .*remove .*checkpoint-2 to resume from the checkpoint before it$"
+    ):
+        run_dir.check_state_files(checkpoint)
+
+
+def test_resume_from_a_checkpoint_with_a_planted_optimizer_state_is_refused_by_name(family_run, capsys, monkeypatch):
+    import torch
+
+    config, run = family_run
+    with killed_writing(monkeypatch, "checkpoint-4"):
+        main(["train", str(config)])
+    torch.save({"state": {}, "planted": Planted()}, run / "checkpoint-2" / "optimizer.pt")
+    before = folder_state(run)
+    assert main(["train", str(config), "--resume"]) == 2
+    message = last_error(capsys)
+    assert message.startswith("ittt train: error: --resume: ") and "checkpoint-2/optimizer.pt cannot be loaded safely (WeightsUnpickler error" in message
+    assert folder_state(run) == before

@@ -6,6 +6,7 @@ resampler gives the same samples as resampling the whole file at once).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_path
+from ..files import atomic_path, check_regular_file
 
 READ_BLOCK = 1 << 16  # samples per channel read at a time
 
@@ -35,8 +36,9 @@ def audio_info(path: str | Path) -> AudioInfo:
     import soundfile as sf
 
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ValueError(f"{path}: no such audio file")
+    check_regular_file(path, "audio")  # read in blocks, so of any size
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:

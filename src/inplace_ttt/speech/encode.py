@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from ..families.moshi.codes import CODES_KEY
-from ..files import atomic_path
+from ..files import GiB, atomic_path, check_regular_file
 from .audio import AudioInfo, audio_info, fixed_blocks, read_resampled
 from .kv_cache import widen_kv_caches
 from .loading import Streams, lm_streams, load_mimi, load_tokenizer
@@ -38,6 +38,7 @@ from .transcript import MAIN_SPEAKER, read_alignments, text_stream, transcript_p
 
 METADATA_KEY = "inplace_ttt_encode"
 DURATION_TOLERANCE = 1.0  # seconds the manifest's duration may differ from the file's
+MANIFEST_FILE_LIMIT = GiB  # a line per conversation: millions of them fit
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,10 @@ class Conversation:
 
 
 def read_manifest(manifest: str | Path) -> list[Conversation]:
-    """The conversations of a moshi-finetune manifest; a malformed line raises naming it."""
+    """The conversations of a moshi-finetune manifest (a regular file of at most
+    `MANIFEST_FILE_LIMIT` bytes); a malformed line raises naming it."""
     manifest = Path(manifest)
-    if not manifest.is_file():
-        raise ValueError(f"manifest: no such file: {manifest}")
+    check_regular_file(manifest, "manifest", MANIFEST_FILE_LIMIT, ": split it into several manifests")
     conversations, seen = [], set()
     for i, line in enumerate(manifest.read_text().splitlines(), 1):
         if not line.strip():

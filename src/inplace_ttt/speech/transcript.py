@@ -29,12 +29,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..files import GiB, check_regular_file
 
 FRAME_RATE = 12.5  # Mimi frames (Moshi steps) per second
 MAIN_SPEAKER = "SPEAKER_MAIN"
 LATE_TOLERANCE = 1 / FRAME_RATE  # a word may end up to one frame after the audio (alignment rounding)
+TRANSCRIPT_FILE_LIMIT = GiB // 4  # word alignments: a few kB per minute of speech
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,9 @@ def transcript_path(audio: Path) -> Path:
 def read_alignments(path: Path, duration: float) -> list[Word]:
     """The words of a transcript file, checked: each ``[word, [start, end], speaker]`` with
     ``0 <= start <= end <= duration`` (plus one frame of rounding)."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ValueError(f"{path}: no transcript (moshi-finetune's word alignments, beside the audio)")
+    check_regular_file(path, "transcript", TRANSCRIPT_FILE_LIMIT, ": a conversation's word alignments are far smaller")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

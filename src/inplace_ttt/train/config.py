@@ -34,6 +34,7 @@ from ..config import TTTConfig
 
 MODES = ("full", "ttt_only", "lora")
 MODEL_TYPES = ("transformers", "moshi", "scratch")
+WORKERS_PER_CORE = 4  # train.dataloader_num_workers beyond this many per core only adds processes
 GIVEN = "_given"  # where a built section keeps the keys it was given
 DECLARED = "_declared"  # where a TrainConfig keeps its values as given, before transformers normalises them
 _TRANSFORMERS = {f.name: f for f in dataclasses.fields(TrainingArguments)}
@@ -163,8 +164,12 @@ class TrainConfig(TrainingArguments):
         for name in ("save_total_limit", "eval_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be null or >= 1; got {getattr(self, name)}")
-        if self.dataloader_num_workers < 0:
-            raise ValueError(f"train.dataloader_num_workers must be >= 0; got {self.dataloader_num_workers}")
+        most_workers = WORKERS_PER_CORE * (os.cpu_count() or 1)
+        if not 0 <= self.dataloader_num_workers <= most_workers:
+            raise ValueError(
+                f"train.dataloader_num_workers must be in [0, {most_workers}] ({WORKERS_PER_CORE} per core of this machine's "
+                f"{os.cpu_count() or 1}; each worker is a process); got {self.dataloader_num_workers}"
+            )
         for name in ("learning_rate", "weight_decay", "max_grad_norm") + (("ttt_params_learning_rate",) if self.ttt_params_learning_rate is not None else ()):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):

@@ -19,6 +19,11 @@ What a run folder holds, all written by the run:
 - ``final/``: written as ``.final-partial/`` and renamed when complete, so a ``final/`` means a
   finished run (resuming one does nothing and says so).
 
+The checkpoint's state files (``optimizer.pt``, ``scheduler.pt``, ``rng_state*.pth``, ...) are
+pickles that transformers' `Trainer` loads on resume with ``torch.load(weights_only=True)``;
+`check_state_files` loads each the same way before anything changes, so a file that holds other
+objects, or is cut short, is named instead of failing deep inside the resumed training.
+
 Everything is checked before the folder is created or changed (`resume_point`, read only), and
 again under the lock (`start_run_dir`), since another run may have started meanwhile.
 """
@@ -27,9 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ FINAL = "final"
 PARTIAL_FINAL = ".final-partial"
 CONFIG = "config.yaml"
 DATA = "data.sha256"
+STATE_PATTERNS = ("*.pt", "*.pth")  # a checkpoint's pickled state files, which transformers' Trainer torch.loads on resume
 # keys that may differ on --resume: where and how often the run reports and saves, not what it trains
 BOOKKEEPING = {
     "train.output_dir",
@@ -152,6 +159,8 @@ def resume_point(config, resume: bool, allow_changes: bool = False, new_lock: bo
     if (out / FINAL).is_dir():
         raise RunFinished(f"{out} is a finished run ({out / FINAL} is written): nothing to resume. To train it further, start a new run from its final model")
     checkpoint = last_complete_checkpoint(out)
+    if checkpoint is not None:
+        check_state_files(checkpoint)
     changes = config_changes(config, out / CONFIG)
     if changes and not allow_changes:
         raise RunError(
@@ -166,6 +175,26 @@ def resume_point(config, resume: bool, allow_changes: bool = False, new_lock: bo
             "--allow-changes to go on with these rows"
         )
     return checkpoint
+
+
+def check_state_files(checkpoint: Path) -> None:
+    """Load each pickled state file of `checkpoint` as transformers' `Trainer` does on resume
+    (``torch.load(weights_only=True)``: tensors and plain containers only, so nothing in it runs;
+    memory-mapped, so nothing large is read), raising one `RunError` naming a file that fails."""
+    from transformers.trainer_pt_utils import safe_globals
+
+    for file in sorted(f for pattern in STATE_PATTERNS for f in checkpoint.glob(pattern)):
+        allowed = safe_globals() if file.name.startswith("rng_state") else nullcontext()  # transformers allows numpy's RNG state there only
+        try:
+            with allowed:
+                torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            reason = next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0]).split(" was not an allowed")[0]
+            raise RunError(
+                f"--resume: {file} cannot be loaded safely ({reason}): it holds objects other than tensors and plain "
+                f"values, or is cut short. It is never unpickled in full; remove {checkpoint} to resume from the checkpoint before it"
+            ) from None
 
 
 def config_changes(config, saved: Path) -> list[str]:

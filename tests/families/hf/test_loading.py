@@ -91,3 +91,23 @@ def test_a_converted_directorys_tokenizer_loads_without_a_model_type_warning(tmp
     assert "TokenizersBackend" in run.stdout and "model of type" not in run.stderr, run.stderr
     with pytest.raises(ValueError, match="inplace_ttt"):  # a model class still refuses it
         AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_a_model_folder_with_only_pickled_weights_is_refused_with_the_command_that_converts_it(tmp_path):
+    import re
+
+    from safetensors.torch import load_file
+
+    from inplace_ttt.families.hf.loading import load_causal_lm
+
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    torch.save(load_file(tmp_path / "model.safetensors"), tmp_path / "pytorch_model.bin")  # what older transformers wrote
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"holds its weights only as pickles \(pytorch_model.bin\), which are never loaded: convert") as refused:
+        load_causal_lm(tmp_path)
+    command = re.search(r'python -c "(.*)"$', str(refused.value)).group(1)
+    exec(command, {})  # the one line the message gives, run as it stands
+    assert (tmp_path / "model.safetensors").is_file()
+    ids, mask = left_padded([5], 5)
+    assert torch.equal(logits(load_causal_lm(tmp_path, dtype=torch.float32).eval(), ids, mask), logits(model.eval(), ids, mask))

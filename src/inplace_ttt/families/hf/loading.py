@@ -18,6 +18,9 @@ from ..record import TRAINING_KEY, split_training
 from . import release
 from .convert import convert
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # weights torch.save writes: pickles
+NOT_WEIGHTS = frozenset({"training_args.bin"})  # what transformers' Trainer saves beside a model, never loaded here
+
 
 def is_ttt_checkpoint(path: str | os.PathLike) -> bool:
     """Whether `path` is a directory saved by a converted model (its config.json carries the TTT
@@ -63,7 +66,9 @@ def checkpoint_settings(path: str | os.PathLike):
 def load_causal_lm(path: str | os.PathLike, *, gguf_file: str | None = None, **kwargs) -> nn.Module:
     """A saved causal LM, In-Place TTT (`from_pretrained`) or plain (transformers'), with what
     a user can fix named as a ValueError: a missing folder, an edited config.json, a weights
-    file cut short, weights that do not fit the config. A string that is no local path is a hub id.
+    file cut short, weights that do not fit the config, weights stored only as pickles (``.bin``:
+    refused with the command that converts them). A string that is no local path is a hub id;
+    only its safetensors weights are read.
 
     With `gguf_file` (a file inside `path`, or a path of its own) a plain model comes from that
     GGUF checkpoint, dequantized to float weights: a model that saves like any other (tied
@@ -80,12 +85,21 @@ def load_causal_lm(path: str | os.PathLike, *, gguf_file: str | None = None, **k
     elif local.is_dir():
         if not (local / "config.json").is_file():
             raise ValueError(f"{path} has no config.json: not a saved model folder")
-        for file in sorted(local.glob("*.safetensors")):
+        safetensors = sorted(local.glob("*.safetensors"))
+        pickles = sorted(f.name for suffix in PICKLE_SUFFIXES for f in local.glob(f"*{suffix}") if f.name not in NOT_WEIGHTS)
+        if not safetensors and pickles:
+            raise ValueError(
+                f"{path} holds its weights only as pickles ({', '.join(pickles)}), which are never loaded: convert them to safetensors once, "
+                f'in an environment you trust, with: python -c "from transformers import AutoModelForCausalLM as M; '
+                f"M.from_pretrained('{path}', use_safetensors=False).save_pretrained('{path}')\""
+            )
+        for file in safetensors:
             check_safetensors(file)
     try:
         if is_ttt_checkpoint(local):
             return from_pretrained(local, **kwargs)
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        safetensors_only = {} if gguf_file is not None else {"use_safetensors": True}  # transformers would unpickle a .bin (restricted, but a pickle)
+        return AutoModelForCausalLM.from_pretrained(path, **{**safetensors_only, **kwargs})
     except OSError as e:  # transformers' "not a local folder and not a model on the hub", a missing weights file
         raise ValueError(f"{path}: cannot load ({str(e).strip().splitlines()[0]})") from None
     except RuntimeError as e:

@@ -5,32 +5,39 @@ the model's own audio codebooks, then the user's; -1 marks a missing value: no i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ...files import GiB, check_regular_file
+
 CODES_KEY = "codes"
+CODES_FILE_LIMIT = GiB  # an hour of Moshi 7B codes is about 3 MB: a larger file is no conversation
 
 
 def conversation_files(paths: list[str | Path], key: str = "data.train", manifest: Callable[[Path], list[Path]] | None = None) -> list[Path]:
     """The codes files `paths` name, in order: a codes file itself, a folder's (all below it, sorted)
     and, given `manifest` (what turns one into its codes files, e.g. by encoding it), those of each
-    moshi-finetune manifest (``.jsonl``). `key` names the setting in errors."""
+    moshi-finetune manifest (``.jsonl``), each checked to be a regular file of at most
+    `CODES_FILE_LIMIT` bytes before anything opens it. `key` names the setting in errors."""
     files: list[Path] = []
     for p in map(Path, paths):
         if manifest is not None and p.suffix == ".jsonl":
             files += manifest(p)
         elif p.is_dir():
-            files += sorted(p.rglob("*.safetensors"))
-        elif p.is_file() and p.suffix == ".safetensors":
+            files += sorted(f for f in p.rglob("*.safetensors") if not f.is_dir())
+        elif os.path.lexists(p) and not p.is_dir() and p.suffix == ".safetensors":
             files.append(p)
         else:
             kinds = "a codes file (.safetensors), a folder of them, nor a manifest (.jsonl)" if manifest else "a codes file (.safetensors) nor a folder of them"
             raise ValueError(f"{key}: {p} is neither {kinds}")
     if not files:
         raise ValueError(f"{key}: {[str(p) for p in paths]} holds no conversations")
+    for f in files:
+        check_regular_file(f, key, CODES_FILE_LIMIT, ": split the conversation into several files")
     return files
 
 
