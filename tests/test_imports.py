@@ -45,7 +45,7 @@ def graph() -> dict[str, set[str]]:
 # its own package); the top package and the deprecated `adapters` are facades nothing else imports
 LAYERS = [
     {"ops"},
-    {"config", "files", "documents", "assets"},
+    {"config", "files", "documents", "assets", "finite"},
     {"context"},
     {"layer"},
     {"families"},
