@@ -45,7 +45,7 @@ def graph() -> dict[str, set[str]]:
 # its own package); the top package and the deprecated `adapters` are facades nothing else imports
 LAYERS = [
     {"ops"},
-    {"files"},  # the standard library only: every reader of a user's file checks it here
+    {"files", "finite"},  # the standard library (and torch) only: every reader of a user's file checks it here
     {"config", "documents", "assets"},
     {"context"},
     {"layer"},

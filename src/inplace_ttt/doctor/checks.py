@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..families import probe, ttt_layers
 from ..families.record import describe, may_change, split_training, trained_steps
+from ..finite import nonfinite_tensors
 from ..layer import InPlaceTTTMLP, TargetGenerator
 from ..ops import find_segments, inplace_ttt
 
@@ -87,6 +88,7 @@ def doctor(
         report.add("TTT layers", False, "the model has no In-Place TTT layers: convert it first")
         return report
     report.add("TTT layers", True, f"layers {sorted(layers)}")
+    _check_finite(report, model, base_model)
     _check_parameters(report, model, layers, optimizer)
     _check_lengths(report, layers, family.positions(batch), training)
     _check_clipping(report, layers, training)
@@ -111,6 +113,15 @@ def doctor(
 def _ttt_params(layers: dict[int, InPlaceTTTMLP]) -> dict[str, nn.Parameter]:
     """The new parameters of each TTT layer (target generator), by readable name."""
     return {f"layer {i} {name}": p for i, layer in layers.items() for name, p in layer.ttt.named_parameters()}
+
+
+def _check_finite(report, model, base_model) -> None:
+    """Weights holding a NaN or an infinity (a diverged run's) make every other number meaningless."""
+    models = {"": model} if base_model is None else {"": model, "base ": base_model}
+    bad = [f"{which}{entry}" for which, m in models.items() for entry in nonfinite_tensors(m.state_dict().items())]
+    report.add(
+        "weights finite", not bad, f"non-finite (NaN or infinity): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}" if bad else "no NaN or infinity"
+    )
 
 
 def _check_parameters(report, model, layers, optimizer) -> None:

@@ -10,7 +10,6 @@ accuracies over samples (`intervals`).
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from ..documents import read_documents
 from ..families import set_clip_tau
 from ..families.hf import is_ttt_checkpoint, load_causal_lm, looks_local, quiet_transformers
 from ..files import write_atomic
+from ..finite import finite_json
 from .intervals import mean_interval
 from .loss import bucket_edges, loss_by_position, sliding_window
 from .recall import TASK as RECALL_TASK
@@ -218,19 +218,8 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
             results["models"][name] = entry
             del model
     out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails leaves no folder
-    write_atomic(out / "results.json", json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
+    write_atomic(out / "results.json", json.dumps(finite_json(results), indent=1, allow_nan=False) + "\n")
     return write_report(results, out, preamble)
-
-
-def _finite(value):
-    """`value` with every NaN or infinity as None: JSON has no NaN (a bare NaN makes results.json unreadable)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def passages(docs: list[torch.Tensor], length: int, count: int) -> list[torch.Tensor]:

@@ -107,6 +107,9 @@ class TrainConfig(TrainingArguments):
     seed: int = _ours("seed", 0, "also the data order's seed unless data_seed is set")
     report_to: list[str] = _ours("report_to", ["tensorboard"], "TensorBoard events in the run folder")
     remove_unused_columns: bool = _ours("remove_unused_columns", False, "a batch holds only what the model reads")
+    logging_nan_inf_filter: bool = _ours(
+        "logging_nan_inf_filter", False, "a NaN loss is logged as it is (null in metrics.jsonl), never replaced; in training it stops the run"
+    )
     prediction_loss_only: bool = _ours("prediction_loss_only", True, "evaluation is the loss: gathering logits of long rows would only cost memory")
     mode: str = field(
         default="full",

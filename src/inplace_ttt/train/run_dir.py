@@ -58,6 +58,7 @@ BOOKKEEPING = {
     "train.output_dir",
     "train.report_to",
     "train.logging_steps",
+    "train.logging_nan_inf_filter",
     "train.save_steps",
     "train.save_total_limit",
     "train.dataloader_num_workers",

@@ -28,6 +28,7 @@ import torch.nn as nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from ..finite import finite_json
 from ..layer import InPlaceTTTMLP, is_ttt_param
 
 
@@ -48,14 +49,14 @@ class TTTTelemetry:
         self._counts[key] += 1
 
     @torch.no_grad()
-    def record_gradients(self, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
-        """Call after the backward of a step and before clipping."""
+    def record_gradients(self, norms: tuple[float, float]) -> None:
+        """Call after the backward of a step and before clipping, with the `group_norms` of its gradients."""
         for idx, layer in self.layers.items():
             for name, param in (("conv", layer.ttt.conv_weight), ("target", layer.ttt.target_weight), ("down", layer.down.weight)):
                 if param is not None and param.grad is not None:
                     self.add(f"ttt/layer{idx}/grad_{name}", param.grad.float().norm().item())
         if self.layers:
-            ttt, other = group_norms(named_parameters)
+            ttt, other = norms
             self.add("ttt/grad_norm", ttt)
             self.add("ttt/grad_share", ttt**2 / max(ttt**2 + other**2, 1e-30))
 
@@ -111,7 +112,8 @@ class SummaryProgress(ProgressCallback):
 
 
 class MetricsJsonl(TrainerCallback):
-    """Append every log (loss, learning rate, TTT telemetry, ...) as one JSON line."""
+    """Append every log (loss, learning rate, TTT telemetry, ...) as one line of strict JSON: a NaN or
+    an infinity (an evaluation loss, say) is written as null, never as 0.0 or a bare NaN."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -119,7 +121,7 @@ class MetricsJsonl(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as f:
-                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+                f.write(json.dumps(finite_json({"step": state.global_step, **logs}), allow_nan=False) + "\n")
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -21,6 +21,8 @@ extension points (callbacks, `create_optimizer`, `compute_loss`, `training_step`
   count only once complete (a `COMPLETE` file is their last write), so a run killed at any
   moment resumes from its last complete checkpoint;
 - `doctor` on the first batch, stopping the run on a failed check;
+- a loss or gradient that goes non-finite stops the run at that step, before anything broken is
+  saved (`train.nonfinite`);
 - a run folder that is checked before anything is written to it, locked while the run lives,
   and never mixes two runs or loses one (`train.run_dir`).
 """
@@ -45,6 +47,7 @@ from ..families.record import TRAINING_KEY, run_entry, split_training
 from ..layer import InPlaceTTTMLP, is_ttt_param
 from .config import CHECKPOINTING_KEYS, TrainConfig
 from .modes import ModeError, apply_mode, is_peft, merged, unwrap
+from .nonfinite import nonfinite_gradient, nonfinite_loss, nonfinite_weights, stopped
 from .precision import MasterWeights
 from .run_dir import (
     RunError,
@@ -59,7 +62,7 @@ from .run_dir import (
     start_run_dir,
     write_final,
 )
-from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry
+from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry, group_norms
 
 LORA_TTT_WEIGHTS = "ttt_weights.safetensors"  # in a LoRA-mode checkpoint: the TTT parameters, beside the PEFT adapter
 
@@ -135,8 +138,8 @@ class TTTTrainer(Trainer):
         return self.optimizer
 
     def _clip_grad_norm(self, model):
-        # private: transformers has no hook between the backward and its clipping, where the telemetry must read the gradients and the TTT group be clipped apart
-        self.telemetry.record_gradients(model.named_parameters())
+        # private: transformers has no hook between the backward and its clipping, where the gradients must be checked, the telemetry read them and the TTT group be clipped apart
+        self.read_gradients(model)
         if self.args.ttt_params_max_grad_norm is None:
             norm = super()._clip_grad_norm(model)
             self.telemetry.add("clip_scale", _clip_scale(float(norm), self.args.max_grad_norm))
@@ -146,9 +149,31 @@ class TTTTrainer(Trainer):
     def unclipped_gradients(self, model) -> None:
         """The step's final gradients when no global clipping is configured (`UnclippedGradients`):
         the telemetry reads them, and the TTT group is still clipped at its own norm."""
-        self.telemetry.record_gradients(model.named_parameters())
+        self.read_gradients(model)
         if self.args.ttt_params_max_grad_norm is not None:
             self._clip_groups(model, math.inf)
+
+    def read_gradients(self, model) -> None:
+        """A step's gradients before clipping: the run stops on a non-finite one (`train.nonfinite`;
+        not under fp16 loss scaling, whose scaler skips its overflowing steps itself), and the
+        telemetry reads their norms."""
+        norms = group_norms(model.named_parameters())
+        if self.accelerator.scaler is None:
+            problem = nonfinite_gradient(model.named_parameters(), norms)
+            if problem is not None:
+                raise self.stop_error(problem)
+        self.telemetry.record_gradients(norms)
+
+    def stop_error(self, problem: str, step: int | None = None) -> RunError:
+        """The run's one message for `problem` at `step` (default: the step being computed)."""
+        rates = {"learning_rate": self.args.learning_rate, "ttt_params_learning_rate": self.args.ttt_params_learning_rate}
+        return stopped(self.state.global_step + 1 if step is None else step, problem, self.args.output_dir, rates)
+
+    def require_finite_weights(self) -> None:
+        """Stop rather than save weights holding a NaN or an infinity."""
+        problem = nonfinite_weights(self.model.named_parameters())
+        if problem is not None:
+            raise self.stop_error(problem, self.state.global_step)
 
     def _clip_groups(self, model, other_max: float) -> torch.Tensor:
         ttt_max = self.args.ttt_params_max_grad_norm
@@ -159,10 +184,15 @@ class TTTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if model.training and isinstance(outputs, dict):  # parts of the loss the module reports (Moshi's text and audio)
-            for key, value in outputs.items():
-                if key != "loss" and isinstance(value, torch.Tensor) and value.dim() == 0:
-                    self.telemetry.add(key, float(value))
+        if model.training:
+            parts = {}
+            if isinstance(outputs, dict):  # parts of the loss the module reports (Moshi's text and audio)
+                parts = {k: float(v) for k, v in outputs.items() if k != "loss" and isinstance(v, torch.Tensor) and v.dim() == 0}
+            problem = nonfinite_loss(loss, parts)
+            if problem is not None:  # before its backward: nothing of this step reaches the weights
+                raise self.stop_error(problem)
+            for key, value in parts.items():
+                self.telemetry.add(key, value)
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, *args, **kwargs):
@@ -183,6 +213,7 @@ class TTTTrainer(Trainer):
         """transformers' save, with the user's `use_cache`; a checkpoint's first write marks it ours
         and unfinished; in LoRA mode the TTT parameters go beside the adapter (PEFT saves the adapter only)."""
         output_dir = output_dir or self.args.output_dir
+        self.require_finite_weights()
         if self.args.should_save and checkpoint_step(Path(output_dir)) is not None:
             mark_checkpoint_started(Path(output_dir))
         with self.user_settings():
@@ -393,6 +424,7 @@ def run_training(
         checkpoint = start_run_dir(config, resume, allow_changes, parts.train_rows)
         telemetry.enable()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        trainer.require_finite_weights()
         if trainer.is_world_process_zero():
             with trainer.user_settings():
                 write_final(out, lambda folder: parts.save_final(merged(module), folder))

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from ...config import CONFIG_KEY, TTTConfig
 from ...files import check_safetensors, read_json_object
+from ...finite import require_finite
 from ...layer import is_ttt_param
 from ..record import TRAINING_KEY, split_training
 from . import release
@@ -66,9 +67,9 @@ def checkpoint_settings(path: str | os.PathLike):
 def load_causal_lm(path: str | os.PathLike, *, gguf_file: str | None = None, **kwargs) -> nn.Module:
     """A saved causal LM, In-Place TTT (`from_pretrained`) or plain (transformers'), with what
     a user can fix named as a ValueError: a missing folder, an edited config.json, a weights
-    file cut short, weights that do not fit the config, weights stored only as pickles (``.bin``:
-    refused with the command that converts them). A string that is no local path is a hub id;
-    only its safetensors weights are read.
+    file cut short, weights that do not fit the config, non-finite weights (by name), weights stored
+    only as pickles (``.bin``: refused with the command that converts them). A string that is no
+    local path is a hub id; only its safetensors weights are read.
 
     With `gguf_file` (a file inside `path`, or a path of its own) a plain model comes from that
     GGUF checkpoint, dequantized to float weights: a model that saves like any other (tied
@@ -99,13 +100,15 @@ def load_causal_lm(path: str | os.PathLike, *, gguf_file: str | None = None, **k
         if is_ttt_checkpoint(local):
             return from_pretrained(local, **kwargs)
         safetensors_only = {} if gguf_file is not None else {"use_safetensors": True}  # transformers would unpickle a .bin (restricted, but a pickle)
-        return AutoModelForCausalLM.from_pretrained(path, **{**safetensors_only, **kwargs})
+        model = AutoModelForCausalLM.from_pretrained(path, **{**safetensors_only, **kwargs})
     except OSError as e:  # transformers' "not a local folder and not a model on the hub", a missing weights file
         raise ValueError(f"{path}: cannot load ({str(e).strip().splitlines()[0]})") from None
     except RuntimeError as e:
         if "ignore_mismatched_sizes" not in str(e) and "size mismatch" not in str(e):  # an out-of-memory, say: not ours to relabel
             raise
         raise ValueError(f"{path}: the weights do not fit its config.json (sizes differ; transformers' load report above lists them)") from None
+    require_finite(model.state_dict().items(), path)
+    return model
 
 
 def looks_local(path: str) -> bool:
@@ -170,4 +173,5 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **
     with torch.no_grad():
         for key, tensor in found.items():
             params[key].copy_(tensor)
+    require_finite(model.state_dict().items(), path)
     return model

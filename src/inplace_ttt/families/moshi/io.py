@@ -15,6 +15,7 @@ from torch import Tensor
 from ...config import CONFIG_KEY as SETTINGS_KEY
 from ...config import TTTConfig
 from ...files import check_safetensors
+from ...finite import require_finite
 from ...layer import is_ttt_param
 from ..record import TRAINING_KEY, split_training
 
@@ -50,7 +51,9 @@ def load_base(model_file: str | Path, lm_kwargs: dict[str, Any] | None = None, *
     from moshi.models.loaders import get_moshi_lm
 
     require_safetensors(model_file)
-    return get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+    lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+    require_finite(lm.state_dict().items(), model_file)
+    return lm
 
 
 def require_safetensors(path: str | Path) -> None:
@@ -94,7 +97,7 @@ def load_moshi(
     From published files: ``load_moshi(path_to_model_safetensors, config=TTTConfig(...))``
     (`lm_kwargs` defaults to Moshi 7B's, as in moshi). From `save_ttt`'s output: also give
     ``ttt_file`` (its ``ttt.safetensors``): the settings come from it and the trained TTT
-    weights are loaded (all must be there). `clip_tau` overrides the saved inference clipping,
+    weights are loaded (all must be there). Weights holding a NaN or an infinity are refused by name. `clip_tau` overrides the saved inference clipping,
     `rope_scaling` the saved YaRN settings.
     """
     from moshi.models.loaders import get_moshi_lm
@@ -109,11 +112,13 @@ def load_moshi(
         config, saved_rope_scaling, training = saved_settings(ttt_file)
         rope_scaling = saved_rope_scaling if rope_scaling is None else rope_scaling
         ttt_weights = load_file(str(ttt_file))
+        require_finite(ttt_weights.items(), ttt_file)
     if config is None:
         raise ValueError("load_moshi: give config=TTTConfig(...) to convert a pretrained model, or ttt_file= to load a converted one")
     if clip_tau is not ...:
         config = config.replace(clip_tau=clip_tau)
     lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+    require_finite(lm.state_dict().items(), model_file)
     convert(lm, config, rope_scaling=rope_scaling)
     if training:
         getattr(lm, SETTINGS_KEY)[TRAINING_KEY] = training
