@@ -338,3 +338,82 @@ def test_resume_from_a_checkpoint_with_a_planted_optimizer_state_is_refused_by_n
     message = last_error(capsys)
     assert message.startswith("ittt train: error: --resume: ") and "checkpoint-2/optimizer.pt cannot be loaded safely (WeightsUnpickler error" in message
     assert folder_state(run) == before
+
+
+def metric_rows(run):
+    """The logged rows of each step (loss, learning rate, gradient norms, TTT telemetry): equal for runs that trained alike."""
+    return [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in row]
+
+
+def final_weights(run):
+    from safetensors.torch import load_file
+
+    return {f.name: load_file(f) for f in sorted((run / "final").glob("*.safetensors"))}
+
+
+def test_a_kill_after_the_last_checkpoint_writes_the_final_model_without_training_further(family_run, monkeypatch):
+    """Killed after its checkpoint at max_steps, before final/: --resume writes final/ from that checkpoint
+    (transformers' resume would train a step past max_steps), equal to the uninterrupted run's."""
+    config, run = family_run
+    reference = run.parent / "reference"
+    assert main(["train", str(config), "--train.output_dir", str(reference)]) == 0
+
+    def killed(out, save):
+        raise Killed
+
+    monkeypatch.setattr(trainer, "write_final", killed)
+    with pytest.raises(Killed):
+        main(["train", str(config)])
+    monkeypatch.undo()
+    assert (run / "checkpoint-4" / COMPLETE).is_file() and not (run / "final").exists()
+    assert main(["train", str(config), "--resume"]) == 0
+    assert [row["step"] for row in metric_rows(run)] == [1, 2, 3, 4]
+    assert metric_rows(run) == metric_rows(reference)
+    weights, expected = final_weights(run), final_weights(reference)
+    assert weights.keys() == expected.keys() and weights
+    for name in expected:
+        assert all(weights[name][k].equal(v) for k, v in expected[name].items()), name
+
+
+def test_a_checkpoint_missing_a_state_file_or_a_run_without_its_config_is_refused_by_name(family_run, capsys, monkeypatch):
+    """Resuming would not be exact: a checkpoint without its optimizer state (transformers would go on
+    with a fresh optimizer) is refused naming the file; without config.yaml the settings cannot be
+    checked, so only --allow-changes goes on (and writes a new one)."""
+    config, run = family_run
+    with killed_writing(monkeypatch, "checkpoint-4"):
+        main(["train", str(config)])
+    assert "optimizer.pt" in json.loads((run / "checkpoint-2" / COMPLETE).read_text())["files"]
+    optimizer = run / "checkpoint-2" / "optimizer.pt"
+    optimizer.rename(run.parent / "optimizer.pt")
+    before = folder_state(run)
+    assert main(["train", str(config), "--resume"]) == 2
+    assert last_error(capsys) == (
+        f"ittt train: error: --resume: {run / 'checkpoint-2'} lacks optimizer.pt, so it cannot be resumed exactly (a fresh optimizer or "
+        f"schedule would go on silently). Put the files back, or remove {run / 'checkpoint-2'} to resume from the checkpoint before it"
+    )
+    assert folder_state(run) == before
+    (run.parent / "optimizer.pt").rename(optimizer)
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").unlink()
+    before = folder_state(run)
+    assert main(["train", str(config), "--resume", "--ttt.chunk_size", "2"]) == 2
+    message = last_error(capsys)
+    assert message.startswith(f"ittt train: error: --resume: {run / 'config.yaml'} is missing, so these settings cannot be checked against the ones ")
+    assert "pass --allow-changes to go on with these settings" in message
+    assert folder_state(run) == before
+    assert main(["train", str(config), "--resume", "--allow-changes"]) == 0
+    assert (run / "config.yaml").read_text() == saved and (run / "final").is_dir()
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_the_resumed_metrics_equal_the_uninterrupted_runs(family_run, monkeypatch):
+    config, run = family_run
+    reference = run.parent / "reference"
+    assert main(["train", str(config), "--train.output_dir", str(reference)]) == 0
+    with killed_writing(monkeypatch, "checkpoint-4"):
+        main(["train", str(config)])
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "loss": 1.2')  # a kill in the middle of an append
+    with pytest.warns(UserWarning, match=r"metrics.jsonl: its last line is cut short \(the run was killed while logging it\): dropped"):
+        assert main(["train", str(config), "--resume"]) == 0
+    assert [row["step"] for row in metric_rows(run)] == [1, 2, 3, 4]
+    assert metric_rows(run) == metric_rows(reference)

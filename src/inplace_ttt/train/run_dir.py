@@ -22,7 +22,13 @@ What a run folder holds, all written by the run:
 The checkpoint's state files (``optimizer.pt``, ``scheduler.pt``, ``rng_state*.pth``, ...) are
 pickles that transformers' `Trainer` loads on resume with ``torch.load(weights_only=True)``;
 `check_state_files` loads each the same way before anything changes, so a file that holds other
-objects, or is cut short, is named instead of failing deep inside the resumed training.
+objects, or is cut short, is named instead of failing deep inside the resumed training. The
+``COMPLETE`` mark lists the checkpoint's files (`mark_checkpoint_complete`): one without any of
+them (``optimizer.pt`` deleted, say, which transformers would replace by a fresh optimizer
+without a word) is refused by name rather than resumed inexactly (`check_checkpoint_files`).
+Without ``config.yaml`` the settings cannot be checked, so ``--resume`` is refused unless
+``--allow-changes`` says to go on with the ones given. A checkpoint at ``max_steps`` (a run
+killed before ``final/`` was written) ends the run without training (`end_at_checkpoint`).
 
 Everything is checked before the folder is created or changed (`resume_point`, read only), and
 again under the lock (`start_run_dir`), since another run may have started meanwhile.
@@ -31,6 +37,7 @@ again under the lock (`start_run_dir`), since another run may have started meanw
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -52,6 +59,9 @@ FINAL = "final"
 PARTIAL_FINAL = ".final-partial"
 CONFIG = "config.yaml"
 DATA = "data.sha256"
+TRAINER_STATE = "trainer_state.json"
+# what every checkpoint of transformers' Trainer holds: required of one whose COMPLETE mark predates its list of files
+TRAINER_FILES = (TRAINER_STATE, "optimizer.pt", "scheduler.pt")
 STATE_PATTERNS = ("*.pt", "*.pth")  # a checkpoint's pickled state files, which transformers' Trainer torch.loads on resume
 # keys that may differ on --resume: where and how often the run reports and saves, not what it trains
 BOOKKEEPING = {
@@ -161,7 +171,13 @@ def resume_point(config, resume: bool, allow_changes: bool = False, new_lock: bo
         raise RunFinished(f"{out} is a finished run ({out / FINAL} is written): nothing to resume. To train it further, start a new run from its final model")
     checkpoint = last_complete_checkpoint(out)
     if checkpoint is not None:
+        check_checkpoint_files(checkpoint)
         check_state_files(checkpoint)
+        if not (out / CONFIG).is_file() and not allow_changes:
+            raise RunError(
+                f"--resume: {out / CONFIG} is missing, so these settings cannot be checked against the ones {checkpoint.name} "
+                "was trained with. Put it back, or pass --allow-changes to go on with these settings (written as a new config.yaml)"
+            )
     changes = config_changes(config, out / CONFIG)
     if changes and not allow_changes:
         raise RunError(
@@ -176,6 +192,23 @@ def resume_point(config, resume: bool, allow_changes: bool = False, new_lock: bo
             "--allow-changes to go on with these rows"
         )
     return checkpoint
+
+
+def check_checkpoint_files(checkpoint: Path) -> None:
+    """Refuse, by name, a complete checkpoint that lacks a file its COMPLETE mark lists (or, for a
+    mark without the list, one of `TRAINER_FILES`): resuming from it would not be exact."""
+    try:
+        listed = json.loads((checkpoint / COMPLETE).read_text()).get("files", TRAINER_FILES)
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise RunError(
+            f"--resume: {checkpoint / COMPLETE} is not the JSON object this library writes ({e}): remove {checkpoint} to resume from the checkpoint before it"
+        ) from None
+    missing = [name for name in listed if not (checkpoint / name).is_file()]
+    if missing:
+        raise RunError(
+            f"--resume: {checkpoint} lacks {', '.join(missing)}, so it cannot be resumed exactly (a fresh optimizer or schedule "
+            f"would go on silently). Put the files back, or remove {checkpoint} to resume from the checkpoint before it"
+        )
 
 
 def check_state_files(checkpoint: Path) -> None:
@@ -355,8 +388,10 @@ def mark_checkpoint_started(folder: Path) -> None:
 
 
 def mark_checkpoint_complete(folder: Path, step: int) -> None:
-    """A checkpoint's last write: from now on it counts (and is ours for good)."""
-    write_atomic(folder / COMPLETE, f'{{"step": {step}}}\n')
+    """A checkpoint's last write, listing its files (`check_checkpoint_files`): from now on it
+    counts (and is ours for good)."""
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != IN_PROGRESS)
+    write_atomic(folder / COMPLETE, json.dumps({"step": step, "files": files}) + "\n")
     (folder / IN_PROGRESS).unlink(missing_ok=True)
 
 
@@ -376,6 +411,25 @@ def rotate_checkpoints(out: Path, limit: int | None, keep: str | None = None) ->
         if folder.name not in protected:
             shutil.rmtree(folder)
             extra -= 1
+
+
+def trained_steps(checkpoint: str | Path) -> int:
+    """The optimizer steps a checkpoint holds (the global step in its trainer_state.json)."""
+    return int(json.loads((Path(checkpoint) / TRAINER_STATE).read_text())["global_step"])
+
+
+def end_at_checkpoint(trainer, checkpoint: str | Path) -> None:
+    """End a run resumed from its checkpoint at ``max_steps`` (killed before ``final/`` was written)
+    without training: the Trainer loads the checkpoint's weights, and its callbacks see the
+    training begin and end (the trained TTT weights beside a LoRA adapter load, the training
+    record is written). transformers' own resume would train a step past ``max_steps`` whenever
+    that is no whole number of epochs."""
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(str(checkpoint))  # private: transformers' one loader of a checkpoint's weights (whole, sharded, PEFT)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
+    for event in (trainer.callback_handler.on_train_begin, trainer.callback_handler.on_train_end):
+        trainer.control = event(trainer.args, trainer.state, trainer.control)
 
 
 def write_final(out: Path, save: Callable[[Path], None]) -> Path:

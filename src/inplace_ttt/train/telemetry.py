@@ -19,6 +19,7 @@ parameters' factor), plus any parts of the loss the trained module reports (Mosh
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -125,10 +126,15 @@ class MetricsJsonl(TrainerCallback):
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop the lines logged after `step` (a run resumed from checkpoint `step` logs them again)."""
+    """Drop the lines logged after `step` (a run resumed from checkpoint `step` logs them again),
+    and a torn last line (what a kill in the middle of an append leaves), saying so."""
     from ..files import write_atomic
 
     path = Path(path)
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        if lines and not lines[-1].rstrip().endswith("}"):
+            warnings.warn(f"{path}: its last line is cut short (the run was killed while logging it): dropped", stacklevel=2)
+            lines.pop()
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
         write_atomic(path, "".join(line + "\n" for line in kept))

@@ -52,6 +52,7 @@ from .precision import MasterWeights
 from .run_dir import (
     RunError,
     checkpoint_step,
+    end_at_checkpoint,
     mark_checkpoint_complete,
     mark_checkpoint_started,
     named_folder_errors,
@@ -60,6 +61,7 @@ from .run_dir import (
     resume_point,
     rotate_checkpoints,
     start_run_dir,
+    trained_steps,
     write_final,
 )
 from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry, group_norms
@@ -207,6 +209,8 @@ class TTTTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs):
         self.resumed_from = resume_from_checkpoint  # `CompleteCheckpoints` restores what transformers does not load
+        if resume_from_checkpoint is not None and 0 < self.args.max_steps <= trained_steps(resume_from_checkpoint):
+            return end_at_checkpoint(self, resume_from_checkpoint)  # killed before final/: nothing left to train
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
