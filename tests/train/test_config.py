@@ -104,7 +104,7 @@ def test_renamed_train_keys_still_read_for_one_release(tmp_path):
         (BASE, ["--model_type", "jax"], r"model_type must be one of \('transformers', 'moshi', 'scratch'\); got 'jax'"),
         (BASE, ["--train.mode", "half"], r"train.mode must be one of \('full', 'ttt_only', 'lora'\)"),
         (BASE, ["--train.max_steps", "ten"], "train.max_steps: expected int, got 'ten'"),
-        (BASE, ["--ttt.chunk_size", "0"], "chunk_size must be an integer >= 1"),
+        (BASE, ["--ttt.chunk_size", "0"], r"chunk_size must be an integer in \[1, 1048576\]"),
         ("data:\n  train: [x]\n", [], "model: give a model directory"),
         ("model: m\n", [], "data.train: give at least one file"),
         (BASE, ["--train.max_steps"], "overrides come in pairs"),
@@ -118,6 +118,15 @@ def test_renamed_train_keys_still_read_for_one_release(tmp_path):
         (BASE, ["--train.eval_steps", "0"], r"train.eval_steps must be null or >= 1; got 0"),
         (BASE, ["--train.output_dir", "{a: 1}"], r"train.output_dir: expected str, got \{'a': 1\}"),
         (BASE, ["--model", "[a, b]"], r"model: expected str, got \['a', 'b'\]"),
+        # values at the edge: non-finite, absurd, of another type
+        (BASE, ["--train.max_steps", ".inf"], r"train.max_steps: expected int, got inf"),
+        (BASE, ["--train.learning_rate", ".nan"], r"train.learning_rate must be a finite number; got nan"),
+        (BASE, ["--train.learning_rate", "inf"], r"train.learning_rate must be a finite number; got 'inf'"),
+        (BASE, ["--data.row_length", "10000000000"], r"data.row_length must be in \[2, 1048576\] \(one row is held in memory at once\); got 10000000000"),
+        (BASE, ["--ttt.chunk_size", str(2**62)], r"ttt.chunk_size|TTTConfig.chunk_size must be an integer in \[1, 1048576\]"),
+        (BASE, ["--ttt.conv_kernel", "1000000001"], r"TTTConfig.conv_kernel must be an odd integer in \[1, 1023\]"),
+        (BASE, ["--data.train", "5"], r"data.train: expected a list of str \(or one str\), got 5"),
+        (BASE, ["--data.train", "{a: 1}"], r"data.train: expected a list of str \(or one str\), got \{'a': 1\}"),
         (BASE, ["--train.fsdp_config", "fsdp.json"], r"train.fsdp_config is set but train.fsdp is not, so it would be ignored"),
         # allocations checked against the machine
         (
@@ -152,3 +161,13 @@ def test_shipped_configs_load():
     for path in sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")):
         config = load_run_config(path)
         assert config.model and (config.ttt is None or config.data.row_length >= 2 * config.ttt.chunk_size), path
+
+
+def test_a_leading_tilde_in_a_path_field_is_the_home_folder_as_in_a_shell(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_run_config(
+        write(tmp_path, "model: ~/base\ndata:\n  train: [~/docs, a~b]\n  eval: ~/held\ntrain:\n  output_dir: ~/runs/x\n"), ["--tokenizer", "~/tok"]
+    )
+    assert (config.model, config.tokenizer, config.train.output_dir) == (f"{tmp_path}/base", f"{tmp_path}/tok", f"{tmp_path}/runs/x")
+    assert config.data.train == [f"{tmp_path}/docs", "a~b"] and config.data.eval == [f"{tmp_path}/held"]
+    assert load_run_config(write(tmp_path, BASE), ["--train.run_name", "~x"]).train.run_name == "~x"  # not a path field: as given
