@@ -80,6 +80,8 @@ class TTTConfig:
             self.target_source = target
         if isinstance(self.layers, str):
             _parse_rule(self.layers)
+        elif not isinstance(self.layers, Sequence):
+            raise ValueError(f"TTTConfig.layers must be a list of layer indices or a rule like 'every 6' / 'every 6 from 0' / 'all'; got {self.layers!r}")
         else:
             layers = list(self.layers)
             if not layers or not all(_is_int(i) and i >= 0 for i in layers) or len(set(layers)) != len(layers):

@@ -163,7 +163,8 @@ class TrainConfig(TrainingArguments):
             self.ddp_backend = "gloo"
         try:
             super().__post_init__()
-        except ValueError as e:  # transformers' own checks, which do not name the section
+        # transformers' own checks, which do not name the section; a package a key needs (deepspeed); a file a key names (accelerator_config)
+        except (ValueError, TypeError, ImportError, OSError) as e:
             raise ValueError(f"train: {e}") from None
 
     def _check(self) -> None:
@@ -408,7 +409,7 @@ def _convert(tp, value, where: str):
         named = next((a for a in options if isinstance(a, type) and issubclass(a, enum.Enum)), None)
         if named is not None and isinstance(value, str):  # transformers' `SomeEnum | str` fields
             return _convert(named, value, where)
-        if type(value) in options:  # already of one of the types (a YAML bool for `bool | str`)
+        if type(value) in options and not isinstance(value, float):  # already of one of the types (a YAML bool for `bool | str`); a float is checked finite
             return value
         if len(options) == 1:  # Optional[X]: X's own error names the problem
             return _convert(options[0], value, where)

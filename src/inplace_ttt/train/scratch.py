@@ -65,6 +65,9 @@ class ArchitectureConfig:
     init_from: str | None = field(default=None, metadata=meta("a model directory of the same shape whose weights start the run; null: random", path=True))
 
     def __post_init__(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1; got {getattr(self, name)}")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"model.sliding_window must be None (full attention) or >= 1 tokens; got {self.sliding_window}")
         if self.hidden_size % self.num_attention_heads:
