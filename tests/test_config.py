@@ -32,14 +32,20 @@ def test_explicit_layers_sorted_and_range_checked():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("chunk_size", 0, "chunk_size must be an integer >= 1"),
-        ("chunk_size", 2.5, "chunk_size must be an integer >= 1"),
+        ("chunk_size", 0, r"chunk_size must be an integer in \[1, 1048576\]"),
+        ("chunk_size", 2.5, r"chunk_size must be an integer in \[1, 1048576\]"),
+        (
+            "chunk_size",
+            2**62,
+            r"chunk_size must be an integer in \[1, 1048576\] \(a longer chunk is longer than any row and never updates\); got 4611686018427387904",
+        ),
         ("ttt_lr", math.nan, r"ttt_lr must be a number in \(0, 1000\]"),
         ("ttt_lr", math.inf, r"ttt_lr must be a number in \(0, 1000\]"),
         ("ttt_lr", 0.0, r"ttt_lr must be a number in \(0, 1000\]"),
         ("ttt_lr", 1e38, r"ttt_lr must be a number in \(0, 1000\] \(the paper's is 3; far larger ones overflow"),
         ("ttt_lr", 1000.5, r"ttt_lr must be a number in \(0, 1000\]"),
-        ("conv_kernel", 4, "conv_kernel must be an odd integer"),
+        ("conv_kernel", 4, r"conv_kernel must be an odd integer in \[1, 1023\]"),
+        ("conv_kernel", 1000000001, r"conv_kernel must be an odd integer in \[1, 1023\] \(centred; its weights are hidden size x kernel\); got 1000000001"),
         ("target_source", "embeddings", r"target_source must be one of \('hidden_states', 'token_embeddings'\)"),
         ("clip_tau", 0.0, "clip_tau must be None or a finite number > 0"),
         ("clip_tau", -1e-5, "clip_tau must be None or a finite number > 0"),

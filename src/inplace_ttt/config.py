@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 TARGETS = ("hidden_states", "token_embeddings")
 TARGET_INITS = ("identity", "diagonal")
 TTT_LR_MAX = 1000.0  # the fast-weight learning rate's bound: the paper's 3 times 300
+CHUNK_SIZE_MAX = 1 << 20  # tokens: a chunk longer than a million tokens is longer than any row, so it would never update
+CONV_KERNEL_MAX = 1023  # the target's convolution weighs hidden size x kernel; the release's is 5, and a wider one only costs memory
 CONFIG_KEY = "inplace_ttt"  # where a converted transformers model's config keeps these settings
 
 
@@ -78,6 +80,8 @@ class TTTConfig:
             self.target_source = target
         if isinstance(self.layers, str):
             _parse_rule(self.layers)
+        elif not isinstance(self.layers, Sequence):
+            raise ValueError(f"TTTConfig.layers must be a list of layer indices or a rule like 'every 6' / 'every 6 from 0' / 'all'; got {self.layers!r}")
         else:
             layers = list(self.layers)
             if not layers or not all(_is_int(i) and i >= 0 for i in layers) or len(set(layers)) != len(layers):
@@ -85,8 +89,10 @@ class TTTConfig:
                     f"TTTConfig.layers must be distinct non-negative layer indices or a rule like 'every 6' / 'every 6 from 0' / 'all'; got {self.layers!r}"
                 )
             self.layers = tuple(sorted(int(i) for i in layers))
-        if not _is_int(self.chunk_size) or self.chunk_size < 1:
-            raise ValueError(f"TTTConfig.chunk_size must be an integer >= 1; got {self.chunk_size!r}")
+        if not _is_int(self.chunk_size) or not 1 <= self.chunk_size <= CHUNK_SIZE_MAX:
+            raise ValueError(
+                f"TTTConfig.chunk_size must be an integer in [1, {CHUNK_SIZE_MAX}] (a longer chunk is longer than any row and never updates); got {self.chunk_size!r}"
+            )
         if not _is_positive(self.ttt_lr) or self.ttt_lr > TTT_LR_MAX:
             raise ValueError(
                 f"TTTConfig.ttt_lr must be a number in (0, {TTT_LR_MAX:g}] (the paper's is 3; far larger ones overflow "
@@ -95,8 +101,10 @@ class TTTConfig:
         self.ttt_lr = float(self.ttt_lr)
         if self.target_source not in TARGETS:
             raise ValueError(f"TTTConfig.target_source must be one of {TARGETS}; got {self.target_source!r}")
-        if not _is_int(self.conv_kernel) or self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
-            raise ValueError(f"TTTConfig.conv_kernel must be an odd integer >= 1 (centred); got {self.conv_kernel!r}")
+        if not _is_int(self.conv_kernel) or not 1 <= self.conv_kernel <= CONV_KERNEL_MAX or self.conv_kernel % 2 == 0:
+            raise ValueError(
+                f"TTTConfig.conv_kernel must be an odd integer in [1, {CONV_KERNEL_MAX}] (centred; its weights are hidden size x kernel); got {self.conv_kernel!r}"
+            )
         if self.target_init not in TARGET_INITS:
             raise ValueError(f"TTTConfig.target_init must be one of {TARGET_INITS}; got {self.target_init!r}")
         if not _is_positive(self.target_init_std):

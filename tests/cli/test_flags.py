@@ -1,6 +1,8 @@
 """The flags several commands share: Moshi's LMModel keyword arguments are ``--lm-kwargs`` everywhere,
 ``--lm-config`` (the moshi-* commands' old name) still read, with a FutureWarning."""
 
+import re
+
 import pytest
 
 from inplace_ttt.cli import main
@@ -24,3 +26,22 @@ def test_every_moshi_command_reads_lm_kwargs_under_both_names(tmp_path, capsys, 
     else:
         assert main(args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"ittt {command}: error: --lm-kwargs: no such file: missing.json"
+
+
+@pytest.mark.parametrize(
+    "command, extra, message",
+    [
+        ("moshi-infer", ["--device", "tpu"], r"argument --device: invalid choice: 'tpu' \(choose from '?auto'?, '?cpu'?, '?cuda'?\)"),
+        ("moshi-eval", ["--device", "tpu"], r"argument --device: invalid choice: 'tpu'"),
+        ("moshi-infer", ["--temp", "nan"], r"argument --temp: must be a finite number >= 0; got 'nan'"),
+        ("moshi-infer", ["--temp-text", "-0.5"], r"argument --temp-text: must be a finite number >= 0; got '-0.5'"),
+        ("moshi-infer", ["--temp", "inf"], r"argument --temp: must be a finite number >= 0; got 'inf'"),
+    ],
+)
+def test_moshi_commands_refuse_unknown_devices_and_bad_temperatures_before_anything_runs(tmp_path, capsys, monkeypatch, command, extra, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main([command, *REQUIRED[command], *extra])
+    assert exit.value.code == 2
+    assert re.search(message, capsys.readouterr().err), message
+    assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,14 @@
+import copy
+import dataclasses
+import math
+import random
+import typing
+
 import pytest
+import yaml
 
 from inplace_ttt.train.config import load_config
-from inplace_ttt.train.run import load_run_config
+from inplace_ttt.train.run import load_run_config, schema
 
 
 def write(tmp_path, text):
@@ -104,7 +111,7 @@ def test_renamed_train_keys_still_read_for_one_release(tmp_path):
         (BASE, ["--model_type", "jax"], r"model_type must be one of \('transformers', 'moshi', 'scratch'\); got 'jax'"),
         (BASE, ["--train.mode", "half"], r"train.mode must be one of \('full', 'ttt_only', 'lora'\)"),
         (BASE, ["--train.max_steps", "ten"], "train.max_steps: expected int, got 'ten'"),
-        (BASE, ["--ttt.chunk_size", "0"], "chunk_size must be an integer >= 1"),
+        (BASE, ["--ttt.chunk_size", "0"], r"chunk_size must be an integer in \[1, 1048576\]"),
         ("data:\n  train: [x]\n", [], "model: give a model directory"),
         ("model: m\n", [], "data.train: give at least one file"),
         (BASE, ["--train.max_steps"], "overrides come in pairs"),
@@ -118,6 +125,19 @@ def test_renamed_train_keys_still_read_for_one_release(tmp_path):
         (BASE, ["--train.eval_steps", "0"], r"train.eval_steps must be null or >= 1; got 0"),
         (BASE, ["--train.output_dir", "{a: 1}"], r"train.output_dir: expected str, got \{'a': 1\}"),
         (BASE, ["--model", "[a, b]"], r"model: expected str, got \['a', 'b'\]"),
+        # values at the edge: non-finite, absurd, of another type
+        (BASE, ["--train.max_steps", ".inf"], r"train.max_steps: expected int, got inf"),
+        (BASE, ["--train.learning_rate", ".nan"], r"train.learning_rate must be a finite number; got nan"),
+        (BASE, ["--train.learning_rate", "inf"], r"train.learning_rate must be a finite number; got 'inf'"),
+        (BASE, ["--data.row_length", "10000000000"], r"data.row_length must be in \[2, 1048576\] \(one row is held in memory at once\); got 10000000000"),
+        (BASE, ["--ttt.chunk_size", str(2**62)], r"ttt.chunk_size|TTTConfig.chunk_size must be an integer in \[1, 1048576\]"),
+        (BASE, ["--ttt.conv_kernel", "1000000001"], r"TTTConfig.conv_kernel must be an odd integer in \[1, 1023\]"),
+        (BASE, ["--data.train", "5"], r"data.train: expected a list of str \(or one str\), got 5"),
+        (BASE, ["--data.train", "{a: 1}"], r"data.train: expected a list of str \(or one str\), got \{'a': 1\}"),
+        (BASE, ["--ttt.layers", "2.5"], r"TTTConfig.layers must be a list of layer indices or a rule"),
+        (BASE, ["--train.neftune_noise_alpha", "-.inf"], r"train.neftune_noise_alpha must be a finite number; got -inf"),
+        (BASE, ["--train.accelerator_config", "none"], r"train: .*No such file or directory: 'none'"),
+        ("model_type: scratch\ndata:\n  train: [docs]\n", ["--model.num_attention_heads", "0"], r"model.num_attention_heads must be >= 1; got 0"),
         (BASE, ["--train.fsdp_config", "fsdp.json"], r"train.fsdp_config is set but train.fsdp is not, so it would be ignored"),
         # allocations checked against the machine
         (
@@ -152,3 +172,77 @@ def test_shipped_configs_load():
     for path in sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")):
         config = load_run_config(path)
         assert config.model and (config.ttt is None or config.data.row_length >= 2 * config.ttt.chunk_size), path
+
+
+def test_a_leading_tilde_in_a_path_field_is_the_home_folder_as_in_a_shell(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_run_config(
+        write(tmp_path, "model: ~/base\ndata:\n  train: [~/docs, a~b]\n  eval: ~/held\ntrain:\n  output_dir: ~/runs/x\n"), ["--tokenizer", "~/tok"]
+    )
+    assert (config.model, config.tokenizer, config.train.output_dir) == (f"{tmp_path}/base", f"{tmp_path}/tok", f"{tmp_path}/runs/x")
+    assert config.data.train == [f"{tmp_path}/docs", "a~b"] and config.data.eval == [f"{tmp_path}/held"]
+    assert load_run_config(write(tmp_path, BASE), ["--train.run_name", "~x"]).train.run_name == "~x"  # not a path field: as given
+
+
+EDGE_VALUES = {
+    int: [0, -1, 1, 3, 2**31, 2**62, -(2**62), 10**30],
+    float: [0.0, -1.5, 0.5, 1e-300, 1e308, math.nan, math.inf, -math.inf],
+    str: ["", "x", "~/x", "auto", "none", "1e-5", "every 0"],
+    bool: [True, False],
+}
+OTHER_VALUES = [None, [], [1], ["a", "b"], [[1]], {"a": 1}, {}, 7, 2.5, "text", True]
+MINIMAL_RUNS = {
+    "transformers": {"model": "some/model", "data": {"train": ["docs"]}},
+    "scratch": {"model_type": "scratch", "data": {"train": ["docs"], "row_length": 256}},
+    "moshi": {"model_type": "moshi", "model": {"weights": "model.safetensors"}, "data": {"train": ["codes"], "row_length": 300}},
+}
+
+
+def _leaf_fields(section_type: type) -> list[tuple[str, type]]:
+    hints = typing.get_type_hints(section_type)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(section_type) if f.init]
+
+
+def _drawn(rng: random.Random, tp) -> object:
+    """A value of the field's own type (edge values included) half the time, any other value else."""
+    own = [v for t in (typing.get_args(tp) or (tp,)) for v in EDGE_VALUES.get(typing.get_origin(t) or t, [])]
+    if typing.get_origin(tp) is list or list in typing.get_args(tp):
+        own += [[v] for v in EDGE_VALUES[str]] + [5]
+    return rng.choice(own) if own and rng.random() < 0.5 else rng.choice(OTHER_VALUES)
+
+
+def _finite_throughout(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite_throughout(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite_throughout(v) for v in value)
+    return True
+
+
+def test_random_values_in_every_field_build_or_are_refused_by_name(tmp_path):
+    """Drawn values (huge and negative ints, NaN and infinities, strings, lists, None) in every
+    field of every family's run config: a built config (whose record is finite) or a ValueError
+    naming the field, never another exception."""
+    rng = random.Random(0)
+    sections = {family: [(section, tp) for section, tp in _leaf_fields(schema(family)) if dataclasses.is_dataclass(tp)] for family in MINIMAL_RUNS}
+    built = refused = 0
+    for _ in range(300):
+        family = rng.choice(list(MINIMAL_RUNS))
+        section, section_type = rng.choice(sections[family])
+        key, tp = rng.choice(_leaf_fields(section_type))
+        value = _drawn(rng, tp)
+        data = copy.deepcopy(MINIMAL_RUNS[family])
+        data.setdefault(section, {})[key] = value
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(data))
+        try:
+            config = load_run_config(path)
+        except ValueError as e:  # RunError is one
+            assert str(e).strip(), (family, section, key, value)
+            refused += 1
+        else:
+            assert _finite_throughout(config.to_dict()), (family, section, key, value)
+            built += 1
+    assert built > 30 and refused > 30, (built, refused)

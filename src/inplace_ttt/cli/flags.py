@@ -29,7 +29,20 @@ def add_mimi_config(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto (cuda if available), cpu or cuda")
+
+
+def temperature(text: str) -> float:
+    """A sampling temperature flag's value: a finite number >= 0 (argparse names the flag when it is not)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text!r}")
+    return value
 
 
 def prepare_moshi(device: str) -> None:

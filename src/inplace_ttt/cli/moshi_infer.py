@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .flags import add_device, add_lm_kwargs, add_mimi_config, prepare_moshi
+from .flags import add_device, add_lm_kwargs, add_mimi_config, prepare_moshi, temperature
 
 
 def add(sub) -> None:
@@ -26,8 +26,8 @@ def add(sub) -> None:
     )
     inf.add_argument("--seed", type=int, default=0, help="sampling seed")
     inf.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    inf.add_argument("--temp", type=float, default=0.8, help="audio sampling temperature (LMGen's default)")
-    inf.add_argument("--temp-text", type=float, default=0.7, help="text sampling temperature (LMGen's default)")
+    inf.add_argument("--temp", type=temperature, default=0.8, help="audio sampling temperature (LMGen's default)")
+    inf.add_argument("--temp-text", type=temperature, default=0.7, help="text sampling temperature (LMGen's default)")
     inf.set_defaults(func=run)
 
 

@@ -35,6 +35,7 @@ from ..config import TTTConfig
 MODES = ("full", "ttt_only", "lora")
 MODEL_TYPES = ("transformers", "moshi", "scratch")
 WORKERS_PER_CORE = 4  # train.dataloader_num_workers beyond this many per core only adds processes
+ROW_LENGTH_MAX = 1 << 20  # tokens (or Moshi steps) per row: a million is past any model's context, and one row's activations must fit memory
 GIVEN = "_given"  # where a built section keeps the keys it was given
 DECLARED = "_declared"  # where a TrainConfig keeps its values as given, before transformers normalises them
 _TRANSFORMERS = {f.name: f for f in dataclasses.fields(TrainingArguments)}
@@ -42,35 +43,47 @@ _TRANSFORMERS = {f.name: f for f in dataclasses.fields(TrainingArguments)}
 CHECKPOINTING_KEYS = tuple(k for k in ("activation_checkpointing", "gradient_checkpointing") if k in _TRANSFORMERS)
 
 
-def meta(text: str, choices: tuple = ()) -> dict[str, Any]:
-    """A field's metadata: its help, and the values allowed where only some are."""
-    return {"help": text, **({"choices": choices} if choices else {})}
+def meta(text: str, choices: tuple = (), path: bool = False) -> dict[str, Any]:
+    """A field's metadata: its help, the values allowed where only some are, and whether it holds
+    paths (a leading ``~`` is then expanded, as a shell would)."""
+    return {"help": text, **({"choices": choices} if choices else {}), **({"path": True} if path else {})}
+
+
+def check_row_length(row_length: int) -> None:
+    """`data.row_length` in [2, `ROW_LENGTH_MAX`]: two TTT chunks at least, one row's memory at most."""
+    if not 2 <= row_length <= ROW_LENGTH_MAX:
+        raise ValueError(f"data.row_length must be in [2, {ROW_LENGTH_MAX}] (one row is held in memory at once); got {row_length}")
 
 
 def _default_of(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-def redefault(base: type, name: str, default: Any, note: str, choices: tuple = ()) -> Any:
+def redefault(base: type, name: str, default: Any, note: str, choices: tuple = (), path: bool = False) -> Any:
     """`base`'s field `name` with another default: its help with `note` added."""
     theirs = next(f for f in dataclasses.fields(base) if f.name == name)
-    metadata = {**theirs.metadata, "help": f"{theirs.metadata['help']} {note}".strip(), **({"choices": choices} if choices else {})}
+    metadata = {
+        **theirs.metadata,
+        "help": f"{theirs.metadata['help']} {note}".strip(),
+        **({"choices": choices} if choices else {}),
+        **({"path": True} if path else {}),
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-def _ours(name: str, default: Any, why: str, choices: tuple = ()) -> Any:
+def _ours(name: str, default: Any, why: str, choices: tuple = (), path: bool = False) -> Any:
     """A `TrainingArguments` field with our default, and why ours differs from transformers'."""
-    return redefault(TrainingArguments, name, default, f"Default here {default!r}: {why} (transformers: {_default_of(_TRANSFORMERS[name])!r}).", choices)
+    return redefault(TrainingArguments, name, default, f"Default here {default!r}: {why} (transformers: {_default_of(_TRANSFORMERS[name])!r}).", choices, path)
 
 
 @dataclass
 class DataConfig:
     """Text documents, tokenized with the model's tokenizer and packed into rows (`train.data`)."""
 
-    train: list[str] = field(default_factory=list, metadata=meta("training documents: .txt / .jsonl / .parquet files, folders or glob patterns"))
-    eval: list[str] = field(default_factory=list, metadata=meta("held-out documents, evaluated every train.eval_steps"))
+    train: list[str] = field(default_factory=list, metadata=meta("training documents: .txt / .jsonl / .parquet files, folders or glob patterns", path=True))
+    eval: list[str] = field(default_factory=list, metadata=meta("held-out documents, evaluated every train.eval_steps", path=True))
     text_field: str = field(default="text", metadata=meta("the field of .jsonl / .parquet records that holds the text"))
     txt_split: str = field(
         default="file", metadata=meta("how .txt files split into documents: one per file, or one per blank-line block", ("file", "blank_line"))
@@ -81,8 +94,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.txt_split not in ("file", "blank_line"):
             raise ValueError(f"data.txt_split must be 'file' or 'blank_line'; got {self.txt_split!r}")
-        if self.row_length < 2:
-            raise ValueError(f"data.row_length must be >= 2; got {self.row_length}")
+        check_row_length(self.row_length)
 
 
 @dataclass
@@ -92,7 +104,7 @@ class TrainConfig(TrainingArguments):
     `ttt_params_*`, `warmup_ratio`, `doctor`). A built one is settled: it keeps the values it was
     given (`record`, `derive`) beside the ones transformers normalised."""
 
-    output_dir: str = _ours("output_dir", "runs/ittt", "the run folder")
+    output_dir: str = _ours("output_dir", "runs/ittt", "the run folder", path=True)
     learning_rate: float = _ours("learning_rate", 5e-6, "the released recipe's")
     weight_decay: float = _ours("weight_decay", 0.1, "the released recipe's")
     lr_scheduler_type: str = _ours("lr_scheduler_type", "cosine", "the released recipe's", tuple(s.value for s in SchedulerType))
@@ -151,7 +163,8 @@ class TrainConfig(TrainingArguments):
             self.ddp_backend = "gloo"
         try:
             super().__post_init__()
-        except ValueError as e:  # transformers' own checks, which do not name the section
+        # transformers' own checks, which do not name the section; a package a key needs (deepspeed); a file a key names (accelerator_config)
+        except (ValueError, TypeError, ImportError, OSError) as e:
             raise ValueError(f"train: {e}") from None
 
     def _check(self) -> None:
@@ -283,10 +296,10 @@ class RunConfig(RunBase):
 
     MODEL_TYPE: ClassVar[str] = "transformers"
 
-    model: str = field(default="", metadata=meta("the model: a directory or hub id (a base model, or a saved In-Place TTT model)"))
+    model: str = field(default="", metadata=meta("the model: a directory or hub id (a base model, or a saved In-Place TTT model)", path=True))
     data: DataConfig = field(default_factory=DataConfig, metadata=meta("text documents packed into rows"))
     gguf_file: str | None = field(default=None, metadata=meta("a GGUF checkpoint in `model` (a directory): read dequantized to float"))
-    tokenizer: str | None = field(default=None, metadata=meta("the tokenizer's directory or hub id; null: the model's"))
+    tokenizer: str | None = field(default=None, metadata=meta("the tokenizer's directory or hub id; null: the model's", path=True))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -366,7 +379,17 @@ def _fields(cls, data: Any, where: str) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown key(s) {[where + k for k in unknown]}; valid keys here: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    return {name: _convert(hints[name], value, f"{where}{name}") for name, value in data.items()}
+    holds_paths = {f.name for f in dataclasses.fields(cls) if f.metadata.get("path")}
+    return {name: _expanded(_convert(hints[name], value, f"{where}{name}"), name in holds_paths) for name, value in data.items()}
+
+
+def _expanded(value: Any, holds_paths: bool) -> Any:
+    """A path field's value with a leading ``~`` expanded to the home folder, as a shell would."""
+    if not holds_paths:
+        return value
+    if isinstance(value, list):
+        return [os.path.expanduser(v) if isinstance(v, str) else v for v in value]
+    return os.path.expanduser(value) if isinstance(value, str) else value
 
 
 def given_keys(section) -> frozenset[str] | None:
@@ -386,7 +409,7 @@ def _convert(tp, value, where: str):
         named = next((a for a in options if isinstance(a, type) and issubclass(a, enum.Enum)), None)
         if named is not None and isinstance(value, str):  # transformers' `SomeEnum | str` fields
             return _convert(named, value, where)
-        if type(value) in options:  # already of one of the types (a YAML bool for `bool | str`)
+        if type(value) in options and not isinstance(value, float):  # already of one of the types (a YAML bool for `bool | str`); a float is checked finite
             return value
         if len(options) == 1:  # Optional[X]: X's own error names the problem
             return _convert(options[0], value, where)
@@ -397,13 +420,18 @@ def _convert(tp, value, where: str):
                 pass
         raise ValueError(f"{where}: {value!r} fits none of {options}")
     if origin is list:
-        items = value if isinstance(value, list) else [value]
-        return [_convert(args[0], v, where) for v in items]
+        if isinstance(value, str):  # one item given alone, as `--data.train docs/` gives it
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list of {args[0].__name__} (or one {args[0].__name__}), got {value!r}")
+        return [_convert(args[0], v, where) for v in value]
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         allowed = tuple(e.value for e in tp)
         if value not in allowed:
             raise ValueError(f"{where} must be one of {allowed}; got {value!r}")
         return value
+    if tp is float:
+        return _finite(value, where)
     try:
         if tp is bool:
             if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -411,20 +439,33 @@ def _convert(tp, value, where: str):
             if not isinstance(value, bool):
                 raise ValueError
             return value
-        if tp in (int, float):
+        if tp is int:
             if isinstance(value, bool):
                 raise ValueError
-            converted = tp(value)
-            if tp is int and isinstance(value, float) and value != converted:
+            converted = int(value)
+            if isinstance(value, float) and value != converted:
                 raise ValueError
             return converted
         if tp is str:
             if isinstance(value, (dict, list)) or value is None:
                 raise ValueError
             return str(value).lower() if isinstance(value, bool) else str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # int(.inf) is an OverflowError
         raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
     return value  # Any, enums, mappings: the section's own checks judge them
+
+
+def _finite(value: Any, where: str) -> float:
+    """A float field's value: a finite number (YAML's .inf and .nan, or a string of them, are refused by name)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected float, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{where} must be a finite number; got {value!r}")
+    return number
 
 
 def dump_config(config) -> str:

@@ -18,6 +18,7 @@ loaded with `families.moshi.load_moshi`. The codes files are `families.moshi.cod
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,15 +27,15 @@ import torch
 import torch.nn as nn
 
 from ..config import TTTConfig
-from .config import LoraSettings, RunBase, TrainConfig, adopt_ttt, meta, redefault
+from .config import LoraSettings, RunBase, TrainConfig, adopt_ttt, check_row_length, meta, redefault
 from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
 
 
 @dataclass
 class MoshiModelConfig:
-    weights: str = field(default="", metadata=meta("moshi's model.safetensors (published, or final/ of an earlier run)"))
-    ttt_weights: str | None = field(default=None, metadata=meta("ttt.safetensors of an earlier run: continue it (its TTT settings win)"))
-    lm_kwargs: str | None = field(default=None, metadata=meta("a JSON file of LMModel keyword arguments; null: Moshi 7B's (moshi's defaults)"))
+    weights: str = field(default="", metadata=meta("moshi's model.safetensors (published, or final/ of an earlier run)", path=True))
+    ttt_weights: str | None = field(default=None, metadata=meta("ttt.safetensors of an earlier run: continue it (its TTT settings win)", path=True))
+    lm_kwargs: str | None = field(default=None, metadata=meta("a JSON file of LMModel keyword arguments; null: Moshi 7B's (moshi's defaults)", path=True))
     dtype: str = field(
         default="float32", metadata=meta("the weights' dtype (bfloat16: float32 master copies of the trained ones step)", ("float32", "bfloat16"))
     )
@@ -52,13 +53,12 @@ class MoshiModelConfig:
 
 @dataclass
 class MoshiDataConfig:
-    train: list[str] = field(default_factory=list, metadata=meta("conversation codes: .safetensors files or folders of them"))
-    eval: list[str] = field(default_factory=list, metadata=meta("held-out conversations, evaluated every train.eval_steps"))
+    train: list[str] = field(default_factory=list, metadata=meta("conversation codes: .safetensors files or folders of them", path=True))
+    eval: list[str] = field(default_factory=list, metadata=meta("held-out conversations, evaluated every train.eval_steps", path=True))
     row_length: int = field(default=3000, metadata=meta("steps per row (12.5 per second: 3000 = 4 minutes)"))
 
     def __post_init__(self) -> None:
-        if self.row_length < 2:
-            raise ValueError(f"data.row_length must be >= 2; got {self.row_length}")
+        check_row_length(self.row_length)
 
 
 @dataclass
@@ -75,8 +75,9 @@ class MoshiTrainConfig(TrainConfig):
 
     def _check(self) -> None:
         super()._check()
-        if self.first_codebook_weight < 0 or self.text_padding_weight < 0:
-            raise ValueError("train.first_codebook_weight and train.text_padding_weight must be >= 0")
+        for name in ("first_codebook_weight", "text_padding_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"train.{name} must be a finite number >= 0; got {getattr(self, name)}")
 
 
 @dataclass

@@ -39,7 +39,7 @@ SUMMARY = "pretrain_summary.json"
 
 @dataclass
 class TokenizerSettings:
-    path: str | None = field(default=None, metadata=meta("an existing tokenizer (directory or hub id); null: train a byte-level BPE on data.train"))
+    path: str | None = field(default=None, metadata=meta("an existing tokenizer (directory or hub id); null: train a byte-level BPE on data.train", path=True))
     vocab_size: int = field(default=4096, metadata=meta("the trained BPE's vocabulary, special tokens included (>= 300)"))
 
     def __post_init__(self) -> None:
@@ -62,9 +62,12 @@ class ArchitectureConfig:
     rope_theta: float = field(default=10000.0, metadata=meta("RoPE base"))
     tie_word_embeddings: bool = field(default=True, metadata=meta("one matrix for the input embedding and the output head"))
     sliding_window: int | None = field(default=None, metadata=meta("tokens a query attends to (a Mistral); null: full causal attention (a Llama)"))
-    init_from: str | None = field(default=None, metadata=meta("a model directory of the same shape whose weights start the run; null: random"))
+    init_from: str | None = field(default=None, metadata=meta("a model directory of the same shape whose weights start the run; null: random", path=True))
 
     def __post_init__(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1; got {getattr(self, name)}")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"model.sliding_window must be None (full attention) or >= 1 tokens; got {self.sliding_window}")
         if self.hidden_size % self.num_attention_heads:
