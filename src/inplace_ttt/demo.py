@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,20 @@ class DemoSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1; got {self.steps}")
+        """Every setting checked here, before anything trains (a bad one used to surface after minutes of training)."""
+        for name in ("steps", "batch_size", "passages", "samples", "block"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("learning_rate", "ttt_params_learning_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0; got {value}")
+        limit = json.loads((base_model_dir() / "config.json").read_text())["max_position_embeddings"]
+        if max(self.eval_lengths) > limit or self.row_length > limit:
+            raise ValueError(
+                f"lengths and row_length must be at most {limit} tokens, the embedded base model's positions; "
+                f"got lengths up to {max(self.eval_lengths)}, row_length {self.row_length}"
+            )
         if self.row_length < 2 * self.ttt.chunk_size:
             raise ValueError(f"row_length ({self.row_length}) must hold at least two TTT chunks ({self.ttt.chunk_size} tokens each)")
         if max(self.eval_lengths) <= self.block:

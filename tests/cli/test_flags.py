@@ -45,3 +45,12 @@ def test_moshi_commands_refuse_unknown_devices_and_bad_temperatures_before_anyth
     assert exit.value.code == 2
     assert re.search(message, capsys.readouterr().err), message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(capsys, monkeypatch, tmp_path):
+    """The shell expands ``--out ~/x`` but leaves ``--out=~/x`` as it is: the flag does it then."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["eval", "--model=~/missing-model", "--out=~/report"]) == 2
+    assert f"--model: no such model folder: {tmp_path}/missing-model" in capsys.readouterr().err
+    assert main(["doctor", "~/missing-model", "--data=~/docs.txt"]) == 2
+    assert str(tmp_path / "missing-model") in capsys.readouterr().err

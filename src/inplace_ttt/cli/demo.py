@@ -6,7 +6,7 @@ import argparse
 import re
 
 from ..config import TARGET_INITS
-from .flags import RenamedFlag
+from .flags import RenamedFlag, expanded
 
 
 def add(sub) -> None:
@@ -15,7 +15,7 @@ def add(sub) -> None:
         help="the whole pipeline on the embedded model and corpus: convert, train with and without TTT, evaluate, report",
         epilog="A flag left out keeps its default from inplace_ttt.demo.DemoSettings (150 steps of 2 x 1024 tokens, TTT on layer 3, chunk 64, target the token embeddings).",
     )
-    demo.add_argument("--out", help="run directory (default: runs/demo-<date>-<time>)")
+    demo.add_argument("--out", type=expanded, help="run directory (default: runs/demo-<date>-<time>)")
     demo.add_argument("--steps", type=int, help="training steps of each model")
     demo.add_argument("--row-length", type=int, help="tokens per training row")
     demo.add_argument("--batch-size", type=int, help="rows per step")

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import add_lm_kwargs
+from .flags import add_lm_kwargs, expanded
 
 
 def add(sub) -> None:
     doc = sub.add_parser("doctor", help="check the In-Place TTT invariants on a model and data")
-    doc.add_argument("model_dir", help="a converted model's directory: transformers' save_pretrained, or a Moshi final/ (model.safetensors + ttt.safetensors)")
-    doc.add_argument("--data", required=True, help="documents to draw a batch from (.txt, .jsonl or .parquet); for Moshi a .safetensors conversation of codes")
-    doc.add_argument("--base", help="the unconverted model (a directory; for Moshi its model.safetensors), for the warm-start and activation checks")
+    doc.add_argument(
+        "model_dir", type=expanded, help="a converted model's directory: transformers' save_pretrained, or a Moshi final/ (model.safetensors + ttt.safetensors)"
+    )
+    doc.add_argument(
+        "--data", type=expanded, required=True, help="documents to draw a batch from (.txt, .jsonl or .parquet); for Moshi a .safetensors conversation of codes"
+    )
+    doc.add_argument(
+        "--base", type=expanded, help="the unconverted model (a directory; for Moshi its model.safetensors), for the warm-start and activation checks"
+    )
     doc.add_argument("--base-gguf-file", help="the base model is this GGUF file in --base (read dequantized, as ittt train --gguf-file does)")
     add_lm_kwargs(doc, "Moshi: a JSON file of LMModel keyword arguments (default: Moshi 7B's); --lm-config: its old name")
     doc.add_argument("--length", type=int, help="tokens (Moshi: steps) per row (default 3 chunks)")

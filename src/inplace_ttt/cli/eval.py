@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import RenamedFlag
+from .flags import RenamedFlag, expanded
 
 
 def add(sub) -> None:
     ev = sub.add_parser("eval", help="long-context evaluation: RULER-style tasks, loss by position, report with plots")
-    ev.add_argument("--model", action="append", required=True, help="a model directory (plain or In-Place TTT); repeat to compare")
+    ev.add_argument("--model", type=expanded, action="append", required=True, help="a model directory (plain or In-Place TTT); repeat to compare")
     ev.add_argument(
         "--tasks", default="all", help="comma-separated: loss, recall, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all"
     )
@@ -18,11 +18,12 @@ def add(sub) -> None:
     ev.add_argument("--names", help="comma-separated names for the models in the report (default: their directory names)")
     ev.add_argument(
         "--data",
+        type=expanded,
         action="append",
         help="held-out documents (file or folder) for the loss task and as haystack text (default: the embedded corpus's held-out books)",
     )
     ev.add_argument("--clip-tau", type=float, help="inference clipping for In-Place TTT models (the paper used 1e-5)")
-    ev.add_argument("--out", default="eval-report", help="output directory")
+    ev.add_argument("--out", type=expanded, default="eval-report", help="output directory")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
         "--tokens-per-forward",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from .flags import expanded
+
 
 def add(sub) -> None:
     ex = sub.add_parser("export", help="write a saved In-Place TTT model in another format: the authors' release (their config keys and weight names)")
-    ex.add_argument("model_dir", help="a directory saved by a converted model's save_pretrained")
+    ex.add_argument("model_dir", type=expanded, help="a directory saved by a converted model's save_pretrained")
     ex.add_argument("out", help="the new directory to write (must not hold files)")
     ex.add_argument("--format", required=True, choices=["release"], help="release: ByteDance-Seed/In-Place-TTT's Qwen3 / Llama checkpoints")
     ex.set_defaults(func=run)

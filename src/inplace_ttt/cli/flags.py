@@ -4,7 +4,9 @@ FutureWarning), Moshi's LMModel keyword arguments (``--lm-kwargs``), Mimi's sett
 from __future__ import annotations
 
 import argparse
+import os
 import warnings
+from pathlib import Path
 
 LM_KWARGS_HELP = "JSON file of the LMModel's keyword arguments (default: Moshi 7B's, as moshi's loaders); --lm-config: its old name"
 
@@ -19,13 +21,23 @@ class RenamedFlag(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def expanded(text: str) -> str:
+    """A path flag's value as a shell user means it: a leading ``~`` is the home folder (the shell
+    leaves ``--out=~/x`` as it is). A hub id passes through unchanged."""
+    return os.path.expanduser(text)
+
+
+def user_path(text: str) -> Path:
+    return Path(expanded(text))
+
+
 def add_lm_kwargs(parser: argparse.ArgumentParser, help: str = LM_KWARGS_HELP) -> None:
     """``--lm-kwargs FILE`` (old name ``--lm-config``): the JSON file of moshi `LMModel` keyword arguments."""
-    parser.add_argument("--lm-kwargs", "--lm-config", action=RenamedFlag, help=help)
+    parser.add_argument("--lm-kwargs", "--lm-config", action=RenamedFlag, type=expanded, help=help)
 
 
 def add_mimi_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mimi-config", help="JSON file of Mimi's settings (default: the published Mimi's, as moshi's loaders)")
+    parser.add_argument("--mimi-config", type=expanded, help="JSON file of Mimi's settings (default: the published Mimi's, as moshi's loaders)")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

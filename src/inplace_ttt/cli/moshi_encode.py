@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from .flags import add_device, add_lm_kwargs, add_mimi_config, prepare_moshi
+from .flags import add_device, add_lm_kwargs, add_mimi_config, prepare_moshi, user_path
 
 
 def add(sub) -> None:
     enc = sub.add_parser("moshi-encode", help="moshi-finetune's conversations (manifest, stereo audio, word alignments) to the codes files ittt train reads")
-    enc.add_argument("manifest", type=Path, help='JSONL of {"path": "a.wav", "duration": 24.5}, paths relative to it; a.json alignments beside each file')
-    enc.add_argument("--mimi", type=Path, required=True, help="Mimi's weights (.safetensors)")
-    enc.add_argument("--tokenizer", type=Path, required=True, help="Moshi's text tokenizer (sentencepiece .model)")
-    enc.add_argument("--out", type=Path, required=True, help="folder for the codes files (one .safetensors per conversation, the manifest's layout)")
+    enc.add_argument("manifest", type=user_path, help='JSONL of {"path": "a.wav", "duration": 24.5}, paths relative to it; a.json alignments beside each file')
+    enc.add_argument("--mimi", type=user_path, required=True, help="Mimi's weights (.safetensors)")
+    enc.add_argument("--tokenizer", type=user_path, required=True, help="Moshi's text tokenizer (sentencepiece .model)")
+    enc.add_argument("--out", type=user_path, required=True, help="folder for the codes files (one .safetensors per conversation, the manifest's layout)")
     add_mimi_config(enc)
     add_lm_kwargs(enc)
     enc.add_argument("--main-speaker", default="SPEAKER_MAIN", help="speaker label of Moshi's words in the alignments")

@@ -5,27 +5,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .flags import RenamedFlag, add_device, add_lm_kwargs, add_mimi_config, prepare_moshi
+from .flags import RenamedFlag, add_device, add_lm_kwargs, add_mimi_config, expanded, prepare_moshi, user_path
 
 
 def add(sub) -> None:
     ev = sub.add_parser("moshi-eval", help="Moshi text and audio loss by minute of long held-out conversations, several models in one report")
     ev.add_argument(
         "--model",
+        type=expanded,
         action="append",
         required=True,
         help="NAME=PATH[,ttt=FILE][,clip_tau=X][,yarn=F]: PATH a model.safetensors or a folder with it (and ttt.safetensors); repeat to compare",
     )
     ev.add_argument(
         "--data",
+        type=expanded,
         action="append",
         required=True,
         help="codes files (.safetensors), folders of them, or a moshi-finetune manifest (.jsonl, needs --mimi and --tokenizer); repeatable",
     )
     add_lm_kwargs(ev)
-    ev.add_argument("--mimi", type=Path, help="Mimi's weights, to encode a manifest")
+    ev.add_argument("--mimi", type=user_path, help="Mimi's weights, to encode a manifest")
     add_mimi_config(ev)
-    ev.add_argument("--tokenizer", type=Path, help="Moshi's text tokenizer, to encode a manifest")
+    ev.add_argument("--tokenizer", type=user_path, help="Moshi's text tokenizer, to encode a manifest")
     ev.add_argument(
         "--steps-per-forward",
         "--piece",
@@ -35,7 +37,7 @@ def add(sub) -> None:
         help="steps per forward (memory; the losses do not depend on it); --piece: its old name",
     )
     ev.add_argument("--bucket-minutes", type=float, default=1.0, help="width of the time buckets")
-    ev.add_argument("--out", default="moshi-eval", help="output directory")
+    ev.add_argument("--out", type=expanded, default="moshi-eval", help="output directory")
     add_device(ev)
     ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ev.set_defaults(func=run)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .flags import add_device, add_lm_kwargs, add_mimi_config, prepare_moshi, temperature
+from .flags import add_device, add_lm_kwargs, add_mimi_config, prepare_moshi, temperature, user_path
 
 
 def add(sub) -> None:
     inf = sub.add_parser("moshi-infer", help="stream a user's recording through a Moshi model (In-Place TTT on); write Moshi's audio and text")
-    inf.add_argument("input", type=Path, help="the user's audio (mono, or stereo with --channel); any sample rate")
-    inf.add_argument("output", type=Path, help="Moshi's audio (.wav, 24 kHz); its text goes beside it as .txt, the run's report as .json")
-    inf.add_argument("--weights", type=Path, required=True, help="moshi's model.safetensors (published, or final/ of ittt train)")
-    inf.add_argument("--ttt", type=Path, help="ttt.safetensors beside it (omit: the model without TTT)")
-    inf.add_argument("--mimi", type=Path, required=True, help="Mimi's weights (.safetensors)")
-    inf.add_argument("--tokenizer", type=Path, help="Moshi's text tokenizer (omit: the transcript holds token ids)")
+    inf.add_argument("input", type=user_path, help="the user's audio (mono, or stereo with --channel); any sample rate")
+    inf.add_argument("output", type=user_path, help="Moshi's audio (.wav, 24 kHz); its text goes beside it as .txt, the run's report as .json")
+    inf.add_argument("--weights", type=user_path, required=True, help="moshi's model.safetensors (published, or final/ of ittt train)")
+    inf.add_argument("--ttt", type=user_path, help="ttt.safetensors beside it (omit: the model without TTT)")
+    inf.add_argument("--mimi", type=user_path, required=True, help="Mimi's weights (.safetensors)")
+    inf.add_argument("--tokenizer", type=user_path, help="Moshi's text tokenizer (omit: the transcript holds token ids)")
     add_lm_kwargs(inf)
     add_mimi_config(inf)
     inf.add_argument("--channel", choices=["left", "right"], help="the user's channel of a stereo input")

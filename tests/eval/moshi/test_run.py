@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from inplace_ttt.cli import main
 from inplace_ttt.eval.moshi.loss import conversation_nll
@@ -79,18 +80,22 @@ def test_several_models_in_one_report_by_minute(tmp_path):
 
 def test_bad_runs_exit_2_naming_what_is_wrong(tmp_path, capsys):
     data, _ = write_models(tmp_path)
-    base = ["--lm-config", str(tmp_path / "lm.json"), "--out", str(tmp_path / "eval")]
+    base = ["--lm-kwargs", str(tmp_path / "lm.json"), "--out", str(tmp_path / "eval")]
+    odd = tmp_path / "two-streams.safetensors"
+    save_file({"codes": torch.zeros(2, 10, dtype=torch.int32)}, str(odd))
     cases = [
         (["--model", f"a={tmp_path / 'gone.safetensors'}", "--data", str(data)], "--model a: model weights: no such file"),
         (["--model", f"a={tmp_path / 'model.safetensors'},yarn=2", "--data", str(data)], "need an In-Place TTT model"),
         (["--model", f"a={tmp_path / 'model.safetensors'}", "--data", str(tmp_path / "x.jsonl")], "needs --mimi and --tokenizer"),
         (["--model", f"a={tmp_path / 'model.safetensors'}", "--model", f"a={tmp_path / 'fresh'}", "--data", str(data)], "its own name"),
         (["--model", f"a={tmp_path / 'model.safetensors'}", "--data", str(tmp_path / "lm.json")], "neither a codes file"),
+        (["--model", f"a={tmp_path / 'model.safetensors'}", "--data", str(odd)], "has 2 streams"),  # found once the model is loaded
     ]
     for extra, message in cases:
         assert main(["moshi-eval", *extra, *base]) == 2, message
-        err = capsys.readouterr().err
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar, if one had started
         assert err.startswith("ittt moshi-eval: error: ") and message in err, (message, err)
+        assert not (tmp_path / "eval").exists(), message  # a refusal leaves no empty report folder
 
 
 def test_a_manifest_is_encoded_then_evaluated(kit, dataset, tmp_path):  # noqa: F811  (the imported fixtures)

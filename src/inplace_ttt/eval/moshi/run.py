@@ -53,7 +53,6 @@ def evaluate_moshi(settings: MoshiEvalSettings, progress: bool = True) -> Path:
     device, dtype = resolve_device(settings.device, settings.dtype)
     files = conversation_files(settings.data, "--data", manifest=lambda p: _encoded(p, settings))
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
     results: dict = {"settings": _settings_dict(settings), "device": str(device), "dtype": str(dtype).removeprefix("torch."), "models": {}}
     bucket_steps = round(settings.bucket_minutes * 60 * FRAME_RATE)
     with tqdm(total=len(files) * len(settings.specs), desc="moshi-eval", unit="conversation", disable=not progress) as bar:
@@ -77,6 +76,7 @@ def evaluate_moshi(settings: MoshiEvalSettings, progress: bool = True) -> Path:
                 "conversations": per_file,
             }
             del lm
+    out.mkdir(parents=True, exist_ok=True)  # only now: a model that fails to load leaves no empty folder
     write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
     return write_moshi_report(results, out)
 
