@@ -246,3 +246,19 @@ def test_random_values_in_every_field_build_or_are_refused_by_name(tmp_path):
             assert _finite_throughout(config.to_dict()), (family, section, key, value)
             built += 1
     assert built > 30 and refused > 30, (built, refused)
+
+
+@pytest.mark.parametrize(
+    "lora, message",
+    [
+        ({"r": 0}, "lora.r must be an integer >= 1; got 0"),
+        ({"dropout": 1.5}, r"lora.dropout must be in \[0, 1\); got 1.5"),
+        ({"target_modules": []}, "lora.target_modules"),
+    ],
+)
+def test_lora_values_are_named_under_the_lora_section(lora, message):
+    """PEFT's own errors named its arguments, not the run's keys."""
+    from inplace_ttt.train.config import LoraSettings, build_config
+
+    with pytest.raises(ValueError, match=message):
+        build_config(LoraSettings, lora)

@@ -247,6 +247,17 @@ class LoraSettings:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata=meta("module names PEFT wraps (never the TTT parameters)")
     )
 
+    def __post_init__(self) -> None:
+        """Checked here, under this section's names (PEFT's own errors name its arguments, not ours)."""
+        if self.r < 1:
+            raise ValueError(f"lora.r must be an integer >= 1; got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be > 0; got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout must be in [0, 1); got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules must name at least one module")
+
 
 # the keys of earlier releases, per section class (a subclass's section inherits them): read as the new key, with a FutureWarning
 RENAMED: dict[type, dict[str, str]] = {

@@ -80,3 +80,23 @@ def test_load_moshi_reads_whole_safetensors_files_only(tmp_path):
     (tmp_path / "model.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:-10])
     with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors file \(.*\): it is empty, cut short or corrupt"):
         load_moshi(tmp_path / "model.safetensors", TINY, config=TTTConfig(layers=[0], chunk_size=4))
+
+
+def test_ttt_weights_of_another_shape_are_named(tmp_path):
+    """A ttt.safetensors whose tensors have the right names but not the model's shapes (a copy_ error before)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    write_tiny_checkpoint(tmp_path / "model.safetensors")
+    lm = load_moshi(tmp_path / "model.safetensors", TINY, config=TTTConfig(layers=[0, 2], chunk_size=4), dtype=torch.float32)
+    save_ttt(lm, tmp_path / "saved")
+    ttt_file = tmp_path / "saved" / "ttt.safetensors"
+    with open(ttt_file, "rb") as f:  # keep the settings in the metadata, change one tensor's shape
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    weights = load_file(str(ttt_file))
+    name = sorted(weights)[0]
+    weights[name] = torch.zeros(*weights[name].shape[:-1], weights[name].shape[-1] + 1)
+    save_file(weights, str(ttt_file), metadata=header["__metadata__"])
+    with pytest.raises(ValueError, match=rf"TTT weights of another shape than the model's: {name} "):
+        load_moshi(tmp_path / "saved" / "model.safetensors", TINY, ttt_file=ttt_file, dtype=torch.float32)

@@ -127,6 +127,9 @@ def load_moshi(
         missing, unknown = sorted(set(params) - set(ttt_weights)), sorted(set(ttt_weights) - set(params))
         if missing or unknown:
             raise ValueError(f"{ttt_file} does not match the model's TTT layers: missing {missing[:4]}, unexpected {unknown[:4]}")
+        wrong = [f"{k} {list(t.shape)} (the model's: {list(params[k].shape)})" for k, t in ttt_weights.items() if t.shape != params[k].shape]
+        if wrong:
+            raise ValueError(f"{ttt_file}: TTT weights of another shape than the model's: {', '.join(wrong[:3])}")
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(ttt_weights[k])
