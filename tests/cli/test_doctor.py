@@ -29,6 +29,23 @@ def test_doctor_passes_a_fresh_conversion_and_fails_a_clipped_one(tmp_path, caps
     assert "FAIL  no clipping in training" in capsys.readouterr().out
 
 
+def test_a_base_of_another_architecture_or_size_is_a_failed_check_not_a_traceback(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, PhiConfig
+
+    words = [f"w{i}" for i in range(VOCAB - 4)]
+    converted(trained=False).save_pretrained(tmp_path / "ttt")
+    tiny_tokenizer(words).save_pretrained(tmp_path / "ttt")
+    data = tmp_path / "data.txt"
+    data.write_text(" ".join(words[i % len(words)] for i in range(200)))
+    phi = PhiConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    AutoModelForCausalLM.from_config(phi).save_pretrained(tmp_path / "phi")
+    tiny(intermediate_size=48).save_pretrained(tmp_path / "narrow")
+    for base, detail in (("phi", "layer 0: the base's PhiMLP lacks ['gate_proj'"), ("narrow", "layer 0: down projection [32, 48] vs [32, 64]")):
+        assert main(["doctor", str(tmp_path / "ttt"), "--data", str(data), "--base", str(tmp_path / base)]) == 1
+        out = capsys.readouterr().out
+        assert "FAIL  base model matches" in out and detail in out and "pass the model this one was converted from" in out
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("flag", ["--lm-kwargs", "--lm-config"])
 def test_doctor_on_a_moshi_model_and_a_conversation(tmp_path, capsys, flag):

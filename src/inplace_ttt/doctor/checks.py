@@ -96,7 +96,7 @@ def doctor(
     record = split_training(family.settings(model))[1]
     if fresh is None:
         fresh = trained_steps(record) == 0 and all(isinstance(layer.ttt, TargetGenerator) and layer.ttt.starts_at_zero() for layer in layers.values())
-    if base_model is not None:
+    if base_model is not None and _check_base_shape(report, layers, base_model, family):
         changed = _check_frozen_weights(report, model, layers, base_model, record, fresh)
         with _borrowed(base_model, model, changed):  # the base with the weights the training changed
             _check_activation(report, layers, base_model, family)
@@ -169,6 +169,26 @@ def _check_precision(report, layers) -> None:
     z = torch.ones(1, 2 * layer.chunk_size, 2, dtype=dtype)
     _, state = inplace_ttt(z, z[..., :1], None, 1.0, layer.chunk_size, output_final_state=True)
     report.add("fast-weight sum precision", state.dtype in (torch.float32, torch.float64), f"{dtype} weights accumulate in {state.dtype}")
+
+
+def _check_base_shape(report, layers, base_model, family) -> bool:
+    """Whether `base_model` can be what `model` was converted from: an MLP of the same parts and
+    shape at every TTT layer (another architecture, or another size, was a traceback deep in the checks)."""
+    bad = []
+    for idx, layer in layers.items():
+        try:
+            base_mlp = family.original_mlp(base_model, idx)
+        except (IndexError, AttributeError, ValueError) as e:
+            bad.append(f"layer {idx}: the base has none ({type(e).__name__})")
+            continue
+        missing = layer.spec.missing(base_mlp)
+        if missing:
+            bad.append(f"layer {idx}: the base's {type(base_mlp).__name__} lacks {missing}")
+        elif getattr(base_mlp, layer.spec.down).weight.shape != layer.down.weight.shape:
+            bad.append(f"layer {idx}: down projection {list(getattr(base_mlp, layer.spec.down).weight.shape)} vs {list(layer.down.weight.shape)}")
+    detail = "; ".join(bad) + ": pass the model this one was converted from" if bad else f"an MLP of the same shape at layers {sorted(layers)}"
+    report.add("base model matches", not bad, detail)
+    return not bad
 
 
 def _check_activation(report, layers, base_model, family) -> None:
