@@ -149,6 +149,7 @@ def test_doctor_stops_a_broken_run(workspace, capsys):
         ({"data": {"row_length": 12}}, r"data.row_length=12 is shorter than two TTT chunks \(chunk_size 8\)"),
         ({"train": {"mode": "fast"}}, r"train.mode must be one of"),
         ({"model": "/nonexistent/model"}, "model: no such folder: /nonexistent/model"),
+        ({"train": {"per_device_train_batch_size": 10**7}}, r"the logits and their gradient alone take 231\.3 GiB a step, more than"),
     ],
 )
 def test_bad_runs_get_one_clear_message(workspace, capsys, change, message):

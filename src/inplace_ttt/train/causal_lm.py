@@ -10,6 +10,7 @@ model itself (its forward computes the loss from ``labels``), and `final/` is a
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,23 @@ def prepare(config: RunConfig) -> RunParts:
     return causal_lm_parts(config, model, tokenizer, train_rows, eval_rows, fresh=not is_ttt_checkpoint(config.model))
 
 
+def require_logits_fit(batch: int, row_length: int, vocab: int) -> None:
+    """Refuse a step whose logits alone outgrow the device's memory (the process was killed with no
+    message): float32 logits of ``batch x row_length x vocab`` and their gradient, against the GPU's
+    memory or, on the CPU, the machine's."""
+    need = 2 * 4 * batch * row_length * vocab
+    if torch.cuda.is_available():
+        have, where = torch.cuda.get_device_properties(0).total_memory, "the GPU's"
+    else:
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's"
+    if need > have:
+        raise RunError(
+            f"train.per_device_train_batch_size {batch} x data.row_length {row_length} x the vocabulary's {vocab} tokens: the logits "
+            f"and their gradient alone take {need / 2**30:.1f} GiB a step, more than {where} {have / 2**30:.1f} GiB; use smaller "
+            "batches (with train.gradient_accumulation_steps for the same batch) or shorter rows"
+        )
+
+
 def causal_lm_parts(
     config,
     model: nn.Module,
@@ -111,6 +129,7 @@ def causal_lm_parts(
             if rows is not None:
                 require_ttt_context(rows.document_lengths(), chunk, key, "document", "tokens")
     vocab_rows = model.get_input_embeddings().weight.shape[0]
+    require_logits_fit(config.train.per_device_train_batch_size, config.data.row_length, model.get_output_embeddings().weight.shape[0])
     for rows in (train_rows, eval_rows or train_rows):
         top = int(rows.input_ids.max())
         if top >= vocab_rows:
