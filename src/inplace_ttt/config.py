@@ -138,6 +138,12 @@ class TTTConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
+    def write_into(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """`saved` (a converted model's record of its settings, which holds its resolved layer
+        indices and its training record) brought up to date with these settings; returns it."""
+        saved.update({k: v for k, v in self.to_dict().items() if k != "layers"})
+        return saved
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         if not isinstance(d["layers"], str):

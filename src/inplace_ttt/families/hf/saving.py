@@ -25,8 +25,7 @@ def install(model: nn.Module, config: TTTConfig) -> None:
 
 def _save_with(config: TTTConfig):
     def save_pretrained(model, save_directory, *args, **kwargs):
-        saved = model.config.inplace_ttt
-        saved.update({k: v for k, v in config.to_dict().items() if k != "layers"})  # the settings as they are now (clip_tau, say)
+        config.write_into(model.config.inplace_ttt)  # the settings as they are now (clip_tau, say)
         type(model).save_pretrained(model, save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             path = Path(save_directory) / "config.json"

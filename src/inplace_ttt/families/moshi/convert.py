@@ -127,8 +127,7 @@ def settings(lm: nn.Module) -> dict:
     layers = dict(ttt_layers(lm)) if found is not None else {}
     if not layers:
         raise ValueError("this LMModel has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
-    found.update({k: v for k, v in next(iter(layers.values())).config.to_dict().items() if k != "layers"})
-    return found
+    return next(iter(layers.values())).config.write_into(found)
 
 
 def set_context_parallel(lm: nn.Module, group) -> None:
