@@ -181,7 +181,7 @@ def kit(tmp_path_factory):
 
 def kit_flags(kit) -> list[str]:
     """The command-line flags that hand a Moshi command the kit's Mimi, tokenizer and LM settings."""
-    return ["--mimi", str(kit["mimi"]), "--mimi-config", str(kit["mimi_config"]), "--tokenizer", str(kit["tokenizer"]), "--lm-config", str(kit["lm_config"])]
+    return ["--mimi", str(kit["mimi"]), "--mimi-config", str(kit["mimi_config"]), "--tokenizer", str(kit["tokenizer"]), "--lm-kwargs", str(kit["lm_config"])]
 
 
 @pytest.fixture(scope="session")

@@ -136,7 +136,7 @@ def test_files_encoded_with_other_settings_are_not_taken_as_done(kit, dataset, e
     other["existing_text_padding_id"] = 5  # another model's text padding
     (tmp_path / "lm.json").write_text(json.dumps(other))
     args = encode_args(kit, dataset["manifest"], encoded)
-    args[args.index("--lm-config") + 1] = str(tmp_path / "lm.json")
+    args[args.index("--lm-kwargs") + 1] = str(tmp_path / "lm.json")
     assert main(args) == 2
     assert "encoded with other settings" in capsys.readouterr().err
 
@@ -197,7 +197,7 @@ def test_the_published_mimi_architecture_encodes_with_moshis_default_settings(ki
         str(tmp_path / "mimi.safetensors"),
         "--tokenizer",
         str(kit["tokenizer"]),
-        "--lm-config",
+        "--lm-kwargs",
         str(tmp_path / "lm.json"),
         "--out",
         str(tmp_path / "codes"),

@@ -118,7 +118,7 @@ def test_bad_input_is_refused_naming_it_and_nothing_is_written(kit, ttt_model, t
     args = infer_args(kit, ttt_model, mono, out)
     i = args.index("--ttt")
     del args[i : i + 2]
-    args[args.index("--weights") + 1], args[args.index("--lm-config") + 1] = str(tmp_path / "conditioned.safetensors"), str(tmp_path / "conditioned.json")
+    args[args.index("--weights") + 1], args[args.index("--lm-kwargs") + 1] = str(tmp_path / "conditioned.safetensors"), str(tmp_path / "conditioned.json")
     cases.append((args, "a conditioned LMModel"))
     for args, message in cases:
         assert main(args) == 2, message

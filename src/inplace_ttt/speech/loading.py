@@ -82,7 +82,7 @@ def meta_lm(lm_kwargs: dict | None):
     try:
         return get_moshi_lm(None, lm_kwargs=lm_kwargs, device="meta")
     except (TypeError, KeyError) as e:
-        raise ValueError(f"--lm-config: not LMModel settings ({e})") from None
+        raise ValueError(f"--lm-kwargs: not LMModel settings ({e})") from None
 
 
 def lm_streams(lm_kwargs: dict | None) -> Streams:
@@ -119,9 +119,9 @@ def load_inference_lm(
     except RuntimeError as e:
         if "state_dict" not in str(e):  # not load_state_dict's "the weights do not fit" (an out-of-memory, say)
             raise
-        raise ValueError(f"{weights} does not fit the LMModel settings (give the model's --lm-config): {str(e)[:300]}") from None
+        raise ValueError(f"{weights} does not fit the LMModel settings (give the model's --lm-kwargs): {str(e)[:300]}") from None
     except (TypeError, KeyError) as e:
-        raise ValueError(f"--lm-config: not LMModel settings ({e})") from None
+        raise ValueError(f"--lm-kwargs: not LMModel settings ({e})") from None
     return lm.eval()
 
 

@@ -31,7 +31,7 @@ def test_several_models_in_one_report_by_minute(tmp_path):
         f"ttt-yarn={tmp_path / 'trained'},yarn=4",
         "--data",
         str(data),
-        "--lm-config",
+        "--lm-kwargs",
         str(tmp_path / "lm.json"),
         "--bucket-minutes",
         "0.04",
