@@ -2,16 +2,22 @@
 # Create (or reuse) .venv/ at the repo root and install inplace-ttt into it.
 #   scripts/setup.sh          the library and the `ittt` command
 #   scripts/setup.sh --moshi  plus Kyutai's moshi and the audio libraries (for Moshi models)
-#   scripts/setup.sh --dev    plus the test tools, moshi and espeak-ng (CI runs the Moshi and speech tests)
+#   scripts/setup.sh --serve  plus transformers' server (`ittt serve`)
+#   scripts/setup.sh --eval   plus lm-evaluation-harness (`ittt lm-eval`, `lm-eval --model hf`)
+#   scripts/setup.sh --dev    plus the test tools, moshi, the server, lm-eval and espeak-ng (CI runs every test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
 moshi=0
+serve=0
+harness=0
 for arg in "$@"; do
     case "$arg" in
-        --dev) dev=1; moshi=1 ;;
+        --dev) dev=1; moshi=1; serve=1; harness=1 ;;
         --moshi) moshi=1 ;;
-        *) echo "setup.sh: unknown option $arg (use --dev and/or --moshi)" >&2; exit 2 ;;
+        --serve) serve=1 ;;
+        --eval) harness=1 ;;
+        *) echo "setup.sh: unknown option $arg (use --dev, --moshi, --serve and/or --eval)" >&2; exit 2 ;;
     esac
 done
 if [ ! -x .venv/bin/python ]; then
@@ -27,6 +33,8 @@ extras=()
 # the `moshi` extra: what moshi's model code needs beyond our own requirements (einops,
 # sentencepiece) and the audio libraries of `ittt moshi-encode` / `moshi-infer` (soundfile, soxr)
 [ "$moshi" = 1 ] && extras+=(moshi)
+[ "$serve" = 1 ] && extras+=(serve)
+[ "$harness" = 1 ] && extras+=(eval)
 spec="."
 [ "${#extras[@]}" -gt 0 ] && spec=".[$(IFS=,; echo "${extras[*]}")]"
 "${pip[@]}" -e "$spec" "torch==2.13.0"

@@ -52,7 +52,7 @@ LAYERS = [
     {"families"},
     {"doctor"},
     {"speech"},
-    {"train", "eval"},
+    {"train", "eval", "serve"},
     {"demo"},
     {"cli"},
 ]
