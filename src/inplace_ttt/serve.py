@@ -27,6 +27,8 @@ def serve(model: str | os.PathLike, *, clip_tau: float | None = ..., options: Se
     as its converted model, with inference clipping `clip_tau` when given (its saved value otherwise)."""
     from .families.hf.loading import is_ttt_checkpoint
 
+    if not os.path.isdir(model):
+        raise ValueError(f"{model}: no such model folder (the folder comes first: ittt serve FOLDER [options])")
     if is_ttt_checkpoint(model):
         for option in options:
             refused = REFUSED_OPTIONS.get(option.split("=")[0])

@@ -17,6 +17,11 @@ def test_continuous_batching_is_refused(saved, capsys, option):
     assert f"ittt serve: error: {option} is not supported for In-Place TTT models: continuous batching packs requests" in err
 
 
+def test_the_folder_must_exist_and_come_first(tmp_path, capsys):
+    assert main(["serve", "--port", "8000", str(tmp_path)]) == 2
+    assert "ittt serve: error: 8000: no such model folder (the folder comes first: ittt serve FOLDER [options])" in capsys.readouterr().err
+
+
 def test_clip_tau_takes_a_number_or_none(capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "somewhere", "--clip-tau", "small"])
