@@ -33,18 +33,20 @@ def is_ttt_checkpoint(path: str | os.PathLike) -> bool:
     return CONFIG_KEY in data or release.is_release_config(data)
 
 
-def checkpoint_settings(path: str | os.PathLike):
+def checkpoint_settings(path: str | os.PathLike, data: dict | None = None):
     """An In-Place TTT checkpoint's `TTTConfig`, its base model's transformers config, (for a
     release checkpoint) its TTT tensors, and its training record (`adapters.record`; empty for a
     fresh conversion), all checked before any model is built; ValueError naming the file and
-    field at fault."""
+    field at fault. `data`: the checkpoint's config.json as already read (by `AutoConfig`, say)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     path = Path(path)
     config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
-    data = read_json_object(config_file)
+    if data is None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
+        data = read_json_object(config_file)
+    data = dict(data)
     settings = data.pop(CONFIG_KEY, None)
     if settings is None and release.is_release_config(data):
         return (*release.read_release(path, data), [])
@@ -58,6 +60,7 @@ def checkpoint_settings(path: str | os.PathLike):
             f"from (e.g. 'llama', 'qwen3'); got {base_type!r}"
         )
     data["model_type"] = base_type
+    data.pop("auto_map", None)  # names our module, not the base architecture's classes
     try:
         return TTTConfig.from_dict(settings), CONFIG_MAPPING[base_type].from_dict(data), None, training
     except (ValueError, TypeError) as e:
@@ -131,18 +134,26 @@ def quiet_transformers():
         hf_logging.set_verbosity(verbosity)
 
 
-def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., **kwargs) -> nn.Module:
+def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., config=None, **kwargs) -> nn.Module:
     """Load a converted model saved with `model.save_pretrained`, or a checkpoint of the authors'
-    release (`adapters.release`), safetensors only.
+    release (`adapters.release`), safetensors only: the base architecture's own class, converted.
 
-    `clip_tau` overrides the saved inference clipping; other keyword arguments go to
-    `AutoModelForCausalLM.from_pretrained` (dtype, device_map, ...).
+    `clip_tau` overrides the saved inference clipping; `config`, the folder's config as
+    `AutoConfig` read it (changes made to it included), stands in for its config.json; other
+    keyword arguments go to `AutoModelForCausalLM.from_pretrained` (dtype, device_map,
+    attn_implementation, ...).
     """
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    ttt_config, config, found, training = checkpoint_settings(path)  # checked before anything loads
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such model folder (In-Place TTT checkpoints load from a local directory: download a hub repository first)")
+    if config is not None:
+        attn = getattr(config, "_attn_implementation", None)  # AutoConfig takes it out of the caller's arguments
+        if attn is not None:
+            kwargs.setdefault("attn_implementation", attn)
+    ttt_config, config, found, training = checkpoint_settings(path, None if config is None else config.to_dict())  # checked before anything loads
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} has no .safetensors weights (In-Place TTT checkpoints are safetensors only)")
