@@ -2,7 +2,7 @@
 --model hf` with ``trust_remote_code=True`` in a process that never imported this package, and `ittt
 lm-eval` without it. Two tasks the test writes (a loglikelihood one, a generation one), each score
 equal to the same model scored here directly, at batch size 1 and 4 (right-padded loglikelihood rows,
-left-padded generation rows)."""
+left-padded generation rows), and with inference clipping passed in ``--model_args``."""
 
 import json
 import os
@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 WORDS = [f"w{i}" for i in range(VOCAB - 4)]  # every id of the tiny model decodes to a word
 NEW = 6
+CLIP = 0.1  # changes these scores, yet leaves the fast weights at work
 
 
 def write_tasks(root):
@@ -63,7 +64,8 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def direct(setup):
-    """The scores computed here with the model itself, in float64: each choice's loglikelihood, each greedy generation."""
+    """The scores computed here with the model itself, in float64, unclipped (None) and clipped at
+    CLIP: each choice's loglikelihood, each greedy generation."""
     _, folder, mc, gen = setup
     model = inplace_ttt.from_pretrained(folder, dtype=torch.float64).eval()
     tokenizer = tiny_tokenizer(WORDS)
@@ -81,8 +83,14 @@ def direct(setup):
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False)
         return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
-    lls = [[loglikelihood(d["context"], c) for c in d["choices"]] for d in mc]
-    return lls, [generation(d["prompt"]) for d in gen]
+    def scores():
+        return [[loglikelihood(d["context"], c) for c in d["choices"]] for d in mc], [generation(d["prompt"]) for d in gen]
+
+    unclipped = scores()
+    with inplace_ttt.clip_tau(model, CLIP):
+        clipped = scores()
+    assert max(abs(a - b) for x, y in zip(unclipped[0], clipped[0]) for a, b in zip(x, y)) > 1e-3  # the clipped run can fail
+    return {None: unclipped, CLIP: clipped}
 
 
 def run(command, root, out):
@@ -91,19 +99,34 @@ def run(command, root, out):
     return {p.stem.rsplit("_", 1)[0]: [json.loads(line) for line in p.read_text().splitlines()] for p in out.rglob("samples_*.jsonl")}
 
 
+LM_EVAL = [sys.executable, "-m", "lm_eval"]
+ITTT_LM_EVAL = [sys.executable, "-m", "inplace_ttt.cli", "lm-eval"]
+
+
 @pytest.mark.parametrize(
-    "batch,entry",
+    "batch,entry,model_args,clip",
     [
-        (1, [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", "pretrained={},trust_remote_code=True,dtype=float64"]),
-        (4, [sys.executable, "-m", "inplace_ttt.cli", "lm-eval", "--model", "hf", "--model_args", "pretrained={},dtype=float64"]),
+        (1, LM_EVAL, "trust_remote_code=True,dtype=float64", None),
+        (4, ITTT_LM_EVAL, "dtype=float64", None),
+        (4, ITTT_LM_EVAL, f"dtype=float64,clip_tau={CLIP}", CLIP),
     ],
-    ids=["lm_eval-trust_remote_code-batch1", "ittt_lm-eval-batch4"],
+    ids=["lm_eval-trust_remote_code-batch1", "ittt_lm-eval-batch4", "ittt_lm-eval-batch4-clip_tau"],
 )
-def test_scores_equal_the_model_scored_directly(setup, direct, batch, entry):
+def test_scores_equal_the_model_scored_directly(setup, direct, batch, entry, model_args, clip):
     root, folder, mc, gen = setup
-    lls, generations = direct
-    out = root / f"out-{batch}"
-    command = [*entry[:-1], entry[-1].format(folder), "--tasks", "ittt_mc,ittt_gen", "--include_path", str(root / "tasks")]
+    lls, generations = direct[clip]
+    out = root / f"out-{batch}-{clip}"
+    command = [
+        *entry,
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={folder},{model_args}",
+        "--tasks",
+        "ittt_mc,ittt_gen",
+        "--include_path",
+        str(root / "tasks"),
+    ]
     samples = run([*command, "--batch_size", str(batch), "--device", "cpu", "--output_path", str(out), "--log_samples"], root, out)
 
     scored = sorted(samples["samples_ittt_mc"], key=lambda s: s["doc_id"])
