@@ -68,9 +68,10 @@ def test_served_completions_equal_generate(folder, reference, tmp_path):
         assert [completion(api, folder, p, stream=True) for p in PROMPTS] == plain
 
         # two requests in flight at once (one streamed, one not) each get what they get alone
-        results, spans = {}, {}
+        results, spans, together = {}, {}, threading.Barrier(2, timeout=60)
 
         def ask(i, stream):
+            together.wait()
             start = time.monotonic()
             results[i] = completion(api, folder, PROMPTS[i], stream=stream)
             spans[i] = (start, time.monotonic())
