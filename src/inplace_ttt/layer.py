@@ -10,7 +10,9 @@ live in `self.ttt` (a `TargetGenerator`), deliberately not `nn.Linear`, so that 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +55,28 @@ class GatedMLPSpec:
     def hidden(self, mlp: nn.Module, x: Tensor) -> Tensor:
         """The gated hidden state ``z``, computed with the MLP's own modules."""
         return getattr(mlp, self.act)(getattr(mlp, self.gate)(x)) * getattr(mlp, self.up)(x)
+
+
+@contextlib.contextmanager
+def ttt_switched_off(layers: Iterable[InPlaceTTTMLP]):
+    """The model of `layers` with TTT off for a block (``eta = 0`` in their settings, restored
+    after): what it computes without its fast weights, for a comparison on the same batch. The
+    layers record nothing meanwhile (their `last_stats` stay those of the forward with TTT on)."""
+    layers = list(layers)
+    configs = {id(layer.config): layer.config for layer in layers}  # a model's layers share one
+    saved = {key: config.ttt_lr for key, config in configs.items()}
+    recording = [layer.record_stats for layer in layers]
+    try:
+        for config in configs.values():
+            config.ttt_lr = 0.0
+        for layer in layers:
+            layer.record_stats = False
+        yield
+    finally:
+        for key, config in configs.items():
+            config.ttt_lr = saved[key]
+        for layer, was in zip(layers, recording):
+            layer.record_stats = was
 
 
 def is_ttt_param(name: str) -> bool:
