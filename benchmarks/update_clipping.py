@@ -13,12 +13,14 @@ Models:
   demo   the demo's TTT run: the embedded base model, 150 steps (`benchmarks/ttt_clipping.py`'s
          "TTT clipped apart" run, which is `ittt demo`'s), layer 3, chunk 64, eta 3;
   135m   a 135M-shaped Llama (SmolLM-135M: hidden 576, MLP 1536, 30 layers, 9 heads, 3 kv heads),
-         random init (seed 0), continual-trained with the issue's recipe: TTT every 6th layer,
-         eta 3, chunk 256, 8 steps of one 1024-token row of the embedded corpus, AdamW 3e-4,
-         TTT parameters 1e-4 (its fast weights, like the issue's real 135M checkpoint's, end small).
+         random init (seed 0), trained with the issue's recipe: TTT every 6th layer, eta 3, chunk
+         256, 8 steps of one 1024-token row of the embedded corpus, AdamW 3e-4, TTT parameters 1e-4;
+  gguf   the same recipe on a real pretrained checkpoint read from a GGUF file (`--gguf FILE`,
+         e.g. SmolLM2-135M; its own tokenizer), as the issue's researcher ran it.
 
-    python benchmarks/update_clipping.py                      # both, 4 held-out rows of 1024 tokens
+    python benchmarks/update_clipping.py                      # demo and 135m, 4 held-out rows of 1024 tokens
     python benchmarks/update_clipping.py --models demo --rows 8
+    python benchmarks/update_clipping.py --models gguf --gguf /models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 Trained runs stay under --out and are reused.
 """
@@ -54,16 +56,16 @@ def trained_demo(out: Path) -> Path:
     return final
 
 
-def trained_135m(out: Path) -> Path:
-    """The 135M-shaped model (random init, the demo's tokenizer and its 4096-word vocabulary),
-    continual-trained with the issue's recipe."""
+def trained_135m(out: Path, gguf: Path | None = None) -> Path:
+    """The 135M-shaped model (random init, the demo's tokenizer and its 4096-word vocabulary), or
+    the checkpoint of `gguf`, trained with the issue's recipe."""
     final = out / "final"
     if (final / "config.json").is_file():
         return final
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    base_dir = out / "base"
-    if not (base_dir / "config.json").is_file():
+    base_dir = out / "base" if gguf is None else gguf.parent
+    if gguf is None and not (base_dir / "config.json").is_file():
         torch.manual_seed(0)
         tokenizer = AutoTokenizer.from_pretrained(base_model_dir())
         config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, rope_theta=100000.0, **SHAPE_135M)
@@ -71,6 +73,7 @@ def trained_135m(out: Path) -> Path:
         tokenizer.save_pretrained(base_dir)
     config = RunConfig(
         model=str(base_dir),
+        gguf_file=None if gguf is None else gguf.name,
         ttt=TTTConfig(layers="every 6", chunk_size=256, ttt_lr=3.0),
         data=DataConfig(train=corpus_files("train"), row_length=1024),
         train=TrainConfig(
@@ -129,7 +132,8 @@ def table(name: str, model, batch: torch.Tensor) -> list[str]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["demo", "135m"], choices=["demo", "135m"])
+    p.add_argument("--models", nargs="+", default=["demo", "135m"], choices=["demo", "135m", "gguf"])
+    p.add_argument("--gguf", type=Path, help="the GGUF checkpoint of --models gguf")
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--out", type=Path, default=Path("runs/update-clipping"))
@@ -139,12 +143,17 @@ def main():
     import inplace_ttt
 
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir())
-    batch = heldout_rows(tokenizer, args.rows, args.length)
     lines = [f"# clip factors at tau = {PAPER_TAU:g}; torch {torch.__version__}, {torch.get_num_threads()} threads", ""]
     for name in args.models:
-        final = trained_demo(args.out / "demo") if name == "demo" else trained_135m(args.out / "135m")
+        if name == "gguf" and args.gguf is None:
+            p.error("--models gguf needs --gguf FILE")
+        final = {
+            "demo": lambda: trained_demo(args.out / "demo"),
+            "135m": lambda: trained_135m(args.out / "135m"),
+            "gguf": lambda: trained_135m(args.out / "gguf", args.gguf),
+        }[name]()
         model = inplace_ttt.from_pretrained(final).eval()
+        batch = heldout_rows(AutoTokenizer.from_pretrained(final), args.rows, args.length)
         lines += table(name, model, batch)
     lines.append(f"{time.perf_counter() - started:.0f} s in all")
     print("\n".join(lines))
