@@ -25,10 +25,10 @@ def build(args):
     config = LlamaConfig(
         vocab_size=args.vocab,
         hidden_size=args.hidden,
-        intermediate_size=4 * args.hidden,
+        intermediate_size=getattr(args, "intermediate", None) or 4 * args.hidden,
         num_hidden_layers=args.layers,
         num_attention_heads=args.hidden // 64,
-        num_key_value_heads=args.hidden // 64,
+        num_key_value_heads=getattr(args, "kv_heads", None) or args.hidden // 64,
         max_position_embeddings=8192,
     )
     torch.manual_seed(0)
@@ -43,14 +43,18 @@ def build(args):
 @torch.no_grad()
 def run(model, ids, new_tokens):
     """Prefill `ids`, then decode `new_tokens` greedily; returns (prefill s, per-token s)."""
+    sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     out = model(input_ids=ids, use_cache=True)
+    sync()
     t1 = time.perf_counter()
     cache = out.cache
     token = out.logits[:, -1:].argmax(-1)
     for _ in range(new_tokens):
         out = model(input_ids=token, cache=cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
+    sync()
     t2 = time.perf_counter()
     return t1 - t0, (t2 - t1) / new_tokens
 

@@ -40,12 +40,13 @@ def cumsum_baseline(z, v, w0, lr, C):
     return torch.einsum("bnch,bndh->bncd", zc, w0 + lr * S).reshape(B, T, -1)
 
 
-def make_inputs(T, d, h, with_v=True, seed=0):
+def make_inputs(T, d, h, with_v=True, seed=0, device="cpu", dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(1, T, h, generator=g).requires_grad_()
-    w0 = (torch.randn(d, h, generator=g) * 0.02).requires_grad_()
-    grad = torch.randn(1, T, d, generator=g)
-    v = (torch.randn(1, T, d, generator=g) * 0.01).requires_grad_() if with_v else None
+    put = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731  drawn on the CPU: the same numbers on every device
+    z = put(torch.randn(1, T, h, generator=g)).requires_grad_()
+    w0 = put(torch.randn(d, h, generator=g) * 0.02).requires_grad_()
+    grad = put(torch.randn(1, T, d, generator=g))
+    v = put(torch.randn(1, T, d, generator=g) * 0.01).requires_grad_() if with_v else None
     return z, v, w0, grad
 
 

@@ -78,6 +78,49 @@ def test_clipping_in_training_is_named():
     assert check(doctor(model, batch(), training=False), "no clipping in training").ok
 
 
+def test_inference_clipping_that_removes_nearly_all_of_the_update_is_a_warning():
+    model = converted().eval()
+    inplace_ttt.set_clip_tau(model, 1e-9)
+    report = doctor(model, batch(), training=False)
+    kept = check(report, "clipping keeps the updates")
+    assert report.ok and kept.warning, str(report)
+    assert "TTT is effectively off" in kept.detail and "clip factor mean" in kept.detail
+    inplace_ttt.set_clip_tau(model, 1e6)
+    kept = check(doctor(model, batch(), training=False), "clipping keeps the updates")
+    assert not kept.warning and "clip factor mean 1 " in kept.detail, kept.detail
+    inplace_ttt.set_clip_tau(model, None)
+    assert not [c for c in doctor(model, batch(), training=False).checks if c.name == "clipping keeps the updates"]
+
+
+STATE = "TTT neither inert nor harmful"
+
+
+@pytest.mark.parametrize(
+    "lr, steps, said",
+    [(1e-9, 8, "TTT is inert after 8 steps (projected)"), (1e-2, 100, None), (10.0, 100, None)],  # a projection never says harmful
+)
+def test_the_first_batch_doctor_projects_whether_a_fresh_run_stays_inert(lr, steps, said):
+    """A fresh conversion's fast weights are zero: the run's TTT learning rate and steps say how far they can get."""
+    model, base = fresh()
+    opt = torch.optim.AdamW([{"params": [p for n, p in model.named_parameters() if ".ttt." in n], "lr": lr}])
+    state = check(doctor(model, batch(), base, optimizer=opt, steps=steps), STATE)
+    assert state.warning == (said is not None), state.detail
+    if said:
+        assert state.detail.startswith(said) and "train.ttt_params_learning_rate (now 1e-09)" in state.detail
+    else:
+        assert state.detail.startswith(f"projected after {steps} steps")
+    assert all(not p.grad_fn for p in model.parameters())  # the parameters are back as they were
+    assert not any(p.abs().sum() for n, p in model.named_parameters() if "conv_weight" in n)
+
+
+def test_a_trained_model_whose_fast_weights_blow_up_is_named_harmful():
+    model = converted(ttt_lr=1000.0).train()
+    state = check(doctor(model, batch(), tiny()), STATE)
+    assert state.warning and state.detail.startswith("TTT is harmful on this batch") and "ttt.ttt_lr (now 1000)" in state.detail
+    healthy = check(doctor(converted().train(), batch(), tiny()), STATE)
+    assert not healthy.warning and "loss" in healthy.detail, healthy.detail
+
+
 def test_single_chunk_sequences_are_named():
     model, _ = fresh()
     report = doctor(model, batch(length=4))

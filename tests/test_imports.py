@@ -47,7 +47,7 @@ LAYERS = [
     {"ops"},
     {"files", "finite"},  # the standard library (and torch) only: every reader of a user's file checks it here
     {"config", "documents", "assets"},
-    {"context"},
+    {"context", "clipping", "health"},
     {"layer"},
     {"families"},
     {"doctor"},

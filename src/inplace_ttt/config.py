@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 TARGETS = ("hidden_states", "token_embeddings")
 TARGET_INITS = ("identity", "diagonal")
+CLIP_MODES = ("absolute", "relative")
 TTT_LR_MAX = 1000.0  # the fast-weight learning rate's bound: the paper's 3 times 300
 CHUNK_SIZE_MAX = 1 << 20  # tokens: a chunk longer than a million tokens is longer than any row, so it would never update
 CONV_KERNEL_MAX = 1023  # the target's convolution weighs hidden size x kernel; the release's is 5, and a wider one only costs memory
@@ -56,7 +57,15 @@ class TTTConfig:
         ``W_target``. At most one of `target_conv` and `target_projection` may be off.
     clip_tau: if set, each chunk update is scaled down to Frobenius norm ``clip_tau``.
         An inference option (the paper used 1e-5 for long-context evaluation); clipping in
-        training starves the new parameters of gradient.
+        training starves the new parameters of gradient. Measured (docs/clipping.md): at 1e-5
+        absolute, clipping keeps 6e-5 of each update of the trained demo model and 9e-6 of a
+        135M-shaped one, which switches TTT off; the layers warn at their first clipped forward,
+        and the doctor, `ittt eval` and the training telemetry report the share kept
+        (`families.clip.clip_report`).
+    clip_mode: how `clip_tau` is read. ``"absolute"`` (the default, the paper's text): a bound on
+        ``||dW_i||_F``, the chunk update before ``eta``, whose scale depends on the model's width,
+        its activations and the chunk size. ``"relative"``: a bound on ``eta ||dW_i||_F / ||W0||_F``,
+        the share of the down projection's norm one chunk may move it by, the same at every size.
     """
 
     ALIASES: ClassVar[dict[str, str]] = {"target": "target_source"}  # renamed keys, read for one release
@@ -67,6 +76,10 @@ class TTTConfig:
     target_source: str = field(default="hidden_states", metadata=_meta("where the target reads X from: the MLP input or the token embeddings", TARGETS))
     conv_kernel: int = field(default=5, metadata=_meta("width of the target's depthwise convolution, odd"))
     clip_tau: float | None = field(default=None, metadata=_meta("clip each chunk update to this Frobenius norm; an inference option (null: off)"))
+    clip_mode: str = field(
+        default="absolute",
+        metadata=_meta("how clip_tau is read: a bound on ||dW|| (absolute) or on eta ||dW|| / ||W0|| per chunk (relative)", CLIP_MODES),
+    )
     # measured: TRAINING.md runs Tid / R2b, docs/demo.md "Choosing the start"
     target_init: str = field(default="diagonal", metadata=_meta("how W_target starts (the convolution starts at zero)", TARGET_INITS))
     target_init_std: float = field(default=0.02, metadata=_meta("the standard deviation of the diagonal start"))
@@ -121,6 +134,8 @@ class TTTConfig:
             if not _is_positive(self.clip_tau):
                 raise ValueError(f"TTTConfig.clip_tau must be None or a finite number > 0; got {self.clip_tau!r}")
             self.clip_tau = float(self.clip_tau)
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"TTTConfig.clip_mode must be one of {CLIP_MODES}; got {self.clip_mode!r}")
 
     def layer_indices(self, num_layers: int) -> tuple[int, ...]:
         """The TTT layer indices of a model with `num_layers` layers; out-of-range indices raise."""

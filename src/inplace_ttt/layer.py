@@ -10,7 +10,9 @@ live in `self.ttt` (a `TargetGenerator`), deliberately not `nn.Linear`, so that 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .clipping import UpdateRecord
 from .config import TTTConfig
 from .context import TTTContext
 from .ops import chunk_conv, context_parallel_ttt, inplace_ttt, sequence_shard, state_dtype
@@ -52,6 +55,28 @@ class GatedMLPSpec:
     def hidden(self, mlp: nn.Module, x: Tensor) -> Tensor:
         """The gated hidden state ``z``, computed with the MLP's own modules."""
         return getattr(mlp, self.act)(getattr(mlp, self.gate)(x)) * getattr(mlp, self.up)(x)
+
+
+@contextlib.contextmanager
+def ttt_switched_off(layers: Iterable[InPlaceTTTMLP]):
+    """The model of `layers` with TTT off for a block (``eta = 0`` in their settings, restored
+    after): what it computes without its fast weights, for a comparison on the same batch. The
+    layers record nothing meanwhile (their `last_stats` stay those of the forward with TTT on)."""
+    layers = list(layers)
+    configs = {id(layer.config): layer.config for layer in layers}  # a model's layers share one
+    saved = {key: config.ttt_lr for key, config in configs.items()}
+    recording = [layer.record_stats for layer in layers]
+    try:
+        for config in configs.values():
+            config.ttt_lr = 0.0
+        for layer in layers:
+            layer.record_stats = False
+        yield
+    finally:
+        for key, config in configs.items():
+            config.ttt_lr = saved[key]
+        for layer, was in zip(layers, recording):
+            layer.record_stats = was
 
 
 def is_ttt_param(name: str) -> bool:
@@ -145,8 +170,11 @@ class InPlaceTTTMLP(nn.Module):
         self.spec = spec
         self.wrapped_type = type(mlp).__name__
         self.layer_idx = layer_idx
-        self.record_stats = False  # set by training telemetry; fills `last_stats` after each forward
+        self.record_stats = False  # set by training telemetry and `families.clip`; fills `last_stats` after each forward
         self.last_stats: dict[str, float] = {}
+        self.last_updates: UpdateRecord | None = None  # the updates of the last recorded forward
+        self._clip_checked: tuple | None = None  # the clip setting whose first forward was checked (`_check_clip`)
+        self._w0_norm: tuple[tuple, float] | None = None  # ((weight version), ||W0||) for clip_mode relative
         self.config = config  # the one home of the settings: `convert` hands every layer of a model the same object
         self.cp_group = None  # a process group splitting sequences along time (context parallelism)
         weight = getattr(self, spec.down).weight
@@ -176,8 +204,28 @@ class InPlaceTTTMLP(nn.Module):
     def down(self) -> nn.Module:
         return getattr(self, self.spec.down)
 
+    def effective_clip_tau(self) -> float | None:
+        """The absolute bound on ``||dW_i||_F`` the op applies: `clip_tau` itself, or for
+        ``clip_mode: relative`` ``clip_tau ||W0||_F / eta`` (so that ``eta ||dW_i|| <= clip_tau ||W0||``)."""
+        tau = self.config.clip_tau
+        if tau is None or self.config.clip_mode == "absolute":
+            return tau
+        return tau * self.w0_norm() / self.ttt_lr
+
+    def w0_norm(self) -> float:
+        """``||W0||_F`` of the down projection, kept until the weight changes (its version counter
+        moves): computing it is a host sync, which a captured CUDA graph cannot hold."""
+        w = self.down.weight
+        key = (w.data_ptr(), w._version, w.device)
+        if self._w0_norm is None or self._w0_norm[0] != key:
+            if w.is_cuda and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("clip_mode relative reads ||W0|| on the host: run one step before capturing a CUDA graph")
+            self._w0_norm = (key, w.detach().to(state_dtype(w.dtype)).norm().item())
+        return self._w0_norm[1]
+
     def extra_repr(self) -> str:
-        return f"wraps={self.wrapped_type}, chunk_size={self.chunk_size}, ttt_lr={self.ttt_lr}, target_source={self.target_source}, clip_tau={self.clip_tau}"
+        clip = f"clip_tau={self.clip_tau}" + (f" ({self.config.clip_mode})" if self.clip_tau is not None else "")
+        return f"wraps={self.wrapped_type}, chunk_size={self.chunk_size}, ttt_lr={self.ttt_lr}, target_source={self.target_source}, {clip}"
 
     def forward(
         self,
@@ -206,23 +254,41 @@ class InPlaceTTTMLP(nn.Module):
         z = self.spec.hidden(self, x)
         if state is not None and self.cp_group is not None:  # at once, before any collective: streaming runs on one rank
             raise ValueError("streaming (a state) runs on one rank: clear cp_group (context parallelism) to generate")
-        stats = {} if self.record_stats and state is None else None
+        tau = self.effective_clip_tau()
+        stats = {} if (self.record_stats and state is None) or self._clip_unchecked(tau, x.shape[1]) else None
         if self.cp_group is not None:
-            fast = self._context_parallel(z, x, context.embeddings, context.positions, stats)
+            fast = self._context_parallel(z, x, context.embeddings, context.positions, stats, tau)
         elif x.shape[1] == 0:  # no tokens: no update, no state change
             return self.down(z)
         elif state is None:
             src = self._source(x, context.embeddings)
             seg = context.segments(self.chunk_size, x.shape[0], x.shape[1], x.device)
             v = self.ttt(src, seg.seg_key).to(z.dtype)
-            fast = inplace_ttt(z, v, None, self.ttt_lr, self.chunk_size, position_ids=context.positions, clip_tau=self.clip_tau, stats=stats, segments=seg)
+            fast = inplace_ttt(z, v, None, self.ttt_lr, self.chunk_size, position_ids=context.positions, clip_tau=tau, stats=stats, segments=seg)
         else:
-            return self._stream(z, self._source(x, context.embeddings), context.positions, state)
+            return self._stream(z, self._source(x, context.embeddings), context.positions, state, tau, stats)
         if stats is not None:
-            self._record(stats)
+            self._record(stats, tau)
         return self.down(z) + fast
 
-    def _context_parallel(self, z: Tensor, x: Tensor, target_source: Tensor | None, position_ids: Tensor | None, stats: dict | None) -> Tensor:
+    def _clip_unchecked(self, tau: float | None, n_tokens: int) -> bool:
+        """Whether this forward should record its updates to check what clipping keeps: the first
+        forward of several tokens after clipping is set or changed (one host sync per setting)."""
+        return tau is not None and n_tokens > 1 and self._clip_checked != (self.config.clip_tau, self.config.clip_mode)
+
+    def _check_clip(self) -> None:
+        """Warn once per clip setting when clipping removes nearly all of the update."""
+        record = self.last_updates
+        if record is None or record.tau is None or not record.updates:
+            return
+        self._clip_checked = (self.config.clip_tau, self.config.clip_mode)
+        message = record.warning()
+        if message is not None:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def _context_parallel(
+        self, z: Tensor, x: Tensor, target_source: Tensor | None, position_ids: Tensor | None, stats: dict | None, tau: float | None
+    ) -> Tensor:
         """The fast term on this rank's slice of sequences split across `cp_group`: the convolution
         reads its neighbours' edge tokens, the op their carry (`ops.distributed`). A bad argument
         is raised on every rank (after the metadata exchange), so no rank waits for one that failed."""
@@ -241,21 +307,28 @@ class InPlaceTTTMLP(nn.Module):
             widths=(src.shape[-1], h),
             dtype=z.dtype,
             device=z.device,
-            settings=(self.ttt_lr, self.clip_tau, False),
+            settings=(self.ttt_lr, tau, False),
             halo=self.ttt.kernel // 2,
             error=error,
         )
         src_ext, key_ext, own = shard.with_halo(src)
         v = self.ttt(src_ext, key_ext)[:, own].to(z.dtype)
-        return context_parallel_ttt(z, v, None, self.ttt_lr, self.chunk_size, group=self.cp_group, clip_tau=self.clip_tau, stats=stats, shard=shard)
+        return context_parallel_ttt(z, v, None, self.ttt_lr, self.chunk_size, group=self.cp_group, clip_tau=tau, stats=stats, shard=shard)
 
-    def _record(self, stats: dict) -> None:
-        """Telemetry of the last forward: ``lr ||S|| / ||W0||`` and the share of clipped chunk updates."""
-        w0_norm = self.down.weight.detach().float().norm().item()
+    def _record(self, stats: dict, tau: float | None) -> None:
+        """Telemetry of the last forward: ``lr ||S|| / ||W0||``, the share of clipped chunk updates
+        and the mean share of an update clipping kept (`clip_factor`, 1: untouched); the updates
+        themselves in `last_updates`."""
+        w0_norm = self.w0_norm()
+        record = UpdateRecord(self.layer_idx, stats["update_norms"], stats["clip_factors"], tau, self.ttt_lr, w0_norm)
+        self.last_updates = record
         self.last_stats = {
             "fast_ratio": self.ttt_lr * stats["fast_norm"] / max(w0_norm, 1e-30),
             "clipped_share": stats["clipped"] / stats["updates"] if stats["updates"] else 0.0,
         }
+        if record.updates:
+            self.last_stats["clip_factor"] = record.mean_factor()
+        self._check_clip()
 
     def _source(self, x: Tensor, target_source: Tensor | None) -> Tensor:
         if self.target_source == "hidden_states":
@@ -268,7 +341,7 @@ class InPlaceTTTMLP(nn.Module):
 
     # streaming -----------------------------------------------------------------------------
 
-    def _stream(self, z: Tensor, src: Tensor, position_ids: Tensor | None, state: FastWeightState) -> Tensor:
+    def _stream(self, z: Tensor, src: Tensor, position_ids: Tensor | None, state: FastWeightState, tau: float | None, stats: dict | None) -> Tensor:
         """The layer's output for tokens that continue the sequences of `state` (updated in place)."""
         B, n, h = z.shape
         if not state.initialized:
@@ -281,15 +354,20 @@ class InPlaceTTTMLP(nn.Module):
         else:
             pos = position_ids.to(device=z.device, dtype=torch.long)
         if n > 1:
-            return self.down(z) + prefill(z, src, pos, state, self.ttt, self.ttt_lr, self.chunk_size, self.clip_tau)
+            fast = prefill(z, src, pos, state, self.ttt, self.ttt_lr, self.chunk_size, tau, stats)
+            if stats is not None:
+                self._record(stats, tau)
+            return self.down(z) + fast
         # a plain `nn.Linear` down projection runs as one product with W0 + lr S (the state keeps that
         # weight until it changes); any other module (LoRA-wrapped, quantized) as itself plus the fast term
         plain = type(self.down) is nn.Linear
         w0, bias = (self.down.weight, self.down.bias) if plain else (None, None)
-        out = token_step(z[:, 0], src[:, 0], pos[:, 0], state, self.ttt, self.ttt_lr, self.chunk_size, self.clip_tau, w0, bias)
+        out = token_step(z[:, 0], src[:, 0], pos[:, 0], state, self.ttt, self.ttt_lr, self.chunk_size, tau, w0, bias)
         return (out if plain else self.down(z[:, 0]) + out)[:, None]
 
     def fixed_step(self, z: Tensor, src: Tensor, state: FixedStepState, active: Tensor) -> Tensor:
         """One token per row, CUDA-graph safe (`ops.recurrent.fixed_step`): the fast-weight term
         ``[B, d]`` of `z` ``[B, h]``, `state` moved on in place where `active` ``[B]``."""
-        return fixed_step(z, src, state, active, self.ttt.taps(state.window_src.dtype), self.ttt.project, self.ttt_lr, self.chunk_size, self.clip_tau)
+        return fixed_step(
+            z, src, state, active, self.ttt.taps(state.window_src.dtype), self.ttt.project, self.ttt_lr, self.chunk_size, self.effective_clip_tau()
+        )

@@ -235,6 +235,65 @@ def test_stats_count_updates_and_clipping():
     assert stats["updates"] == 4 and stats["clipped"] == 4  # without a final state the last chunk is skipped
 
 
+def reference_updates(z, v, pos, C, tau):
+    """Norms and clip factors of the folded chunk updates, slot by slot (slot-major, then rows),
+    by a plain float64 loop over each row's documents and chunks."""
+    per_row = []
+    for b in range(z.shape[0]):
+        chunks, key = [], None
+        for t in range(z.shape[1]):
+            p = int(pos[b, t])
+            if p < 0:
+                continue
+            if p == 0 or key is None or p != key[1] + 1:
+                doc = len(chunks)
+                key = (doc, p)
+            if not chunks or (chunks[-1][0], chunks[-1][1]) != (key[0], p // C):
+                chunks.append([key[0], p // C, torch.zeros(v.shape[-1], z.shape[-1], dtype=F64)])
+            chunks[-1][2] += torch.outer(v[b, t].double(), z[b, t].double())
+            key = (key[0], p)
+        # slot s of a row is its s-th chunk; a chunk folds in when a later chunk of its document follows
+        per_row.append([c[2] if nxt[0] == c[0] else None for c, nxt in zip(chunks, chunks[1:] + [[None]])])
+    norms, factors = [], []
+    for s in range(max(len(r) for r in per_row)):
+        for row in per_row:
+            if s < len(row) and row[s] is not None:
+                n = row[s].norm()
+                norms.append(n)
+                factors.append(torch.clamp(tau / n, max=1.0) if tau is not None else torch.tensor(1.0, dtype=F64))
+    return torch.stack(norms), torch.stack(factors)
+
+
+@pytest.mark.parametrize("tau", [None, 0.5, 1e-6])
+def test_stats_hold_each_update_norm_and_clip_factor(tau):
+    """What telemetry and `clip_report` read: every folded update's norm before clipping and the
+    share clipping kept, as a float64 plain loop computes them (packed documents, padding)."""
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4], [-1, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]])
+    z, v = rand(2, 14, 5), rand(2, 14, 3)
+    stats = {}
+    inplace_ttt(z, v, None, 1.0, 3, position_ids=pos, clip_tau=tau, stats=stats)
+    norms, factors = reference_updates(z, v, pos, 3, tau)
+    assert stats["updates"] == len(norms) == 2 + 1 + 3  # row 0: documents of 3 and 2 chunks; row 1: 4 chunks; a last chunk is not folded
+    torch.testing.assert_close(stats["update_norms"], norms, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(stats["clip_factors"], factors, rtol=1e-12, atol=1e-12)
+    assert stats["clipped"] == int((factors < 1).sum())
+    if tau == 1e-6:
+        assert float(stats["clip_factors"].max()) < 1e-5
+
+
+def test_recording_norms_leaves_outputs_and_gradients_as_they_are():
+    """Stats form each update on its own (to take its norm); the backward rebuilds the same states."""
+    z, v, w0 = rand(2, 12, 5, grad=True), rand(2, 12, 3, grad=True), rand(3, 5)
+    plain = inplace_ttt(z, v, w0, 0.7, 4)
+    recorded = inplace_ttt(z, v, w0, 0.7, 4, stats={})
+    torch.testing.assert_close(recorded, plain, rtol=1e-14, atol=1e-14)
+    g = torch.randn_like(plain)
+    a = torch.autograd.grad(plain, (z, v), g)
+    b = torch.autograd.grad(recorded, (z, v), g)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
 def test_a_document_that_blows_up_does_not_poison_the_next():
     z, v = rand(1, 12, 4), rand(1, 12, 3)
     v[0, 1] = float("inf")

@@ -1,5 +1,6 @@
 """`ittt train` end to end on a tiny model: modes, telemetry, checkpoints, resume, faults."""
 
+import contextlib
 import json
 import re
 import shutil
@@ -415,3 +416,36 @@ def test_training_a_gguf_checkpoint_gives_a_normal_float_checkpoint(workspace, c
     assert main([*args, "--length", "24"]) == 0, capsys.readouterr().out
     missing = main(["train", str(workspace["config"]), "--gguf-file", "nothing.gguf", "--train.output_dir", str(workspace["root"] / "run2")])
     assert missing == 2 and "gguf_file 'nothing.gguf'" in capsys.readouterr().err
+
+
+STATE_RUNS = {
+    # the TTT parameters barely move: the fast weights stay far below 1% of W_down
+    "inert": dict(ttt={"ttt_lr": 0.01}, train={"ttt_params_learning_rate": 1e-7, "save_steps": 100}),
+    # a huge eta and a fast TTT learning rate: the fast term outgrows W_down
+    "harmful": dict(ttt={"ttt_lr": 1000.0}, train={"ttt_params_learning_rate": 0.3, "ttt_params_max_grad_norm": None, "max_grad_norm": 0, "save_steps": 100}),
+    # the workspace's settings leave the tiny run inert (0.13% in 6 steps); eta 10 moves it past 1%
+    "neither": dict(ttt={"ttt_lr": 10.0}, train={"save_steps": 100}),
+}
+
+
+@pytest.mark.parametrize("case", STATE_RUNS)
+def test_the_run_says_once_when_ttt_is_inert_or_harmful(workspace, capsys, case):
+    """Forced each way on a tiny model in 6 steps; a healthy run says neither."""
+    edit(workspace["config"], **STATE_RUNS[case])
+    with pytest.warns(RuntimeWarning) if case != "neither" else contextlib.nullcontext() as caught:
+        assert main(["train", str(workspace["config"])]) == 0
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if line.startswith("TTT is ")]
+    rows = [json.loads(line) for line in (workspace["run"] / "metrics.jsonl").read_text().splitlines()]
+    assert "ttt/loss_gain" in rows[0]  # measured at the first log, with TTT off on the same batch
+    ratios = [r["ttt/layer0/fast_ratio"] for r in rows if "ttt/layer0/fast_ratio" in r]
+    if case == "neither":
+        assert said == [], said
+        assert 0.01 < max(ratios) < 1.0
+        return
+    assert len(said) == 1 and said[0].startswith(f"TTT is {case}"), said
+    assert any(str(w.message) == said[0] for w in caught)
+    if case == "inert":
+        assert "after 6 steps" in said[0] and "train.ttt_params_learning_rate (now 1e-07)" in said[0] and max(ratios) < 0.01
+    else:
+        assert "ttt.ttt_lr (now 1000)" in said[0] and "lower" in said[0]

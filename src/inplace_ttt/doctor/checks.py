@@ -3,12 +3,15 @@
 Each check targets a failure that once cost weeks in the system this library replaces:
 a wrong activation, both target factors zero (no gradient), clipping in training (TTT
 a no-op), sequences of one chunk (TTT inert), frozen / LoRA-wrapped / un-optimised TTT
-parameters, a low-precision fast-weight sum, a leak from the future.
+parameters, a low-precision fast-weight sum, a leak from the future; and two that cost a
+researcher a run each: inference clipping that removes nearly all of every update, and fast
+weights that stay negligible (inert) or grow past what the model can bear (harmful).
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -16,9 +19,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..families import probe, ttt_layers
+from ..families.clip import clip_report
 from ..families.record import describe, may_change, split_training, trained_steps
 from ..finite import nonfinite_tensors
-from ..layer import InPlaceTTTMLP, TargetGenerator
+from ..health import Settings, verdict
+from ..layer import InPlaceTTTMLP, TargetGenerator, ttt_switched_off
 from ..ops import find_segments, inplace_ttt
 
 
@@ -61,6 +66,7 @@ def doctor(
     training: bool | None = None,
     fresh: bool | None = None,
     ttt_params_max_grad_norm: float | None = None,
+    steps: int | None = None,
 ) -> Report:
     """Run the checks on `model` (a converted transformers causal LM, or a converted moshi
     `LMModel`) with `batch` (transformers: ``input_ids`` and optionally ``attention_mask`` /
@@ -78,6 +84,8 @@ def doctor(
         the weights it trained.
     ttt_params_max_grad_norm: the run clips the TTT parameters as their own group at this norm
         (`train.ttt_params_max_grad_norm`): a global norm they dominate is then reported, not warned.
+    steps: the optimizer steps the run will take; with `optimizer`, a fresh model's fast weights
+        are projected that far (`_check_state`) to say whether TTT would stay inert.
     """
     family = probe(model)
     batch = {("codes" if batch.dim() == 3 else "input_ids"): batch} if isinstance(batch, Tensor) else dict(batch)
@@ -91,7 +99,7 @@ def doctor(
     _check_finite(report, model, base_model)
     _check_parameters(report, model, layers, optimizer)
     _check_lengths(report, layers, family.positions(batch), training)
-    _check_clipping(report, layers, training)
+    _check_clipping(report, model, layers, batch, training)
     _check_precision(report, layers)
     record = split_training(family.settings(model))[1]
     if fresh is None:
@@ -107,6 +115,7 @@ def doctor(
         _check_gradients(report, model, layers, batch, family, ttt_params_max_grad_norm is not None)
         gap = family.causality_gap(model, batch)
         report.add("causality", gap == 0.0, f"changing a later step moves earlier logits by {gap:.1e}")
+        _check_state(report, model, layers, batch, family, fresh, optimizer, steps)
     return report
 
 
@@ -155,12 +164,90 @@ def _check_lengths(report, layers, pos, training) -> None:
     report.add("sequences span 2+ chunks", ok, detail)
 
 
-def _check_clipping(report, layers, training) -> None:
+def _check_clipping(report, model, layers, batch, training) -> None:
     clipped = {i: layer.clip_tau for i, layer in layers.items() if layer.clip_tau is not None}
     if training and clipped:
         report.add("no clipping in training", False, f"clip_tau set on layers {clipped}: it starves TTT of gradient; set it for inference only")
+        return
+    report.add("no clipping in training", True, f"clip_tau {clipped or 'off'}{'' if training else ' (inference)'}")
+    if clipped:
+        with warnings.catch_warnings():  # the layers' own warning: said here, in the report
+            warnings.simplefilter("ignore", RuntimeWarning)
+            kept = clip_report(model, batch)
+        lost = kept.warnings()
+        detail = f"{kept.summary()}" + (f"; {lost[0]}" if lost else "")
+        report.add("clipping keeps the updates", True, detail, warning=bool(lost))
+
+
+def _check_state(report, model, layers, batch, family, fresh: bool, optimizer, steps: int | None) -> None:
+    """Whether TTT is inert or harmful here (`inplace_ttt.health`), in one line. A trained model:
+    its fast weights on this batch, and its loss with TTT against TTT off. A fresh conversion
+    (fast weights exactly zero): with the run's optimizer and step count, the fast weights after
+    `steps` steps if every TTT parameter moved its learning rate each step the way its first
+    gradient points, which is about as far as AdamW can move it (a warmup moves it less). That
+    bound can say inert, not harmful: measured on the demo (150 steps), it projects 10 x
+    ||W_down|| where the run reaches 0.13 x."""
+    layer = next(iter(layers.values()))
+    rates = _learning_rates(optimizer, layers)
+    settings = Settings(layer.ttt_lr, layer.chunk_size, max(rates.values()) if rates else None, layer.clip_tau)
+    if not fresh:
+        with _recording(layers), torch.no_grad():
+            on = float(family.loss(model, batch))
+        ratios = {i: t.last_stats.get("fast_ratio", 0.0) for i, t in layers.items()}
+        with torch.no_grad(), ttt_switched_off(layers.values()):
+            off = float(family.loss(model, batch))
+        found = verdict(ratios, settings, after="on this batch", loss_gain=off - on)
+        detail = f"fast weights reach <= {max(ratios.values()):.3g} x ||W_down||; loss {on - off:+.3g} nats with TTT against TTT off"
+    elif rates and steps:
+        with _recording(layers), _moved(model, layers, batch, family, rates, steps):
+            family.logits(model, batch)
+            ratios = {i: t.last_stats.get("fast_ratio", 0.0) for i, t in layers.items()}
+        found = verdict(ratios, settings, after=f"after {steps} steps (projected)")
+        if found is not None and found[0] == "harmful":  # an upper bound says nothing of harm: the demo's projects to 10 x, reaches 0.13 x
+            found = None
+        detail = f"projected after {steps} steps: fast weights reach <= {max(ratios.values()):.3g} x ||W_down|| (an upper bound)"
     else:
-        report.add("no clipping in training", True, f"clip_tau {clipped or 'off'}{'' if training else ' (inference)'}")
+        return
+    report.add("TTT neither inert nor harmful", True, found[1] if found else detail, warning=found is not None)
+
+
+def _learning_rates(optimizer, layers) -> dict[int, float]:
+    """`id(parameter) -> learning rate` for each TTT parameter the optimizer holds."""
+    if optimizer is None:
+        return {}
+    ids = {id(p) for p in _ttt_params(layers).values()}
+    return {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"] if id(p) in ids}
+
+
+@contextlib.contextmanager
+def _recording(layers):
+    """The layers record their fast-weight statistics for a block."""
+    before = {i: t.record_stats for i, t in layers.items()}
+    try:
+        for t in layers.values():
+            t.record_stats = True
+        yield
+    finally:
+        for i, t in layers.items():
+            t.record_stats = before[i]
+
+
+@contextlib.contextmanager
+def _moved(model, layers, batch, family, rates: dict[int, float], steps: int):
+    """The TTT parameters moved ``steps * lr`` against the sign of their gradient on `batch`, for a block."""
+    params = [p for p in _ttt_params(layers).values() if id(p) in rates]
+    grads = torch.autograd.grad(family.loss(model, batch), params, allow_unused=True)
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                if g is not None:
+                    p.sub_(steps * rates[id(p)] * g.sign())
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
 
 
 def _check_precision(report, layers) -> None:
@@ -260,16 +347,9 @@ def _check_warm_start(report, model, layers, base_model, batch, family, fresh: b
     model: a fresh conversion with TTT off is the base model, by construction, so TTT on against
     TTT off). Trained: with TTT off it computes what the base computes holding the `n_changed`
     weights the training changed."""
-    configs = {id(layer.config): layer.config for layer in layers.values()}  # the model's settings (one, shared by its layers)
-    saved = {key: config.ttt_lr for key, config in configs.items()}
-    try:
-        on_logits = family.logits(model, batch)
-        for config in configs.values():
-            config.ttt_lr = 0.0  # TTT off, for this one forward
+    on_logits = family.logits(model, batch)
+    with ttt_switched_off(layers.values()):
         off_logits = family.logits(model, batch)
-    finally:
-        for key, config in configs.items():
-            config.ttt_lr = saved[key]
     tol = _tolerance(next(iter(layers.values())).down.weight.dtype)
     if base_model is None:
         on = (on_logits - off_logits).abs().max().item()

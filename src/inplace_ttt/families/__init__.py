@@ -69,29 +69,34 @@ def set_context_parallel(model: nn.Module, group) -> None:
     family_of(model).set_context_parallel(model, group)
 
 
-def set_clip_tau(model: nn.Module, clip_tau: float | None) -> float | None:
+def set_clip_tau(model: nn.Module, clip_tau: float | None, clip_mode: str | None = None) -> float | None:
     """Set inference clipping for every TTT layer of `model` (in the `TTTConfig` they share, which
-    is what the model saves); returns the previous value."""
-    TTTConfig(clip_tau=clip_tau)  # validates
+    is what the model saves), and how `clip_tau` is read (`TTTConfig.clip_mode`; None: as it is);
+    returns the previous `clip_tau`."""
+    checked = TTTConfig(clip_tau=clip_tau, **({} if clip_mode is None else {"clip_mode": clip_mode}))  # validates
     family = family_of(model)
     configs = {id(layer.config): layer.config for _, layer in family.ttt_layers(model)}
     if not configs:
         raise ValueError(f"{type(model).__name__} has no In-Place TTT layers: convert it first (inplace_ttt.convert)")
     previous = next(iter(configs.values())).clip_tau
     for config in configs.values():
-        config.clip_tau = None if clip_tau is None else float(clip_tau)
+        config.clip_tau = checked.clip_tau
+        if clip_mode is not None:
+            config.clip_mode = clip_mode
     family.settings(model)  # the record the model saves (config.json, ttt.safetensors) follows
     return previous
 
 
 @contextlib.contextmanager
-def clip_tau(model: nn.Module, value: float | None):
+def clip_tau(model: nn.Module, value: float | None, clip_mode: str | None = None):
     """``with clip_tau(model, 1e-5): model.generate(...)``: clipping for a block, restored after."""
-    previous = set_clip_tau(model, value)
+    mode = next(iter(family_of(model).ttt_layers(model)), (None, None))[1]
+    previous_mode = None if mode is None else mode.config.clip_mode
+    previous = set_clip_tau(model, value, clip_mode)
     try:
         yield model
     finally:
-        set_clip_tau(model, previous)
+        set_clip_tau(model, previous, previous_mode)
 
 
 __all__ = [

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .common import check_inputs, clip_backward, clip_factor, state_dtype, update_operands, zero_rows
+from .common import check_inputs, clip_backward, factor_of_norm, state_dtype, update_norm, update_operands, zero_rows
 from .layout import SlotLayout
 from .segments import Segments, check_segments, find_segments
 
@@ -98,7 +98,9 @@ class _Scan:
 def chunk_fwd(
     z: Tensor, v: Tensor, w0: Tensor | None, initial_state: Tensor | None, lr: float, clip_tau: float | None, layout: SlotLayout
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The forward scan: ``(out, final state, clip factors [n_slots, B] or None)``."""
+    """The forward scan: ``(out, final state, clip factors [n_slots, B] or None)``. With clipping,
+    or when `layout.record_norms` asks for them, each update is formed on its own and its norm kept
+    in `layout.norms` ``[n_slots, B]`` (telemetry: what clipping at any tau would keep)."""
     scan = _Scan(z, v, w0, initial_state, lr, layout)
     B = z.shape[0]
     if w0 is None or scan.merged:
@@ -106,6 +108,7 @@ def chunk_fwd(
     else:
         out = F.linear(z, w0)
     clip = z.new_ones(layout.n_slots, B, dtype=scan.sdt) if clip_tau is not None else None
+    norms = z.new_zeros(layout.n_slots, B, dtype=scan.sdt) if clip is not None or layout.record_norms else None
     for s in range(layout.n_slots):
         scan.reset(s)
         zs = layout.gather(z, s)
@@ -114,10 +117,13 @@ def chunk_fwd(
             layout.add_matmul_(out, s, zs, fast[0].mT, fast[1])
         if any(layout.update_host[s]):
             dW = None
-            if clip is not None:
+            if norms is not None:
                 dW = scan.delta(s, zs)
-                clip[s] = clip_factor(dW, clip_tau)
+                norms[s] = update_norm(dW)
+                if clip is not None:
+                    clip[s] = factor_of_norm(norms[s], clip_tau)
             scan.fold(s, zs, None if clip is None else clip[s], dW)
+    layout.norms = norms
     return out, scan.S, clip
 
 
@@ -157,8 +163,8 @@ def chunk_bwd(
         fast = scan.weight()
         if fast is not None:
             layout.add_matmul_(grad_z, s, layout.gather(G, s), fast[0], fast[1])
-        if any(layout.update_host[s]):
-            scan.fold(s, zs, None if clip is None else clip[s])
+        if any(layout.update_host[s]):  # each update formed as the forward formed it: bit-identical states
+            scan.fold(s, zs, None if clip is None else clip[s], scan.delta(s, zs) if layout.norms is not None else None)
 
     # reverse sweep: R = dL/dS after slot s; Q_s = dL/d(dW_s)
     scan.S = scan._weight = None  # not needed any more
@@ -243,17 +249,28 @@ def chunk_inplace_ttt(
     if B == 0 or T == 0:  # nothing to read: the state passes through
         final = z.new_zeros(B, v.shape[-1], h, dtype=state_dtype(z.dtype)) if initial_state is None else initial_state.to(state_dtype(z.dtype)).clone()
         if stats is not None:
-            stats.update(updates=0, clipped=0, fast_norm=float(final.flatten(1).norm(dim=1).mean()) if B else 0.0)
+            none = torch.zeros(0, dtype=torch.float64)
+            stats.update(updates=0, clipped=0, update_norms=none, clip_factors=none, fast_norm=float(final.flatten(1).norm(dim=1).mean()) if B else 0.0)
         out = z.new_zeros(B, T, v.shape[-1])
         return (out, final) if output_final_state else out
     seg = segments if segments is not None else find_segments(position_ids, B, T, chunk_size, z.device)
     check_segments(seg, B, T, chunk_size)
     layout = SlotLayout(seg, has_positions=position_ids is not None, final_state=output_final_state)
+    layout.record_norms = stats is not None
     out, final = ChunkInPlaceTTTFunction.apply(z, v, w0, initial_state, float(lr), clip_tau, layout)
     if stats is not None:
-        with torch.no_grad():
-            updated = layout.update.T  # [B, n]
-            stats["updates"] = int(updated.sum())
-            stats["clipped"] = 0 if layout.clip is None else int(((layout.clip.T < 1) & updated).sum())
-            stats["fast_norm"] = float(final.flatten(1).norm(dim=1).mean()) if final.shape[0] else 0.0
+        record_stats(stats, layout, final)
     return (out, final) if output_final_state else out
+
+
+@torch.no_grad()
+def record_stats(stats: dict, layout: SlotLayout, final: Tensor) -> None:
+    """`stats` of a forward (see `ops.inplace_ttt`): counts, the norm of each folded update
+    and the share clipping kept of it, and the final fast-weight norm."""
+    updated = layout.update  # [n, B]
+    stats["updates"] = int(updated.sum())
+    stats["update_norms"] = layout.norms[updated].double().cpu()
+    kept = layout.clip[updated] if layout.clip is not None else torch.ones_like(layout.norms[updated])
+    stats["clip_factors"] = kept.double().cpu()
+    stats["clipped"] = int((kept < 1).sum())
+    stats["fast_norm"] = float(final.flatten(1).norm(dim=1).mean()) if final.shape[0] else 0.0

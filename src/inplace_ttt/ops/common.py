@@ -55,9 +55,20 @@ def chunk_update(v: Tensor, z: Tensor, clip_tau: float | None = None) -> Tensor:
     return dW
 
 
+def update_norm(dW: Tensor) -> Tensor:
+    """``||dW||_F`` per row (`[B, d, h]` -> `[B]`), in float32 or wider."""
+    return dW.flatten(1).to(state_dtype(dW.dtype)).norm(dim=1)
+
+
 def clip_factor(dW: Tensor, tau: float) -> Tensor:
     """`min(1, tau / ||dW||_F)` per row, in float32 or wider; 1 for a zero update."""
-    return (tau / dW.flatten(1).to(state_dtype(dW.dtype)).norm(dim=1)).clamp(max=1.0)
+    return factor_of_norm(update_norm(dW), tau)
+
+
+def factor_of_norm(norm: Tensor, tau: float) -> Tensor:
+    """The clip factor `min(1, tau / norm)` of updates of Frobenius norm `norm`: the share of each
+    update that clipping at `tau` keeps (1: untouched)."""
+    return (tau / norm).clamp(max=1.0)
 
 
 def clip_backward(Q: Tensor, dW: Tensor, c: Tensor) -> Tensor:

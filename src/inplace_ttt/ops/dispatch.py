@@ -51,8 +51,11 @@ def inplace_ttt(
             mid-chunk passes that chunk's tokens again.
 
         stats: a dict to fill with telemetry: ``updates`` (chunk updates folded in),
-            ``clipped`` (how many of them clipping scaled down) and ``fast_norm`` (mean over rows
-            of ``||S||_F`` at the end). Costs a host sync; for logging, not for every step.
+            ``update_norms`` and ``clip_factors`` (float64 CPU tensors, one entry per folded
+            update: its Frobenius norm before clipping, and the share of it clipping kept, 1
+            when untouched), ``clipped`` (how many of them clipping scaled down) and
+            ``fast_norm`` (mean over rows of ``||S||_F`` at the end). Each update is then formed
+            on its own to take its norm, and the numbers cost a host sync: for logging.
         group: a `torch.distributed` process group over which the sequences are split along
             time: this rank holds a contiguous slice of every row (see `distributed.py`), and
             `position_ids` are that slice's global positions. A collective: every rank of the

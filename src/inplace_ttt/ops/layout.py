@@ -27,6 +27,8 @@ class SlotLayout:
         device = seg.positions.device
         self.batch, self.length = B, T
         self.clip: Tensor | None = None  # clip factors [n, B] once a forward pass ran
+        self.record_norms = False  # set by a caller that wants each update's norm (telemetry)
+        self.norms: Tensor | None = None  # update norms [n, B] once a forward pass ran, if clipping or `record_norms`
         counts = seg.seg_start.sum(1)
         self.n_slots = int(counts.max()) if B and T else 0
         n = self.n_slots

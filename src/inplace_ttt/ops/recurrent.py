@@ -82,9 +82,11 @@ def prefill(
     lr: float,
     chunk_size: int,
     clip_tau: float | None = None,
+    stats: dict | None = None,
 ) -> Tensor:
     """Several tokens per row (`z` ``[B, n, h]``, `src` ``[B, n, F]``, `pos` ``[B, n]``, negative:
-    padding): the fast-weight term ``[B, n, d]``; `state` moves on in place."""
+    padding): the fast-weight term ``[B, n, d]``; `state` moves on in place. `stats`: as for
+    `inplace_ttt`, over the updates this call folds in."""
     valid = pos >= 0
     has_token = valid.any(1)
     first = pos.gather(1, valid.long().argmax(1, keepdim=True))[:, 0]
@@ -104,7 +106,7 @@ def prefill(
     seg = find_segments(all_pos, z.shape[0], all_pos.shape[1], chunk_size, z.device)
     v = targets(all_src, seg.seg_key).to(z.dtype)
     out, state.fast_sum = chunk_inplace_ttt(
-        all_z, v, None, lr, chunk_size, position_ids=all_pos, clip_tau=clip_tau, initial_state=state.fast_sum, output_final_state=True
+        all_z, v, None, lr, chunk_size, position_ids=all_pos, clip_tau=clip_tau, initial_state=state.fast_sum, output_final_state=True, stats=stats
     )
     # keep the tokens of each row's last segment if its chunk is unfinished
     last_col, last_pos = seg.last_token()

@@ -143,7 +143,15 @@ def causal_lm_parts(
 
     def first_batch_doctor(module: nn.Module, batch: dict, optimizer):
         inputs = {k: batch[k] for k in ("input_ids", "position_ids")}
-        return doctor(unwrap(module), inputs, optimizer=optimizer, training=True, fresh=fresh, ttt_params_max_grad_norm=config.train.ttt_params_max_grad_norm)
+        return doctor(
+            unwrap(module),
+            inputs,
+            optimizer=optimizer,
+            training=True,
+            fresh=fresh,
+            ttt_params_max_grad_norm=config.train.ttt_params_max_grad_norm,
+            steps=config.train.max_steps if config.train.max_steps > 0 else None,
+        )
 
     parts = dict(
         module=model,

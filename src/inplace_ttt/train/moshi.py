@@ -225,6 +225,7 @@ def prepare(config: MoshiRunConfig) -> RunParts:
             training=True,
             fresh=config.model.ttt_weights is None,
             ttt_params_max_grad_norm=t.ttt_params_max_grad_norm,
+            steps=t.max_steps if t.max_steps > 0 else None,
         )
 
     return RunParts(

@@ -6,14 +6,19 @@ Per TTT layer, averaged over the steps since the last log:
   read them after clipping and always saw 1.0);
 - ``fast_ratio``: ``lr ||sum dW|| / ||W0||`` at the end of a row, how far the fast weight moved;
 - ``clipped_share``: the share of chunk updates that clipping scaled down (0 unless clipping
-  was asked for in training).
+  was asked for in training), and ``clip_factor``: the mean share of an update clipping kept.
 
 For the whole model: ``ttt/grad_norm`` (all TTT parameters, before clipping), ``ttt/grad_share``
 (their share of the squared global gradient norm: near 1, the TTT parameters decide the global
 clipping), ``clip_scale`` (the factor clipping multiplied the other parameters' gradients by:
 at 1/400 they train at 1/400 of their learning rate) and ``ttt/clip_scale`` (the TTT
-parameters' factor), plus any parts of the loss the trained module reports (Moshi's
-``text_loss`` and ``audio_loss``).
+parameters' factor), ``ttt/loss_gain`` (the loss of the step's batch with TTT off minus with it
+on, measured at most every `GAIN_EVERY` steps, on a log step: one more forward, no gradient),
+plus any parts of the loss the trained module reports (Moshi's ``text_loss`` and ``audio_loss``).
+
+From these `TTTTelemetry.state` says once, in one line, when TTT is inert or harmful
+(`inplace_ttt.health`): inert is judged once the warmup is over (and at least `INERT_AFTER`
+steps in, or at the last step), harmful at any log.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from ..finite import finite_json
+from ..health import Settings, verdict
 from ..layer import InPlaceTTTMLP, is_ttt_param
+
+INERT_AFTER = 8  # steps: the fast weights start at zero (V = 0) and the demo's pass 2% of W_down by step 7
+GAIN_EVERY = 10  # steps between two measurements of the loss with TTT off (one forward each)
 
 
 class TTTTelemetry:
@@ -40,6 +49,25 @@ class TTTTelemetry:
         self.layers = layers
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
+        self.said: set[str] = set()  # the verdicts said already (each once per run)
+        self.next_gain_step = 1
+
+    def gain_due(self, step: int, log_step: bool) -> bool:
+        """Whether step `step` (1-based, a log step or not) measures the loss with TTT off."""
+        return bool(self.layers) and log_step and step >= self.next_gain_step
+
+    def state(self, logs: dict, step: int, judge_inert: bool, ttt_params_learning_rate: float | None) -> str | None:
+        """The one line saying TTT is inert or harmful, the first time it is (None otherwise)."""
+        ratios = {i: logs[f"ttt/layer{i}/fast_ratio"] for i in self.layers if f"ttt/layer{i}/fast_ratio" in logs}
+        if not ratios:
+            return None
+        layer = next(iter(self.layers.values()))
+        settings = Settings(layer.ttt_lr, layer.chunk_size, ttt_params_learning_rate, layer.clip_tau)
+        found = verdict(ratios, settings, after=f"after {step} steps", loss_gain=logs.get("ttt/loss_gain"))
+        if found is None or found[0] in self.said or (found[0] == "inert" and not judge_inert):
+            return None
+        self.said.add(found[0])
+        return found[1]
 
     def enable(self) -> None:
         for layer in self.layers.values():
@@ -101,6 +129,11 @@ def summary_line(logs: dict, step: int, max_steps: int) -> str:
     fast = [v for k, v in logs.items() if k.startswith("ttt/layer") and k.endswith("/fast_ratio")]
     if fast:
         ttt.append(f"fast_ratio <= {max(fast):.3g}")
+    kept = [v for k, v in logs.items() if k.startswith("ttt/layer") and k.endswith("/clip_factor")]
+    if kept and min(kept) < 1:
+        ttt.append(f"clip_factor >= {min(kept):.3g}")
+    if "ttt/loss_gain" in logs:
+        ttt.append(f"loss_gain {logs['ttt/loss_gain']:+.3g}")
     return "  ".join(parts) + (f"  | ttt: {', '.join(ttt)}" if ttt else "")
 
 

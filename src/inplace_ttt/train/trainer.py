@@ -44,7 +44,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from ..families.record import TRAINING_KEY, run_entry, split_training
-from ..layer import InPlaceTTTMLP, is_ttt_param
+from ..layer import InPlaceTTTMLP, is_ttt_param, ttt_switched_off
 from .config import CHECKPOINTING_KEYS, TrainConfig
 from .modes import ModeError, apply_mode, is_peft, merged, unwrap
 from .nonfinite import nonfinite_gradient, nonfinite_loss, nonfinite_weights, stopped
@@ -64,7 +64,7 @@ from .run_dir import (
     trained_steps,
     write_final,
 )
-from .telemetry import MetricsJsonl, SummaryProgress, TTTTelemetry, group_norms
+from .telemetry import GAIN_EVERY, INERT_AFTER, MetricsJsonl, SummaryProgress, TTTTelemetry, group_norms
 
 LORA_TTT_WEIGHTS = "ttt_weights.safetensors"  # in a LoRA-mode checkpoint: the TTT parameters, beside the PEFT adapter
 
@@ -195,7 +195,17 @@ class TTTTrainer(Trainer):
                 raise self.stop_error(problem)
             for key, value in parts.items():
                 self.telemetry.add(key, value)
+            step = self.state.global_step + 1
+            if self.telemetry.gain_due(step, self._logs_at(step)):
+                with torch.no_grad(), ttt_switched_off(self.telemetry.layers.values()):
+                    off = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+                self.telemetry.add("ttt/loss_gain", float(off) - float(loss))
         return (loss, outputs) if return_outputs else loss
+
+    def _logs_at(self, step: int) -> bool:
+        """Whether the Trainer logs after step `step`: every `logging_steps` and the last."""
+        a = self.args
+        return a.logging_strategy == "steps" and (step % max(1, int(a.logging_steps)) == 0 or step == self.state.max_steps)
 
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
@@ -205,7 +215,22 @@ class TTTTrainer(Trainer):
     def log(self, logs, start_time=None):
         if "loss" in logs:
             logs = {**logs, **self.telemetry.flush()}
+            if "ttt/loss_gain" in logs:
+                self.telemetry.next_gain_step = self.state.global_step + GAIN_EVERY
+            self._say_state(logs)
         super().log(logs, start_time)
+
+    def _say_state(self, logs: dict) -> None:
+        """Say once when TTT is inert or harmful (`TTTTelemetry.state`); inert only once the warmup is over."""
+        step, a = self.state.global_step, self.args
+        warmup = a.get_warmup_steps(self.state.max_steps) if self.state.max_steps > 0 else 0
+        judge_inert = step >= max(INERT_AFTER, warmup) or step == self.state.max_steps
+        rate = a.ttt_params_learning_rate if a.ttt_params_learning_rate is not None else a.learning_rate
+        line = self.telemetry.state(logs, step, judge_inert, rate)
+        if line is not None:
+            warnings.warn(line, RuntimeWarning, stacklevel=2)
+            if self.is_world_process_zero():
+                print(line, flush=True)
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs):
         self.resumed_from = resume_from_checkpoint  # `CompleteCheckpoints` restores what transformers does not load
