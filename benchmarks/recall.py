@@ -97,6 +97,8 @@ def train(tokenizer, args, ttt: TTTConfig | None):
         opt.zero_grad(set_to_none=True)
         step_seconds.append(time.perf_counter() - start)
         losses.append(loss.item())
+        if len(losses) % 50 == 0:
+            print(f"    step {len(losses)}: loss {statistics.fmean(losses[-50:]):.3f}", flush=True)
     return model.eval(), step_seconds, losses
 
 
