@@ -46,6 +46,9 @@ def test_tiny_run_pairs_identical_batches_and_passages(tmp_path):
         assert r["difference"] == pytest.approx(r["SWA + TTT"]["loss"] - r["SWA"]["loss"], abs=1e-9)
         lo, hi = r["difference_interval"]
         assert lo <= r["difference"] <= hi
+    inside = rows[1]  # context 8, the window: the growth past the window is measured from here
+    assert inside["growth"] == 0 and inside["growth_interval"] == [0, 0]
+    assert rows[-1]["growth"] == pytest.approx(rows[-1]["difference"] - inside["difference"], abs=1e-9)
     out = tmp_path / "out"
     assert "Identical batches in both runs: yes" in (out / "report.md").read_text()
     assert (out / "fig2.png").stat().st_size > 0 and json.loads((out / "results.json").read_text())["identical_batches"]
