@@ -7,13 +7,19 @@ queried), once plain and once with In-Place TTT; then both are scored on unseen 
 pairs sit further back than the model's whole receptive field (layers x window), so attention
 alone cannot reach them: the plain model must sit at chance, and only fast weights can recall.
 
+Besides the table at the training length it prints the capacity curve (accuracy against the
+number of pairs at the training length, and against the gap at the training number of pairs),
+and accuracy by the stored pair's slot; `--profile` splits one training step's time into the
+TTT operator, the target's convolution and the rest. `--json FILE` keeps everything.
+
     python benchmarks/recall.py                  # a few CPU minutes
-    python benchmarks/recall.py --steps 600 --threads 2
+    python benchmarks/recall.py --models ttt --eta 1 --json /tmp/eta1.json     # one factor, TTT only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -23,8 +29,9 @@ from transformers import PreTrainedTokenizerFast
 
 from inplace_ttt import TTTConfig
 from inplace_ttt.eval.intervals import mean_interval
-from inplace_ttt.eval.recall import chance, make_recall, recall_scores
+from inplace_ttt.eval.recall import chance, make_recall, recall_hits, stored_slot
 from inplace_ttt.train.pretrain import ArchitectureConfig, build_model
+from inplace_ttt.train.trainer import clip_groups
 
 
 def word_tokenizer(words: int) -> PreTrainedTokenizerFast:
@@ -48,14 +55,14 @@ def batches(tokenizer, args):
         yield ids, labels
 
 
-def train(tokenizer, args, ttt: TTTConfig | None):
+def build(tokenizer, args, ttt: TTTConfig | None):
     arch = ArchitectureConfig(
         hidden_size=args.hidden,
         intermediate_size=3 * args.hidden,
         num_hidden_layers=args.layers,
         num_attention_heads=args.hidden // 32,
         num_key_value_heads=args.hidden // 32,
-        max_position_embeddings=4 * args.length,
+        max_position_embeddings=4 * max(args.length, *args.curve_lengths),
         sliding_window=args.window,
     )
     torch.manual_seed(0)  # the same start for both: TTT adds its own (zero-started) parameters only
@@ -64,22 +71,98 @@ def train(tokenizer, args, ttt: TTTConfig | None):
     others = [p for n, p in model.named_parameters() if ".ttt." not in n]
     groups = [{"params": others}] + ([{"params": ttt_params, "lr": args.ttt_lr}] if ttt_params else [])
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
+    return model, opt
+
+
+def clip(model, how: str) -> None:
+    """`global`: one clip at 1.0 over every gradient; `apart`: the TTT parameters clipped as their own
+    group (what `ittt train` does by default, docs/training.md)."""
+    if how == "global":
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    else:
+        clip_groups(model.named_parameters(), 1.0, 1.0)
+
+
+def train(tokenizer, args, ttt: TTTConfig | None):
+    model, opt = build(tokenizer, args, ttt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     step_seconds, losses = [], []
     for ids, labels in batches(tokenizer, args):
         start = time.perf_counter()
         loss = model(input_ids=ids, labels=labels, use_cache=False).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip(model, args.clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         step_seconds.append(time.perf_counter() - start)
         losses.append(loss.item())
+        if len(losses) % 50 == 0:
+            print(f"    step {len(losses)}: loss {statistics.fmean(losses[-50:]):.3f}", flush=True)
     return model.eval(), step_seconds, losses
 
 
+def accuracy(hits: list[list[bool]]) -> dict:
+    """Mean share of right answers per sample (%), with its 95% interval over samples."""
+    scores = [sum(h) / len(h) for h in hits]
+    lo, hi = mean_interval(scores)
+    return {"accuracy": 100 * statistics.fmean(scores), "interval": [100 * lo, 100 * hi]}
+
+
+def cell(a: dict) -> str:
+    return f"{a['accuracy']:.1f} [{a['interval'][0]:.1f}, {a['interval'][1]:.1f}]"
+
+
+def evaluate(model, tokenizer, args) -> dict:
+    """Accuracy at the training length, against pairs, against the gap, and by stored slot."""
+
+    def scored(n: int, pairs: int):
+        samples = make_recall(tokenizer, n, args.eval_samples, seed=0, pairs=pairs)
+        return samples, recall_hits(model, samples, piece=n, batch=16)
+
+    samples, hits = scored(args.length, args.pairs)
+    slots = [[] for _ in range(args.pairs)]
+    for s, h in zip(samples, hits):
+        for slot, hit in zip(stored_slot(s), h):
+            slots[slot].append(hit)
+    return {
+        "at_training_length": accuracy(hits),
+        "by_pairs": {p: accuracy(scored(args.length, p)[1]) for p in args.curve_pairs},
+        "by_gap": {n - 4 * args.pairs: accuracy(scored(n, args.pairs)[1]) for n in args.curve_lengths},
+        "by_slot": [100 * statistics.fmean(s) for s in slots],
+    }
+
+
+def profile_step(tokenizer, args, ttt: TTTConfig | None) -> dict:
+    """Seconds of one training step (after two warm-up steps), split by the profiler into the TTT
+    operator (forward and backward), the target's chunk convolution, and everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, opt = build(tokenizer, args, ttt)
+    ids, labels = next(batches(tokenizer, argparse.Namespace(**{**vars(args), "steps": 1})))
+
+    def step():
+        model(input_ids=ids, labels=labels, use_cache=False).loss.backward()
+        clip(model, args.clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(), step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        step()
+        total = time.perf_counter() - start
+    parts = {"op": 0.0, "target conv": 0.0}
+    for event in prof.key_averages():
+        if "ChunkInPlaceTTTFunction" in event.key:
+            parts["op"] += event.cpu_time_total / 1e6
+        elif "_ChunkConv" in event.key:
+            parts["target conv"] += event.cpu_time_total / 1e6
+    return {"step_s": total, **parts, "rest": total - sum(parts.values())}
+
+
 def main() -> None:
+    ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=16)
@@ -89,45 +172,79 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--window", type=int, default=32, help="sliding attention window (tokens)")
+    parser.add_argument("--ttt-layers", default="all", help="'all' or comma-separated layer indices")
     parser.add_argument("--chunk", type=int, default=32, help="TTT chunk size")
     parser.add_argument("--eta", type=float, default=3.0, help="TTT fast-weight learning rate")
     parser.add_argument("--target-init", default="identity")
     parser.add_argument("--target", default="token_embeddings", help="the authors' advice for training from scratch")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--ttt-lr", type=float, default=3e-3, help="AdamW learning rate of the TTT parameters")
-    parser.add_argument("--eval-lengths", default="256,512")
+    parser.add_argument("--clip", choices=["global", "apart"], default="global", help="gradient clipping at 1.0: one global clip, or the TTT parameters apart")
+    parser.add_argument("--models", choices=["both", "ttt", "swa"], default="both", help="train both, or one (a factor sweep needs only TTT)")
+    parser.add_argument("--curve-pairs", type=ints, default=[1, 2, 4, 8, 16, 32], help="numbers of pairs for the capacity curve (at --length)")
+    parser.add_argument("--curve-lengths", type=ints, default=[96, 128, 256, 512, 1024], help="lengths for the gap curve (at --pairs)")
     parser.add_argument("--eval-samples", type=int, default=64)
+    parser.add_argument("--profile", action="store_true", help="also profile one training step of each model")
+    parser.add_argument("--json", help="write every number here")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = word_tokenizer(args.words)
-    ttt = TTTConfig(layers="all", chunk_size=args.chunk, ttt_lr=args.eta, target_source=args.target, target_init=args.target_init)
-    lengths = [int(n) for n in args.eval_lengths.split(",")]
+    layers = "all" if args.ttt_layers == "all" else ints(args.ttt_layers)
+    ttt = TTTConfig(layers=layers, chunk_size=args.chunk, ttt_lr=args.eta, target_source=args.target, target_init=args.target_init)
     reach = args.layers * (args.window - 1)
     print(
         f"{args.layers} layers x window {args.window}: attention reaches {reach} tokens back; pairs sit {args.length - 4 * args.pairs}+ "
         f"tokens before their queries at length {args.length}. {args.steps} steps x {args.batch} rows, seed 0, {args.threads} threads",
         flush=True,
     )
-    rows = []
-    for name, config in (("SWA", None), ("SWA + TTT", ttt)):
+    chosen = {"both": (("SWA", None), ("SWA + TTT", ttt)), "ttt": (("SWA + TTT", ttt),), "swa": (("SWA", None),)}[args.models]
+    results = {"args": vars(args), "chance": 100 * chance(tokenizer), "models": {}}
+    for name, config in chosen:
         started = time.perf_counter()
         model, step_seconds, losses = train(tokenizer, args, config)
         wall = time.perf_counter() - started
-        accs = []
-        for n in lengths:
-            scores = recall_scores(model, make_recall(tokenizer, n, args.eval_samples, seed=0, pairs=args.pairs), piece=n, batch=16)
-            lo, hi = mean_interval(scores)
-            accs.append(f"{100 * statistics.fmean(scores):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
-        tps = args.batch * args.length / statistics.median(step_seconds)
-        rows.append((name, wall, tps, statistics.fmean(losses[-20:]), accs))
-        print(f"  {name}: trained in {wall:.0f} s, last-20-step loss {rows[-1][3]:.3f}", flush=True)
-    print()
-    print("| model | train s | tokens/s (median step) | final loss | " + " | ".join(f"recall % at {n} (95% CI)" for n in lengths) + " |")
-    print("|---|---|---|---|" + "---|" * len(lengths))
-    for name, wall, tps, loss, accs in rows:
-        print(f"| {name} | {wall:.0f} | {tps:.0f} | {loss:.3f} | " + " | ".join(accs) + " |")
-    print(f"\nchance: {100 * chance(tokenizer):.2f}%; SWA + TTT training throughput {rows[1][2] / rows[0][2]:.3f}x SWA's")
+        entry = {"train_s": wall, "tokens_per_s": args.batch * args.length / statistics.median(step_seconds), "final_loss": statistics.fmean(losses[-20:])}
+        entry |= evaluate(model, tokenizer, args)
+        if args.profile:
+            entry["profile"] = profile_step(tokenizer, args, config)
+        results["models"][name] = entry
+        print(f"  {name}: trained in {wall:.0f} s, last-20-step loss {entry['final_loss']:.3f}, recall {cell(entry['at_training_length'])}", flush=True)
+    report(results, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def report(results: dict, args) -> None:
+    models = results["models"]
+    names = list(models)
+    print("\n| model | train s | tokens/s (median step) | final loss | recall % at the training length (95% CI) |")
+    print("|---|---|---|---|---|")
+    for name, m in models.items():
+        print(f"| {name} | {m['train_s']:.0f} | {m['tokens_per_s']:.0f} | {m['final_loss']:.3f} | {cell(m['at_training_length'])} |")
+    print(f"\nCapacity against the number of pairs (length {args.length}; recall %, 95% CI):\n")
+    print("| pairs | gap | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for p in args.curve_pairs:
+        print(f"| {p} | {args.length - 4 * p} | " + " | ".join(cell(models[n]["by_pairs"][p]) for n in names) + " |")
+    print(f"\nAgainst the gap ({args.pairs} pairs; recall %, 95% CI; attention reaches {args.layers * (args.window - 1)} tokens):\n")
+    print("| gap | length | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for n in args.curve_lengths:
+        gap = n - 4 * args.pairs
+        print(f"| {gap} | {n} | " + " | ".join(cell(models[m]["by_gap"][gap]) for m in names) + " |")
+    print(
+        "\nRecall % by the stored pair's slot (0: the first pair of the sequence): "
+        + "; ".join(f"{n}: " + " ".join(f"{a:.0f}" for a in m["by_slot"]) for n, m in models.items())
+    )
+    print(f"chance: {results['chance']:.2f}%")
+    if len(names) == 2:
+        print(f"SWA + TTT training throughput {models[names[1]]['tokens_per_s'] / models[names[0]]['tokens_per_s']:.3f}x SWA's")
+    for name, m in models.items():
+        if "profile" in m:
+            p = m["profile"]
+            print(f"one step of {name}: {p['step_s']:.3f} s = op {p['op']:.3f} + target conv {p['target conv']:.3f} + rest {p['rest']:.3f}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ against a plain loop over one full forward."""
 import pytest
 import torch
 
-from inplace_ttt.eval.recall import chance, make_recall, recall_scores, recall_vocabulary
+from inplace_ttt.eval.recall import chance, make_recall, recall_hits, recall_scores, recall_vocabulary, stored_slot
 from tests.tiny_hf import tiny
 
 
@@ -53,3 +53,22 @@ def test_scores_equal_a_plain_loop_over_full_forwards(tokenizer):
         expected.append(sum(int(predicted[q]) == a for q, a in zip(s.queries, s.answers)) / len(s.queries))
     assert recall_scores(model, samples, piece=40, batch=2) == pytest.approx(expected)
     assert expected[0] < expected[-1]
+
+
+def test_stored_slot_names_the_pair_each_query_asks_for(tokenizer):
+    for s in make_recall(tokenizer, 128, 4, seed=2, pairs=8):
+        slots = stored_slot(s)
+        assert sorted(slots) == list(range(8))  # every stored pair asked once
+        for q, slot, answer in zip(s.queries, slots, s.answers):
+            assert s.ids[2 * slot] == s.ids[q] and s.ids[2 * slot + 1] == answer
+
+
+def test_hits_are_per_query_and_average_to_the_scores(tokenizer):
+    model = tiny(vocab_size=len(tokenizer))
+    samples = make_recall(tokenizer, 96, 3, pairs=6)
+    with torch.no_grad():
+        predicted = [model(input_ids=torch.tensor([s.ids]), use_cache=False).logits[0].argmax(-1) for s in samples]
+    samples[1].answers[2] = int(predicted[1][samples[1].queries[2]])  # one query the model answers right
+    hits = recall_hits(model, samples, piece=32, batch=2)
+    assert hits == [[int(p[q]) == a for q, a in zip(s.queries, s.answers)] for s, p in zip(samples, predicted)]
+    assert hits[1][2] and recall_scores(model, samples, piece=32, batch=2) == pytest.approx([sum(h) / 6 for h in hits])

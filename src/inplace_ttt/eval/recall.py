@@ -68,18 +68,29 @@ def make_recall(tokenizer, length: int, count: int, seed: int = 0, pairs: int = 
     return out
 
 
-def recall_scores(model, samples: list[RecallSample], piece: int, batch: int = 8) -> list[float]:
-    """Per sample, the share of queried keys after which the model predicts the right value."""
+def recall_hits(model, samples: list[RecallSample], piece: int, batch: int = 8) -> list[list[bool]]:
+    """Per sample, per queried key (in query order): does the model's most likely next token equal the value?"""
     device = next(model.parameters()).device
-    scores = []
+    hits = []
     for k in range(0, len(samples), batch):
         group = samples[k : k + batch]
         if len({s.length for s in group}) != 1:
             raise ValueError("recall_scores: a batch needs samples of one length")
         predicted = next_token_argmax(model, torch.tensor([s.ids for s in group], device=device), piece).cpu()
         for s, row in zip(group, predicted):
-            scores.append(float((row[s.queries] == torch.tensor(s.answers)).float().mean()))
-    return scores
+            hits.append((row[s.queries] == torch.tensor(s.answers)).tolist())
+    return hits
+
+
+def recall_scores(model, samples: list[RecallSample], piece: int, batch: int = 8) -> list[float]:
+    """Per sample, the share of queried keys after which the model predicts the right value."""
+    return [sum(h) / len(h) for h in recall_hits(model, samples, piece, batch)]
+
+
+def stored_slot(sample: RecallSample) -> list[int]:
+    """Per queried key (in query order), the index of its pair among the stored pairs (0: the first)."""
+    stored = sample.ids[0 : 2 * len(sample.queries) : 2]
+    return [stored.index(sample.ids[q]) for q in sample.queries]
 
 
 def chance(tokenizer) -> float:
