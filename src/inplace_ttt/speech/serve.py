@@ -54,9 +54,12 @@ def moshi_server() -> types.ModuleType:
     name = "moshi.server"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.find_spec(name)
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        spec = None
     if spec is None or spec.loader is None:
-        raise ValueError("moshi-serve needs moshi (scripts/setup.sh --moshi)")
+        raise ValueError("moshi-serve needs moshi and its server's packages (scripts/setup.sh --moshi)")
     tree = ast.parse(spec.loader.get_source(name), spec.origin)
     kept = [s for s in tree.body if not _calls_main(s)]
     if len(kept) == len(tree.body):  # a moshi whose server guards its main(): an ordinary import
