@@ -11,6 +11,7 @@ layer, chunk 64, trained-looking targets. Conversations are fresh connections, p
 interleaved; latencies are pooled over ``--repeats`` conversations per model.
 
     python benchmarks/moshi_serve.py                       # CPU, 1 thread
+    python benchmarks/moshi_serve.py --device cuda         # moshi's warm-up: CUDA graphs
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ MOSHI_SHAPED = dict(
 )
 
 
-def models(root: Path) -> dict[str, dict]:
+MODELS = {"kit": "kit's (dim 32, 3 layers)", "moshi-shaped": "Moshi-shaped (dim 512, 32 layers)"}
+
+
+def models(root: Path, chosen: list[str]) -> dict[str, dict]:
     """Per model: its LMModel settings and the folder of its converted, saved TTT version."""
     from moshi.models.lm import LMModel
     from safetensors.torch import save_file
@@ -49,8 +53,9 @@ def models(root: Path) -> dict[str, dict]:
     from tests.tiny_moshi import active_targets
 
     out = {}
-    for i, (name, kwargs) in enumerate((("kit's (dim 32, 3 layers)", LM_KWARGS), ("Moshi-shaped (dim 512, 32 layers)", {**LM_KWARGS, **MOSHI_SHAPED}))):
-        folder = root / f"lm{i}"
+    for key in chosen:
+        name, kwargs = MODELS[key], LM_KWARGS if key == "kit" else {**LM_KWARGS, **MOSHI_SHAPED}
+        folder = root / f"lm-{key}"
         folder.mkdir()
         torch.manual_seed(0)
         save_file({k: v.contiguous() for k, v in LMModel(**kwargs, dtype=torch.float32).state_dict().items()}, str(folder / "model.safetensors"))
@@ -86,7 +91,8 @@ async def lockstep(url: str, pcm: np.ndarray, skip: int) -> list[float]:
     return trips
 
 
-async def run(apps: dict, pcm: np.ndarray, skip: int, repeats: int) -> dict[str, list[float]]:
+async def run(apps: dict, pcm: np.ndarray, skip: int, repeats: int) -> dict[str, list[list[float]]]:
+    """Per variant, the round trips of each of its `repeats` conversations (variants interleaved)."""
     from aiohttp import web
 
     runners, urls = [], {}
@@ -97,11 +103,11 @@ async def run(apps: dict, pcm: np.ndarray, skip: int, repeats: int) -> dict[str,
         await site.start()
         runners.append(runner)
         urls[key] = f"ws://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/api/chat"
-    trips: dict[str, list[float]] = {key: [] for key in apps}
+    trips: dict[str, list[list[float]]] = {key: [] for key in apps}
     try:
         for _ in range(repeats):
             for key, url in urls.items():  # interleaved: the machine's load falls on both alike
-                trips[key] += await lockstep(url, pcm, skip)
+                trips[key].append(await lockstep(url, pcm, skip))
     finally:
         for runner in runners:
             await runner.cleanup()
@@ -113,40 +119,51 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="the user's audio per conversation")
     parser.add_argument("--repeats", type=int, default=3, help="conversations per model and variant")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: moshi's warm-up captures LMGen and Mimi in CUDA graphs")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS), help="which LMModels")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import soundfile as sf
 
+    from inplace_ttt.eval.intervals import mean_interval
     from inplace_ttt.speech.kit import write_kit
     from inplace_ttt.speech.serve import ServeSettings, build_app
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s), cpu, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.device}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         kit = write_kit(root / "kit", conversations=(), user_seconds=args.seconds)
         pcm = sf.read(str(kit["user"]), dtype="float32")[0]
         mimi_config = json.loads(kit["mimi_config"].read_text())
-        rows = []
-        for name, model in models(root).items():
+        rows, ratios = [], {}
+        for name, model in models(root, args.models).items():
             apps = {
                 variant: build_app(
-                    ServeSettings(model["weights"], kit["mimi"], kit["tokenizer"], ttt=ttt, lm_kwargs=model["lm_kwargs"], mimi_config=mimi_config, device="cpu")
+                    ServeSettings(
+                        model["weights"], kit["mimi"], kit["tokenizer"], ttt=ttt, lm_kwargs=model["lm_kwargs"], mimi_config=mimi_config, device=args.device
+                    )
                 )
                 for variant, ttt in (("plain", None), ("TTT", model["ttt"]))
             }
             trips = asyncio.run(run(apps, pcm, max(model["lm_kwargs"]["delays"]), args.repeats))
             updates = apps["TTT"][1].connections[-1].updates
-            for variant, seconds in trips.items():
-                ms = sorted(1000 * s for s in seconds)
+            for variant, conversations in trips.items():
+                ms = sorted(1000 * s for c in conversations for s in c)
                 rows.append((name, variant, len(ms), statistics.median(ms), ms[round(0.95 * (len(ms) - 1))], updates if variant == "TTT" else "-"))
+            # paired by round (a plain conversation, then a TTT one): the ratio of their medians
+            ratios[name] = [statistics.median(t) / statistics.median(p) for p, t in zip(trips["plain"], trips["TTT"])]
             print(f"load {os.getloadavg()[0]:.1f}", flush=True)
     print("\n| model | variant | frames | round trip median ms | p95 ms | fast-weight updates per TTT layer (one conversation) |")
     print("|---|---|---|---|---|---|")
     for name, variant, n, median, p95, updates in rows:
         print(f"| {name} | {variant} | {n} | {median:.1f} | {p95:.1f} | {updates} |")
-    for name in dict.fromkeys(r[0] for r in rows):
+    for name, paired in ratios.items():
         plain, ttt = (r for r in rows if r[0] == name)
-        print(f"{name}: TTT / plain, median x{ttt[3] / plain[3]:.3f}, p95 x{ttt[4] / plain[4]:.3f}")
+        interval = mean_interval(paired)
+        print(
+            f"{name}: TTT / plain, pooled median x{ttt[3] / plain[3]:.3f}, p95 x{ttt[4] / plain[4]:.3f}; "
+            f"per round (median / median) mean x{statistics.fmean(paired):.3f}, 95% interval {interval and [round(x, 3) for x in interval]} over {len(paired)} rounds"
+        )
 
 
 if __name__ == "__main__":

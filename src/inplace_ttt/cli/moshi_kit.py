@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from .flags import prepare_moshi, user_path
 
@@ -30,11 +31,30 @@ def run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
     k = {name: str(path) for name, path in paths.items()}
-    parts = f"--mimi {k['mimi']} --mimi-config {k['mimi_config']} --tokenizer {k['tokenizer']} --lm-kwargs {k['lm_kwargs']}"
-    print(f"moshi-kit: wrote {args.out} (moshi's own CheckpointInfo reads {k['moshi_config']}); try:")
-    print(f"  ittt moshi-encode {k['data']}/train/data.jsonl {parts} --out {args.out.resolve()}/codes/train")
-    print(f"  ittt moshi-encode {k['data']}/heldout/data.jsonl {parts} --out {args.out.resolve()}/codes/heldout")
-    print(f"  ittt train {k['train_yaml']}")
-    final = args.out.resolve() / "runs" / "moshi-ttt" / "final"
-    print(f"  ittt moshi-infer {k['user']} {args.out.resolve()}/moshi.wav --weights {final}/model.safetensors --ttt {final}/ttt.safetensors {parts}")
+    out = args.out.resolve()
+    final = out / "runs" / "moshi-ttt" / "final"
+    parts = ["--mimi", k["mimi"], "--mimi-config", k["mimi_config"], "--tokenizer", k["tokenizer"], "--lm-kwargs", k["lm_kwargs"]]
+    model = ["--weights", f"{final}/model.safetensors", "--ttt", f"{final}/ttt.safetensors", *parts]
+    walk_through = [
+        *(["moshi-encode", f"{k['data']}/{split}/data.jsonl", *parts, "--out", f"{out}/codes/{split}"] for split in ("train", "heldout")),
+        ["train", k["train_yaml"]],
+        ["moshi-infer", k["user"], f"{out}/moshi.wav", *model],
+        [
+            "moshi-eval",
+            "--model",
+            f"base={k['weights']}",
+            "--model",
+            f"ttt={final}",
+            "--data",
+            f"{out}/codes/heldout",
+            "--lm-kwargs",
+            k["lm_kwargs"],
+            "--out",
+            f"{out}/moshi-eval",
+        ],
+        ["moshi-serve", *model],
+    ]
+    print(f"moshi-kit: wrote {out} (moshi's own CheckpointInfo reads {k['moshi_config']}); try:")
+    for command in walk_through:
+        print("  ittt " + shlex.join(command))
     return 0
