@@ -31,7 +31,8 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 extras=()
 [ "$dev" = 1 ] && extras+=(dev)
 # the `moshi` extra: what moshi's model code needs beyond our own requirements (einops,
-# sentencepiece) and the audio libraries of `ittt moshi-encode` / `moshi-infer` (soundfile, soxr)
+# sentencepiece), the audio libraries of `ittt moshi-encode` / `moshi-infer` (soundfile, soxr) and
+# what moshi's server needs for `ittt moshi-serve` (sphn, aiohttp)
 [ "$moshi" = 1 ] && extras+=(moshi)
 [ "$serve" = 1 ] && extras+=(serve)
 [ "$harness" = 1 ] && extras+=(eval)
@@ -39,9 +40,9 @@ spec="."
 [ "${#extras[@]}" -gt 0 ] && spec=".[$(IFS=,; echo "${extras[*]}")]"
 "${pip[@]}" -e "$spec" "torch==2.13.0"
 if [ "$moshi" = 1 ]; then
-    # moshi 0.2.x declares torch<2.10, huggingface-hub<1.0 and audio/server packages
-    # (bitsandbytes, sounddevice, sphn, aiohttp) that its model code does not import: install it
-    # without its declared requirements (the ones its model code needs come with the extra above)
+    # moshi 0.2.x declares torch<2.10, huggingface-hub<1.0, aiohttp<3.12 and packages that neither its
+    # model code nor its server imports (bitsandbytes, sounddevice: its microphone client): install it
+    # without its declared requirements (the ones we use come with the extra above)
     "${pip[@]}" --no-deps "moshi==0.2.13"
 fi
 if [ "$dev" = 1 ] && ! command -v espeak-ng >/dev/null; then

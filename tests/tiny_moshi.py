@@ -9,33 +9,10 @@ from moshi.models.lm import LMGen, LMModel  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from inplace_ttt import ttt_layers  # noqa: E402
+from inplace_ttt.speech.kit import LM_KWARGS  # noqa: E402
 from tests.conftest import perturb_targets  # noqa: E402
 
-TINY = dict(
-    delays=[0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2,
-    n_q=16,
-    dep_q=8,
-    card=32,
-    text_card=48,
-    dim=32,
-    num_heads=4,
-    num_layers=3,
-    hidden_scale=4.125,
-    causal=True,
-    context=64,
-    max_period=10000,
-    gating="silu",
-    norm="rms_norm_f32",
-    positional_embedding="rope",
-    depformer_dim=16,
-    depformer_num_heads=2,
-    depformer_num_layers=1,
-    depformer_dim_feedforward=32,
-    depformer_multi_linear=True,
-    depformer_weights_per_step=True,
-    depformer_pos_emb="none",
-    depformer_context=8,
-)
+TINY = {**LM_KWARGS, "card": 32, "text_card": 48}  # `ittt moshi-kit`'s LMModel, with other vocabularies
 
 
 def tiny_lm(seed: int = 0) -> LMModel:

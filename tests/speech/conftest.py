@@ -1,9 +1,8 @@
-"""Real Moshi parts, small and without download: moshi's own Mimi (built by `loaders.get_mimi`
-with random weights, at a small width), a sentencepiece tokenizer trained here, a tiny
-`LMModel`, and stereo conversations spoken by espeak-ng (installed by ``scripts/setup.sh --dev``)."""
+"""Real Moshi parts, small and without download: the files of `ittt moshi-kit` (moshi's own Mimi
+with random weights at a small width and k-means-started codebooks, a sentencepiece tokenizer, a
+tiny `LMModel`), and stereo conversations spoken by espeak-ng (installed by ``scripts/setup.sh --dev``)."""
 
 import contextlib
-import copy
 import functools
 import io
 import json
@@ -18,50 +17,17 @@ import pytest
 import torch
 
 pytest.importorskip("moshi")
-from tests.tiny_moshi import TINY  # noqa: E402
+from inplace_ttt.speech import kit as kit_parts  # noqa: E402
+from inplace_ttt.speech.kit import LM_KWARGS, mimi_config  # noqa: E402, F401  (the tests' LMModel and Mimi settings: the kit's)
 
 SPEAKER_USER = "SPEAKER_USER"
-LM_KWARGS = {**TINY, "card": 64, "text_card": 64}
 WORDS = ("hello there how are you doing today I am fine thank you the weather is lovely shall we talk about music or maybe books tell me more please").split()
 
 
-def mimi_config() -> dict:
-    """Mimi's architecture at a small width: 24 kHz in, 12.5 frames per second, 8 codebooks of 64 codes."""
-    from moshi.models import loaders
-
-    cfg = copy.deepcopy(loaders._mimi_config)
-    cfg["seanet"].update(n_filters=4, dimension=32)
-    cfg["quantizer"].update(dimension=16, n_q=8, bins=64, input_dimension=32, output_dimension=32)
-    cfg["transformer"].update(d_model=32, num_heads=2, num_layers=1, dim_feedforward=64, input_dimension=32, output_dimensions=[32])
-    return cfg
-
-
 def random_mimi(seed: int = 0, small: bool = True):
-    """moshi's Mimi with random weights (`small`: `mimi_config()`, else the published size). moshi starts
-    its codebooks at zero, which maps every frame to code 0; forwards in training mode on spoken
-    words let moshi's own k-means initialise them (each codebook the first time quantizer
-    dropout reaches it), so that codes follow the audio."""
-    import random
-
-    import soxr
-    from moshi.models import loaders
-
-    torch.manual_seed(seed)
-    random.seed(seed)
-    mimi = loaders.get_mimi(None, mimi_config() if small else None, num_codebooks=8)
-    speech = soxr.resample(np.concatenate([spoken(w) for w in WORDS]), 22050, mimi.sample_rate)
-    speech = torch.from_numpy(speech[: len(speech) // mimi.frame_size * mimi.frame_size])
-    q = mimi.quantizer  # the codebooks in use: the semantic one(s), then the first acoustic ones
-    codebooks = [layer._codebook for layer in q.rvq_first.vq.layers[: q.n_q_semantic]]
-    codebooks += [layer._codebook for layer in q.rvq_rest.vq.layers[: mimi.num_codebooks - q.n_q_semantic]]
-    mimi.train()
-    with torch.no_grad():
-        for _ in range(50):
-            mimi(speech[None, None])
-            if all(c.initialized for c in codebooks):
-                break
-    assert all(c.initialized for c in codebooks)
-    return mimi.eval()
+    """moshi's Mimi with random weights and codebooks started by moshi's k-means, as `ittt moshi-kit`
+    makes it (`small`: `mimi_config()`, else the published size)."""
+    return kit_parts.random_mimi(mimi_config() if small else None, seed=seed)
 
 
 def need_espeak() -> str:
@@ -87,41 +53,14 @@ def spoken(word: str) -> np.ndarray:
 
 
 def write_conversation(path, duration: float, rate: int, main: list[tuple[str, float]], user: list[tuple[str, float]]) -> list:
-    """A stereo file (left: the main speaker's words, right: the user's, each word at its start
-    time) and its moshi-finetune transcript beside it; returns the alignments."""
-    import soundfile as sf
-    import soxr
-
-    n = round(duration * 22050)
-    tracks = np.zeros((n, 2), dtype=np.float32)
-    alignments = []
-    for channel, (words, speaker) in enumerate(((main, "SPEAKER_MAIN"), (user, SPEAKER_USER))):
-        for word, start in words:
-            clip = spoken(word)
-            at = round(start * 22050)
-            tracks[at : at + len(clip), channel] += clip[: n - at]
-            alignments.append([f" {word}", [start, round(start + len(clip) / 22050, 3)], speaker])  # whisper's leading space
-    if rate != 22050:
-        tracks = soxr.resample(tracks, 22050, rate)
-    sf.write(str(path), tracks, rate)
-    alignments.sort(key=lambda a: a[1][0])
-    path.with_suffix(".json").write_text(json.dumps({"alignments": alignments}))
-    return alignments
+    """A stereo file (left: the main speaker's words, right: the user's, each spoken by espeak-ng at
+    its start time) and its moshi-finetune transcript beside it; returns the alignments."""
+    return kit_parts.write_conversation(path, duration, rate, main, user, voice=spoken, voice_rate=22050)
 
 
 def dialogue(duration: float, seed: int) -> tuple[list, list]:
-    """Turns of a few words: the main speaker and the user alternate, a word every 0.45 s or so."""
-    rng = np.random.default_rng(seed)
-    main, user, t, who = [], [], 0.3, 0
-    while t < duration - 1.0:
-        for _ in range(int(rng.integers(2, 5))):
-            if t >= duration - 1.0:
-                break
-            (main if who == 0 else user).append((str(rng.choice(WORDS)), round(t, 3)))
-            t += float(rng.uniform(0.38, 0.55))
-        t += 0.4
-        who = 1 - who
-    return main, user
+    """Turns of a few of `WORDS`: the main speaker and the user alternate, a word every 0.45 s or so."""
+    return kit_parts.dialogue(duration, np.random.default_rng(seed), WORDS)
 
 
 @contextlib.contextmanager
@@ -144,39 +83,11 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def kit(tmp_path_factory):
-    """Files of the parts: Mimi weights and settings, tokenizer, tiny LMModel (weights + settings)."""
-    import sentencepiece as spm
-    from moshi.models.lm import LMModel
-    from safetensors.torch import save_file
-
+    """`ittt moshi-kit`'s files: Mimi weights and settings, tokenizer, tiny LMModel (weights + settings)."""
     root = tmp_path_factory.mktemp("kit")
     with single_thread():
-        mimi = random_mimi()
-    save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(root / "mimi.safetensors"))
-    (root / "mimi.json").write_text(json.dumps(mimi_config()))
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(  # pad_id 3: the id Moshi's text padding uses is never a word piece
-        sentence_iterator=iter([" ".join(WORDS)] * 50),
-        model_writer=model,
-        vocab_size=LM_KWARGS["text_card"],
-        pad_id=3,
-        hard_vocab_limit=False,
-        model_type="unigram",
-        minloglevel=2,
-    )
-    (root / "tokenizer.model").write_bytes(model.getvalue())
-    torch.manual_seed(0)
-    lm = LMModel(**LM_KWARGS, dtype=torch.float32)
-    save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(root / "model.safetensors"))
-    (root / "lm.json").write_text(json.dumps(LM_KWARGS))
-    return {
-        "root": root,
-        "mimi": root / "mimi.safetensors",
-        "mimi_config": root / "mimi.json",
-        "tokenizer": root / "tokenizer.model",
-        "weights": root / "model.safetensors",
-        "lm_config": root / "lm.json",
-    }
+        paths = kit_parts.write_kit(root)
+    return {"root": root, **paths, "lm_config": paths["lm_kwargs"]}
 
 
 def kit_flags(kit) -> list[str]:

@@ -65,3 +65,39 @@ def prepare_moshi(device: str) -> None:
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+
+def add_moshi_model(parser: argparse.ArgumentParser, tokenizer_help: str, tokenizer_required: bool = False) -> None:
+    """The parts of a Moshi model that plays a conversation: its weights (with or without TTT), Mimi, the tokenizer."""
+    parser.add_argument("--weights", type=user_path, required=True, help="moshi's model.safetensors (published, or final/ of ittt train)")
+    parser.add_argument("--ttt", type=user_path, help="ttt.safetensors beside it (omit: the model without TTT)")
+    parser.add_argument("--mimi", type=user_path, required=True, help="Mimi's weights (.safetensors)")
+    parser.add_argument("--tokenizer", type=user_path, required=tokenizer_required, help=tokenizer_help)
+    add_lm_kwargs(parser)
+    add_mimi_config(parser)
+    parser.add_argument("--clip-tau", type=float, help="inference clipping of the fast-weight updates (default: the saved setting)")
+
+
+def add_generation(parser: argparse.ArgumentParser, seed: int, seed_help: str) -> None:
+    """How a Moshi model generates: its device and dtype, the sampling seed and LMGen's temperatures."""
+    add_device(parser)
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="the LM's dtype (auto: bfloat16 on cuda, else float32)"
+    )
+    parser.add_argument("--seed", type=int, default=seed, help=seed_help)
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--temp", type=temperature, default=0.8, help="audio sampling temperature (LMGen's default)")
+    parser.add_argument("--temp-text", type=temperature, default=0.7, help="text sampling temperature (LMGen's default)")
+
+
+def moshi_player(args: argparse.Namespace) -> dict:
+    """The settings `add_moshi_model` and `add_generation` parsed, as the keyword arguments of
+    `speech.infer.InferSettings` and `speech.serve.ServeSettings` (the JSON files read)."""
+    from ..speech.loading import read_json
+
+    names = ("weights", "mimi", "ttt", "tokenizer", "clip_tau", "device", "dtype", "seed", "greedy", "temp", "temp_text")
+    return {
+        **{name: getattr(args, name) for name in names},
+        "lm_kwargs": read_json(args.lm_kwargs, "--lm-kwargs"),
+        "mimi_config": read_json(args.mimi_config, "--mimi-config"),
+    }

@@ -32,7 +32,7 @@ import torch
 
 from ..files import atomic_path, write_atomic
 from .audio import audio_info, fixed_blocks, read_resampled, wav_writer
-from .loading import Streams, load_inference_lm, load_mimi, load_tokenizer, resolve_device
+from .loading import Streams, load_player
 from .transcript import FRAME_RATE
 
 CHANNELS = {"left": 0, "right": 1}
@@ -143,17 +143,7 @@ def run_inference(settings: InferSettings, progress: bool = True) -> dict:
         raise ValueError(f"output: {out} must be a .wav file")
     if not out.parent.is_dir():
         raise ValueError(f"output: no such folder: {out.parent}")
-    device, dtype = resolve_device(settings.device, settings.dtype)
-    lm = load_inference_lm(
-        settings.weights, settings.lm_kwargs, ttt=settings.ttt, clip_tau=... if settings.clip_tau is None else settings.clip_tau, device=device, dtype=dtype
-    )
-    if lm.fuser is not None:
-        raise ValueError(f"{settings.weights}: a conditioned LMModel (condition fuser); moshi-infer plays unconditioned models only")
-    streams = Streams.of(lm)
-    mimi = load_mimi(settings.mimi, settings.mimi_config, streams.mimi_codebooks, device)
-    if mimi.cardinality != streams.card:
-        raise ValueError(f"Mimi weights: {settings.mimi} has {mimi.cardinality} codes per codebook; the model reads {streams.card}")
-    tokenizer = None if settings.tokenizer is None else load_tokenizer(settings.tokenizer, streams.text_card)
+    lm, streams, mimi, tokenizer, device = load_player(settings, "moshi-infer")
     gen = LMGen(lm, use_sampling=not settings.greedy, temp=settings.temp, temp_text=settings.temp_text)
     rate, size = mimi.sample_rate, mimi.frame_size
     samples_in = 0
@@ -223,7 +213,7 @@ def run_inference(settings: InferSettings, progress: bool = True) -> dict:
         "ttt_layers": [i for i, _ in ttt_layers(lm)],
         "updates": updates,
         "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."),
         "seed": settings.seed,
         "greedy": settings.greedy,
     }

@@ -155,3 +155,22 @@ def load_tokenizer(path: str | Path, text_card: int):
     if tokenizer.vocab_size() > text_card:
         raise ValueError(f"tokenizer: {p} has {tokenizer.vocab_size()} pieces, more than the model's text vocabulary ({text_card})")
     return tokenizer
+
+
+def load_player(settings, command: str):
+    """What plays a conversation step by step, from a command's settings (`weights`, `ttt`,
+    `lm_kwargs`, `clip_tau`, `mimi`, `mimi_config`, `tokenizer`, `device`, `dtype`): `(lm, streams,
+    mimi, tokenizer, device)`, the LM with TTT when `settings.ttt` is given, Mimi checked to fit it,
+    the tokenizer None without one. Unconditioned models only (`command` names who refuses)."""
+    device, dtype = resolve_device(settings.device, settings.dtype)
+    lm = load_inference_lm(
+        settings.weights, settings.lm_kwargs, ttt=settings.ttt, clip_tau=... if settings.clip_tau is None else settings.clip_tau, device=device, dtype=dtype
+    )
+    if lm.fuser is not None:
+        raise ValueError(f"{settings.weights}: a conditioned LMModel (condition fuser); {command} plays unconditioned models only")
+    streams = Streams.of(lm)
+    mimi = load_mimi(settings.mimi, settings.mimi_config, streams.mimi_codebooks, device)
+    if mimi.cardinality != streams.card:
+        raise ValueError(f"Mimi weights: {settings.mimi} has {mimi.cardinality} codes per codebook; the model reads {streams.card}")
+    tokenizer = None if settings.tokenizer is None else load_tokenizer(settings.tokenizer, streams.text_card)
+    return lm, streams, mimi, tokenizer, device
