@@ -88,9 +88,12 @@ class MoshiRunConfig(RunBase):
 
     model_type: str = redefault(RunBase, "model_type", "moshi", "")
     model: MoshiModelConfig = field(default_factory=MoshiModelConfig, metadata=meta("moshi's weights and how to load them"))
-    ttt: TTTConfig = field(
+    ttt: TTTConfig | None = field(
         default_factory=lambda: TTTConfig(target_source="token_embeddings"),
-        metadata=meta("the In-Place TTT settings (TTTConfig's fields); Moshi's default target_source: token_embeddings"),
+        metadata=meta(
+            "the In-Place TTT settings (TTTConfig's fields); Moshi's default target_source: token_embeddings; "
+            "null: the unconverted LMModel (the fair baseline: same codes, batches and seed)"
+        ),
     )
     data: MoshiDataConfig = field(default_factory=MoshiDataConfig, metadata=meta("conversation codes cut into rows"))
     train: MoshiTrainConfig = field(default_factory=MoshiTrainConfig, metadata=meta("the engine's settings with Moshi's defaults, and the loss weights"))
@@ -105,13 +108,19 @@ class MoshiRunConfig(RunBase):
             raise ValueError("model.weights: give the path of a moshi model.safetensors")
         if not self.data.train:
             raise ValueError("data.train: give at least one conversation file or folder")
+        if self.ttt is None and self.model.ttt_weights is not None:
+            raise ValueError("ttt: null trains the LMModel without TTT, but model.ttt_weights continues a TTT run: drop one of them")
+        if self.ttt is None and self.train.mode == "ttt_only":
+            raise ValueError(
+                "train.mode 'ttt_only' trains the TTT layers, and ttt: null has none: the baseline without TTT trains in train.mode 'full' or 'lora'"
+            )
 
 
 CONFIG = MoshiRunConfig
 
 
-def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int, key: str) -> torch.Tensor:
-    """The conversations of `paths` as rows, refusing data in which TTT would be inert."""
+def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int | None, key: str) -> torch.Tensor:
+    """The conversations of `paths` as rows, refusing data in which TTT (of chunks of `chunk` steps; None: no TTT) would be inert."""
     from ..families.moshi.codes import conversation_files, conversation_rows, read_conversation
 
     try:
@@ -120,7 +129,8 @@ def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int, key:
     except ValueError as e:
         raise RunError(str(e)) from None
     rows = conversation_rows(conversations, row_length)
-    require_ttt_context((rows != -1).any(1).sum(1), chunk, key, "conversation row", "steps")  # steps holding any value, per row
+    if chunk is not None:
+        require_ttt_context((rows != -1).any(1).sum(1), chunk, key, "conversation row", "steps")  # steps holding any value, per row
     return rows
 
 
@@ -132,11 +142,14 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
     saved in `m.ttt_weights`); every mismatch named with its file."""
     from safetensors import SafetensorError
 
-    from ..families.moshi import load_moshi
+    from ..families.moshi import load_base, load_moshi
 
     check_model_files(m)
     lm_kwargs = read_lm_kwargs(m.lm_kwargs)
+    dtype = getattr(torch, m.dtype)
     try:
+        if ttt is None and m.ttt_weights is None:  # the baseline: moshi's LMModel as its loader gives it
+            return load_base(m.weights, lm_kwargs, device=device, dtype=dtype)
         return load_moshi(
             m.weights,
             lm_kwargs,
@@ -144,7 +157,7 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
             config=None if m.ttt_weights else ttt,
             rope_scaling=m.rope_scaling,
             device=device,
-            dtype=getattr(torch, m.dtype),
+            dtype=dtype,
         )
     except (RuntimeError, TypeError, SafetensorError) as e:  # load_state_dict's size mismatches, unknown LMModel arguments
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -199,7 +212,7 @@ def read_lm_kwargs(path: str | None) -> dict | None:
 def prepare(config: MoshiRunConfig) -> RunParts:
     """Model and conversations, checked against each other before anything trains."""
     from ..doctor import doctor
-    from ..families.moshi import MoshiLoss, save_ttt, settings, ttt_layers
+    from ..families.moshi import MoshiLoss, settings, ttt_layers
     from ..families.moshi.codes import CODES_KEY, ConversationRows, collate
     from .modes import unwrap
 
@@ -208,8 +221,9 @@ def prepare(config: MoshiRunConfig) -> RunParts:
     device = torch.device("cuda" if config.model.device != "cpu" and torch.cuda.is_available() else "cpu")
     lm = load_lm(config.model, config.ttt, device)
     layers = dict(ttt_layers(lm))
-    require_two_chunks(config.data.row_length, layers)
-    chunk = max(layer.chunk_size for layer in layers.values())
+    if layers:
+        require_two_chunks(config.data.row_length, layers)
+    chunk = max((layer.chunk_size for layer in layers.values()), default=None)  # None: no TTT, any row length
     train_rows = load_rows(config.data.train, lm, config.data.row_length, chunk, "data.train")
     eval_rows = load_rows(config.data.eval, lm, config.data.row_length, chunk, "data.eval") if config.data.eval else None
     t = config.train
@@ -233,11 +247,25 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         train_dataset=ConversationRows(train_rows),
         eval_dataset=ConversationRows(eval_rows) if eval_rows is not None else None,
         collate=collate,
-        save_final=lambda trained, directory: save_ttt(trained.lm, directory),
+        save_final=lambda trained, directory: save_moshi(trained.lm, directory),
         doctor=first_batch_doctor,
         label_names=[CODES_KEY],
         enable_checkpointing=enable_checkpointing,
         use_cpu=device.type == "cpu",
-        settings=settings(lm),
+        settings=settings(lm) if layers else None,
         train_rows=(train_rows,),
     )
+
+
+def save_moshi(lm: nn.Module, directory: Path) -> None:
+    """`final/`: moshi's own ``model.safetensors``, with ``ttt.safetensors`` beside it when the model
+    has TTT layers (`save_ttt`); what `moshi-eval`, `moshi-infer` and moshi's loaders read."""
+    from safetensors.torch import save_file
+
+    from ..families.moshi import save_ttt, ttt_layers
+
+    if any(True for _ in ttt_layers(lm)):
+        save_ttt(lm, directory)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in lm.state_dict().items()}, str(directory / "model.safetensors"))
