@@ -27,15 +27,34 @@ import torch
 import torch.nn as nn
 
 from ..config import TTTConfig
+from ..speech.checkpoint import MoshiFiles
 from .config import LoraSettings, RunBase, TrainConfig, adopt_ttt, check_row_length, meta, redefault
 from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
 
 
 @dataclass
 class MoshiModelConfig:
-    weights: str = field(default="", metadata=meta("moshi's model.safetensors (published, or final/ of an earlier run)", path=True))
+    hf_repo: str | None = field(
+        default=None,
+        metadata=meta(
+            "a Hugging Face repo id (e.g. kyutai/moshiko-pytorch-bf16): the files its config.json names, through huggingface_hub's "
+            "cache (offline once cached), as moshi's CheckpointInfo.from_hf_repo; the keys below override its files"
+        ),
+    )
+    weights: str = field(
+        default="", metadata=meta("moshi's model.safetensors (published, or final/ of an earlier run); a path or hf://org/repo/file", path=True)
+    )
     ttt_weights: str | None = field(default=None, metadata=meta("ttt.safetensors of an earlier run: continue it (its TTT settings win)", path=True))
-    lm_kwargs: str | None = field(default=None, metadata=meta("a JSON file of LMModel keyword arguments; null: Moshi 7B's (moshi's defaults)", path=True))
+    lm_kwargs: dict | str | None = field(
+        default=None,
+        metadata=meta(
+            "the LMModel keyword arguments: a mapping, or a JSON file of them (moshi's config.json too); null: hf_repo's config.json, else Moshi 7B's",
+            path=True,
+        ),
+    )
+    mimi: str | None = field(default=None, metadata=meta("Mimi's weights, to encode wav manifests in data; null: hf_repo's", path=True))
+    mimi_config: dict | str | None = field(default=None, metadata=meta("Mimi's settings (a mapping or a JSON file); null: the published Mimi's", path=True))
+    tokenizer: str | None = field(default=None, metadata=meta("the text tokenizer (sentencepiece), to encode wav manifests; null: hf_repo's", path=True))
     dtype: str = field(
         default="float32", metadata=meta("the weights' dtype (bfloat16: float32 master copies of the trained ones step)", ("float32", "bfloat16"))
     )
@@ -104,8 +123,8 @@ class MoshiRunConfig(RunBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.model.weights:
-            raise ValueError("model.weights: give the path of a moshi model.safetensors")
+        if not self.model.weights and self.model.hf_repo is None:
+            raise ValueError("model.weights: give the path of a moshi model.safetensors, or model.hf_repo (a Hugging Face repo id)")
         if not self.data.train:
             raise ValueError("data.train: give at least one conversation file or folder")
         if self.ttt is None and self.model.ttt_weights is not None:
@@ -137,6 +156,47 @@ def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int | Non
 # the run ----------------------------------------------------------------------------------------
 
 
+def model_files(m: MoshiModelConfig) -> MoshiFiles:
+    """The files of a `model` section, found as moshi's loaders find them (`speech.checkpoint`),
+    each one there, and the weights whole safetensors files."""
+    from ..speech.checkpoint import resolve_moshi_files
+
+    for key, path in (("model.ttt_weights", m.ttt_weights), ("model.lm_kwargs", m.lm_kwargs if isinstance(m.lm_kwargs, str) else None)):
+        if path is not None and not Path(path).is_file():
+            raise RunError(f"{key}: no such file: {path}")
+    if isinstance(m.lm_kwargs, str):
+        _require_json_object(m.lm_kwargs)
+    try:
+        files = resolve_moshi_files(m.hf_repo, m.weights, m.lm_kwargs, m.mimi, m.tokenizer, m.mimi_config)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    _require_safetensors(("model.weights", files.weights), ("model.ttt_weights", m.ttt_weights))
+    return files
+
+
+def _require_json_object(path: str) -> None:
+    try:
+        lm_kwargs = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"model.lm_kwargs: cannot read {path} as JSON ({e})") from None
+    if not isinstance(lm_kwargs, dict):
+        raise RunError(f"model.lm_kwargs: {path} must hold a JSON object of LMModel keyword arguments")
+
+
+def _require_safetensors(*named: tuple[str, Path | str | None]) -> None:
+    from ..families.moshi import require_safetensors
+
+    for key, path in named:
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise RunError(f"{key}: no such file: {path}")
+        try:
+            require_safetensors(path)
+        except ValueError as e:
+            raise RunError(f"{key}: {e}") from None
+
+
 def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | str = "cpu") -> nn.Module:
     """moshi's `get_moshi_lm` on the files of a `model` section, converted with `ttt` (or as
     saved in `m.ttt_weights`); every mismatch named with its file."""
@@ -144,15 +204,14 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
 
     from ..families.moshi import load_base, load_moshi
 
-    check_model_files(m)
-    lm_kwargs = read_lm_kwargs(m.lm_kwargs)
+    files = model_files(m)
     dtype = getattr(torch, m.dtype)
     try:
         if ttt is None and m.ttt_weights is None:  # the baseline: moshi's LMModel as its loader gives it
-            return load_base(m.weights, lm_kwargs, device=device, dtype=dtype)
+            return load_base(files.weights, files.lm_kwargs, device=device, dtype=dtype)
         return load_moshi(
-            m.weights,
-            lm_kwargs,
+            files.weights,
+            files.lm_kwargs,
             ttt_file=m.ttt_weights,
             config=None if m.ttt_weights else ttt,
             rope_scaling=m.rope_scaling,
@@ -161,22 +220,8 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
         )
     except (RuntimeError, TypeError, SafetensorError) as e:  # load_state_dict's size mismatches, unknown LMModel arguments
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"model.weights {m.weights} does not load with model.lm_kwargs {m.lm_kwargs or '(Moshi 7B defaults)'}: {first}") from None
-
-
-def check_model_files(m: MoshiModelConfig) -> None:
-    """Every file of a `model` section there, and the weights whole safetensors files."""
-    from ..families.moshi import require_safetensors
-
-    for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights), ("model.lm_kwargs", m.lm_kwargs)):
-        if path is not None and not Path(path).is_file():
-            raise RunError(f"{key}: no such file: {path}")
-    for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights)):
-        if path is not None:
-            try:
-                require_safetensors(path)
-            except ValueError as e:
-                raise RunError(f"{key}: {e}") from None
+        settings = "(Moshi 7B defaults)" if files.lm_kwargs is None else "inline" if isinstance(m.lm_kwargs, dict) else m.lm_kwargs or f"of {m.hf_repo}"
+        raise RunError(f"model.weights {files.weights} does not load with model.lm_kwargs {settings}: {first}") from None
 
 
 def settle(config: MoshiRunConfig) -> MoshiRunConfig:
@@ -187,26 +232,13 @@ def settle(config: MoshiRunConfig) -> MoshiRunConfig:
 
     if config.model.ttt_weights is None:
         return config
-    check_model_files(config.model)
+    files = model_files(config.model)
     try:
         saved, _, _ = saved_settings(config.model.ttt_weights)
     except ValueError as e:
         raise RunError(f"model.ttt_weights: {e}") from None
-    num_layers = (read_lm_kwargs(config.model.lm_kwargs) or {}).get("num_layers")
+    num_layers = (files.lm_kwargs or {}).get("num_layers")
     return replace(config, ttt=adopt_ttt(config.ttt, saved, num_layers, f"model.ttt_weights {config.model.ttt_weights}"))
-
-
-def read_lm_kwargs(path: str | None) -> dict | None:
-    """The `LMModel` keyword arguments of a JSON file (None: moshi's Moshi 7B defaults)."""
-    if path is None:
-        return None
-    try:
-        lm_kwargs = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"model.lm_kwargs: cannot read {path} as JSON ({e})") from None
-    if not isinstance(lm_kwargs, dict):
-        raise RunError(f"model.lm_kwargs: {path} must hold a JSON object of LMModel keyword arguments")
-    return lm_kwargs
 
 
 def prepare(config: MoshiRunConfig) -> RunParts:
