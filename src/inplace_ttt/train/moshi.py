@@ -72,8 +72,18 @@ class MoshiModelConfig:
 
 @dataclass
 class MoshiDataConfig:
-    train: list[str] = field(default_factory=list, metadata=meta("conversation codes: .safetensors files or folders of them", path=True))
-    eval: list[str] = field(default_factory=list, metadata=meta("held-out conversations, evaluated every train.eval_steps", path=True))
+    train: list[str] = field(
+        default_factory=list,
+        metadata=meta(
+            "conversation codes: .safetensors files or folders of them, or moshi-finetune manifests (.jsonl of wav files: encoded with "
+            "Mimi on first use, then cached in codes_cache)",
+            path=True,
+        ),
+    )
+    eval: list[str] = field(default_factory=list, metadata=meta("held-out conversations (as train), evaluated every train.eval_steps", path=True))
+    codes_cache: str | None = field(
+        default=None, metadata=meta("where the codes of manifests' wav files are kept; null: ~/.cache/inplace_ttt/moshi-codes", path=True)
+    )
     row_length: int = field(default=3000, metadata=meta("steps per row (12.5 per second: 3000 = 4 minutes)"))
 
     def __post_init__(self) -> None:
@@ -100,6 +110,19 @@ class MoshiTrainConfig(TrainConfig):
 
 
 @dataclass
+class MoshiLoraSettings(LoraSettings):
+    """LoRA settings, and how a LoRA run's final/ holds them (moshi-finetune's `save_adapters`)."""
+
+    save_adapters: bool = field(
+        default=False,
+        metadata=meta(
+            "final/ holds the adapters as moshi-finetune saves them (lora.safetensors and config.json, for moshi's loaders; "
+            "ttt.safetensors beside them) instead of the merged model.safetensors"
+        ),
+    )
+
+
+@dataclass
 class MoshiRunConfig(RunBase):
     """A run of Kyutai's Moshi on conversation codes."""
 
@@ -116,8 +139,8 @@ class MoshiRunConfig(RunBase):
     )
     data: MoshiDataConfig = field(default_factory=MoshiDataConfig, metadata=meta("conversation codes cut into rows"))
     train: MoshiTrainConfig = field(default_factory=MoshiTrainConfig, metadata=meta("the engine's settings with Moshi's defaults, and the loss weights"))
-    lora: LoraSettings = field(
-        default_factory=lambda: LoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"]),
+    lora: MoshiLoraSettings = field(
+        default_factory=lambda: MoshiLoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"]),
         metadata=meta("LoRA settings for train.mode lora (Moshi's default target_modules: in_projs.0, out_projs.0, linear_in, linear_out)"),
     )
 
@@ -127,6 +150,10 @@ class MoshiRunConfig(RunBase):
             raise ValueError("model.weights: give the path of a moshi model.safetensors, or model.hf_repo (a Hugging Face repo id)")
         if not self.data.train:
             raise ValueError("data.train: give at least one conversation file or folder")
+        if self.lora.save_adapters and self.train.mode != "lora":
+            raise ValueError(
+                f"lora.save_adapters: true saves LoRA adapters, but train.mode is {self.train.mode!r}: set it to 'lora', or save_adapters to false"
+            )
         if self.ttt is None and self.model.ttt_weights is not None:
             raise ValueError("ttt: null trains the LMModel without TTT, but model.ttt_weights continues a TTT run: drop one of them")
         if self.ttt is None and self.train.mode == "ttt_only":
@@ -151,6 +178,27 @@ def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int | Non
     if chunk is not None:
         require_ttt_context((rows != -1).any(1).sum(1), chunk, key, "conversation row", "steps")  # steps holding any value, per row
     return rows
+
+
+def codes_files(config: MoshiRunConfig, split: str, device: torch.device) -> list[str]:
+    """`data.<split>` with each moshi-finetune manifest (``.jsonl``) replaced by its conversations'
+    codes files (`speech.codes_cache`: encoded with the model's Mimi on first use, then cached)."""
+    paths = getattr(config.data, split)
+    if not any(Path(p).suffix == ".jsonl" for p in paths):
+        return paths
+    from ..speech.codes_cache import manifest_codes
+
+    files = model_files(config.model)
+    found = []
+    for path in paths:
+        if Path(path).suffix != ".jsonl":
+            found.append(path)
+            continue
+        try:
+            found += [str(p) for p in manifest_codes(path, files, config.data.codes_cache, str(device))]
+        except ValueError as e:
+            raise RunError(f"data.{split}: {e}") from None
+    return found
 
 
 # the run ----------------------------------------------------------------------------------------
@@ -256,8 +304,8 @@ def prepare(config: MoshiRunConfig) -> RunParts:
     if layers:
         require_two_chunks(config.data.row_length, layers)
     chunk = max((layer.chunk_size for layer in layers.values()), default=None)  # None: no TTT, any row length
-    train_rows = load_rows(config.data.train, lm, config.data.row_length, chunk, "data.train")
-    eval_rows = load_rows(config.data.eval, lm, config.data.row_length, chunk, "data.eval") if config.data.eval else None
+    train_rows = load_rows(codes_files(config, "train", device), lm, config.data.row_length, chunk, "data.train")
+    eval_rows = load_rows(codes_files(config, "eval", device), lm, config.data.row_length, chunk, "data.eval") if config.data.eval else None
     t = config.train
 
     def enable_checkpointing(module: nn.Module) -> None:
@@ -280,6 +328,9 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         eval_dataset=ConversationRows(eval_rows) if eval_rows is not None else None,
         collate=collate,
         save_final=lambda trained, directory: save_moshi(trained.lm, directory),
+        save_adapters=(lambda trained, directory: save_adapters(trained, directory, model_files(config.model).lm_kwargs))
+        if config.lora.save_adapters
+        else None,
         doctor=first_batch_doctor,
         label_names=[CODES_KEY],
         enable_checkpointing=enable_checkpointing,
@@ -301,3 +352,31 @@ def save_moshi(lm: nn.Module, directory: Path) -> None:
         return
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in lm.state_dict().items()}, str(directory / "model.safetensors"))
+
+
+def save_adapters(trained: nn.Module, directory: Path, lm_kwargs: dict | None) -> None:
+    """`final/` of a LoRA run as moshi-finetune saves it (`save_adapters: true`): ``lora.safetensors``,
+    the adapters under moshi's names (``<module>.lora_A.weight``, ``<module>.lora_B.weight``: its
+    `LoRALinear`), and ``config.json``, the LMModel settings with ``lora``, ``lora_rank`` and
+    ``lora_scaling``, which moshi's `get_moshi_lm` reads to fold them in (PEFT's ``alpha / r`` is
+    moshi's scaling); with TTT, ``ttt.safetensors`` beside them. `trained`: PEFT's model around a
+    `MoshiLoss`."""
+    from moshi.models.loaders import _lm_kwargs as moshi_7b
+    from safetensors.torch import save_file
+
+    from ..families.moshi import save_ttt_weights, ttt_layers
+    from ..files import write_atomic
+
+    lm = trained.base_model.model.lm
+    config = trained.peft_config["default"]
+    prefix = "base_model.model.lm."
+    adapters = {}
+    for name, p in trained.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            adapters[name.removeprefix(prefix).replace(".default.", ".")] = p.detach().contiguous()
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(adapters, str(directory / "lora.safetensors"))
+    settings = {**(moshi_7b if lm_kwargs is None else lm_kwargs), "lora": True, "lora_rank": config.r, "lora_scaling": config.lora_alpha / config.r}
+    write_atomic(directory / "config.json", json.dumps(settings, indent=2))
+    if any(True for _ in ttt_layers(lm)):
+        save_ttt_weights(lm, directory, {n.removeprefix(prefix): p for n, p in trained.named_parameters()})
