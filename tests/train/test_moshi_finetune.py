@@ -17,7 +17,7 @@ from inplace_ttt.cli import main  # noqa: E402
 from inplace_ttt.train.moshi import MoshiRunConfig  # noqa: E402
 from inplace_ttt.train.moshi_finetune import KEYS  # noqa: E402
 from inplace_ttt.train.run import load_run_config  # noqa: E402
-from tests.tiny_moshi import TINY, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402
+from tests.tiny_moshi import TINY, hub_snapshot, random_codes, tiny_lm, write_tiny_checkpoint  # noqa: E402
 from tests.train.conftest import losses  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "moshi.md"
@@ -107,20 +107,11 @@ def test_unequal_sampling_weights_are_refused(tmp_path):
 
 
 def fake_hub(tmp_path) -> Path:
-    """huggingface_hub's cache holding a snapshot of a Moshi repo (moshi's config.json naming its
-    files, a tiny LMModel's weights), as a download leaves it."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    write_tiny_checkpoint(snapshot / "tiny.safetensors")
-    (snapshot / "mimi.safetensors").write_bytes(b"")  # named by the config; read only to encode audio
-    (snapshot / "tok.model").write_bytes(b"")
-    (snapshot / "config.json").write_text(
-        json.dumps({**TINY, "moshi_name": "tiny.safetensors", "mimi_name": "mimi.safetensors", "tokenizer_name": "tok.model"})
-    )
+    """huggingface_hub's cache holding a snapshot of a Moshi repo: moshi's config.json naming its
+    files, a tiny LMModel's weights (Mimi and the tokenizer are read only to encode audio)."""
+    write_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    files = {"tiny.safetensors": tmp_path / "tiny.safetensors", "mimi.safetensors": b"", "tok.model": b""}
+    hub_snapshot(tmp_path / "hub", REPO, files, {**TINY, "moshi_name": "tiny.safetensors", "mimi_name": "mimi.safetensors", "tokenizer_name": "tok.model"})
     return tmp_path / "hub"
 
 

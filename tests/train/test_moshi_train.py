@@ -342,3 +342,14 @@ def test_the_baseline_refuses_what_needs_ttt_layers(tmp_path):
     path = write_run(tmp_path, "ttt_only")
     with pytest.raises(ValueError, match="ttt_only.*ttt: null has none"):
         load_config(path, ["--ttt", "null"])
+
+
+def test_lm_kwargs_inline_or_as_a_file_load_the_same_model(tmp_path):
+    from inplace_ttt.train.moshi import load_lm
+
+    path = write_run(tmp_path, "ttt_only")
+    from_file = load_config(path)
+    inline = load_config(path, ["--model.lm_kwargs", json.dumps(TINY)])
+    assert isinstance(from_file.model.lm_kwargs, str) and inline.model.lm_kwargs == TINY
+    a, b = (load_lm(c.model, None) for c in (from_file, inline))
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
