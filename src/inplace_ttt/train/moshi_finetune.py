@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import convert_value
+from .config import CHECKPOINTING_KEYS, convert_value
 
 FRAME_RATE = 12.5  # Mimi's frames (Moshi's steps) per second: moshi's loaders.FRAME_RATE
 ADAM_BETAS = (0.9, 0.95)  # moshi-finetune's AdamW (train.py)
@@ -61,7 +61,7 @@ KEYS = (
     Key("lora.scaling", float, 2.0, "`lora.alpha` = scaling × rank (PEFT scales by alpha / r)"),
     Key("lora.ft_embed", bool, False, "false only: training the embeddings beside LoRA is not supported yet"),
     Key("save_adapters", bool, True, "`lora.save_adapters`: final/ holds moshi's `lora.safetensors` (true) or merged weights (false)"),
-    Key("gradient_checkpointing", bool, True, "`train.gradient_checkpointing` (moshi's own)"),
+    Key("gradient_checkpointing", bool, True, "`train.activation_checkpointing` (moshi's own)"),
     Key("param_dtype", str, "bfloat16", "`model.dtype` (float32 master copies step the trained weights)"),
     Key("do_ckpt", bool, True, "false: `train.save_strategy` no (final/ is still written)"),
     Key("ckpt_freq", int, 0, "`train.save_steps`; below 1: `train.save_strategy` no (only final/, their 'last checkpoint')"),
@@ -176,7 +176,7 @@ def translate(data: dict[str, Any]) -> dict[str, Any]:
         "lr_scheduler_type": "cosine",
         "first_codebook_weight": v["first_codebook_weight_multiplier"],
         "text_padding_weight": v["text_padding_weight"],
-        "gradient_checkpointing": v["gradient_checkpointing"],
+        CHECKPOINTING_KEYS[0]: v["gradient_checkpointing"],  # transformers' current name (5.2x: activation_checkpointing)
         "train_sampling_strategy": "random" if v["data.shuffle"] else "sequential",
         "save_total_limit": v["num_ckpt_keep"],
     }
