@@ -39,7 +39,7 @@ CONFIG = {  # moshi-finetune's example/moshi_7B.yaml, at a small size (the chang
     "text_padding_weight": 0.5,
     "duration_sec": 20,
     "batch_size": 2,
-    "max_steps": 12,
+    "max_steps": 8,
     "gradient_checkpointing": True,
     "optim": {"lr": 2e-6, "weight_decay": 0.1, "pct_start": 0.05},
     "seed": 0,
