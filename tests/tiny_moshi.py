@@ -74,3 +74,26 @@ def write_tiny_checkpoint(path, seed=0) -> LMModel:
     lm = tiny_lm(seed)
     save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(path))
     return lm
+
+
+def hub_snapshot(cache, repo: str, files: dict, config: dict):
+    """A repo snapshot in huggingface_hub's cache at `cache` (what HF_HUB_CACHE names), as a download
+    leaves it: ``refs/main`` naming a commit whose folder holds `files` (name -> bytes, or a path
+    to copy) and moshi's ``config.json`` (`config`). Returns the snapshot's folder."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = Path(cache) / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    for name, content in files.items():
+        if isinstance(content, bytes):
+            (snapshot / name).write_bytes(content)
+        else:
+            shutil.copyfile(content, snapshot / name)
+    (snapshot / "config.json").write_text(json.dumps(config))
+    return snapshot

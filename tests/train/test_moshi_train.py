@@ -314,3 +314,42 @@ def test_bad_moshi_runs_get_one_message_and_write_nothing(tmp_path, capsys, case
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("ittt train: error:") and re.search(message, last), last
     assert not (tmp_path / "run").exists()
+
+
+def test_the_baseline_without_ttt_starts_where_the_ttt_run_starts_and_its_final_is_read_like_any(tmp_path):
+    """`--ttt null`: the unconverted LMModel on the same codes, batches and seed. The converted model's
+    warm start is exact (V = 0 adds an exact zero to each TTT layer's output), so the first step's
+    loss, computed before any update, is the same number in both runs."""
+    from inplace_ttt.eval.moshi.models import ModelSpec
+
+    first = {}
+    for name, extra in (("ttt", []), ("baseline", ["--ttt", "null"])):
+        path = write_run(tmp_path / name, "full", steps=1)
+        assert main(["train", str(path), "--train.report_to", "[]", "--train.doctor", "false", *extra]) == 0
+        first[name] = losses(tmp_path / name / "run")[1]
+    assert first["baseline"] == first["ttt"]
+    final = tmp_path / "baseline" / "run" / "final"
+    assert sorted(p.name for p in final.iterdir() if not p.name.startswith(".")) == ["model.safetensors"]
+    spec = ModelSpec.parse(f"baseline={final}")
+    assert spec.ttt is None
+    lm = spec.load(TINY, "cpu", torch.float32)
+    saved = load_file(str(final / "model.safetensors"))
+    assert all(torch.equal(lm.state_dict()[k], v) for k, v in saved.items())
+    assert not torch.equal(saved["text_emb.weight"], load_file(str(tmp_path / "baseline" / "model.safetensors"))["text_emb.weight"])  # trained
+
+
+def test_the_baseline_refuses_what_needs_ttt_layers(tmp_path):
+    path = write_run(tmp_path, "ttt_only")
+    with pytest.raises(ValueError, match="ttt_only.*ttt: null has none"):
+        load_config(path, ["--ttt", "null"])
+
+
+def test_lm_kwargs_inline_or_as_a_file_load_the_same_model(tmp_path):
+    from inplace_ttt.train.moshi import load_lm
+
+    path = write_run(tmp_path, "ttt_only")
+    from_file = load_config(path)
+    inline = load_config(path, ["--model.lm_kwargs", json.dumps(TINY)])
+    assert isinstance(from_file.model.lm_kwargs, str) and inline.model.lm_kwargs == TINY
+    a, b = (load_lm(c.model, None) for c in (from_file, inline))
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())

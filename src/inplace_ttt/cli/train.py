@@ -10,7 +10,12 @@ from .run_command import add_run_command, finish_run
 
 def add(sub) -> None:
     add_run_command(
-        sub, "train", help="continual training with In-Place TTT (transformers Trainer)", example="--train.learning_rate 1e-5", schemas=schemas, func=run
+        sub,
+        "train",
+        help="continual training with In-Place TTT (transformers Trainer); also reads moshi-finetune's config as is",
+        example="--train.learning_rate 1e-5 (a moshi-finetune config: --optim.lr 1e-5, --ttt null)",
+        schemas=schemas,
+        func=run,
     )
 
 

@@ -8,9 +8,9 @@ the text stream (`transcript.text_stream`), Mimi's codes of the left channel (th
 ``dep_q`` codebooks), then of the right (the user's ``n_q - dep_q``): the order of moshi-finetune's
 ``InterleavedTokenizer`` (``mimi.encode`` of ``[2, 1, samples]`` viewed as ``[1, 2 Q, T]``, text first).
 
-Encoding is a step of its own, not done on the fly in `ittt train`: Mimi costs about as much per
-second of audio as a training step of a small model, and the files are reused by every epoch and
-every run (the baseline without TTT reads the very same codes), and training holds no Mimi.
+Encoding is also done on the fly by `ittt train` for a manifest in its data (`codes_cache`: once,
+then cached); as a step of its own it keeps Mimi out of the training process and writes the codes
+where the user wants them.
 Both channels are streamed through Mimi in blocks (`kv_cache.widen_kv_caches`: the codes of a
 one-shot encode, with memory bounded whatever the file's length).
 
@@ -115,13 +115,7 @@ class Encoder:
         if self.mimi.cardinality != self.streams.card:
             raise ValueError(f"Mimi weights: {settings.mimi} has {self.mimi.cardinality} codes per codebook; the model reads {self.streams.card}")
         self.tokenizer = load_tokenizer(settings.tokenizer, self.streams.text_card)
-        self.fingerprint = {
-            "mimi_sha256": _sha256(settings.mimi),
-            "mimi_config": settings.mimi_config,
-            "tokenizer_sha256": _sha256(settings.tokenizer),
-            "streams": asdict(self.streams),
-            "main_speaker": settings.main_speaker,
-        }
+        self.fingerprint = fingerprint(settings, self.streams)
 
     def audio_codes(self, info: AudioInfo) -> torch.Tensor:
         """Mimi's codes ``[2, Q, frames]`` of both channels (the channels are the batch)."""
@@ -168,6 +162,27 @@ class Encoder:
         return True
 
 
+def fingerprint(settings: EncodeSettings, streams: Streams) -> dict:
+    """What the codes depend on besides the audio: Mimi (its file's content and settings), the
+    tokenizer, the model's stream layout and the main speaker's label."""
+    return {
+        "mimi_sha256": _sha256(settings.mimi),
+        "mimi_config": settings.mimi_config,
+        "tokenizer_sha256": _sha256(settings.tokenizer),
+        "streams": asdict(streams),
+        "main_speaker": settings.main_speaker,
+    }
+
+
+def write_codes(target: Path, codes: torch.Tensor, record: dict, settings_fingerprint: dict) -> None:
+    """A codes file, atomically, its metadata holding `record` and the settings' fingerprint."""
+    from safetensors.torch import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        save_file({CODES_KEY: codes}, str(tmp), metadata={METADATA_KEY: json.dumps({**record, "settings": settings_fingerprint})})
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -178,7 +193,6 @@ def _sha256(path: Path) -> str:
 
 def encode_manifest(settings: EncodeSettings, progress: bool = True) -> EncodeSummary:
     """Encode every conversation of the manifest not done yet; each bad file gets a line on stderr."""
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     conversations = read_manifest(settings.manifest)
@@ -197,9 +211,7 @@ def encode_manifest(settings: EncodeSettings, progress: bool = True) -> EncodeSu
             summary.failed.append((conversation.path, str(e)))
             tqdm.write(f"moshi-encode: skipped {conversation.path}: {e}", file=sys.stderr)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            save_file({CODES_KEY: codes}, str(tmp), metadata={METADATA_KEY: json.dumps({**record, "settings": encoder.fingerprint})})
+        write_codes(target, codes, record, encoder.fingerprint)
         summary.encoded.append(conversation.path)
         summary.audio_seconds += record["duration"]
     summary.wall_seconds = time.perf_counter() - start

@@ -241,7 +241,7 @@ def _choices(cls: type, name: str) -> tuple:
 @dataclass
 class LoraSettings:
     r: int = field(default=16, metadata=meta("LoRA rank"))
-    alpha: int = field(default=32, metadata=meta("LoRA alpha (the update is scaled by alpha / r)"))
+    alpha: float = field(default=32, metadata=meta("LoRA alpha (the update is scaled by alpha / r)"))
     dropout: float = field(default=0.0, metadata=meta("dropout on the LoRA path"))
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata=meta("module names PEFT wraps (never the TTT parameters)")
@@ -391,7 +391,7 @@ def _fields(cls, data: Any, where: str) -> dict[str, Any]:
         raise ValueError(f"unknown key(s) {[where + k for k in unknown]}; valid keys here: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     holds_paths = {f.name for f in dataclasses.fields(cls) if f.metadata.get("path")}
-    return {name: _expanded(_convert(hints[name], value, f"{where}{name}"), name in holds_paths) for name, value in data.items()}
+    return {name: _expanded(convert_value(hints[name], value, f"{where}{name}"), name in holds_paths) for name, value in data.items()}
 
 
 def _expanded(value: Any, holds_paths: bool) -> Any:
@@ -408,7 +408,7 @@ def given_keys(section) -> frozenset[str] | None:
     return getattr(section, GIVEN, None)
 
 
-def _convert(tp, value, where: str):
+def convert_value(tp, value, where: str):
     """Coerce a YAML value to a field's annotated type, naming the field when it cannot."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
@@ -419,14 +419,14 @@ def _convert(tp, value, where: str):
         options = [a for a in args if a is not type(None)]
         named = next((a for a in options if isinstance(a, type) and issubclass(a, enum.Enum)), None)
         if named is not None and isinstance(value, str):  # transformers' `SomeEnum | str` fields
-            return _convert(named, value, where)
+            return convert_value(named, value, where)
         if type(value) in options and not isinstance(value, float):  # already of one of the types (a YAML bool for `bool | str`); a float is checked finite
             return value
         if len(options) == 1:  # Optional[X]: X's own error names the problem
-            return _convert(options[0], value, where)
+            return convert_value(options[0], value, where)
         for option in options:
             try:
-                return _convert(option, value, where)
+                return convert_value(option, value, where)
             except (TypeError, ValueError):
                 pass
         raise ValueError(f"{where}: {value!r} fits none of {options}")
@@ -435,7 +435,7 @@ def _convert(tp, value, where: str):
             value = [value]
         if not isinstance(value, list):
             raise ValueError(f"{where}: expected a list of {args[0].__name__} (or one {args[0].__name__}), got {value!r}")
-        return [_convert(args[0], v, where) for v in value]
+        return [convert_value(args[0], v, where) for v in value]
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         allowed = tuple(e.value for e in tp)
         if value not in allowed:

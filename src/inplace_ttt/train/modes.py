@@ -2,7 +2,7 @@
 
 - `full`: every parameter;
 - `ttt_only`: the TTT parameters and the TTT layers' down projections (the fast weights' `W0`);
-- `lora`: PEFT LoRA on `lora.target_modules`, the TTT parameters trained in full and never
+- `lora`: PEFT LoRA on `lora.target_modules` (``[all-linear]``: every linear layer), the TTT parameters trained in full and never
   wrapped (a LoRA of a zero-initialised convolution would start the warm start's gradient at zero).
 """
 
@@ -12,6 +12,8 @@ import torch.nn as nn
 
 from ..layer import InPlaceTTTMLP, is_ttt_param
 from .config import MODES, LoraSettings
+
+ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer of the model (moshi-finetune's LoRA, moshi's replace_all_linear_with_lora)
 
 
 class ModeError(ValueError):
@@ -33,7 +35,8 @@ def apply_mode(module: nn.Module, mode: str, lora: LoraSettings, layers: dict[in
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+        targets = ALL_LINEAR if lora.target_modules == [ALL_LINEAR] else lora.target_modules  # PEFT reads its shorthand as a string only
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
         try:
             module = get_peft_model(module, config)
         except ValueError as e:  # PEFT names the target modules it could not find

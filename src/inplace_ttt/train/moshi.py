@@ -27,15 +27,34 @@ import torch
 import torch.nn as nn
 
 from ..config import TTTConfig
+from ..speech.checkpoint import MoshiFiles
 from .config import LoraSettings, RunBase, TrainConfig, adopt_ttt, check_row_length, meta, redefault
 from .trainer import RunError, RunParts, require_ttt_context, require_two_chunks
 
 
 @dataclass
 class MoshiModelConfig:
-    weights: str = field(default="", metadata=meta("moshi's model.safetensors (published, or final/ of an earlier run)", path=True))
+    hf_repo: str | None = field(
+        default=None,
+        metadata=meta(
+            "a Hugging Face repo id (e.g. kyutai/moshiko-pytorch-bf16): the files its config.json names, through huggingface_hub's "
+            "cache (offline once cached), as moshi's CheckpointInfo.from_hf_repo; the keys below override its files"
+        ),
+    )
+    weights: str = field(
+        default="", metadata=meta("moshi's model.safetensors (published, or final/ of an earlier run); a path or hf://org/repo/file", path=True)
+    )
     ttt_weights: str | None = field(default=None, metadata=meta("ttt.safetensors of an earlier run: continue it (its TTT settings win)", path=True))
-    lm_kwargs: str | None = field(default=None, metadata=meta("a JSON file of LMModel keyword arguments; null: Moshi 7B's (moshi's defaults)", path=True))
+    lm_kwargs: dict | str | None = field(
+        default=None,
+        metadata=meta(
+            "the LMModel keyword arguments: a mapping, or a JSON file of them (moshi's config.json too); null: hf_repo's config.json, else Moshi 7B's",
+            path=True,
+        ),
+    )
+    mimi: str | None = field(default=None, metadata=meta("Mimi's weights, to encode wav manifests in data; null: hf_repo's", path=True))
+    mimi_config: dict | str | None = field(default=None, metadata=meta("Mimi's settings (a mapping or a JSON file); null: the published Mimi's", path=True))
+    tokenizer: str | None = field(default=None, metadata=meta("the text tokenizer (sentencepiece), to encode wav manifests; null: hf_repo's", path=True))
     dtype: str = field(
         default="float32", metadata=meta("the weights' dtype (bfloat16: float32 master copies of the trained ones step)", ("float32", "bfloat16"))
     )
@@ -53,8 +72,18 @@ class MoshiModelConfig:
 
 @dataclass
 class MoshiDataConfig:
-    train: list[str] = field(default_factory=list, metadata=meta("conversation codes: .safetensors files or folders of them", path=True))
-    eval: list[str] = field(default_factory=list, metadata=meta("held-out conversations, evaluated every train.eval_steps", path=True))
+    train: list[str] = field(
+        default_factory=list,
+        metadata=meta(
+            "conversation codes: .safetensors files or folders of them, or moshi-finetune manifests (.jsonl of wav files: encoded with "
+            "Mimi on first use, then cached in codes_cache)",
+            path=True,
+        ),
+    )
+    eval: list[str] = field(default_factory=list, metadata=meta("held-out conversations (as train), evaluated every train.eval_steps", path=True))
+    codes_cache: str | None = field(
+        default=None, metadata=meta("where the codes of manifests' wav files are kept; null: ~/.cache/inplace_ttt/moshi-codes", path=True)
+    )
     row_length: int = field(default=3000, metadata=meta("steps per row (12.5 per second: 3000 = 4 minutes)"))
 
     def __post_init__(self) -> None:
@@ -81,6 +110,19 @@ class MoshiTrainConfig(TrainConfig):
 
 
 @dataclass
+class MoshiLoraSettings(LoraSettings):
+    """LoRA settings, and how a LoRA run's final/ holds them (moshi-finetune's `save_adapters`)."""
+
+    save_adapters: bool = field(
+        default=False,
+        metadata=meta(
+            "final/ holds the adapters as moshi-finetune saves them (lora.safetensors and config.json, for moshi's loaders; "
+            "ttt.safetensors beside them) instead of the merged model.safetensors"
+        ),
+    )
+
+
+@dataclass
 class MoshiRunConfig(RunBase):
     """A run of Kyutai's Moshi on conversation codes."""
 
@@ -88,30 +130,43 @@ class MoshiRunConfig(RunBase):
 
     model_type: str = redefault(RunBase, "model_type", "moshi", "")
     model: MoshiModelConfig = field(default_factory=MoshiModelConfig, metadata=meta("moshi's weights and how to load them"))
-    ttt: TTTConfig = field(
+    ttt: TTTConfig | None = field(
         default_factory=lambda: TTTConfig(target_source="token_embeddings"),
-        metadata=meta("the In-Place TTT settings (TTTConfig's fields); Moshi's default target_source: token_embeddings"),
+        metadata=meta(
+            "the In-Place TTT settings (TTTConfig's fields); Moshi's default target_source: token_embeddings; "
+            "null: the unconverted LMModel (the fair baseline: same codes, batches and seed)"
+        ),
     )
     data: MoshiDataConfig = field(default_factory=MoshiDataConfig, metadata=meta("conversation codes cut into rows"))
     train: MoshiTrainConfig = field(default_factory=MoshiTrainConfig, metadata=meta("the engine's settings with Moshi's defaults, and the loss weights"))
-    lora: LoraSettings = field(
-        default_factory=lambda: LoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"]),
+    lora: MoshiLoraSettings = field(
+        default_factory=lambda: MoshiLoraSettings(target_modules=["in_projs.0", "out_projs.0", "linear_in", "linear_out"]),
         metadata=meta("LoRA settings for train.mode lora (Moshi's default target_modules: in_projs.0, out_projs.0, linear_in, linear_out)"),
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.model.weights:
-            raise ValueError("model.weights: give the path of a moshi model.safetensors")
+        if not self.model.weights and self.model.hf_repo is None:
+            raise ValueError("model.weights: give the path of a moshi model.safetensors, or model.hf_repo (a Hugging Face repo id)")
         if not self.data.train:
             raise ValueError("data.train: give at least one conversation file or folder")
+        if self.lora.save_adapters and self.train.mode != "lora":
+            raise ValueError(
+                f"lora.save_adapters: true saves LoRA adapters, but train.mode is {self.train.mode!r}: set it to 'lora', or save_adapters to false"
+            )
+        if self.ttt is None and self.model.ttt_weights is not None:
+            raise ValueError("ttt: null trains the LMModel without TTT, but model.ttt_weights continues a TTT run: drop one of them")
+        if self.ttt is None and self.train.mode == "ttt_only":
+            raise ValueError(
+                "train.mode 'ttt_only' trains the TTT layers, and ttt: null has none: the baseline without TTT trains in train.mode 'full' or 'lora'"
+            )
 
 
 CONFIG = MoshiRunConfig
 
 
-def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int, key: str) -> torch.Tensor:
-    """The conversations of `paths` as rows, refusing data in which TTT would be inert."""
+def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int | None, key: str) -> torch.Tensor:
+    """The conversations of `paths` as rows, refusing data in which TTT (of chunks of `chunk` steps; None: no TTT) would be inert."""
     from ..families.moshi.codes import conversation_files, conversation_rows, read_conversation
 
     try:
@@ -120,11 +175,74 @@ def load_rows(paths: list[str], lm: nn.Module, row_length: int, chunk: int, key:
     except ValueError as e:
         raise RunError(str(e)) from None
     rows = conversation_rows(conversations, row_length)
-    require_ttt_context((rows != -1).any(1).sum(1), chunk, key, "conversation row", "steps")  # steps holding any value, per row
+    if chunk is not None:
+        require_ttt_context((rows != -1).any(1).sum(1), chunk, key, "conversation row", "steps")  # steps holding any value, per row
     return rows
 
 
+def codes_files(config: MoshiRunConfig, split: str, device: torch.device) -> list[str]:
+    """`data.<split>` with each moshi-finetune manifest (``.jsonl``) replaced by its conversations'
+    codes files (`speech.codes_cache`: encoded with the model's Mimi on first use, then cached)."""
+    paths = getattr(config.data, split)
+    if not any(Path(p).suffix == ".jsonl" for p in paths):
+        return paths
+    from ..speech.codes_cache import manifest_codes
+
+    files = model_files(config.model)
+    found = []
+    for path in paths:
+        if Path(path).suffix != ".jsonl":
+            found.append(path)
+            continue
+        try:
+            found += [str(p) for p in manifest_codes(path, files, config.data.codes_cache, str(device))]
+        except ValueError as e:
+            raise RunError(f"data.{split}: {e}") from None
+    return found
+
+
 # the run ----------------------------------------------------------------------------------------
+
+
+def model_files(m: MoshiModelConfig) -> MoshiFiles:
+    """The files of a `model` section, found as moshi's loaders find them (`speech.checkpoint`),
+    each one there, and the weights whole safetensors files."""
+    from ..speech.checkpoint import resolve_moshi_files
+
+    for key, path in (("model.ttt_weights", m.ttt_weights), ("model.lm_kwargs", m.lm_kwargs if isinstance(m.lm_kwargs, str) else None)):
+        if path is not None and not Path(path).is_file():
+            raise RunError(f"{key}: no such file: {path}")
+    if isinstance(m.lm_kwargs, str):
+        _require_json_object(m.lm_kwargs)
+    try:
+        files = resolve_moshi_files(m.hf_repo, m.weights, m.lm_kwargs, m.mimi, m.tokenizer, m.mimi_config)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    _require_safetensors(("model.weights", files.weights), ("model.ttt_weights", m.ttt_weights))
+    return files
+
+
+def _require_json_object(path: str) -> None:
+    try:
+        lm_kwargs = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"model.lm_kwargs: cannot read {path} as JSON ({e})") from None
+    if not isinstance(lm_kwargs, dict):
+        raise RunError(f"model.lm_kwargs: {path} must hold a JSON object of LMModel keyword arguments")
+
+
+def _require_safetensors(*named: tuple[str, Path | str | None]) -> None:
+    from ..families.moshi import require_safetensors
+
+    for key, path in named:
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise RunError(f"{key}: no such file: {path}")
+        try:
+            require_safetensors(path)
+        except ValueError as e:
+            raise RunError(f"{key}: {e}") from None
 
 
 def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | str = "cpu") -> nn.Module:
@@ -132,38 +250,26 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
     saved in `m.ttt_weights`); every mismatch named with its file."""
     from safetensors import SafetensorError
 
-    from ..families.moshi import load_moshi
+    from ..families.moshi import load_base, load_moshi
 
-    check_model_files(m)
-    lm_kwargs = read_lm_kwargs(m.lm_kwargs)
+    files = model_files(m)
+    dtype = getattr(torch, m.dtype)
     try:
+        if ttt is None and m.ttt_weights is None:  # the baseline: moshi's LMModel as its loader gives it
+            return load_base(files.weights, files.lm_kwargs, device=device, dtype=dtype)
         return load_moshi(
-            m.weights,
-            lm_kwargs,
+            files.weights,
+            files.lm_kwargs,
             ttt_file=m.ttt_weights,
             config=None if m.ttt_weights else ttt,
             rope_scaling=m.rope_scaling,
             device=device,
-            dtype=getattr(torch, m.dtype),
+            dtype=dtype,
         )
     except (RuntimeError, TypeError, SafetensorError) as e:  # load_state_dict's size mismatches, unknown LMModel arguments
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"model.weights {m.weights} does not load with model.lm_kwargs {m.lm_kwargs or '(Moshi 7B defaults)'}: {first}") from None
-
-
-def check_model_files(m: MoshiModelConfig) -> None:
-    """Every file of a `model` section there, and the weights whole safetensors files."""
-    from ..families.moshi import require_safetensors
-
-    for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights), ("model.lm_kwargs", m.lm_kwargs)):
-        if path is not None and not Path(path).is_file():
-            raise RunError(f"{key}: no such file: {path}")
-    for key, path in (("model.weights", m.weights), ("model.ttt_weights", m.ttt_weights)):
-        if path is not None:
-            try:
-                require_safetensors(path)
-            except ValueError as e:
-                raise RunError(f"{key}: {e}") from None
+        settings = "(Moshi 7B defaults)" if files.lm_kwargs is None else "inline" if isinstance(m.lm_kwargs, dict) else m.lm_kwargs or f"of {m.hf_repo}"
+        raise RunError(f"model.weights {files.weights} does not load with model.lm_kwargs {settings}: {first}") from None
 
 
 def settle(config: MoshiRunConfig) -> MoshiRunConfig:
@@ -174,32 +280,19 @@ def settle(config: MoshiRunConfig) -> MoshiRunConfig:
 
     if config.model.ttt_weights is None:
         return config
-    check_model_files(config.model)
+    files = model_files(config.model)
     try:
         saved, _, _ = saved_settings(config.model.ttt_weights)
     except ValueError as e:
         raise RunError(f"model.ttt_weights: {e}") from None
-    num_layers = (read_lm_kwargs(config.model.lm_kwargs) or {}).get("num_layers")
+    num_layers = (files.lm_kwargs or {}).get("num_layers")
     return replace(config, ttt=adopt_ttt(config.ttt, saved, num_layers, f"model.ttt_weights {config.model.ttt_weights}"))
-
-
-def read_lm_kwargs(path: str | None) -> dict | None:
-    """The `LMModel` keyword arguments of a JSON file (None: moshi's Moshi 7B defaults)."""
-    if path is None:
-        return None
-    try:
-        lm_kwargs = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"model.lm_kwargs: cannot read {path} as JSON ({e})") from None
-    if not isinstance(lm_kwargs, dict):
-        raise RunError(f"model.lm_kwargs: {path} must hold a JSON object of LMModel keyword arguments")
-    return lm_kwargs
 
 
 def prepare(config: MoshiRunConfig) -> RunParts:
     """Model and conversations, checked against each other before anything trains."""
     from ..doctor import doctor
-    from ..families.moshi import MoshiLoss, save_ttt, settings, ttt_layers
+    from ..families.moshi import MoshiLoss, settings, ttt_layers
     from ..families.moshi.codes import CODES_KEY, ConversationRows, collate
     from .modes import unwrap
 
@@ -208,10 +301,11 @@ def prepare(config: MoshiRunConfig) -> RunParts:
     device = torch.device("cuda" if config.model.device != "cpu" and torch.cuda.is_available() else "cpu")
     lm = load_lm(config.model, config.ttt, device)
     layers = dict(ttt_layers(lm))
-    require_two_chunks(config.data.row_length, layers)
-    chunk = max(layer.chunk_size for layer in layers.values())
-    train_rows = load_rows(config.data.train, lm, config.data.row_length, chunk, "data.train")
-    eval_rows = load_rows(config.data.eval, lm, config.data.row_length, chunk, "data.eval") if config.data.eval else None
+    if layers:
+        require_two_chunks(config.data.row_length, layers)
+    chunk = max((layer.chunk_size for layer in layers.values()), default=None)  # None: no TTT, any row length
+    train_rows = load_rows(codes_files(config, "train", device), lm, config.data.row_length, chunk, "data.train")
+    eval_rows = load_rows(codes_files(config, "eval", device), lm, config.data.row_length, chunk, "data.eval") if config.data.eval else None
     t = config.train
 
     def enable_checkpointing(module: nn.Module) -> None:
@@ -234,11 +328,56 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         train_dataset=ConversationRows(train_rows),
         eval_dataset=ConversationRows(eval_rows) if eval_rows is not None else None,
         collate=collate,
-        save_final=lambda trained, directory: save_ttt(trained.lm, directory),
+        save_final=lambda trained, directory: save_moshi(trained.lm, directory),
+        save_adapters=(lambda trained, directory: save_adapters(trained, directory, model_files(config.model).lm_kwargs))
+        if config.lora.save_adapters
+        else None,
         doctor=first_batch_doctor,
         label_names=[CODES_KEY],
         enable_checkpointing=enable_checkpointing,
         use_cpu=device.type == "cpu",
-        settings=settings(lm),
+        settings=settings(lm) if layers else None,
         train_rows=(train_rows,),
     )
+
+
+def save_moshi(lm: nn.Module, directory: Path) -> None:
+    """`final/`: moshi's own ``model.safetensors``, with ``ttt.safetensors`` beside it when the model
+    has TTT layers (`save_ttt`); what `moshi-eval`, `moshi-infer` and moshi's loaders read."""
+    from safetensors.torch import save_file
+
+    from ..families.moshi import save_ttt, ttt_layers
+
+    if any(True for _ in ttt_layers(lm)):
+        save_ttt(lm, directory)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in lm.state_dict().items()}, str(directory / "model.safetensors"))
+
+
+def save_adapters(trained: nn.Module, directory: Path, lm_kwargs: dict | None) -> None:
+    """`final/` of a LoRA run as moshi-finetune saves it (`save_adapters: true`): ``lora.safetensors``,
+    the adapters under moshi's names (``<module>.lora_A.weight``, ``<module>.lora_B.weight``: its
+    `LoRALinear`), and ``config.json``, the LMModel settings with ``lora``, ``lora_rank`` and
+    ``lora_scaling``, which moshi's `get_moshi_lm` reads to fold them in (PEFT's ``alpha / r`` is
+    moshi's scaling); with TTT, ``ttt.safetensors`` beside them. `trained`: PEFT's model around a
+    `MoshiLoss`."""
+    from moshi.models.loaders import _lm_kwargs as moshi_7b
+    from safetensors.torch import save_file
+
+    from ..families.moshi import save_ttt_weights, ttt_layers
+    from ..files import write_atomic
+
+    lm = trained.base_model.model.lm
+    config = trained.peft_config["default"]
+    prefix = "base_model.model.lm."
+    adapters = {}
+    for name, p in trained.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            adapters[name.removeprefix(prefix).replace(".default.", ".")] = p.detach().contiguous()
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(adapters, str(directory / "lora.safetensors"))
+    settings = {**(moshi_7b if lm_kwargs is None else lm_kwargs), "lora": True, "lora_rank": config.r, "lora_scaling": config.lora_alpha / config.r}
+    write_atomic(directory / "config.json", json.dumps(settings, indent=2))
+    if any(True for _ in ttt_layers(lm)):
+        save_ttt_weights(lm, directory, {n.removeprefix(prefix): p for n, p in trained.named_parameters()})

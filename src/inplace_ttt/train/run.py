@@ -5,7 +5,8 @@ text documents), ``moshi`` (Kyutai's Moshi and conversation codes) or ``scratch`
 or Mistral and its tokenizer trained from nothing, what `ittt pretrain` runs). The family's
 module holds its config schema (`CONFIG`, `schema`), settles what its model fixes (`settle`: a
 trained checkpoint's own TTT settings) and loads the model and data (`prepare`); the shared
-engine (`trainer.run_training`) trains them.
+engine (`trainer.run_training`) trains them. A moshi-finetune config (a top-level ``run_dir``) is
+read as a Moshi run (`moshi_finetune.translate`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .config import MODEL_TYPES, build_config, read_config
+from .moshi_finetune import is_moshi_finetune, translate
 from .trainer import RunError, run_training
 
 FAMILIES = MODEL_TYPES
@@ -46,6 +48,8 @@ def schema(model_type: str) -> type:
 def load_run_config(path: str | Path | None, overrides: list[str] = ()):
     """The run's config, validated as its family's schema."""
     data = read_config(path, overrides)
+    if is_moshi_finetune(data):  # moshi-finetune's own YAML (its `run_dir`), with an optional ttt section
+        data = translate(data)
     return build_config(schema(data.get("model_type", "transformers")), data)
 
 

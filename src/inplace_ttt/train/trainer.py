@@ -94,6 +94,7 @@ class RunParts:
     settings: dict | None = None  # the TTT settings saved with the model: the engine records each run's training there
     train_rows: tuple[torch.Tensor, ...] = ()  # the tensors of the training rows: their fingerprint lets --resume refuse other data
     callbacks: Sequence[TrainerCallback] = ()  # the family's own (the from-scratch family's summary, say)
+    save_adapters: Callable[[nn.Module, Path], None] | None = None  # in LoRA mode, writes final/ from the unmerged module instead of save_final
 
 
 class TTTTrainer(Trainer):
@@ -456,7 +457,10 @@ def run_training(
         trainer.require_finite_weights()
         if trainer.is_world_process_zero():
             with trainer.user_settings():
-                write_final(out, lambda folder: parts.save_final(merged(module), folder))
+                if parts.save_adapters is not None and is_peft(module):
+                    write_final(out, lambda folder: parts.save_adapters(module, folder))
+                else:
+                    write_final(out, lambda folder: parts.save_final(merged(module), folder))
     finally:
         release_run_dir(out)
     return out / "final"

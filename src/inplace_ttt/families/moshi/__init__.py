@@ -21,6 +21,7 @@ _HOME = {
     "load_moshi": "io",
     "require_safetensors": "io",
     "save_ttt": "io",
+    "save_ttt_weights": "io",
     "saved_settings": "io",
     "MoshiLoss": "loss",
     "training_loss": "loss",

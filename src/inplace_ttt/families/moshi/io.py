@@ -32,18 +32,28 @@ def save_ttt(lm: nn.Module, directory: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in lm.state_dict().items() if not is_ttt_param(k)}
+    save_file(state, str(directory / "model.safetensors.tmp"))
+    save_ttt_weights(lm, directory, dict(lm.named_parameters()))
+    (directory / "model.safetensors.tmp").replace(directory / "model.safetensors")
+    return directory
+
+
+def save_ttt_weights(lm: nn.Module, directory: str | Path, parameters: dict[str, Tensor]) -> Path:
+    """``ttt.safetensors`` alone: the TTT parameters among `parameters` (named as in `lm`, a converted
+    model) with `lm`'s settings in its metadata; beside LoRA adapters, say, in place of a whole model."""
+    from safetensors.torch import save_file
+
     from .convert import settings
 
     saved = settings(lm)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in lm.state_dict().items()}
-    ttt = {k: state.pop(k) for k in list(state) if is_ttt_param(k)}
-    save_file(ttt, str(directory / (TTT_WEIGHTS + ".tmp")), metadata={SETTINGS_KEY: json.dumps(saved)})
-    save_file(state, str(directory / "model.safetensors.tmp"))
-    (directory / "model.safetensors.tmp").replace(directory / "model.safetensors")
-    (directory / (TTT_WEIGHTS + ".tmp")).replace(directory / TTT_WEIGHTS)
-    return directory
+    path = Path(directory) / TTT_WEIGHTS
+    ttt = {k: p.detach().contiguous() for k, p in parameters.items() if is_ttt_param(k)}
+    save_file(ttt, str(path) + ".tmp", metadata={SETTINGS_KEY: json.dumps(saved)})
+    Path(str(path) + ".tmp").replace(path)
+    return path
 
 
 def load_base(model_file: str | Path, lm_kwargs: dict[str, Any] | None = None, *, device="cpu", dtype=torch.float32) -> nn.Module:
@@ -91,6 +101,7 @@ def load_moshi(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.bfloat16,
     clip_tau: float | None = ...,
+    lora_file: str | Path | None = None,
 ) -> nn.Module:
     """Load a Moshi LM with moshi's `get_moshi_lm` and make it an In-Place TTT model.
 
@@ -98,7 +109,9 @@ def load_moshi(
     (`lm_kwargs` defaults to Moshi 7B's, as in moshi). From `save_ttt`'s output: also give
     ``ttt_file`` (its ``ttt.safetensors``): the settings come from it and the trained TTT
     weights are loaded (all must be there). Weights holding a NaN or an infinity are refused by name. `clip_tau` overrides the saved inference clipping,
-    `rope_scaling` the saved YaRN settings.
+    `rope_scaling` the saved YaRN settings. `lora_file`: LoRA adapters in moshi's layout (moshi-finetune's
+    ``lora.safetensors``; `lm_kwargs` then says ``lora: true`` and their rank and scaling), folded
+    into the weights by moshi's loader before the conversion.
     """
     from moshi.models.loaders import get_moshi_lm
     from safetensors.torch import load_file
@@ -117,7 +130,9 @@ def load_moshi(
         raise ValueError("load_moshi: give config=TTTConfig(...) to convert a pretrained model, or ttt_file= to load a converted one")
     if clip_tau is not ...:
         config = config.replace(clip_tau=clip_tau)
-    lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+    if lora_file is not None:
+        require_safetensors(lora_file)
+    lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype, lora_weights=lora_file, fuse_lora=lora_file is not None)
     require_finite(lm.state_dict().items(), model_file)
     convert(lm, config, rope_scaling=rope_scaling)
     if training:
