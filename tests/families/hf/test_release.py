@@ -12,6 +12,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -52,7 +53,7 @@ def release_reference(path):
     """The plain transformers model of a release directory, its TTT MLPs computing their math (float64)."""
     data = json.loads((path / "config.json").read_text())
     with quiet_transformers():  # it does not know the TTT weights: the reference reads them itself
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64, attn_implementation="sdpa")
+        model = getattr(transformers, data["architectures"][0]).from_pretrained(path, dtype=torch.float64, attn_implementation="sdpa")
     tensors = load_file(path / "model.safetensors")
     weights = {}
     for i in data["ttt_layers"]:

@@ -12,7 +12,9 @@ one every tool already knows (PEFT's target modules, generation, pipelines), wit
 from __future__ import annotations
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from . import release
 from .convert import convert
 from .loading import checkpoint_settings, from_pretrained
 from .saving import AUTO_MAP, CHECKPOINT_MODEL_TYPE, write_remote_code
@@ -65,7 +67,53 @@ class InPlaceTTTForCausalLM:
         """Kept off, as `InPlaceTTTConfig.register_for_auto_class`."""
 
 
+def release_or_base(base_class: type) -> type:
+    """What `AutoModelForCausalLM` maps the config class of a family the authors' release covers to:
+    a folder in their format (their ``ttt_*`` keys under their ``model_type``, ``qwen3`` or
+    ``llama``: nothing else tells it apart) loads converted; any other goes to `base_class` exactly
+    as transformers would send it. Hand-written because transformers chooses a model class by the
+    config's class alone, and the release shares transformers' config classes."""
+
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        data = config.to_dict() if config is not None else {}
+        if release.is_release_config(data) and data.get("ttt_mode") is not False:  # false: their model, too, runs it without TTT
+            return InPlaceTTTForCausalLM.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        remote = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
+        if remote and kwargs.get("trust_remote_code"):  # what transformers does for a folder with its own code, which this class's registration hides from it
+            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+            hub = {k: kwargs[k] for k in ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "token") if k in kwargs}
+            return get_class_from_dynamic_module(remote, pretrained_model_name_or_path, **hub).from_pretrained(
+                pretrained_model_name_or_path, *model_args, config=config, **kwargs
+            )
+        return base_class.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+    def from_config(cls, config, **kwargs):
+        return base_class._from_config(config, **kwargs)
+
+    return type(
+        f"ReleaseOr{base_class.__name__}",
+        (),
+        {
+            "__doc__": release_or_base.__doc__,
+            "__module__": __name__,
+            "config_class": base_class.config_class,
+            "from_pretrained": classmethod(from_pretrained),
+            "_from_config": classmethod(from_config),
+            "register_for_auto_class": classmethod(lambda cls, auto_class=None: None),
+        },
+    )
+
+
 def register() -> None:
-    """Map ``model_type: inplace_ttt`` to the classes above in transformers' Auto classes (idempotent)."""
+    """Map ``model_type: inplace_ttt`` to the classes above in transformers' Auto classes, and the
+    release's families to `release_or_base` (idempotent)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
     AutoConfig.register(CHECKPOINT_MODEL_TYPE, InPlaceTTTConfig, exist_ok=True)
     AutoModelForCausalLM.register(InPlaceTTTConfig, InPlaceTTTForCausalLM, exist_ok=True)
+    for model_type in release.FAMILIES:
+        config_class = CONFIG_MAPPING[model_type]
+        base_class = MODEL_FOR_CAUSAL_LM_MAPPING[config_class]
+        if base_class.__module__ != __name__:  # not registered yet
+            AutoModelForCausalLM.register(config_class, release_or_base(base_class), exist_ok=True)

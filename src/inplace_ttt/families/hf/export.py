@@ -18,7 +18,7 @@ def export_folder(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     model = from_pretrained(model_dir, dtype="auto")
     try:
-        with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError):
         tokenizer = None

@@ -123,7 +123,7 @@ def looks_local(path: str) -> bool:
 @contextlib.contextmanager
 def quiet_transformers():
     """transformers' warnings off for a block: loading an In-Place TTT directory makes it warn, by
-    design (unknown model_type, weights the base class does not know)."""
+    design (weights the base class does not know, which the loader reads itself)."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
