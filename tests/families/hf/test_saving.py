@@ -33,6 +33,16 @@ def test_the_folder_names_its_module(tmp_path):
     assert (tmp_path / f"{REMOTE_MODULE}.py").is_file()
 
 
+def test_the_folder_names_no_class_transformers_has(tmp_path):
+    """`transformers serve` builds ``getattr(transformers, architectures[0])``: with the base class named
+    there it served the base model without its TTT layers; with ours it cannot build anything."""
+    import transformers
+
+    converted().save_pretrained(tmp_path)
+    (architecture,) = json.loads((tmp_path / "config.json").read_text())["architectures"]
+    assert getattr(transformers, architecture, None) is None
+
+
 def test_a_fresh_process_refuses_without_trust_remote_code_and_loads_with_it(tmp_path):
     model = converted()
     model.save_pretrained(tmp_path / "model")

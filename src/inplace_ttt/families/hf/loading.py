@@ -18,6 +18,7 @@ from ...layer import is_ttt_param
 from ..record import TRAINING_KEY, split_training
 from . import release
 from .convert import convert
+from .saving import ARCHITECTURE
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # weights torch.save writes: pickles
 NOT_WEIGHTS = frozenset({"training_args.bin"})  # what transformers' Trainer saves beside a model, never loaded here
@@ -61,6 +62,8 @@ def checkpoint_settings(path: str | os.PathLike, data: dict | None = None):
         )
     data["model_type"] = base_type
     data.pop("auto_map", None)  # names our module, not the base architecture's classes
+    if data.get("architectures") == [ARCHITECTURE]:
+        data.pop("architectures")  # ours; the base config names its own class when saved
     try:
         return TTTConfig.from_dict(settings), CONFIG_MAPPING[base_type].from_dict(data), None, training
     except (ValueError, TypeError) as e:

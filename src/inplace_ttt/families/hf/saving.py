@@ -20,6 +20,7 @@ from ...files import write_atomic
 CHECKPOINT_MODEL_TYPE = "inplace_ttt"  # what config.json says: transformers alone does not know it
 REMOTE_MODULE = "modeling_inplace_ttt"  # the module's name in the folder, as transformers' convention for custom code has it
 AUTO_MAP = {"AutoConfig": f"{REMOTE_MODULE}.InPlaceTTTConfig", "AutoModelForCausalLM": f"{REMOTE_MODULE}.InPlaceTTTForCausalLM"}
+ARCHITECTURE = "InPlaceTTTForCausalLM"  # config.json's architectures: a class transformers itself does not have
 READABLE_SINCE = "0.1.0"  # the oldest inplace-ttt that reads these folders: raise it when the format changes
 
 # No model code: the installed package builds the model. Imports of inplace_ttt sit in a `try`, which
@@ -65,6 +66,9 @@ def _save_with(config: TTTConfig):
             data = json.loads(path.read_text())
             data["model_type"] = CHECKPOINT_MODEL_TYPE
             data["auto_map"] = dict(AUTO_MAP)
+            # tools that pick the class by this name (`transformers serve`, `LlamaForCausalLM`-style
+            # lookups in pipelines) find none and fail, rather than build the base without its TTT layers
+            data["architectures"] = [ARCHITECTURE]
             write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
             write_remote_code(save_directory)
 
