@@ -415,3 +415,24 @@ def test_training_a_gguf_checkpoint_gives_a_normal_float_checkpoint(workspace, c
     assert main([*args, "--length", "24"]) == 0, capsys.readouterr().out
     missing = main(["train", str(workspace["config"]), "--gguf-file", "nothing.gguf", "--train.output_dir", str(workspace["root"] / "run2")])
     assert missing == 2 and "gguf_file 'nothing.gguf'" in capsys.readouterr().err
+
+
+def test_ddp_looks_for_unused_parameters_only_where_the_family_says_there_are(tmp_path):
+    """transformers makes DDP search every step for parameters without a gradient in a module that is
+    no PreTrainedModel; a family that knows (`RunParts.unreached`) decides, and a user's setting wins."""
+    from inplace_ttt.train.config import TrainConfig
+    from inplace_ttt.train.trainer import RunParts, trainer_arguments
+
+    module = torch.nn.Linear(2, 2)
+
+    def parts(unreached):
+        return RunParts(module, {}, [], None, lambda rows: rows, lambda m, d: None, None, unreached=unreached)
+
+    t = TrainConfig(output_dir=str(tmp_path))
+    assert trainer_arguments(t, parts(lambda m: []), module).ddp_find_unused_parameters is False
+    assert trainer_arguments(t, parts(lambda m: ["bias"]), module).ddp_find_unused_parameters is True
+    assert trainer_arguments(t, parts(None), module).ddp_find_unused_parameters is None  # the Trainer's default
+    assert (
+        trainer_arguments(TrainConfig(output_dir=str(tmp_path), ddp_find_unused_parameters=True), parts(lambda m: []), module).ddp_find_unused_parameters
+        is True
+    )

@@ -198,14 +198,17 @@ def read_lm_kwargs(path: str | None) -> dict | None:
 
 def prepare(config: MoshiRunConfig) -> RunParts:
     """Model and conversations, checked against each other before anything trains."""
-    from ..doctor import doctor
-    from ..families.moshi import MoshiLoss, save_ttt, settings, ttt_layers
-    from ..families.moshi.codes import CODES_KEY, ConversationRows, collate
-    from .modes import unwrap
+    from ..families.moshi.compile import compile_off_on_cpu
 
     if config.model.device == "cuda" and not torch.cuda.is_available():
         raise RunError("model.device: 'cuda' but no CUDA device is available")
     device = torch.device("cuda" if config.model.device != "cpu" and torch.cuda.is_available() else "cpu")
+    compile_off_on_cpu(device.type)  # before moshi is imported
+    from ..doctor import doctor
+    from ..families.moshi import MoshiLoss, save_ttt, settings, ttt_layers, unreached_parameters
+    from ..families.moshi.codes import CODES_KEY, ConversationRows, collate
+    from .modes import unwrap
+
     lm = load_lm(config.model, config.ttt, device)
     layers = dict(ttt_layers(lm))
     require_two_chunks(config.data.row_length, layers)
@@ -240,4 +243,5 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         use_cpu=device.type == "cpu",
         settings=settings(lm),
         train_rows=(train_rows,),
+        unreached=unreached_parameters,
     )

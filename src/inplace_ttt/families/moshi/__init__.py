@@ -24,6 +24,7 @@ _HOME = {
     "saved_settings": "io",
     "MoshiLoss": "loss",
     "training_loss": "loss",
+    "unreached_parameters": "loss",
 }
 
 
