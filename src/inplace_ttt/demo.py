@@ -28,7 +28,7 @@ from .assets import base_model_dir, corpus_files
 from .config import TTTConfig
 from .eval.intervals import difference_interval
 from .eval.recall import TASK as RECALL_TASK
-from .eval.report import plot_training
+from .eval.report import plot_training, with_interval
 from .eval.runner import LOSS_TASK, EvalSettings, evaluate
 from .families import convert
 from .files import write_atomic
@@ -212,8 +212,8 @@ def _summary(results: dict) -> list[str]:
         "|---|" + "---|" * (len(rows) + 1),
     ]
     for c in rows["baseline"]:
-        cells = " | ".join(f"{r[c]['loss']:.3f} [{r[c]['interval'][0]:.3f}, {r[c]['interval'][1]:.3f}]" for r in rows.values())
+        cells = " | ".join(with_interval(r[c]["loss"], r[c]["interval"]) for r in rows.values())
         a, b = rows["ittt"][c]["per_document"], rows["baseline"][c]["per_document"]
-        lo, hi = difference_interval(a, b, seed)
-        lines.append(f"| {c} | {cells} | {sum(x - y for x, y in zip(a, b)) / len(a):+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+        difference = with_interval(sum(x - y for x, y in zip(a, b)) / len(a), difference_interval(a, b, seed), signed=True)
+        lines.append(f"| {c} | {cells} | {difference} |")
     return lines + [""]

@@ -4,7 +4,7 @@ exact values for data without spread, and nothing for a single unit."""
 import numpy as np
 import pytest
 
-from inplace_ttt.eval.intervals import difference_interval, mean_interval, ratio_interval
+from inplace_ttt.eval.intervals import difference_interval, mean_interval, ratio_difference_interval, ratio_interval
 
 
 def test_mean_interval_of_many_units_matches_the_normal_approximation():
@@ -43,6 +43,25 @@ def test_paired_difference_cancels_what_the_units_share():
     assert hi < 0 and hi - lo < 0.02  # far tighter than either model's own interval
     a_lo, a_hi = mean_interval(noisy)
     assert a_hi - a_lo > 10 * (hi - lo)
+
+
+def test_paired_ratio_difference_resamples_units_together():
+    rng = np.random.default_rng(5)
+    counts = rng.integers(20, 400, 40).astype(float)
+    difficulty = rng.normal(3.0, 1.0, 40)  # conversations of very different difficulty, as loss per value
+    base_sums = difficulty * counts
+    sums = (difficulty - 0.05 + rng.normal(0, 0.005, 40)) * counts  # the model: 0.05 lower everywhere, a little noise
+    lo, hi = ratio_difference_interval(sums, counts, base_sums, counts)
+    point = sums.sum() / counts.sum() - base_sums.sum() / counts.sum()
+    assert lo < point < hi and hi < 0 and hi - lo < 0.01
+    # unpaired (each model's units resampled on their own), the units' spread would swamp the 0.05
+    a_lo, a_hi = ratio_interval(sums, counts)
+    b_lo, b_hi = ratio_interval(base_sums, counts)
+    assert (a_hi - a_lo) + (b_hi - b_lo) > 20 * (hi - lo)
+    # the same shift on every unit: every resample of pairs gives it exactly
+    assert ratio_difference_interval((difficulty - 0.05) * counts, counts, base_sums, counts) == pytest.approx([-0.05, -0.05])
+    # a unit without values for one model is left out; one unit left: no interval
+    assert ratio_difference_interval([1.0, 2.0], [1.0, 1.0], [1.0, 2.0], [0.0, 1.0]) is None
 
 
 def test_same_seed_same_interval():

@@ -33,6 +33,7 @@ def two_processes(config):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def same_run(a: Path, b: Path, steps: list[int], weights: str, rtol: float = 1e-4) -> None:
@@ -105,8 +106,12 @@ def test_moshi_on_two_processes_matches_one_with_the_same_global_batch(tmp_path)
     path = moshi_config(tmp_path, gradient_accumulation_steps=2, output_dir=str(tmp_path / "one"))
     one_process(path)
     edit(path, train={"gradient_accumulation_steps": 1, "output_dir": str(tmp_path / "two")})
-    two_processes(path)
+    done = two_processes(path)
     same_run(tmp_path / "one", tmp_path / "two", [1, 2, 3], "ttt.safetensors")
+    # every trainable parameter gets a gradient, and DDP is told so (no search for unused ones each step, no
+    # warning that it found none); the final folder is said once, not once per process
+    assert "find_unused_parameters" not in done.stderr + done.stdout
+    assert done.stdout.count("final model: ") == 1
 
 
 def test_moshi_full_mode_with_fsdp_over_two_processes_matches_one(tmp_path):

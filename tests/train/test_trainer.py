@@ -449,3 +449,24 @@ def test_the_run_says_once_when_ttt_is_inert_or_harmful(workspace, capsys, case)
         assert "after 6 steps" in said[0] and "train.ttt_params_learning_rate (now 1e-07)" in said[0] and max(ratios) < 0.01
     else:
         assert "ttt.ttt_lr (now 1000)" in said[0] and "lower" in said[0]
+
+
+def test_ddp_looks_for_unused_parameters_only_where_the_family_says_there_are(tmp_path):
+    """transformers makes DDP search every step for parameters without a gradient in a module that is
+    no PreTrainedModel; a family that knows (`RunParts.unreached`) decides, and a user's setting wins."""
+    from inplace_ttt.train.config import TrainConfig
+    from inplace_ttt.train.trainer import RunParts, trainer_arguments
+
+    module = torch.nn.Linear(2, 2)
+
+    def parts(unreached):
+        return RunParts(module, {}, [], None, lambda rows: rows, lambda m, d: None, None, unreached=unreached)
+
+    t = TrainConfig(output_dir=str(tmp_path))
+    assert trainer_arguments(t, parts(lambda m: []), module).ddp_find_unused_parameters is False
+    assert trainer_arguments(t, parts(lambda m: ["bias"]), module).ddp_find_unused_parameters is True
+    assert trainer_arguments(t, parts(None), module).ddp_find_unused_parameters is None  # the Trainer's default
+    assert (
+        trainer_arguments(TrainConfig(output_dir=str(tmp_path), ddp_find_unused_parameters=True), parts(lambda m: []), module).ddp_find_unused_parameters
+        is True
+    )

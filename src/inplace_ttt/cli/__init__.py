@@ -8,7 +8,21 @@ import sys
 
 from . import demo, doctor, eval, export, lm_eval, moshi_encode, moshi_eval, moshi_infer, moshi_kit, moshi_serve, pretrain, serve, train
 
-COMMANDS = (demo, doctor, eval, lm_eval, serve, export, train, pretrain, moshi_kit, moshi_encode, moshi_infer, moshi_serve, moshi_eval)  # in `ittt --help`'s order
+COMMANDS = (
+    demo,
+    doctor,
+    eval,
+    lm_eval,
+    serve,
+    export,
+    train,
+    pretrain,
+    moshi_kit,
+    moshi_encode,
+    moshi_infer,
+    moshi_serve,
+    moshi_eval,
+)  # in `ittt --help`'s order
 
 
 def main(argv: list[str] | None = None) -> int:

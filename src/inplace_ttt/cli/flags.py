@@ -59,12 +59,9 @@ def temperature(text: str) -> float:
 
 def prepare_moshi(device: str) -> None:
     """On a CPU, moshi's lazy torch.compile only costs time: turn it off (before moshi is imported)."""
-    import os
+    from ..families.moshi.compile import compile_off_on_cpu
 
-    import torch
-
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    compile_off_on_cpu(device)
 
 
 def add_moshi_model(parser: argparse.ArgumentParser, tokenizer_help: str, tokenizer_required: bool = False) -> None:

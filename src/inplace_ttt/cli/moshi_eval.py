@@ -18,6 +18,11 @@ def add(sub) -> None:
         help="NAME=PATH[,ttt=FILE][,clip_tau=X][,yarn=F]: PATH a model.safetensors or a folder with it (and ttt.safetensors); repeat to compare",
     )
     ev.add_argument(
+        "--baseline",
+        metavar="NAME",
+        help="the model every other one is paired with, conversation by conversation (default: the first without TTT weights, else the first)",
+    )
+    ev.add_argument(
         "--data",
         type=expanded,
         action="append",
@@ -60,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         mimi=args.mimi,
         mimi_config=read_json(args.mimi_config, "--mimi-config"),
         tokenizer=args.tokenizer,
+        baseline=args.baseline,
     )
     print(f"report: {evaluate_moshi(settings)}")
     return 0

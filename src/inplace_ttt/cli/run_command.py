@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,5 +74,6 @@ def finish_run(args: argparse.Namespace, run: Callable[[], Path]) -> int:
     except RunFinished as e:
         print(f"ittt {args.command}: {e}")
         return 0
-    print(f"final model: {final}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process runs this: one says it
+        print(f"final model: {final}")
     return 0

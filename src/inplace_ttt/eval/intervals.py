@@ -50,6 +50,20 @@ def ratio_interval(sums: Sequence[float], counts: Sequence[float], seed: int = 0
     return _bootstrap((s[keep], c[keep]), lambda s, c, axis: s.sum(axis=axis) / c.sum(axis=axis), seed)
 
 
+def ratio_difference_interval(
+    sums: Sequence[float], counts: Sequence[float], base_sums: Sequence[float], base_counts: Sequence[float], seed: int = 0
+) -> list[float] | None:
+    """Interval of ``sum(sums) / sum(counts) - sum(base_sums) / sum(base_counts)``: two models'
+    token-weighted mean losses on the same units (conversations), the units resampled as pairs, so
+    that what a unit does to both models (its difficulty) cancels. Units with no values for either
+    model are left out."""
+    arrays = [np.asarray(x, dtype=np.float64) for x in (sums, counts, base_sums, base_counts)]
+    keep = (arrays[1] > 0) & (arrays[3] > 0)
+    return _bootstrap(
+        tuple(a[keep] for a in arrays), lambda s, c, bs, bc, axis: s.sum(axis=axis) / c.sum(axis=axis) - bs.sum(axis=axis) / bc.sum(axis=axis), seed
+    )
+
+
 def difference_interval(a: Sequence[float], b: Sequence[float], seed: int = 0) -> list[float] | None:
     """Interval of ``mean(a - b)`` for paired units (two models on the same documents): the
     documents' own difficulty cancels, so this is tighter than comparing two intervals."""

@@ -10,15 +10,16 @@ from pathlib import Path
 from ..files import write_atomic
 
 
-def _fmt(x, digits=3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+def _fmt(x, digits=3, signed=False) -> str:
+    return "-" if x is None else f"{x:{'+' if signed else ''}.{digits}f}"
 
 
-def with_interval(x, interval, digits=3) -> str:
-    """A table cell: ``3.412 [3.380, 3.441]``, the number alone without an interval, ``-`` without a number."""
+def with_interval(x, interval, digits=3, signed=False) -> str:
+    """A table cell: ``3.412 [3.380, 3.441]``, the number alone without an interval, ``-`` without a
+    number; `signed` (a difference): ``-0.012 [-0.020, +0.003]``."""
     if x is None:
         return "-"
-    return _fmt(x, digits) + (f" [{_fmt(interval[0], digits)}, {_fmt(interval[1], digits)}]" if interval else "")
+    return _fmt(x, digits, signed) + (f" [{_fmt(interval[0], digits, signed)}, {_fmt(interval[1], digits, signed)}]" if interval else "")
 
 
 def _human(n: int) -> str:

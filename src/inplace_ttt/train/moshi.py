@@ -291,14 +291,17 @@ def settle(config: MoshiRunConfig) -> MoshiRunConfig:
 
 def prepare(config: MoshiRunConfig) -> RunParts:
     """Model and conversations, checked against each other before anything trains."""
-    from ..doctor import doctor
-    from ..families.moshi import MoshiLoss, settings, ttt_layers
-    from ..families.moshi.codes import CODES_KEY, ConversationRows, collate
-    from .modes import unwrap
+    from ..families.moshi.compile import compile_off_on_cpu
 
     if config.model.device == "cuda" and not torch.cuda.is_available():
         raise RunError("model.device: 'cuda' but no CUDA device is available")
     device = torch.device("cuda" if config.model.device != "cpu" and torch.cuda.is_available() else "cpu")
+    compile_off_on_cpu(device.type)  # before moshi is imported
+    from ..doctor import doctor
+    from ..families.moshi import MoshiLoss, settings, ttt_layers, unreached_parameters
+    from ..families.moshi.codes import CODES_KEY, ConversationRows, collate
+    from .modes import unwrap
+
     lm = load_lm(config.model, config.ttt, device)
     layers = dict(ttt_layers(lm))
     if layers:
@@ -338,6 +341,7 @@ def prepare(config: MoshiRunConfig) -> RunParts:
         use_cpu=device.type == "cpu",
         settings=settings(lm) if layers else None,
         train_rows=(train_rows,),
+        unreached=unreached_parameters,
     )
 
 

@@ -95,6 +95,9 @@ class RunParts:
     train_rows: tuple[torch.Tensor, ...] = ()  # the tensors of the training rows: their fingerprint lets --resume refuse other data
     callbacks: Sequence[TrainerCallback] = ()  # the family's own (the from-scratch family's summary, say)
     save_adapters: Callable[[nn.Module, Path], None] | None = None  # in LoRA mode, writes final/ from the unmerged module instead of save_final
+    # the trainable parameters of the module (its mode applied) that the loss never reaches; None:
+    # not known, and DDP looks for them every step (transformers' choice for a module not a PreTrainedModel)
+    unreached: Callable[[nn.Module], list[str]] | None = None
 
 
 class TTTTrainer(Trainer):
@@ -391,10 +394,13 @@ def require_ttt_context(lengths: torch.Tensor, chunk: int, key: str, what: str, 
         warnings.warn(f"{key}: {share:.0%} of the data is in {what}s shorter than two TTT chunks ({2 * chunk} {unit}), where TTT is inert", stacklevel=2)
 
 
-def trainer_arguments(t: TrainConfig, parts: RunParts) -> TrainConfig:
+def trainer_arguments(t: TrainConfig, parts: RunParts, module: nn.Module) -> TrainConfig:
     """The Trainer's arguments: the `train` section with what the model family decides (the batch
-    keys the loss reads, the device, its own activation checkpointing, no evaluation without data)."""
+    keys the loss reads, the device, its own activation checkpointing, no evaluation without data,
+    whether DDP must look for parameters without a gradient, unless the user said)."""
     changes: dict[str, Any] = {}
+    if parts.unreached is not None and t.ddp_find_unused_parameters is None:
+        changes["ddp_find_unused_parameters"] = bool(parts.unreached(module))
     if parts.label_names is not None:
         changes["label_names"] = parts.label_names
     if parts.use_cpu is not None:
@@ -429,7 +435,7 @@ def run_training(
         parts.enable_checkpointing(module)
     telemetry = TTTTelemetry(parts.layers)
     record = [TrainingRecord(parts.settings, config)] if parts.settings is not None else []
-    args = trainer_arguments(t, parts)
+    args = trainer_arguments(t, parts, module)
     with not_created_yet(out), named_folder_errors(out):
         trainer = TTTTrainer(
             model=module,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from inplace_ttt.eval.moshi.buckets import bucket_sums, pooled
+from inplace_ttt.eval.moshi.buckets import bucket_sums, paired, pooled
 
 nan = math.nan
 
@@ -33,3 +33,17 @@ def test_pooled_means_weigh_every_value_and_resample_conversations():
     low, high = got["interval"][0]
     assert 2.0 <= low <= 11 / 4 <= high <= 3.0  # between the two conversations' own means
     assert got["interval"][1] is None and got["interval"][2] is None  # one conversation, none: no interval
+
+
+def test_paired_differences_pool_each_model_then_subtract_with_an_interval_over_pairs():
+    def sums(text_sums, text_counts):
+        return {m: {"sum": text_sums, "count": text_counts} for m in ("text", "text_words", "audio", "audio_semantic")}
+
+    base = {"a": sums([2.0, 6.0, 0.0], [1, 3, 0]), "b": sums([9.0, 0.0, 0.0], [3, 0, 0]), "c": sums([20.0, 1.0, 0.0], [4, 1, 0])}
+    model = {"a": sums([1.5, 5.0, 0.0], [1, 3, 0]), "b": sums([7.5, 0.0, 0.0], [3, 0, 0]), "c": sums([18.0, 2.0, 0.0], [4, 1, 0])}
+    got = paired(model, base, 3)["text"]
+    assert got["difference"] == [pytest.approx(27 / 8 - 31 / 8), pytest.approx(7 / 4 - 7 / 4), None]  # pooled loss minus pooled loss
+    low, high = got["interval"][0]
+    # each conversation lowers the loss per value by 0.5: every resample of pairs says -0.5, whatever the conversations' difficulty
+    assert low == pytest.approx(-0.5) and high == pytest.approx(-0.5)
+    assert got["interval"][1][0] < 0 < got["interval"][1][1] and got["interval"][2] is None

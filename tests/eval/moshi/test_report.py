@@ -34,3 +34,22 @@ def test_a_row_per_model_with_its_options_and_intervals(tmp_path):
     assert "| base | 2.000 [1.900, 2.100] | - |" in report and "| ttt | 1.500 | 1.250 [1.000, 1.500] |" in report
     assert "Values per bucket: [10, 4]" in report
     assert (tmp_path / "moshi_loss_by_minute.png").stat().st_size > 0
+    assert "- base" not in report and not (tmp_path / "moshi_difference_by_minute.png").exists()  # no baseline named: no pairs
+
+
+def test_each_model_against_the_baseline_a_signed_row_and_a_plot(tmp_path):
+    difference = {"difference": [-0.25, None], "interval": [[-0.375, -0.125], None]}
+    trained = model("m.safetensors", "t.safetensors", [1.5, 1.25], [None, [1.0, 1.5]])
+    trained["paired"] = {m: difference for m in ("text", "text_words", "audio", "audio_semantic")}
+    results = {
+        "settings": {"bucket_minutes": 0.5, "steps_per_forward": 250},
+        "device": "cpu",
+        "dtype": "float32",
+        "baseline": "base",
+        "models": {"base": model("m.safetensors", None, [2.0, None], [[1.9, 2.1], None]), "ttt": trained},
+    }
+    report = write_moshi_report(results, tmp_path).read_text()
+    assert report.count("| ttt - base | -0.250 [-0.375, -0.125] | - |") == 4  # after the models' rows of each metric's table
+    assert "the paired difference from the baseline `base`" in report
+    assert "![moshi_difference_by_minute](moshi_difference_by_minute.png)" in report
+    assert (tmp_path / "moshi_difference_by_minute.png").stat().st_size > 0

@@ -12,6 +12,7 @@ from inplace_ttt.cli import main
 from inplace_ttt.eval.moshi.loss import conversation_nll
 from tests.eval.moshi.conftest import ttt_lm, write_models
 from tests.speech.conftest import dataset, kit, kit_flags  # noqa: F401  (fixtures: a manifest of espeak-ng conversations, Mimi, tokenizer)
+from tests.tiny_moshi import tiny_lm
 
 
 def test_several_models_in_one_report_by_minute(tmp_path):
@@ -47,6 +48,7 @@ def test_several_models_in_one_report_by_minute(tmp_path):
     # the pooled loss of a bucket: every value of every conversation in those 30 steps, by hand
     lm = ttt_lm()
     nlls = [conversation_nll(lm, c.long(), 1000) for c in conversations]
+    base_nlls = [conversation_nll(tiny_lm(), c.long(), 1000) for c in conversations]  # the baseline: the first model, no TTT
     for metric, pick in (
         ("text", lambda n: n["text"][None]),
         ("audio", lambda n: n["audio"]),
@@ -68,14 +70,46 @@ def test_several_models_in_one_report_by_minute(tmp_path):
                 assert ci[0] <= got["loss"][b] <= ci[1] and min(means) - slack <= ci[0] and ci[1] <= max(means) + slack, (metric, b)
             else:
                 assert ci is None
+            # ttt - base, paired: the same conversations' values of the base model, by hand
+            base_values = torch.cat([pick(n)[:, 30 * b : 30 * (b + 1)].flatten() for n in base_nlls])
+            base_values = base_values[~base_values.isnan()]
+            pair = models["ttt"]["paired"][metric]
+            if len(values):
+                assert pair["difference"][b] == pytest.approx((values.mean() - base_values.mean()).item(), rel=1e-5, abs=1e-6)
+            else:
+                assert pair["difference"][b] is None
+            if len(means) >= 2:
+                slack = 1e-6 * max(means)
+                assert pair["interval"][b][0] - slack <= pair["difference"][b] <= pair["interval"][b][1] + slack, (metric, b)
+            # fresh - base: equal losses on every conversation, so every resample of pairs gives 0 (unpaired resampling would not)
+            fresh = models["fresh"]["paired"][metric]
+            assert fresh["difference"][b] == (0.0 if len(values) else None) and fresh["interval"][b] == ([0.0, 0.0] if len(means) >= 2 else None)
     assert models["fresh"]["buckets"] == models["base"]["buckets"]  # a converted model starts as the pretrained one
     for other in ("ttt", "ttt-clip", "ttt-yarn"):
         assert models[other]["buckets"]["text"]["loss"] != models["base"]["buckets"]["text"]["loss"], other
+    assert results["baseline"] == "base" and "paired" not in models["base"]  # by default, the first model without TTT weights
     assert models["ttt-clip"]["clip_tau"] == 0.01 and models["ttt-yarn"]["yarn"] == 4.0 and models["base"]["ttt_layers"] == []
     report = (out / "report.md").read_text()
     assert "## audio loss (nats) by minute" in report and "| ttt-yarn |" in report and "0-0.04 | 0.04-0.08" in report
     assert "[95% bootstrap interval over conversations]" in report
-    assert (out / "moshi_loss_by_minute.png").stat().st_size > 0
+    assert "| ttt - base |" in report and "| fresh - base | +0.000 [+0.000, +0.000] |" in report
+    assert (out / "moshi_loss_by_minute.png").stat().st_size > 0 and (out / "moshi_difference_by_minute.png").stat().st_size > 0
+
+
+def test_the_baseline_is_named(tmp_path):
+    data, _ = write_models(tmp_path)
+    out = tmp_path / "eval"
+    models = ["--model", f"ttt={tmp_path / 'trained'}", "--model", f"base={tmp_path / 'model.safetensors'}", "--model", f"fresh={tmp_path / 'fresh'}"]
+    args = ["moshi-eval", *models, "--data", str(data), "--lm-kwargs", str(tmp_path / "lm.json"), "--bucket-minutes", "0.1", "--out", str(out)]
+    assert main([*args, "--baseline", "ttt"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["baseline"] == "ttt" and results["settings"]["baseline"] == "ttt"
+    m = results["models"]
+    assert "paired" not in m["ttt"] and set(m) == {"ttt", "base", "fresh"}
+    for metric in ("text", "audio"):  # base - ttt: what ttt - base would be, negated
+        expected = [b - t for b, t in zip(m["base"]["buckets"][metric]["loss"], m["ttt"]["buckets"][metric]["loss"])]
+        assert m["base"]["paired"][metric]["difference"] == pytest.approx(expected)
+    assert "| base - ttt |" in (out / "report.md").read_text()
 
 
 def test_bad_runs_exit_2_naming_what_is_wrong(tmp_path, capsys):
@@ -89,6 +123,7 @@ def test_bad_runs_exit_2_naming_what_is_wrong(tmp_path, capsys):
         (["--model", f"a={tmp_path / 'model.safetensors'}", "--data", str(tmp_path / "x.jsonl")], "needs --mimi and --tokenizer"),
         (["--model", f"a={tmp_path / 'model.safetensors'}", "--model", f"a={tmp_path / 'fresh'}", "--data", str(data)], "its own name"),
         (["--model", f"a={tmp_path / 'model.safetensors'}", "--data", str(tmp_path / "lm.json")], "neither a codes file"),
+        (["--model", f"a={tmp_path / 'model.safetensors'}", "--baseline", "b", "--data", str(data)], "--baseline 'b': not one of the models (a)"),
         (["--model", f"a={tmp_path / 'model.safetensors'}", "--data", str(odd)], "has 2 streams"),  # found once the model is loaded
     ]
     for extra, message in cases:

@@ -1,11 +1,12 @@
 """Losses by time into the conversation: sums per bucket of steps for each conversation, pooled
-over the conversations into a mean with its 95% interval."""
+over the conversations into a mean with its 95% interval, and one model's pooled mean against a
+baseline's, paired conversation by conversation."""
 
 from __future__ import annotations
 
 import torch
 
-from ..intervals import ratio_interval
+from ..intervals import ratio_difference_interval, ratio_interval
 
 METRICS = ("text", "text_words", "audio", "audio_semantic")
 
@@ -42,4 +43,20 @@ def pooled(per_file: dict[str, dict], n_buckets: int) -> dict[str, dict[str, lis
             "count": counts,
             "interval": [ratio_interval(s, n) for s, n in per_conversation],
         }
+    return out
+
+
+def paired(per_file: dict[str, dict], baseline: dict[str, dict], n_buckets: int) -> dict[str, dict[str, list]]:
+    """Per metric and bucket: the model's pooled mean loss minus the baseline's (`per_file`,
+    `baseline`: each conversation's `bucket_sums`, the same conversations), and a 95% interval of
+    that difference resampling conversations as pairs (`eval.intervals`; None below two)."""
+    out = {}
+    for metric in METRICS:
+        differences, intervals = [], []
+        for i in range(n_buckets):
+            sums, counts, base_sums, base_counts = ([files[f][metric][key][i] for f in per_file] for files in (per_file, baseline) for key in ("sum", "count"))
+            both = sum(counts) > 0 and sum(base_counts) > 0
+            differences.append(sum(sums) / sum(counts) - sum(base_sums) / sum(base_counts) if both else None)
+            intervals.append(ratio_difference_interval(sums, counts, base_sums, base_counts))
+        out[metric] = {"difference": differences, "interval": intervals}
     return out

@@ -1,5 +1,5 @@
 """The run of `ittt moshi-eval`: its settings, and every model on every conversation into
-``results.json`` and the report."""
+``results.json`` and the report, each model also against the baseline, conversation by conversation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ...families.moshi.codes import conversation_files, read_conversation
 from ...files import write_atomic
 from ...speech.loading import Streams, resolve_device
 from ...speech.transcript import FRAME_RATE
-from .buckets import bucket_sums, pooled
+from .buckets import bucket_sums, paired, pooled
 from .loss import conversation_nll
 from .models import ModelSpec
 from .report import write_moshi_report
@@ -31,6 +31,7 @@ class MoshiEvalSettings:
     mimi: Path | None = None  # for manifests
     mimi_config: dict | None = None
     tokenizer: Path | None = None
+    baseline: str | None = None  # the model the others are paired with; None: the first without TTT weights, else the first
     specs: list[ModelSpec] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -42,6 +43,10 @@ class MoshiEvalSettings:
             raise ValueError("--model: give at least one model")
         for spec in self.specs:
             spec.check()
+        if self.baseline is None:
+            self.baseline = next((s.name for s in self.specs if s.ttt is None), names[0])
+        elif self.baseline not in names:
+            raise ValueError(f"--baseline {self.baseline!r}: not one of the models ({', '.join(names)})")
         if self.steps_per_forward < 1 or not self.bucket_minutes > 0:
             raise ValueError("--steps-per-forward must be >= 1 and --bucket-minutes > 0")
 
@@ -76,6 +81,11 @@ def evaluate_moshi(settings: MoshiEvalSettings, progress: bool = True) -> Path:
                 "conversations": per_file,
             }
             del lm
+    models = results["models"]
+    results["baseline"] = settings.baseline
+    for name, m in models.items():
+        if name != settings.baseline:
+            m["paired"] = paired(m["conversations"], models[settings.baseline]["conversations"], len(m["buckets"]["text"]["loss"]))
     out.mkdir(parents=True, exist_ok=True)  # only now: a model that fails to load leaves no empty folder
     write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
     return write_moshi_report(results, out)
@@ -101,4 +111,5 @@ def _settings_dict(s: MoshiEvalSettings) -> dict:
         "steps_per_forward": s.steps_per_forward,
         "bucket_minutes": s.bucket_minutes,
         "lm_kwargs": s.lm_kwargs,
+        "baseline": s.baseline,
     }

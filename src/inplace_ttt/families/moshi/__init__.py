@@ -25,6 +25,7 @@ _HOME = {
     "saved_settings": "io",
     "MoshiLoss": "loss",
     "training_loss": "loss",
+    "unreached_parameters": "loss",
 }
 
 

@@ -1,4 +1,5 @@
-"""moshi-finetune's training loss, and the module the engine trains with it (`MoshiLoss`)."""
+"""moshi-finetune's training loss, the module the engine trains with it (`MoshiLoss`), and what of it
+that loss never reaches (`unreached_parameters`)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,11 @@ class MoshiLoss(nn.Module):
 
     def forward(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
         return training_loss(self.lm, codes, self.first_codebook_weight, self.text_padding_weight)
+
+
+def unreached_parameters(module: nn.Module) -> list[str]:
+    """The trainable parameters of a `MoshiLoss` (wrapped or not, by PEFT say) that its loss never
+    reaches: `LMModel.forward` runs every submodule but the extra heads (read by `LMGen`'s
+    ``step_with_extra_heads`` alone). Several processes need to know (DDP waits for a gradient of
+    every trainable parameter unless told to look for unused ones, which costs a graph traversal a step)."""
+    return [name for name, p in module.named_parameters() if p.requires_grad and "lm.extra_heads." in name]
