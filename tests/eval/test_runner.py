@@ -30,7 +30,7 @@ def heldout(tmp_path_factory):
 
 def without_timing(results: dict) -> dict:
     for entry in results["models"].values():
-        entry.pop("seconds")
+        entry.pop("seconds"), entry.pop("task_seconds")
     return results
 
 
@@ -289,7 +289,11 @@ def test_a_gguf_checkpoint_with_documents_and_only_the_tasks_asked_for(heldout, 
     assert results["documents"] == 2 and sum(gguf["loss_by_position"]["tokens"]) == 2 * 63
     assert gguf["loss_by_position"]["loss"] == pytest.approx(plain["loss_by_position"]["loss"], abs=1e-5)
     assert all(abs(p["difference"]) < 1e-5 for p in gguf["paired"]["loss_by_position"])
-    assert sorted(k for k in gguf if k not in ("path", "gguf_file", "ttt", "seconds")) == ["loss_by_position", "paired", "ruler"] and gguf["ruler"] == {}
+    assert list(gguf["task_seconds"]) == ["loss"]
+    assert (
+        sorted(k for k in gguf if k not in ("path", "gguf_file", "ttt", "seconds", "task_seconds")) == ["loss_by_position", "paired", "ruler"]
+        and gguf["ruler"] == {}
+    )
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Tasks run: loss." in report and "Held-out text: 2 documents from the first 2 documents of" in report
     assert "samples" not in report and "## Sliding window" not in report and "clip_tau" not in report

@@ -51,7 +51,7 @@ def add(sub) -> None:
         default=256,
         help="tokens scored at the end of each document in the sliding-window view (--block: its old name)",
     )
-    ev.add_argument("--batch", type=int, default=8, help="rows per forward (samples of one task and length run together)")
+    ev.add_argument("--batch", type=int, default=8, help="rows per forward (the RULER-style samples of one length run together, longest answers first)")
     ev.add_argument("--passages", type=int, help="cut the held-out documents into up to this many passages of the longest length + 1 tokens")
     ev.add_argument("--recall-pairs", type=int, default=16, help="key-value pairs per associative-recall sample")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -2,9 +2,9 @@
 
 Inputs are built once (RULER and recall samples from a seed with the shared tokenizer; held-out
 documents tokenized once) and every model runs on exactly those token ids, `batch` rows at a time
-(the samples of one task and length together); only the tasks asked for run. Each model is a plain
-transformers directory (or a GGUF file in one), or an In-Place TTT one; for the latter `clip_tau`
-applies. Losses get bootstrap intervals over documents, accuracies over samples (`intervals`);
+(the RULER-style samples of one length together, whatever their task); only the tasks asked for
+run. Each model is a plain transformers directory (or a GGUF file in one), or an In-Place TTT one;
+for the latter `clip_tau` applies. Losses get bootstrap intervals over documents, accuracies over samples (`intervals`);
 every other model is compared with the baseline unit by unit (`paired`).
 """
 
@@ -39,6 +39,7 @@ LOSS_TASK = "loss"
 WINDOW_TASK = "sliding_window"
 ALL_TASKS = (LOSS_TASK, WINDOW_TASK, RECALL_TASK) + TASK_NAMES
 TEXT_TASKS = (LOSS_TASK, WINDOW_TASK)  # the tasks scored on the held-out documents
+RULER_CLOCK = "ruler"  # the RULER-style tasks share batches, so their time is counted together
 
 
 @dataclass
@@ -192,7 +193,16 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
             docs = passages(docs, max(settings.lengths) + 1, settings.passages)
         docs = [d[: max(settings.lengths) + 1] for d in docs]  # the longest length of predicted tokens
     ruler_tasks = [t for t in settings.tasks if t in TASK_NAMES]
-    groups = [make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack, settings.chat_template) for t in ruler_tasks for n in settings.lengths]
+    # every RULER sample of one length batched together, those that generate longest first: a batch
+    # decodes as many tokens as its longest answer, and one batch per task would decode each task's
+    generated = {
+        n: sorted(
+            (s for t in ruler_tasks for s in make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack, settings.chat_template)),
+            key=lambda s: -s.max_new_tokens,
+        )
+        for n in settings.lengths
+        if ruler_tasks
+    }
     recall = (
         [make_recall(tokenizer, n, settings.samples, settings.seed, settings.recall_pairs) for n in settings.lengths] if RECALL_TASK in settings.tasks else []
     )
@@ -206,27 +216,33 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
     results = {"settings": asdict(settings), "device": device, "baseline": baseline, "documents": len(docs), "models": {}}
     if recall:
         results["recall"] = {"chance": 100.0 * chance(tokenizer), "gap": {str(g[0].length): g[0].gap for g in recall}}
-    per_model = sum(len(g) for g in groups + recall) + len(docs) * len(text_tasks)
+    per_model = sum(len(g) for g in [*generated.values(), *recall]) + len(docs) * len(text_tasks)
     with tqdm(total=len(settings.models) * per_model, desc="eval", unit="item") as bar:
         for name, path, gguf in zip(names, settings.models, ggufs):
             started = time.perf_counter()
             model = model_to_evaluate(path, dtype, settings.clip_tau, gguf).to(device)
-            entry = {"path": path, "gguf_file": gguf, "ttt": hasattr(model.config, CONFIG_KEY), "ruler": {}}
-            for group in groups:
-                first = group[0]
-                bar.set_postfix_str(f"{name} {first.task} {first.length}")
-                cell = entry["ruler"].setdefault(first.task, {}).setdefault(str(first.length), {"scores": [], "outputs": []})
+            entry = {"path": path, "gguf_file": gguf, "ttt": hasattr(model.config, CONFIG_KEY), "ruler": {}, "task_seconds": {}}
+            clock = _Clock(entry["task_seconds"])
+            for length, group in generated.items():
+                clock.start(RULER_CLOCK)
+                bar.set_postfix_str(f"{name} RULER {length}")
+                answered = {}
                 for k in range(0, len(group), settings.batch):
                     batch = group[k : k + settings.batch]
                     prompts = [torch.tensor(tokenizer(s.prompt, add_special_tokens=False)["input_ids"], device=device) for s in batch]
                     new = greedy(model, prompts, max(s.max_new_tokens for s in batch), settings.tokens_per_forward, tokenizer.eos_token_id, _pad_id(tokenizer))
                     for s, ids in zip(batch, new):
-                        text = tokenizer.decode(ids[: s.max_new_tokens], skip_special_tokens=True)
+                        answered[s.task, s.index] = (s, tokenizer.decode(ids[: s.max_new_tokens], skip_special_tokens=True))
+                    bar.update(len(batch))
+                for task in ruler_tasks:
+                    cell = entry["ruler"].setdefault(task, {})[str(length)] = {"scores": [], "outputs": []}
+                    for index in range(settings.samples):
+                        s, text = answered[task, index]
                         cell["scores"].append(score(text, s.answers, s.metric))
                         cell["outputs"].append({"index": s.index, "answers": s.answers, "generated": text, "depths": s.depths, "tokens": s.tokens})
-                    bar.update(len(batch))
-                _accuracy(cell, settings.seed)
+                    _accuracy(cell, settings.seed)
             for group in recall:
+                clock.start(RECALL_TASK)
                 bar.set_postfix_str(f"{name} {RECALL_TASK} {group[0].length}")
                 cell = {"scores": recall_scores(model, group, settings.tokens_per_forward, settings.batch)}
                 _accuracy(cell, settings.seed)
@@ -235,16 +251,19 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
             on_device = [d.to(device) for d in docs]
             nll = None
             if LOSS_TASK in text_tasks:
+                clock.start(LOSS_TASK)
                 bar.set_postfix_str(f"{name} {LOSS_TASK}")
                 nll = batched_nll(model, on_device, settings.tokens_per_forward, settings.batch)
                 entry["loss_by_position"] = loss_by_position(nll, edges, settings.seed)
                 bar.update(len(docs))
             if WINDOW_TASK in text_tasks:
+                clock.start(WINDOW_TASK)
                 bar.set_postfix_str(f"{name} {WINDOW_TASK}")
                 entry["sliding_window"] = sliding_window(
                     model, on_device, contexts, settings.final_block, settings.tokens_per_forward, settings.batch, settings.seed, known=nll
                 )
                 bar.update(len(docs))
+            clock.start(None)
             entry["seconds"] = time.perf_counter() - started
             results["models"][name] = entry
             del model
@@ -273,6 +292,20 @@ def compare(entry: dict, base: dict, seed: int) -> dict:
         rows, base_rows = entry["sliding_window"]["contexts"], base["sliding_window"]["contexts"]
         paired["sliding_window"] = {c: paired_mean(r["per_document"], base_rows[c]["per_document"], seed) for c, r in rows.items()}
     return paired
+
+
+class _Clock:
+    """Seconds spent per task, added up into `into` (a model's ``task_seconds``): where the time goes."""
+
+    def __init__(self, into: dict):
+        self.into, self.task, self.since = into, None, time.perf_counter()
+
+    def start(self, task: str | None) -> None:
+        """Stop the running task's clock and start `task`'s (None: stop only)."""
+        now = time.perf_counter()
+        if self.task is not None:
+            self.into[self.task] = self.into.get(self.task, 0.0) + now - self.since
+        self.task, self.since = task, now
 
 
 def passages(docs: list[torch.Tensor], length: int, count: int) -> list[torch.Tensor]:
