@@ -255,7 +255,7 @@ def test_paired_differences_are_each_documents_loss_differences_averaged(models,
         per_doc = [(a[part] - b[part]).sum().item() for a, b in zip(nll["ttt"], nll["base"])]
         plain = sum(per_doc) / sum(len(a[part]) for a in nll["ttt"])
         assert paired["loss_by_position"][k]["difference"] == pytest.approx(plain, abs=1e-5)
-        assert f"| {lo}-{hi} |" in report and signed(paired["loss_by_position"][k]) in report
+        assert f"| {lo}-{hi} |" in report and signed(paired["loss_by_position"][k], 4) in report
 
     block = 32
     for c in ("0", "96"):
@@ -263,7 +263,9 @@ def test_paired_differences_are_each_documents_loss_differences_averaged(models,
         per_doc = {name: [full_nll(model, w)[-block:].mean().item() for w in windows] for name, model in reference.items()}
         diffs = [a - b for a, b in zip(per_doc["ttt"], per_doc["base"])]
         assert paired["sliding_window"][c]["difference"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-5)
-        assert paired["sliding_window"][c]["interval"] == pytest.approx(difference_interval(per_doc["ttt"], per_doc["base"]), abs=1e-5)
+        stored = [results["models"][name]["sliding_window"]["contexts"][c]["per_document"] for name in ("ttt", "base")]
+        assert stored[0] == pytest.approx(per_doc["ttt"], abs=1e-5) and stored[1] == pytest.approx(per_doc["base"], abs=1e-5)
+        assert paired["sliding_window"][c]["interval"] == difference_interval(*stored)  # the interval of exactly those differences
     assert "| context | ttt | base | ttt - base | documents |" in report
     assert abs(paired["sliding_window"]["96"]["difference"]) > 1e-3  # the TTT weights change the losses: a real comparison
 
@@ -295,6 +297,6 @@ def test_a_gguf_checkpoint_with_documents_and_only_the_tasks_asked_for(heldout, 
         and gguf["ruler"] == {}
     )
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "Tasks run: loss." in report and "Held-out text: 2 documents from the first 2 documents of" in report
+    assert "Tasks run: loss." in report and "Held-out text: the first 65 tokens of each of 2 documents of " in report
     assert "samples" not in report and "## Sliding window" not in report and "clip_tau" not in report
     assert f"`gguf` ({tmp_path / 'gguf'}, GGUF tiny.gguf)" in report

@@ -65,10 +65,10 @@ def _what_ran(results: dict) -> list[str]:
     if any(t not in ("loss", "sliding_window") for t in tasks):
         lines.append(f"{s['samples']} samples per task and length at {', '.join(_human(n) for n in s['lengths'])} tokens.")
     if any(t in ("loss", "sliding_window") for t in tasks):
-        source = ", ".join(Path(d).name for d in s["data"])
-        units = f"{results['documents']} passages of {max(s['lengths']) + 1} tokens" if s["passages"] else f"{results['documents']} documents"
-        lines.append(f"Held-out text: {units} from the first {s['documents']} documents of {source}.")
-    clip = f"clip_tau {s['clip_tau']}; " if any(m["ttt"] for m in models.values()) else ""
+        source, length = ", ".join(Path(d).name for d in s["data"]), max(s["lengths"]) + 1
+        units = f"{results['documents']} passages of {length} tokens cut from" if s["passages"] else f"the first {length} tokens of each of"
+        lines.append(f"Held-out text: {units} {results['documents_read']} documents of {source} (`--documents {s['documents']}`: the first ones).")
+    clip = (f"clip_tau {s['clip_tau']}; " if s["clip_tau"] is not None else "no clipping (clip_tau None); ") if any(m["ttt"] for m in models.values()) else ""
     lines.append(f"Seed {s['seed']}; {clip}device {results['device']}, dtype {s['dtype']}.")
     # What clipping did to each TTT model's updates (issue 26, item 1) is one more line here.
     return lines + [""]
@@ -120,7 +120,7 @@ def write_report(results: dict, out: Path, preamble: list[str] = ()) -> Path:
         lines += ["## Loss by position (mean token loss, nats; 95% interval over documents)", "", *_header(["positions"], results, ["tokens", "documents"])]
         for k, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
             cells = [with_interval(m["loss_by_position"]["loss"][k], m["loss_by_position"]["interval"][k]) for m in models.values()]
-            pairs = [signed(models[o]["paired"]["loss_by_position"][k]) for o in _others(results)]
+            pairs = [signed(models[o]["paired"]["loss_by_position"][k], 4) for o in _others(results)]
             lines.append(_row([f"{_human(a)}-{_human(b)}"], cells, pairs, [str(first["tokens"][k]), str(first["documents"][k])]))
         lines.append("")
         plots.append(_plot_loss(results, out / "loss_by_position.png"))
@@ -146,7 +146,7 @@ def sliding_window_section(results: dict) -> list[str]:
     ]
     for c, row in first["contexts"].items():
         cells = [with_interval(m["sliding_window"]["contexts"][c]["loss"], m["sliding_window"]["contexts"][c]["interval"]) for m in models.values()]
-        pairs = [signed(models[o]["paired"]["sliding_window"][c]) for o in _others(results)]
+        pairs = [signed(models[o]["paired"]["sliding_window"][c], 4) for o in _others(results)]
         lines.append(_row([_human(int(c))], cells, pairs, [str(row["documents"])]))
     return lines + [""]
 

@@ -185,9 +185,9 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
     check_positions(settings.models, max(settings.lengths))
     texts = read_documents(settings.data) if settings.data else []
     haystack = " ".join(texts) or None
-    docs = []
-    if texts and any(t in settings.tasks for t in TEXT_TASKS):
-        ids = tokenizer(texts[: settings.documents], add_special_tokens=False)["input_ids"]
+    docs, read = [], texts[: settings.documents] if any(t in settings.tasks for t in TEXT_TASKS) else []
+    if read:
+        ids = tokenizer(read, add_special_tokens=False)["input_ids"]
         docs = [torch.tensor(d) for d in ids if len(d) > 1]
         if settings.passages is not None:
             docs = passages(docs, max(settings.lengths) + 1, settings.passages)
@@ -213,7 +213,7 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
 
     names = settings.model_names()
     baseline = settings.baseline or names[0]
-    results = {"settings": asdict(settings), "device": device, "baseline": baseline, "documents": len(docs), "models": {}}
+    results = {"settings": asdict(settings), "device": device, "baseline": baseline, "documents": len(docs), "documents_read": len(read), "models": {}}
     if recall:
         results["recall"] = {"chance": 100.0 * chance(tokenizer), "gap": {str(g[0].length): g[0].gap for g in recall}}
     per_model = sum(len(g) for g in [*generated.values(), *recall]) + len(docs) * len(text_tasks)
