@@ -21,6 +21,10 @@ from torch import Tensor
 from .intervals import mean_interval, ratio_interval
 from .stream import token_nll
 
+LOSS_TASK = "loss"
+WINDOW_TASK = "sliding_window"
+TEXT_TASKS = (LOSS_TASK, WINDOW_TASK)  # the tasks scored on held-out documents
+
 
 def bucket_edges(max_len: int, first: int | None = None) -> list[int]:
     """``[0, b, 2b, 4b, ..., max_len]`` with ``b`` a power of two giving about eight buckets."""

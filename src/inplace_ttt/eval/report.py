@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..files import write_atomic
+from .loss import TEXT_TASKS
 
 
 def _fmt(x, digits=3) -> str:
@@ -55,16 +56,18 @@ def _what_ran(results: dict) -> list[str]:
     tasks that ran."""
     models, s = results["models"], results["settings"]
     tasks = s["tasks"]
+    text, generated = any(t in TEXT_TASKS for t in tasks), any(t not in TEXT_TASKS for t in tasks)
     lines = ["Models: " + ", ".join(f"`{n}` ({_describe(m)})" for n, m in models.items()) + "."]
     if _others(results):
+        units = " and ".join(u for u, ran in (("documents for losses", text), ("samples for accuracies", generated)) if ran)
         lines.append(
             f"Paired differences: each model minus `{results['baseline']}` (the baseline), unit by unit on the same inputs "
-            "(documents for losses, samples for accuracies), with 95% bootstrap intervals over those units."
+            f"({units}), with 95% bootstrap intervals over those units."
         )
     lines.append("Tasks run: " + ", ".join(tasks) + ".")
-    if any(t not in ("loss", "sliding_window") for t in tasks):
+    if generated:
         lines.append(f"{s['samples']} samples per task and length at {', '.join(_human(n) for n in s['lengths'])} tokens.")
-    if any(t in ("loss", "sliding_window") for t in tasks):
+    if text:
         source, length = ", ".join(Path(d).name for d in s["data"]), max(s["lengths"]) + 1
         units = f"{results['documents']} passages of {length} tokens cut from" if s["passages"] else f"the first {length} tokens of each of"
         lines.append(f"Held-out text: {units} {results['documents_read']} documents of {source} (`--documents {s['documents']}`: the first ones).")

@@ -27,7 +27,7 @@ from ..families.hf import is_ttt_checkpoint, load_causal_lm, looks_local, quiet_
 from ..files import write_atomic
 from ..finite import finite_json
 from .intervals import mean_interval
-from .loss import batched_nll, bucket_edges, loss_by_position, sliding_window
+from .loss import LOSS_TASK, TEXT_TASKS, WINDOW_TASK, batched_nll, bucket_edges, loss_by_position, sliding_window
 from .paired import paired_mean, paired_ratio
 from .recall import TASK as RECALL_TASK
 from .recall import chance, make_recall, recall_scores
@@ -35,10 +35,7 @@ from .report import write_report
 from .ruler import TASK_NAMES, make_samples, score
 from .stream import greedy
 
-LOSS_TASK = "loss"
-WINDOW_TASK = "sliding_window"
 ALL_TASKS = (LOSS_TASK, WINDOW_TASK, RECALL_TASK) + TASK_NAMES
-TEXT_TASKS = (LOSS_TASK, WINDOW_TASK)  # the tasks scored on the held-out documents
 RULER_CLOCK = "ruler"  # the RULER-style tasks share batches, so their time is counted together
 
 
