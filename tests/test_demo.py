@@ -27,7 +27,14 @@ def test_short_demo_runs_the_whole_pipeline(tmp_path, capsys):
         assert list(contexts) == ["0", "128"] and all(c["documents"] == 6 for c in contexts.values())
         assert list(m["recall"]) == ["256"]
     report = (run / "report.md").read_text()
-    for piece in ("## Training loss", "| ittt |", "| baseline |", "## Sliding window", "## The demo's result", "![training_loss](training_loss.png)"):
+    for piece in (
+        "## Training loss",
+        "| ittt |",
+        "| baseline |",
+        "## Sliding window",
+        "| context | baseline | ittt | ittt - baseline | documents |",
+        "![training_loss](training_loss.png)",
+    ):
         assert piece in report
     for plot in ("training_loss.png", "loss_by_position.png", "sliding_window.png", "recall_accuracy.png"):
         assert (run / plot).is_file()

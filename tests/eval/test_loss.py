@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from inplace_ttt.eval.loss import bucket_edges, loss_by_position, sliding_window
+from inplace_ttt.eval.loss import batched_nll, bucket_edges, loss_by_position, sliding_window
 from tests.eval.conftest import full_nll
 from tests.tiny_hf import VOCAB, converted
 
@@ -28,24 +28,26 @@ def test_loss_by_position_matches_a_plain_loop():
     model = converted()
     documents = docs(70, 41, 90)
     edges = [0, 8, 16, 32, 64]
-    got = loss_by_position(model, documents, edges, piece=12)
+    got = loss_by_position(batched_nll(model, documents, piece=12, batch=2), edges)
     sums, counts = [0.0] * 4, [0] * 4
     for ids in documents:
-        nll = full_nll(model, ids[:64])  # positions 1..63 predicted
+        nll = full_nll(model, ids[:65])  # positions 1..64 predicted: the last bucket holds its upper edge
         for pos, value in enumerate(nll.tolist(), start=1):
             b = max(i for i in range(4) if edges[i] <= pos)
             sums[b] += value
             counts[b] += 1
-    assert got["tokens"] == counts == [7 * 3, 8 * 3, 16 * 3, 32 * 2 + 9]
+    assert got["tokens"] == counts == [7 * 3, 8 * 3, 16 * 3, 33 * 2 + 9]
     assert got["documents"] == [3, 3, 3, 3]
     for a, s, c in zip(got["loss"], sums, counts):
         assert a == pytest.approx(s / c, rel=1e-5)
 
 
-def test_sliding_window_scores_the_same_final_block():
+@pytest.mark.parametrize("reuse", [False, True], ids=["read", "reused"])
+def test_sliding_window_scores_the_same_final_block(reuse):
     model = converted()
-    documents = docs(60, 30)
-    got = sliding_window(model, documents, contexts=[0, 20, 40], block=10, piece=16)
+    documents = docs(60, 30, 51)
+    known = batched_nll(model, documents, piece=16, batch=8) if reuse else None  # the 51-token document is the window at context 40
+    got = sliding_window(model, documents, contexts=[0, 20, 40], block=10, piece=16, known=known)
     assert got["block"] == 10
     for c, row in got["contexts"].items():
         expected = []
@@ -57,5 +59,5 @@ def test_sliding_window_scores_the_same_final_block():
         assert row["loss"] == pytest.approx(sum(expected) / len(expected), rel=1e-5)
         assert [x for x in row["per_document"] if x is not None] == pytest.approx(expected, rel=1e-5)
         assert row["ppl"] == pytest.approx(math.exp(row["loss"]))
-    assert got["contexts"][40]["documents"] == 1  # the 30-token document is too short for 40 + 10
-    assert got["contexts"][40]["per_document"][1] is None and got["contexts"][40]["interval"] is None
+    assert got["contexts"][40]["documents"] == 2  # the 30-token document is too short for 40 + 10
+    assert got["contexts"][40]["per_document"][1] is None

@@ -1,5 +1,6 @@
 """`ittt eval` end to end on tiny models: outputs, identical inputs, determinism, bad input."""
 
+import dataclasses
 import json
 import random
 
@@ -29,7 +30,7 @@ def heldout(tmp_path_factory):
 
 def without_timing(results: dict) -> dict:
     for entry in results["models"].values():
-        entry.pop("seconds")
+        entry.pop("seconds"), entry.pop("task_seconds")
     return results
 
 
@@ -56,7 +57,7 @@ def test_whole_eval_of_two_models(models, heldout, tmp_path):
                 assert all(0.99 * int(length) <= o["tokens"] <= int(length) for o in cell["outputs"])
         lp = entry["loss_by_position"]
         assert lp["edges"][0] == 0 and lp["edges"][-1] == 512 and all(x > 0 for x in lp["loss"])
-        assert sum(lp["tokens"]) == 3 * 511 and lp["documents"] == [3] * (len(lp["edges"]) - 1)
+        assert sum(lp["tokens"]) == 3 * 512 and lp["documents"] == [3] * (len(lp["edges"]) - 1)
         assert all(lo <= x <= hi for x, (lo, hi) in zip(lp["loss"], lp["interval"]))
         assert sorted(entry["sliding_window"]["contexts"]) == ["0", "192", "448"]
         for row in entry["sliding_window"]["contexts"].values():
@@ -69,7 +70,7 @@ def test_whole_eval_of_two_models(models, heldout, tmp_path):
     text = report.read_text()
     for heading in ("## RULER-style tasks", "## Associative recall", "## Loss by position", "## Sliding window"):
         assert heading in text
-    assert "| niah_single | ttt |" in text and "| base |" in text
+    assert "| task | length | base | ttt | ttt - base |" in text and "| niah_single | 256 |" in text and "| niah_single | mean |" in text
     for plot in ("ruler_accuracy.png", "recall_accuracy.png", "loss_by_position.png", "sliding_window.png"):
         data = (tmp_path / plot).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000
@@ -124,7 +125,17 @@ def test_bad_settings_are_named(models, heldout, tmp_path, capsys):
         EvalSettings(models=["m", "n"], names=["a", "a"])
     with pytest.raises(ValueError, match="lengths must be >= 16"):
         EvalSettings(models=["m"], tasks=["vt"], lengths=[8])
-    assert set(ALL_TASKS) == {"loss", "recall", *TASK_NAMES}
+    assert set(ALL_TASKS) == {"loss", "sliding_window", "recall", *TASK_NAMES}
+    with pytest.raises(ValueError, match=r"--baseline must name one of the models \['a', 'b'\]; got 'c'"):
+        EvalSettings(models=["m", "n"], names=["a", "b"], baseline="c")
+    with pytest.raises(ValueError, match=r"--baseline must name one of the models \['base', 'ttt'\]"):
+        EvalSettings(models=[str(m) for m in models], baseline="x")
+    with pytest.raises(ValueError, match="--documents must be >= 1; got 0"):
+        EvalSettings(models=["m"], documents=0)
+    with pytest.raises(ValueError, match="--gguf-file: no --model folder holds 'tiny.gguf'"):
+        EvalSettings(models=[str(models[0])], gguf_file="tiny.gguf")
+    with pytest.raises(ValueError, match="--gguf-file must be a file name inside a --model folder, not a path"):
+        EvalSettings(models=[str(models[0])], gguf_file="/x/tiny.gguf")
     other = tmp_path / "other"
     tiny(vocab_size=50).save_pretrained(other)
     tiny_tokenizer(["a", "b", "c"]).save_pretrained(other)
@@ -211,3 +222,83 @@ def test_batched_prompts_generate_what_each_generates_alone(heldout, tmp_path):
         generated[batch] = {task: [(o["tokens"], o["generated"]) for o in cells["256"]["outputs"]] for task, cells in ruler.items()}
     assert generated[4] == generated[1]
     assert all(len({tokens for tokens, _ in outputs}) > 1 for outputs in generated[4].values())  # rows of different lengths: padding happened
+
+
+@pytest.mark.integration
+def test_paired_differences_are_each_documents_loss_differences_averaged(models, heldout, tmp_path):
+    """The paired numbers against a plain computation: each model's token losses from one full
+    forward per document (no cache, no pieces), differenced document by document."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from inplace_ttt.eval.intervals import difference_interval
+    from inplace_ttt.eval.report import signed
+    from inplace_ttt.families.hf import load_causal_lm
+    from tests.eval.conftest import full_nll
+
+    base, ttt = map(str, models)
+    settings = EvalSettings(
+        models=[ttt, base], tasks=["loss", "sliding_window"], lengths=[128], data=[str(heldout)], tokens_per_forward=48, final_block=32, baseline="base"
+    )
+    report = evaluate(dataclasses.replace(settings, out=str(tmp_path))).read_text()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["baseline"] == "base" and "paired" not in results["models"]["base"]
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    docs = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in read_documents([str(heldout)])]
+    reference = {name: load_causal_lm(path).eval() for name, path in (("base", base), ("ttt", ttt))}
+    paired = results["models"]["ttt"]["paired"]
+
+    nll = {name: [full_nll(model, d[:128]).double() for d in docs] for name, model in reference.items()}
+    edges = results["models"]["ttt"]["loss_by_position"]["edges"]
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        part = slice(max(lo - 1, 0), hi - 1)  # nll[i] is the loss of the token at position i + 1 (i + 1 tokens before it)
+        per_doc = [(a[part] - b[part]).sum().item() for a, b in zip(nll["ttt"], nll["base"])]
+        plain = sum(per_doc) / sum(len(a[part]) for a in nll["ttt"])
+        assert paired["loss_by_position"][k]["difference"] == pytest.approx(plain, abs=1e-5)
+        assert f"| {lo}-{hi} |" in report and signed(paired["loss_by_position"][k], 4) in report
+
+    block = 32
+    for c in ("0", "96"):
+        windows = [d[129 - int(c) - block - 1 : 129] for d in docs]  # each document cut to the longest length + 1 tokens
+        per_doc = {name: [full_nll(model, w)[-block:].mean().item() for w in windows] for name, model in reference.items()}
+        diffs = [a - b for a, b in zip(per_doc["ttt"], per_doc["base"])]
+        assert paired["sliding_window"][c]["difference"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-5)
+        stored = [results["models"][name]["sliding_window"]["contexts"][c]["per_document"] for name in ("ttt", "base")]
+        assert stored[0] == pytest.approx(per_doc["ttt"], abs=1e-5) and stored[1] == pytest.approx(per_doc["base"], abs=1e-5)
+        assert paired["sliding_window"][c]["interval"] == difference_interval(*stored)  # the interval of exactly those differences
+    assert "| context | ttt | base | ttt - base | documents |" in report
+
+
+@pytest.mark.integration
+def test_a_gguf_checkpoint_with_documents_and_only_the_tasks_asked_for(heldout, tmp_path):
+    """`--gguf-file` reads a GGUF folder (its tokenizer too) beside a plain copy of the same model:
+    identical losses; `--documents 2` reads two of the three documents; `--tasks loss` runs the
+    loss by position and nothing else, and the report speaks only of that."""
+    from transformers import AutoTokenizer
+
+    from tests.tiny_gguf import byte_bpe_tokenizer, write_gguf
+
+    tokenizer = byte_bpe_tokenizer(read_documents([str(heldout)]), 300)
+    model = tiny(vocab_size=300, tie_word_embeddings=True)
+    (tmp_path / "gguf").mkdir()
+    write_gguf(model, tmp_path / "gguf" / "tiny.gguf", tokenizer=tokenizer)  # no other file in the folder
+    model.save_pretrained(tmp_path / "plain")
+    # the tokenizer as read from the GGUF file, as `ittt train --gguf-file` saves it with what it trains
+    AutoTokenizer.from_pretrained(tmp_path / "gguf", gguf_file="tiny.gguf").save_pretrained(tmp_path / "plain")
+    args = ["eval", "--model", str(tmp_path / "plain"), "--model", str(tmp_path / "gguf"), "--gguf-file", "tiny.gguf", "--tasks", "loss"]
+    assert main([*args, "--lengths", "64", "--data", str(heldout), "--documents", "2", "--out", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    plain, gguf = results["models"]["plain"], results["models"]["gguf"]
+    assert (plain["gguf_file"], gguf["gguf_file"]) == (None, "tiny.gguf")
+    assert results["documents"] == 2 and sum(gguf["loss_by_position"]["tokens"]) == 2 * 64
+    assert gguf["loss_by_position"]["loss"] == pytest.approx(plain["loss_by_position"]["loss"], abs=1e-5)
+    assert all(abs(p["difference"]) < 1e-5 for p in gguf["paired"]["loss_by_position"])
+    assert list(gguf["task_seconds"]) == ["loss"]
+    assert (
+        sorted(k for k in gguf if k not in ("path", "gguf_file", "ttt", "seconds", "task_seconds")) == ["loss_by_position", "paired", "ruler"]
+        and gguf["ruler"] == {}
+    )
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Tasks run: loss." in report and "Held-out text: the first 65 tokens of each of 2 documents of " in report
+    assert "samples" not in report and "## Sliding window" not in report and "clip_tau" not in report
+    assert f"`gguf` ({tmp_path / 'gguf'}, GGUF tiny.gguf)" in report

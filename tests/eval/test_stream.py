@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from inplace_ttt.eval.stream import greedy, token_nll
+from inplace_ttt.eval.stream import greedy, next_token_argmax, token_nll
 from tests.eval.conftest import full_nll
 from tests.tiny_hf import VOCAB, converted, tiny
 
@@ -16,6 +16,21 @@ def test_token_nll_in_pieces_equals_one_forward(make, piece):
     got = token_nll(model, ids, piece)
     assert got.shape == (36,)
     torch.testing.assert_close(got, full_nll(model, ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [tiny, converted], ids=["plain", "ttt"])
+@pytest.mark.parametrize("piece, last", [(5, 3), (5, 12), (16, 20), (16, 36), (7, 50)])
+def test_only_the_last_tokens_scored_equal_those_of_one_forward(make, piece, last):
+    """Logits made only where read: the context before is still read, whatever the piece boundaries."""
+    model = make()
+    ids = torch.randint(3, VOCAB, (2, 37), generator=torch.Generator().manual_seed(3))
+    got = token_nll(model, ids, piece, last=last)
+    assert got.shape == (2, min(last, 36))
+    for row, values in zip(ids, got):
+        torch.testing.assert_close(values, full_nll(model, row)[-last:], rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            expected = model(input_ids=row[None]).logits[0].argmax(-1)[-last:]
+        assert torch.equal(next_token_argmax(model, row[None], piece, last=last)[0], expected)
 
 
 def test_token_nll_needs_two_tokens():

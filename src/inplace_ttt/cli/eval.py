@@ -1,4 +1,4 @@
-"""`ittt eval`: long-context evaluation of one or more models (`inplace_ttt.eval.runner.evaluate`)."""
+"""`ittt eval`: long-context evaluation of one or more models, each compared with a baseline (`inplace_ttt.eval.runner.evaluate`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,19 @@ from .flags import RenamedFlag, expanded
 
 
 def add(sub) -> None:
-    ev = sub.add_parser("eval", help="long-context evaluation: RULER-style tasks, loss by position, report with plots")
+    ev = sub.add_parser("eval", help="long-context evaluation: RULER-style tasks, loss by position, paired differences, report with plots")
     ev.add_argument("--model", type=expanded, action="append", required=True, help="a model directory (plain or In-Place TTT); repeat to compare")
     ev.add_argument(
-        "--tasks", default="all", help="comma-separated: loss, recall, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all"
+        "--baseline", help="the model (by its name in the report) every other is compared with, unit by unit, with 95%% intervals (default: the first)"
+    )
+    ev.add_argument(
+        "--gguf-file",
+        help="a GGUF checkpoint's file name: each --model folder holding it is read from it, dequantized to float (as ittt train --gguf-file)",
+    )
+    ev.add_argument(
+        "--tasks",
+        default="all",
+        help="comma-separated: loss, sliding_window, recall, niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe; or all",
     )
     ev.add_argument("--lengths", default="1k,2k,4k", help="prompt lengths in tokens, e.g. 1k,2k,4k,8k")
     ev.add_argument("--samples", type=int, default=10, help="samples per task and length")
@@ -22,6 +31,7 @@ def add(sub) -> None:
         action="append",
         help="held-out documents (file or folder) for the loss task and as haystack text (default: the embedded corpus's held-out books)",
     )
+    ev.add_argument("--documents", type=int, default=16, help="held-out documents read for loss and sliding_window (the first ones)")
     ev.add_argument("--clip-tau", type=float, help="inference clipping for In-Place TTT models (the paper used 1e-5)")
     ev.add_argument("--out", type=expanded, default="eval-report", help="output directory")
     ev.add_argument("--seed", type=int, default=0)
@@ -41,7 +51,7 @@ def add(sub) -> None:
         default=256,
         help="tokens scored at the end of each document in the sliding-window view (--block: its old name)",
     )
-    ev.add_argument("--batch", type=int, default=8, help="rows per forward (samples of one task and length run together)")
+    ev.add_argument("--batch", type=int, default=8, help="rows per forward (the RULER-style samples of one length run together, longest answers first)")
     ev.add_argument("--passages", type=int, help="cut the held-out documents into up to this many passages of the longest length + 1 tokens")
     ev.add_argument("--recall-pairs", type=int, default=16, help="key-value pairs per associative-recall sample")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -60,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         models=args.model,
         names=args.names.split(",") if args.names else None,
+        baseline=args.baseline,
+        gguf_file=args.gguf_file,
+        documents=args.documents,
         tasks=tasks,
         lengths=parse_lengths(args.lengths),
         samples=args.samples,

@@ -76,9 +76,10 @@ def recall_hits(model, samples: list[RecallSample], piece: int, batch: int = 8) 
         group = samples[k : k + batch]
         if len({s.length for s in group}) != 1:
             raise ValueError("recall_scores: a batch needs samples of one length")
-        predicted = next_token_argmax(model, torch.tensor([s.ids for s in group], device=device), piece).cpu()
-        for s, row in zip(group, predicted):
-            hits.append((row[s.queries] == torch.tensor(s.answers)).tolist())
+        length, first = group[0].length, min(q for s in group for q in s.queries)
+        predicted = next_token_argmax(model, torch.tensor([s.ids for s in group], device=device), piece, last=length - first).cpu()
+        for s, row in zip(group, predicted):  # row[i]: the prediction after position first + i
+            hits.append((row[[q - first for q in s.queries]] == torch.tensor(s.answers)).tolist())
     return hits
 
 

@@ -4,7 +4,10 @@ Memory is bounded by the piece length and the cache (keys/values, and for In-Pla
 models the fast-weight state), not by the input length. Works the same for plain transformers
 models and converted ones: both carry their state in the cache object. Rows of different
 lengths are left-padded with an attention mask and positions that start at each row's first
-token, as `generate` does; the TTT layers keep padding out of their updates.
+token, as `generate` does; the TTT layers keep padding out of their updates. Logits are made
+only where they are read (`logits_to_keep`, the model's own option): a prompt's prefill or the
+context before a scored block skips the vocabulary projection, a large share of a small model's
+work.
 """
 
 from __future__ import annotations
@@ -16,47 +19,60 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _cache_kwarg(model) -> str:
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+def _parameters(model) -> dict:
+    return inspect.signature(model.forward).parameters
 
 
-def _forward(model, ids: Tensor, cache, mask: Tensor | None = None, positions: Tensor | None = None):
-    """`ids` ``[B, n]``; `mask` ``[B, past + n]`` and `positions` ``[B, n]`` for padded rows."""
-    kw = {_cache_kwarg(model): cache} if cache is not None else {}
+def _forward(model, ids: Tensor, cache, mask: Tensor | None = None, positions: Tensor | None = None, keep: int = 0):
+    """`ids` ``[B, n]``; `mask` ``[B, past + n]`` and `positions` ``[B, n]`` for padded rows;
+    `keep` > 0: logits of the last `keep` positions only (0: all), where the model offers it."""
+    params = _parameters(model)
+    kw = {("cache" if "cache" in params else "past_key_values"): cache} if cache is not None else {}
     if mask is not None:
         kw.update(attention_mask=mask, position_ids=positions)
+    if keep and "logits_to_keep" in params:
+        kw["logits_to_keep"] = keep
     out = model(input_ids=ids, use_cache=True, **kw)
-    return out.logits, getattr(out, "cache", None) or out.past_key_values
+    logits = out.logits
+    return (logits[:, -keep:] if keep else logits), getattr(out, "cache", None) or out.past_key_values
 
 
-def _pieces(model, rows: Tensor, piece: int):
-    """`(start, logits)` of each piece of the equally long rows `[B, T]`, read through the cache."""
-    cache = None
+def _pieces(model, rows: Tensor, piece: int, last: int):
+    """`(start, logits)` of each piece of the equally long rows `[B, T]`, read through the cache;
+    logits of the last `last` positions only (`start` is that of the first one kept), pieces before
+    them run for their cache alone."""
+    cache, first = None, rows.shape[1] - last
     for start in range(0, rows.shape[1], piece):
-        logits, cache = _forward(model, rows[:, start : start + piece], cache)
-        yield start, logits
+        end = min(start + piece, rows.shape[1])
+        keep = end - max(start, first)
+        logits, cache = _forward(model, rows[:, start:end], cache, keep=max(keep, 1) if keep < end - start else 0)
+        if keep > 0:
+            yield end - keep, logits[:, -keep:]
 
 
-@torch.no_grad()
-def token_nll(model, ids: Tensor, piece: int) -> Tensor:
-    """Negative log-likelihood of ``ids[..., 1:]`` given what precedes each token, float32.
+@torch.inference_mode()
+def token_nll(model, ids: Tensor, piece: int, last: int | None = None) -> Tensor:
+    """Negative log-likelihood of ``ids[..., 1:]`` given what precedes each token, float32; only
+    of the last `last` tokens when given (the context before them still read).
 
     `ids` is one sequence ``[T]`` (-> ``[T - 1]``) or a batch of equally long ones ``[B, T]``
     (-> ``[B, T - 1]``)."""
     rows = ids if ids.dim() == 2 else ids[None]
+    inputs = rows[:, :-1]
     nll = []
-    for start, logits in _pieces(model, rows[:, :-1], piece):
+    for start, logits in _pieces(model, inputs, piece, inputs.shape[1] if last is None else min(last, inputs.shape[1])):
         targets = rows[:, start + 1 : start + 1 + logits.shape[1]]
-        nll.append(F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none"))
+        nll.append(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view(targets.shape))
     out = torch.cat(nll, 1) if nll else rows.new_zeros(rows.shape[0], 0, dtype=torch.float32)
     return out if ids.dim() == 2 else out[0]
 
 
-@torch.no_grad()
-def next_token_argmax(model, rows: Tensor, piece: int) -> Tensor:
-    """The model's most likely next token after each position of the equally long rows `[B, T]`."""
-    return torch.cat([logits.argmax(-1) for _, logits in _pieces(model, rows, piece)], 1)
+@torch.inference_mode()
+def next_token_argmax(model, rows: Tensor, piece: int, last: int | None = None) -> Tensor:
+    """The model's most likely next token after each position of the equally long rows `[B, T]`
+    (after each of the last `last` positions when given)."""
+    last = rows.shape[1] if last is None else min(last, rows.shape[1])
+    return torch.cat([logits.argmax(-1) for _, logits in _pieces(model, rows, piece, last)], 1)
 
 
 def left_pad(prompts: list[Tensor], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -75,7 +91,7 @@ def _positions(mask: Tensor, n: int) -> Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -n:]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy(model, prompts: list[Tensor], max_new_tokens: int, piece: int, eos_token_id: int | None = None, pad_id: int = 0) -> list[list[int]]:
     """Greedy continuations of `prompts` (1-D id tensors), batched: prefill in pieces, then one
     token at a time; a row stops at `eos_token_id` (not included)."""
@@ -83,7 +99,7 @@ def greedy(model, prompts: list[Tensor], max_new_tokens: int, piece: int, eos_to
     cache = None
     for start in range(0, ids.shape[1] - 1, piece):
         end = min(start + piece, ids.shape[1] - 1)
-        _, cache = _forward(model, ids[:, start:end], cache, mask[:, :end], _positions(mask[:, :end], end - start))
+        _, cache = _forward(model, ids[:, start:end], cache, mask[:, :end], _positions(mask[:, :end], end - start), keep=1)  # no logits read
     token, new = ids[:, -1:], []
     done = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
