@@ -302,3 +302,20 @@ def test_a_gguf_checkpoint_with_documents_and_only_the_tasks_asked_for(heldout, 
     assert "Tasks run: loss." in report and "Held-out text: the first 65 tokens of each of 2 documents of " in report
     assert "samples" not in report and "## Sliding window" not in report and "clip_tau" not in report
     assert f"`gguf` ({tmp_path / 'gguf'}, GGUF tiny.gguf)" in report
+
+
+@pytest.mark.integration
+def test_the_report_says_what_clipping_keeps_and_warns_when_it_keeps_nothing(models, heldout, tmp_path):
+    """A τ that removes nearly every update is named in the report with a warning; a τ that never
+    binds keeps everything (factor 1) and warns of nothing; without --clip-tau nothing is measured."""
+    kept = {}
+    for tau in ("1e-9", "1e6", None):
+        out = tmp_path / str(tau)
+        args = ["eval", "--model", str(models[1]), "--tasks", "loss", "--lengths", "256", "--data", str(heldout), "--out", str(out)]
+        assert main(args + (["--clip-tau", tau] if tau else [])) == 0
+        results = json.loads((out / "results.json").read_text())
+        kept[tau] = (results["models"][next(iter(results["models"]))].get("clipping"), (out / "report.md").read_text())
+    (tiny_tau, tiny_report), (huge_tau, huge_report), (none, none_report) = kept.values()
+    assert tiny_tau["mean_factor"] < 0.05 and tiny_tau["warnings"] and "**Warning:**" in tiny_report and "Clipping kept a mean" in tiny_report
+    assert huge_tau["mean_factor"] == 1.0 and not huge_tau["warnings"] and "**Warning:**" not in huge_report
+    assert none is None and "Clipping kept" not in none_report

@@ -74,7 +74,11 @@ def _what_ran(results: dict) -> list[str]:
         lines.append(f"Held-out text: {units} {results['documents_read']} documents of {source} (`--documents {s['documents']}`: the first ones).")
     clip = (f"clip_tau {s['clip_tau']}; " if s["clip_tau"] is not None else "no clipping (clip_tau None); ") if any(m["ttt"] for m in models.values()) else ""
     lines.append(f"Seed {s['seed']}; {clip}device {results['device']}, dtype {s['dtype']}.")
-    # What clipping did to each TTT model's updates (issue 26, item 1) is one more line here.
+    for name, m in models.items():
+        kept = m.get("clipping")
+        if kept:
+            lines.append(f"Clipping kept a mean {kept['mean_factor']:.3g} of each fast-weight update of `{name}` ({kept['summary']}).")
+            lines += [f"**Warning:** {w}" for w in kept["warnings"]]
     return lines + [""]
 
 

@@ -23,6 +23,7 @@ from ..assets import corpus_files
 from ..config import CONFIG_KEY
 from ..documents import read_documents
 from ..families import set_clip_tau
+from ..families.clip import clip_report
 from ..families.hf import is_ttt_checkpoint, load_causal_lm, looks_local, quiet_transformers
 from ..files import write_atomic
 from ..finite import finite_json
@@ -119,6 +120,16 @@ def parse_lengths(text: str) -> list[int]:
     return sorted(set(out))
 
 
+def _what_clipping_keeps(model, docs: list, generated: dict, tokenizer, max_len: int, device) -> dict | None:
+    """What `--clip-tau` keeps of each chunk update (`families.clip.clip_report`), on the first held-out
+    document or else the first prompt: a clipped model can be, to within that share, the model without TTT."""
+    ids = docs[0][:max_len] if docs else next((torch.tensor(tokenizer(g[0].prompt, add_special_tokens=False)["input_ids"]) for g in generated.values()), None)
+    if ids is None:
+        return None
+    report = clip_report(model, ids[None].to(device))
+    return {**report.to_dict(), "summary": report.summary()}
+
+
 def model_to_evaluate(path: str, dtype: torch.dtype, clip_tau: float | None, gguf_file: str | None = None):
     """A model of `--model` through the one loader (`families.hf.load_causal_lm`; from `gguf_file`
     in its folder when given), in eval mode, with `--clip-tau` on its TTT layers."""
@@ -143,7 +154,7 @@ def load_tokenizer(paths: list[str], gguf_files: list[str | None] | None = None)
     for p, gguf in zip(paths, gguf_files or [None] * len(paths)):
         from_gguf = {"gguf_file": gguf} if gguf and not any((Path(p) / f).is_file() for f in TOKENIZER_FILES) else {}
         try:
-            with quiet_transformers():  # an In-Place TTT config.json's model_type is unknown to AutoConfig, by design
+            with quiet_transformers():
                 tokenizers.append(AutoTokenizer.from_pretrained(p, **from_gguf))
         except (OSError, ValueError) as e:
             raise ValueError(f"--model {p}: no tokenizer loads from it ({str(e).strip().splitlines()[0]})") from None
@@ -219,6 +230,8 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
             started = time.perf_counter()
             model = model_to_evaluate(path, dtype, settings.clip_tau, gguf).to(device)
             entry = {"path": path, "gguf_file": gguf, "ttt": hasattr(model.config, CONFIG_KEY), "ruler": {}, "task_seconds": {}}
+            if entry["ttt"] and settings.clip_tau is not None:
+                entry["clipping"] = _what_clipping_keeps(model, docs, generated, tokenizer, max_len, device)
             clock = _Clock(entry["task_seconds"])
             for length, group in generated.items():
                 clock.start(RULER_CLOCK)
