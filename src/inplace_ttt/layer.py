@@ -174,7 +174,7 @@ class InPlaceTTTMLP(nn.Module):
         self.last_stats: dict[str, float] = {}
         self.last_updates: UpdateRecord | None = None  # the updates of the last recorded forward
         self._clip_checked: tuple | None = None  # the clip setting whose first forward was checked (`_check_clip`)
-        self._w0_norm: tuple[tuple, float] | None = None  # ((weight version), ||W0||) for clip_mode relative
+        self._w0_norm: float | None = None  # ||W0|| at the last eager call, for a captured CUDA graph (clip_mode relative)
         self.config = config  # the one home of the settings: `convert` hands every layer of a model the same object
         self.cp_group = None  # a process group splitting sequences along time (context parallelism)
         weight = getattr(self, spec.down).weight
@@ -213,15 +213,16 @@ class InPlaceTTTMLP(nn.Module):
         return tau * self.w0_norm() / self.ttt_lr
 
     def w0_norm(self) -> float:
-        """``||W0||_F`` of the down projection, kept until the weight changes (its version counter
-        moves): computing it is a host sync, which a captured CUDA graph cannot hold."""
+        """``||W0||_F`` of the down projection as it is now (it trains, and the optimizer may change it
+        without moving the tensor's version counter, so no cache can tell it is stale). Inside a
+        captured CUDA graph, which cannot hold the host sync, the value of the last eager call."""
         w = self.down.weight
-        key = (w.data_ptr(), w._version, w.device)
-        if self._w0_norm is None or self._w0_norm[0] != key:
-            if w.is_cuda and torch.cuda.is_current_stream_capturing():
+        if w.is_cuda and torch.cuda.is_current_stream_capturing():
+            if self._w0_norm is None:
                 raise RuntimeError("clip_mode relative reads ||W0|| on the host: run one step before capturing a CUDA graph")
-            self._w0_norm = (key, w.detach().to(state_dtype(w.dtype)).norm().item())
-        return self._w0_norm[1]
+            return self._w0_norm
+        self._w0_norm = w.detach().to(state_dtype(w.dtype)).norm().item()
+        return self._w0_norm
 
     def extra_repr(self) -> str:
         clip = f"clip_tau={self.clip_tau}" + (f" ({self.config.clip_mode})" if self.clip_tau is not None else "")

@@ -13,7 +13,7 @@ For the whole model: ``ttt/grad_norm`` (all TTT parameters, before clipping), ``
 clipping), ``clip_scale`` (the factor clipping multiplied the other parameters' gradients by:
 at 1/400 they train at 1/400 of their learning rate) and ``ttt/clip_scale`` (the TTT
 parameters' factor), ``ttt/loss_gain`` (the loss of the step's batch with TTT off minus with it
-on, measured at most every `GAIN_EVERY` steps, on a log step: one more forward, no gradient),
+on, measured about every `GAIN_EVERY` steps, on a log step: one more forward, no gradient),
 plus any parts of the loss the trained module reports (Moshi's ``text_loss`` and ``audio_loss``).
 
 From these `TTTTelemetry.state` says once, in one line, when TTT is inert or harmful
@@ -50,11 +50,13 @@ class TTTTelemetry:
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
         self.said: set[str] = set()  # the verdicts said already (each once per run)
-        self.next_gain_step = 1
 
-    def gain_due(self, step: int, log_step: bool) -> bool:
-        """Whether step `step` (1-based, a log step or not) measures the loss with TTT off."""
-        return bool(self.layers) and log_step and step >= self.next_gain_step
+    def gain_due(self, step: int, log_step: bool, logging_steps: int) -> bool:
+        """Whether step `step` (1-based) measures the loss with TTT off: a log step that is the run's
+        first, or the first since a multiple of `GAIN_EVERY`. A function of the step alone, so a
+        resumed run measures at the steps the uninterrupted one does."""
+        previous = (step - 1) // logging_steps * logging_steps  # the log step before this one (0: none)
+        return bool(self.layers) and log_step and (previous == 0 or step // GAIN_EVERY > previous // GAIN_EVERY)
 
     def state(self, logs: dict, step: int, judge_inert: bool, ttt_params_learning_rate: float | None) -> str | None:
         """The one line saying TTT is inert or harmful, the first time it is (None otherwise)."""

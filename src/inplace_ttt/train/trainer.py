@@ -64,7 +64,7 @@ from .run_dir import (
     trained_steps,
     write_final,
 )
-from .telemetry import GAIN_EVERY, INERT_AFTER, MetricsJsonl, SummaryProgress, TTTTelemetry, group_norms
+from .telemetry import INERT_AFTER, MetricsJsonl, SummaryProgress, TTTTelemetry, group_norms
 
 LORA_TTT_WEIGHTS = "ttt_weights.safetensors"  # in a LoRA-mode checkpoint: the TTT parameters, beside the PEFT adapter
 
@@ -200,7 +200,7 @@ class TTTTrainer(Trainer):
             for key, value in parts.items():
                 self.telemetry.add(key, value)
             step = self.state.global_step + 1
-            if self.telemetry.gain_due(step, self._logs_at(step)):
+            if self.telemetry.gain_due(step, self._logs_at(step), max(1, int(self.args.logging_steps))):
                 with torch.no_grad(), ttt_switched_off(self.telemetry.layers.values()):
                     off = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
                 self.telemetry.add("ttt/loss_gain", float(off) - float(loss))
@@ -219,8 +219,6 @@ class TTTTrainer(Trainer):
     def log(self, logs, start_time=None):
         if "loss" in logs:
             logs = {**logs, **self.telemetry.flush()}
-            if "ttt/loss_gain" in logs:
-                self.telemetry.next_gain_step = self.state.global_step + GAIN_EVERY
             self._say_state(logs)
         super().log(logs, start_time)
 
