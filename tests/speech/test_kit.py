@@ -71,6 +71,14 @@ def test_babble_is_deterministic_and_speech_like():
     assert 0.2 <= np.abs(a).max() <= 0.6 and 0.1 < np.mean(np.abs(a) < 1e-4) < 0.7  # loud syllables and silent gaps
 
 
+def test_a_folder_holding_other_files_is_refused_and_kept(tmp_path, capsys):
+    """The kit would replace same-named files (config.json, data/, ...): a folder it did not write is refused, untouched."""
+    (tmp_path / "config.json").write_text("mine")
+    assert main(["moshi-kit", str(tmp_path)]) != 0
+    assert "holds files no kit wrote (config.json" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"] and (tmp_path / "config.json").read_text() == "mine"
+
+
 @pytest.mark.integration
 def test_the_walk_through_moshi_kit_prints_runs_offline(tmp_path, monkeypatch, capsys):
     """The commands `ittt moshi-kit` prints (docs/moshi.md's walk-through), each run as printed
@@ -87,3 +95,4 @@ def test_the_walk_through_moshi_kit_prints_runs_offline(tmp_path, monkeypatch, c
     assert report["audio_seconds"] == 10.0 and report["updates"] == {"0": report["steps"] // 8}  # layer 0, chunks of 8 steps
     results = json.loads((kit / "moshi-eval" / "results.json").read_text())["models"]
     assert sorted(results) == ["base", "ttt"] and all(np.isfinite(results[m]["buckets"]["text"]["loss"][0]) for m in results)
+    assert main(["moshi-kit", str(kit)]) == 0  # a kit's own folder, runs and all, takes a new kit

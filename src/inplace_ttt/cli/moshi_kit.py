@@ -13,7 +13,7 @@ def add(sub) -> None:
         "moshi-kit",
         help="write a small random Mimi (varied codes), a tokenizer, a tiny LMModel, conversations and a training YAML: every Moshi command runs on them offline",
     )
-    kit.add_argument("out", type=user_path, help="the kit's folder (created; its files are replaced)")
+    kit.add_argument("out", type=user_path, help="the kit's folder: new, empty, or an earlier kit's (whose files are replaced)")
     kit.add_argument("--seed", type=int, default=0, help="random seed of the weights and the synthetic speech")
     kit.set_defaults(func=run)
 

@@ -231,11 +231,14 @@ CONVERSATIONS = (("train/a.wav", 20.0), ("train/b.wav", 16.0), ("train/c.wav", 2
 
 
 def write_kit(out: str | Path, *, seed: int = 0, conversations: tuple = CONVERSATIONS, user_seconds: float = 10.0) -> dict[str, Path]:
-    """Write the kit into folder `out` (created; files already there are replaced); returns the
-    paths by name. Deterministic for a seed."""
+    """Write the kit into folder `out` (new, empty, or an earlier kit's, whose files are replaced);
+    returns the paths by name. Deterministic for a seed."""
     from moshi.models.lm import LMModel
 
     out = Path(out).resolve()
+    if out.is_dir() and any(out.iterdir()) and not (out / KIT_MARK).is_file():
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise ValueError(f"moshi-kit: {out} holds files no kit wrote ({shown}, ...); give a new or empty folder (a kit's files would replace same-named ones)")
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / file for name, file in _FILES.items()}
     config = mimi_config()
@@ -265,7 +268,11 @@ def write_kit(out: str | Path, *, seed: int = 0, conversations: tuple = CONVERSA
     with atomic_path(paths["user"]) as tmp:
         sf.write(str(tmp), babble(user_seconds, rng), RATE, format="WAV")
     write_atomic(paths["train_yaml"], _train_yaml(out))
+    write_atomic(out / KIT_MARK, json.dumps({"seed": seed}) + "\n")  # last: a folder holding it holds a whole kit
     return paths
+
+
+KIT_MARK = "moshi-kit.json"  # marks a folder `write_kit` filled, which a new kit may replace
 
 
 _FILES = {
