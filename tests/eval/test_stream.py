@@ -75,3 +75,23 @@ def test_greedy_stops_each_row_at_eos():
     assert stopped[0] == free[0][: free[0].index(free[0][2])]
     eos = free[0][2]
     assert stopped[1] == (free[1][: free[1].index(eos)] if eos in free[1] else free[1])
+
+
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_each_row_gets_its_own_number_of_tokens(make):
+    """Rows leave the batch when done (here after 0, 3, 9 and 5 tokens); the others go on as each alone."""
+    model = make()
+    g = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g) for n in (14, 9, 20, 11)]
+    budgets = [0, 3, 9, 5]
+    got = greedy(model, prompts, budgets, piece=6)
+    assert [len(new) for new in got] == budgets
+    for p, n, new in zip(prompts, budgets, got):
+        if n:
+            ref = model.generate(input_ids=p[None], max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p) :]
+            assert new == ref.tolist()
+
+
+def test_a_number_of_tokens_per_prompt_is_checked():
+    with pytest.raises(ValueError, match="2 max_new_tokens for 3 prompts"):
+        greedy(tiny(), [torch.tensor([4, 5])] * 3, [1, 2], piece=4)

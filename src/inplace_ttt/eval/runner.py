@@ -201,8 +201,8 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
             docs = passages(docs, max(settings.lengths) + 1, settings.passages)
         docs = [d[: max(settings.lengths) + 1] for d in docs]  # the longest length of predicted tokens
     ruler_tasks = [t for t in settings.tasks if t in TASK_NAMES]
-    # every RULER sample of one length batched together, those that generate longest first: a batch
-    # decodes as many tokens as its longest answer, and one batch per task would decode each task's
+    # every RULER sample of one length batched together, those that generate longest first: a row
+    # leaves its batch when it has its answer's tokens, so rows of like lengths share the steps
     generated = {
         n: sorted(
             (s for t in ruler_tasks for s in make_samples(t, tokenizer, n, settings.samples, settings.seed, haystack, settings.chat_template)),
@@ -240,9 +240,9 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
                 for k in range(0, len(group), settings.batch):
                     batch = group[k : k + settings.batch]
                     prompts = [torch.tensor(tokenizer(s.prompt, add_special_tokens=False)["input_ids"], device=device) for s in batch]
-                    new = greedy(model, prompts, max(s.max_new_tokens for s in batch), settings.tokens_per_forward, tokenizer.eos_token_id, _pad_id(tokenizer))
+                    new = greedy(model, prompts, [s.max_new_tokens for s in batch], settings.tokens_per_forward, tokenizer.eos_token_id, _pad_id(tokenizer))
                     for s, ids in zip(batch, new):
-                        answered[s.task, s.index] = (s, tokenizer.decode(ids[: s.max_new_tokens], skip_special_tokens=True))
+                        answered[s.task, s.index] = (s, tokenizer.decode(ids, skip_special_tokens=True))
                     bar.update(len(batch))
                 for task in ruler_tasks:
                     cell = entry["ruler"].setdefault(task, {})[str(length)] = {"scores": [], "outputs": []}

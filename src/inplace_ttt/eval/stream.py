@@ -4,7 +4,8 @@ Memory is bounded by the piece length and the cache (keys/values, and for In-Pla
 models the fast-weight state), not by the input length. Works the same for plain transformers
 models and converted ones: both carry their state in the cache object. Rows of different
 lengths are left-padded with an attention mask and positions that start at each row's first
-token, as `generate` does; the TTT layers keep padding out of their updates. Logits are made
+token, as `generate` does; the TTT layers keep padding out of their updates (`greedy` prefills each
+prompt alone and joins the caches, so only its one-token steps carry a padding mask). Logits are made
 only where they are read (`logits_to_keep`, the model's own option): a prompt's prefill or the
 context before a scored block skips the vocabulary projection, a large share of a small model's
 work.
@@ -17,6 +18,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..families.hf.cache import join_rows
 
 
 def _parameters(model) -> dict:
@@ -91,25 +94,61 @@ def _positions(mask: Tensor, n: int) -> Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -n:]
 
 
-@torch.inference_mode()
-def greedy(model, prompts: list[Tensor], max_new_tokens: int, piece: int, eos_token_id: int | None = None, pad_id: int = 0) -> list[list[int]]:
-    """Greedy continuations of `prompts` (1-D id tensors), batched: prefill in pieces, then one
-    token at a time; a row stops at `eos_token_id` (not included)."""
-    ids, mask = left_pad(prompts, pad_id)
+def _prefill(model, prompts: list[Tensor], ids: Tensor, mask: Tensor, piece: int):
+    """The cache after each prompt's tokens but its last, rows left-padded as `ids` / `mask` are.
+
+    Each prompt is read alone, in pieces, and the caches joined (`join_rows`): a row alone needs no
+    padding mask, so attention takes its causal path. A cache that cannot be joined (sliding-window
+    and other fixed layouts) is read again as one padded batch."""
+    lengths = [len(p) - 1 for p in prompts]
+    if min(lengths) > 0:
+        caches = []
+        for p in prompts:
+            cache = None
+            for start in range(0, len(p) - 1, piece):
+                _, cache = _forward(model, p[None, start : min(start + piece, len(p) - 1)], cache, keep=1)  # no logits read
+            caches.append(cache)
+        joined = join_rows(caches, lengths)
+        if joined is not None:
+            return joined
     cache = None
     for start in range(0, ids.shape[1] - 1, piece):
         end = min(start + piece, ids.shape[1] - 1)
-        _, cache = _forward(model, ids[:, start:end], cache, mask[:, :end], _positions(mask[:, :end], end - start), keep=1)  # no logits read
-    token, new = ids[:, -1:], []
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
-    for _ in range(max_new_tokens):
+        _, cache = _forward(model, ids[:, start:end], cache, mask[:, :end], _positions(mask[:, :end], end - start), keep=1)
+    return cache
+
+
+@torch.inference_mode()
+def greedy(model, prompts: list[Tensor], max_new_tokens: int | list[int], piece: int, eos_token_id: int | None = None, pad_id: int = 0) -> list[list[int]]:
+    """Greedy continuations of `prompts` (1-D id tensors), batched: each row up to its own
+    `max_new_tokens` (one count for every prompt, or one per prompt), stopping at `eos_token_id`
+    (not included). The prompts are prefilled (`_prefill`), then every row gets one token per step;
+    a row that is done leaves the batch, so a batch costs what its rows need, not its longest row
+    times its size."""
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts):
+        raise ValueError(f"greedy: {len(budgets)} max_new_tokens for {len(prompts)} prompts")
+    ids, mask = left_pad(prompts, pad_id)
+    cache = _prefill(model, prompts, ids, mask, piece)
+    out: list[list[int]] = [[] for _ in prompts]
+    rows = torch.arange(len(prompts))  # the prompt of each row still in the batch
+    left = torch.tensor(budgets)  # tokens each row may still make (0: done)
+    token = ids[:, -1:]
+    while True:
+        going = left > 0
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            kept = going.nonzero()[:, 0]
+            rows, left, token, mask = rows[kept], left[kept], token[kept.to(token.device)], mask[kept.to(mask.device)]
+            if cache is not None:
+                cache.batch_select_indices(kept.to(ids.device))
         logits, cache = _forward(model, token, cache, mask, _positions(mask, 1))
         token = logits[:, -1:].argmax(-1)
-        if eos_token_id is not None:
-            done |= token[:, 0] == eos_token_id
-        new.append(torch.where(done, -1, token[:, 0]))
-        if bool(done.all()):
-            break
-        mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], 1)
-    rows = torch.stack(new, 1).tolist() if new else [[] for _ in prompts]
-    return [row[: row.index(-1)] if -1 in row else row for row in rows]
+        made = token[:, 0].tolist()
+        for row, t in zip(rows.tolist(), made):
+            if t != eos_token_id:
+                out[row].append(t)
+        left = torch.where(torch.tensor(made) == (-1 if eos_token_id is None else eos_token_id), 0, left - 1)
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+    return out

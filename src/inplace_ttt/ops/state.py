@@ -112,6 +112,17 @@ class FastWeightState:
             t = getattr(self, name)
             setattr(self, name, t.index_select(0, index.to(t.device)))
 
+    @classmethod
+    def joined(cls, states: list[FastWeightState]) -> FastWeightState:
+        """One state holding the rows of `states` in order (each row is indexed by its own positions,
+        so rows that read different numbers of tokens stack as they are)."""
+        out = cls()
+        if not all(s.initialized for s in states):
+            raise ValueError("FastWeightState.joined: every state must have read tokens")
+        for name in ("fast_sum", "buf_src", "buf_z", "buf_valid", "last_pos"):
+            setattr(out, name, torch.cat([getattr(s, name) for s in states]))
+        return out
+
     def buffered(self) -> tuple[Tensor, Tensor, Tensor]:
         """The unfinished chunk's tokens, right-aligned: `(src [B, m, F], z [B, m, h], pos [B, m])`.
 

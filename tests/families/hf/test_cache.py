@@ -52,3 +52,38 @@ def test_a_cache_filled_without_ttt_is_refused():
     model = inplace_ttt.convert(base, ttt_config())
     with pytest.raises(ValueError, match="already holds 5 tokens that no fast-weight state saw"):
         model(input_ids=torch.randint(3, VOCAB, (1, 1)), cache=cache)
+
+
+@pytest.mark.parametrize("make", [tiny, converted], ids=["plain", "ttt"])
+def test_rows_read_alone_and_joined_continue_as_each_row_alone(make):
+    """`join_rows`: one-row caches of different lengths (chunks left unfinished at different
+    columns) joined left-padded; the next two tokens of every row, read as a masked batch, give
+    each row's own logits of one unpadded forward."""
+    from inplace_ttt.families.hf.cache import join_rows
+
+    model = make()
+    g = torch.Generator().manual_seed(5)
+    rows = [torch.randint(3, VOCAB, (n,), generator=g) for n in (11, 6, 9)]  # 9, 4 and 7 read first: chunks of 4 cut at 1, 0 and 3
+    caches = []
+    with torch.no_grad():
+        for r in rows:
+            caches.append(model(input_ids=r[None, :-2], use_cache=True).cache)
+        cache = join_rows(caches, [len(r) - 2 for r in rows])
+        assert cache is not None and cache.get_seq_length() == 9
+        mask = torch.zeros(3, 11, dtype=torch.long)
+        for b, r in enumerate(rows):
+            mask[b, 11 - len(r) :] = 1
+        tail = torch.stack([r[-2:] for r in rows])
+        positions = (mask.cumsum(-1) - 1)[:, -2:]
+        got = model(input_ids=tail, cache=cache, attention_mask=mask, position_ids=positions, use_cache=True).logits
+    for b, r in enumerate(rows):
+        torch.testing.assert_close(got[b], logits(model, r[None])[0, -2:], rtol=1e-5, atol=1e-5)
+
+
+def test_a_sliding_window_cache_is_not_joined():
+    from inplace_ttt.families.hf.cache import join_rows
+
+    model = converted("mistral_swa")
+    with torch.no_grad():
+        caches = [model(input_ids=torch.randint(3, VOCAB, (1, n)), use_cache=True).cache for n in (5, 7)]
+    assert join_rows(caches, [5, 7]) is None
