@@ -29,6 +29,23 @@ def test_yaml_and_overrides_with_types(tmp_path):
     assert c.data.train == ["docs"] and c.train.ttt_params_learning_rate is None
 
 
+@pytest.mark.parametrize("where", ["file", "override"])
+def test_no_is_a_word_where_a_word_is_expected_and_false_where_a_bool_is(tmp_path, where):
+    """YAML 1.1 reads no/yes/on/off as booleans: `save_strategy: no` (transformers' value) became False
+    and was refused as 'false is not a valid SaveStrategy'. Only true/false are booleans now; a bool
+    field still takes the words."""
+    settings = {"train.save_strategy": "no", "train.bf16": "no", "train.gradient_checkpointing": "on", "ttt.clip_tau": "null"}
+    if where == "file":
+        sections: dict = {}
+        for key, value in settings.items():
+            section, leaf = key.split(".")
+            sections.setdefault(section, []).append(f"  {leaf}: {value}")
+        c = load_config(write(tmp_path, BASE + "".join(f"{s}:\n" + "\n".join(lines) + "\n" for s, lines in sections.items())))
+    else:
+        c = load_config(write(tmp_path, BASE), [x for k, v in settings.items() for x in (f"--{k}", v)])
+    assert c.train.save_strategy == "no" and c.train.bf16 is False and c.train.gradient_checkpointing is True and c.ttt.clip_tau is None
+
+
 def test_the_train_section_is_transformers_training_arguments(tmp_path):
     """Any `TrainingArguments` key works; ours keep their defaults; config.yaml records the values as given."""
     import yaml

@@ -18,6 +18,7 @@ import dataclasses
 import enum
 import math
 import os
+import re
 import types
 import typing
 import warnings
@@ -345,10 +346,24 @@ def read_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str,
     return data
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true/false are booleans. YAML 1.1 also
+    reads yes/no/on/off (and y/n) as booleans, which turned ``--train.save_strategy no`` (the
+    value transformers expects) into ``False``; such words now stay words, and a bool field still
+    takes yes/no/on/off (`convert_value`). No library offers this loader; it is two lines here."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def _parse_yaml(text: str, where: str) -> Any:
     """YAML text, or one message naming where it came from and the line of the mistake."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -408,6 +423,9 @@ def given_keys(section) -> frozenset[str] | None:
     return getattr(section, GIVEN, None)
 
 
+BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+
+
 def convert_value(tp, value, where: str):
     """Coerce a YAML value to a field's annotated type, naming the field when it cannot."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -420,6 +438,8 @@ def convert_value(tp, value, where: str):
         named = next((a for a in options if isinstance(a, type) and issubclass(a, enum.Enum)), None)
         if named is not None and isinstance(value, str):  # transformers' `SomeEnum | str` fields
             return convert_value(named, value, where)
+        if bool in options and isinstance(value, str) and value.lower() in BOOL_WORDS:  # `bool | str` (bf16: auto | yes | no)
+            return BOOL_WORDS[value.lower()]
         if type(value) in options and not isinstance(value, float):  # already of one of the types (a YAML bool for `bool | str`); a float is checked finite
             return value
         if len(options) == 1:  # Optional[X]: X's own error names the problem
@@ -445,8 +465,8 @@ def convert_value(tp, value, where: str):
         return _finite(value, where)
     try:
         if tp is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
+            if isinstance(value, str) and value.lower() in BOOL_WORDS:
+                return BOOL_WORDS[value.lower()]
             if not isinstance(value, bool):
                 raise ValueError
             return value
