@@ -12,8 +12,14 @@ number of pairs at the training length, and against the gap at the training numb
 and accuracy by the stored pair's slot; `--profile` splits one training step's time into the
 TTT operator, the target's convolution and the rest. `--json FILE` keeps everything.
 
+Why recall is what it is: per TTT layer, how much the fast weight's read weighs the queried key's
+own pair against the other stored keys (`selectivity`; 1.0: it cannot tell keys apart and returns
+a blend of every stored value), at the end and every `--probe-every` steps of training.
+`--freeze-keys` keeps those keys at their random start (`freeze_keys`), the test of that diagnosis.
+
     python benchmarks/recall.py                  # a few CPU minutes
     python benchmarks/recall.py --models ttt --eta 1 --json /tmp/eta1.json     # one factor, TTT only
+    python benchmarks/recall.py --models ttt --freeze-keys --steps 900         # keys kept apart
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ def word_tokenizer(words: int) -> PreTrainedTokenizerFast:
 
 def batches(tokenizer, args):
     """Training rows: loss only on the queried values (as Zoology trains MQAR)."""
-    samples = make_recall(tokenizer, args.length, args.steps * args.batch, seed=1, pairs=args.pairs)
+    samples = make_recall(tokenizer, args.length, args.steps * args.batch, seed=1 + args.seed, pairs=args.pairs)
     for k in range(0, len(samples), args.batch):
         group = samples[k : k + args.batch]
         ids = torch.tensor([s.ids for s in group])
@@ -65,13 +71,28 @@ def build(tokenizer, args, ttt: TTTConfig | None):
         max_position_embeddings=4 * max(args.length, *args.curve_lengths),
         sliding_window=args.window,
     )
-    torch.manual_seed(0)  # the same start for both: TTT adds its own (zero-started) parameters only
+    torch.manual_seed(args.seed)  # the same start for both: TTT adds its own (zero-started) parameters only
     model = build_model(arch, tokenizer, ttt).train()
+    if args.freeze_keys:
+        freeze_keys(model, list(range(args.layers)) if args.ttt_layers == "all" else sorted(int(x) for x in args.ttt_layers.split(",")))
     ttt_params = [p for n, p in model.named_parameters() if ".ttt." in n]
-    others = [p for n, p in model.named_parameters() if ".ttt." not in n]
+    others = [p for n, p in model.named_parameters() if ".ttt." not in n and p.requires_grad]
     groups = [{"params": others}] + ([{"params": ttt_params, "lr": args.ttt_lr}] if ttt_params else [])
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     return model, opt
+
+
+def freeze_keys(model, ttt: list[int]) -> None:
+    """Keep the fast weight's keys ``Z = act(gate x) * (up x)`` at their random start, which tells
+    tokens apart: the gate and up projections of the TTT layers `ttt` (indices), and everything the
+    first one's ``x`` is made of (the token embeddings, the layers below it, its own norms and
+    attention). The plain model gets the same parts frozen, so the two still differ in TTT alone."""
+    layers = model.model.layers
+    first = layers[ttt[0]]
+    frozen = [model.model.embed_tokens, *layers[: ttt[0]], first.input_layernorm, first.self_attn, first.post_attention_layernorm]
+    frozen += [getattr(layers[i].mlp, name) for i in ttt for name in ("gate_proj", "up_proj")]
+    for module in frozen:
+        module.requires_grad_(False)
 
 
 def clip(model, how: str) -> None:
@@ -86,8 +107,11 @@ def clip(model, how: str) -> None:
 def train(tokenizer, args, ttt: TTTConfig | None):
     model, opt = build(tokenizer, args, ttt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
-    step_seconds, losses = [], []
+    step_seconds, losses, keys = [], [], {}
     for ids, labels in batches(tokenizer, args):
+        if ttt is not None and args.probe_every and len(losses) % args.probe_every == 0:
+            keys[len(losses)] = selectivity(model.eval(), tokenizer, args)
+            model.train()
         start = time.perf_counter()
         loss = model(input_ids=ids, labels=labels, use_cache=False).loss
         loss.backward()
@@ -99,7 +123,7 @@ def train(tokenizer, args, ttt: TTTConfig | None):
         losses.append(loss.item())
         if len(losses) % 50 == 0:
             print(f"    step {len(losses)}: loss {statistics.fmean(losses[-50:]):.3f}", flush=True)
-    return model.eval(), step_seconds, losses
+    return model.eval(), step_seconds, losses, keys
 
 
 def accuracy(hits: list[list[bool]]) -> dict:
@@ -133,6 +157,42 @@ def evaluate(model, tokenizer, args) -> dict:
     }
 
 
+def selectivity(model, tokenizer, args) -> list[dict]:
+    """Why recall is what it is, read from the fast weight's own keys.
+
+    A fast weight reads ``sum_t v_t (z_t . z_q)``: each stored token's target ``v_t`` weighted by how
+    its hidden activation ``z_t`` (the gated MLP's, at the TTT layer) aligns with the query's ``z_q``.
+    Per TTT layer, over unseen sequences: the weight of the queried key's own pair against the mean
+    weight of the other stored keys (``match/other``: 1 means the memory cannot tell keys apart, so
+    it returns a blend of every stored value), and the share of the whole read that comes from the
+    right pair rather than from the other keys and the filler (``share``)."""
+    samples = make_recall(tokenizer, args.length, min(args.eval_samples, 32), seed=0, pairs=args.pairs)
+    layers = [m for m in model.modules() if hasattr(m, "spec") and hasattr(m, "ttt")]
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [layer.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, mod.spec.hidden(mod, inp[0]))) for i, layer in enumerate(layers)]
+    try:
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([s.ids for s in samples]), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for i, layer in enumerate(layers):
+        ratios, shares = [], []
+        for row, s in enumerate(samples):
+            z = seen[i][row].double()
+            stored = z[0 : 2 * args.pairs : 2]  # the stored keys (their targets are the values after them)
+            before = z[: min(s.queries)]  # every token written before the queries
+            for q in s.queries:
+                slot = stored_slot(s)[s.queries.index(q)]
+                dots = stored @ z[q]
+                others = torch.cat([dots[:slot], dots[slot + 1 :]])
+                ratios.append((dots[slot] / others.abs().mean()).item() if len(others) else float("nan"))
+                shares.append((dots[slot].abs() / (before @ z[q]).abs().sum()).item())
+        out.append({"layer": layer.layer_idx, "match/other": statistics.median(ratios), "share": statistics.median(shares)})
+    return out
+
+
 def profile_step(tokenizer, args, ttt: TTTConfig | None) -> dict:
     """Seconds of one training step (after two warm-up steps), split by the profiler into the TTT
     operator (forward and backward), the target's chunk convolution, and everything else."""
@@ -161,7 +221,7 @@ def profile_step(tokenizer, args, ttt: TTTConfig | None) -> dict:
     return {"step_s": total, **parts, "rest": total - sum(parts.values())}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -184,10 +244,17 @@ def main() -> None:
     parser.add_argument("--curve-pairs", type=ints, default=[1, 2, 4, 8, 16, 32], help="numbers of pairs for the capacity curve (at --length)")
     parser.add_argument("--curve-lengths", type=ints, default=[96, 128, 256, 512, 1024], help="lengths for the gap curve (at --pairs)")
     parser.add_argument("--eval-samples", type=int, default=64)
+    parser.add_argument(
+        "--probe-every", type=int, default=50, help="read the fast weight's key selectivity every this many training steps (0: at the end only)"
+    )
+    parser.add_argument(
+        "--freeze-keys", action="store_true", help="keep the TTT layers' gate and up projections (the fast weight's keys) at their random start"
+    )
     parser.add_argument("--profile", action="store_true", help="also profile one training step of each model")
     parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--seed", type=int, default=0, help="the models' random start, and the training sequences (seed + 1); the scored sequences stay the same")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tokenizer = word_tokenizer(args.words)
     layers = "all" if args.ttt_layers == "all" else ints(args.ttt_layers)
@@ -195,17 +262,20 @@ def main() -> None:
     reach = args.layers * (args.window - 1)
     print(
         f"{args.layers} layers x window {args.window}: attention reaches {reach} tokens back; pairs sit {args.length - 4 * args.pairs}+ "
-        f"tokens before their queries at length {args.length}. {args.steps} steps x {args.batch} rows, seed 0, {args.threads} threads",
+        f"tokens before their queries at length {args.length}. {args.steps} steps x {args.batch} rows, seed {args.seed}, {args.threads} threads",
         flush=True,
     )
     chosen = {"both": (("SWA", None), ("SWA + TTT", ttt)), "ttt": (("SWA + TTT", ttt),), "swa": (("SWA", None),)}[args.models]
     results = {"args": vars(args), "chance": 100 * chance(tokenizer), "models": {}}
     for name, config in chosen:
         started = time.perf_counter()
-        model, step_seconds, losses = train(tokenizer, args, config)
+        model, step_seconds, losses, keys = train(tokenizer, args, config)
         wall = time.perf_counter() - started
         entry = {"train_s": wall, "tokens_per_s": args.batch * args.length / statistics.median(step_seconds), "final_loss": statistics.fmean(losses[-20:])}
         entry |= evaluate(model, tokenizer, args)
+        if config is not None:
+            entry["selectivity"] = selectivity(model, tokenizer, args)
+            entry["selectivity_during_training"] = keys
         if args.profile:
             entry["profile"] = profile_step(tokenizer, args, config)
         results["models"][name] = entry
@@ -214,6 +284,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    return results
 
 
 def report(results: dict, args) -> None:
@@ -239,6 +310,20 @@ def report(results: dict, args) -> None:
         + "; ".join(f"{n}: " + " ".join(f"{a:.0f}" for a in m["by_slot"]) for n, m in models.items())
     )
     print(f"chance: {results['chance']:.2f}%")
+    for name, m in models.items():
+        for layer in m.get("selectivity", []):
+            print(
+                f"{name}, TTT layer {layer['layer']}: the queried key's own pair weighs {layer['match/other']:.2f}x another stored key "
+                f"in the fast weight's read, and is {100 * layer['share']:.1f}% of everything the read sums (medians over queries)"
+            )
+    for name, m in models.items():
+        during = m.get("selectivity_during_training")
+        if during:
+            print(f"\n{name}: the queried key's own pair against another stored key (match/other) during training:\n")
+            layers = [f"layer {x['layer']}" for x in m["selectivity"]]
+            print("| step | " + " | ".join(layers) + " |\n|---|" + "---|" * len(layers))
+            for step, per_layer in [*during.items(), (args.steps, m["selectivity"])]:
+                print(f"| {step} | " + " | ".join(f"{x['match/other']:.2f}" for x in per_layer) + " |")
     if len(names) == 2:
         print(f"SWA + TTT training throughput {models[names[1]]['tokens_per_s'] / models[names[0]]['tokens_per_s']:.3f}x SWA's")
     for name, m in models.items():
