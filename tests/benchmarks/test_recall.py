@@ -20,7 +20,7 @@ def load_benchmark():
 @pytest.mark.integration
 def test_tiny_run_reports_accuracy_and_key_selectivity():
     bench = load_benchmark()
-    argv = "--steps 4 --batch 2 --length 64 --pairs 4 --hidden 64 --window 8 --chunk 16 --eval-samples 4 --probe-every 2 --threads 1"
+    argv = "--steps 4 --batch 2 --length 64 --pairs 4 --hidden 64 --window 8 --chunk 16 --eval-samples 4 --probe-every 2 --threads 1 --no-freeze-keys"
     results = bench.main([*argv.split(), "--curve-pairs", "1,4", "--curve-lengths", "64,96"])
     swa, ttt = results["models"]["SWA"], results["models"]["SWA + TTT"]
     assert "selectivity" not in swa
