@@ -84,10 +84,11 @@ SLOW_TRAIN = (
 
 
 def start_slow_run(config, run):
-    """`ittt train` in another process, a second a step; returns once it holds the run folder."""
+    """`ittt train` in another process, a second a step; returns once it holds the run folder and has
+    written its config.yaml there (the lock comes first: a test reading the folder in between raced)."""
     proc = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, "train", str(config)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not ((run / LOCK).is_file() and (run / LOCK).read_text().strip()):
+    while not ((run / LOCK).is_file() and (run / LOCK).read_text().strip() and (run / "config.yaml").is_file()):
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.2)
