@@ -1,21 +1,13 @@
 """`benchmarks/from_scratch.py` at a tiny shape: both `ittt pretrain` runs see the same batches,
 and the Fig. 2 table pairs the two models on the same passages."""
 
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("from_scratch", ROOT / "benchmarks" / "from_scratch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks.conftest import load_benchmark
 
 
 def write_books(folder: Path, count: int, seed: int) -> list[str]:
@@ -30,7 +22,7 @@ def write_books(folder: Path, count: int, seed: int) -> list[str]:
 
 @pytest.mark.integration
 def test_tiny_run_pairs_identical_batches_and_passages(tmp_path):
-    bench = load_benchmark()
+    bench = load_benchmark("from_scratch")
     argv = ["--out", str(tmp_path / "out"), "--train-data", *write_books(tmp_path / "train", 6, 0), "--heldout-data", *write_books(tmp_path / "held", 2, 1)]
     argv += "--vocab 300 --hidden 32 --layers 2 --heads 2 --window 8 --row-length 64 --steps 3 --batch 2 --chunk 16 --block 16 --passages 6 --threads 1".split()
     summary = bench.main(argv)

@@ -1,21 +1,14 @@
 """`benchmarks/gpu.py --tiny` on the CPU: its bf16-against-float64 checks pass and its tables print
 (the CUDA-graph part says it was skipped). On a GPU the same script runs the full shapes."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
+from tests.benchmarks.conftest import load_benchmark
 
 
 @pytest.mark.integration
 def test_the_tiny_run_passes_its_accuracy_checks_and_prints_its_tables(capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
-    gpu = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, gpu)  # its dataclasses look their module up there
-    spec.loader.exec_module(gpu)
+    gpu = load_benchmark("gpu", monkeypatch)  # its dataclasses look their module up in sys.modules
     assert gpu.main(["--tiny", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and line.count("|") == 7 and "relative error" not in line]

@@ -1,25 +1,16 @@
 """`benchmarks/recall.py` at a tiny shape: both models trained and scored, and the fast weight's key
 selectivity read at the end and during training, per TTT layer."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("recall_benchmark", ROOT / "benchmarks" / "recall.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks.conftest import load_benchmark
 
 
 @pytest.mark.integration
 def test_tiny_run_reports_accuracy_and_key_selectivity():
-    bench = load_benchmark()
+    bench = load_benchmark("recall")
     argv = "--steps 4 --batch 2 --length 64 --pairs 4 --hidden 64 --window 8 --chunk 16 --eval-samples 4 --probe-every 2 --threads 1 --no-freeze-keys"
     results = bench.main([*argv.split(), "--curve-pairs", "1,4", "--curve-lengths", "64,96"])
     swa, ttt = results["models"]["SWA"], results["models"]["SWA + TTT"]
@@ -37,7 +28,7 @@ def test_tiny_run_reports_accuracy_and_key_selectivity():
 def test_frozen_keys_stay_what_they_were():
     """`--freeze-keys`: everything the first TTT layer's keys are made of is left alone, so its key
     selectivity is the same number at every probe, while training still changes the rest."""
-    bench = load_benchmark()
+    bench = load_benchmark("recall")
     argv = "--steps 4 --batch 2 --length 64 --pairs 4 --hidden 64 --window 8 --chunk 16 --eval-samples 4 --probe-every 2 --threads 1 --freeze-keys"
     models = bench.main([*argv.split(), "--curve-pairs", "4", "--curve-lengths", "64"])["models"]
     assert sorted(models) == ["SWA", "SWA + TTT"]  # the plain model gets the same parts frozen
