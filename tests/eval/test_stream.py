@@ -95,3 +95,15 @@ def test_each_row_gets_its_own_number_of_tokens(make):
 def test_a_number_of_tokens_per_prompt_is_checked():
     with pytest.raises(ValueError, match="2 max_new_tokens for 3 prompts"):
         greedy(tiny(), [torch.tensor([4, 5])] * 3, [1, 2], piece=4)
+
+
+@pytest.mark.parametrize("make, rows_alone", [(tiny, True), (converted, True), (MODELS["swa"], False), (MODELS["swa_ttt"], False)], ids=MODELS.keys())
+def test_prompts_are_read_once(make, rows_alone):
+    """Each prompt alone where the caches join, one padded batch where they cannot (sliding window): never both."""
+    model = make()
+    reads = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: reads.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g) for n in (9, 13)]
+    greedy(model, prompts, 1, piece=64)
+    assert [r for r in reads if r[1] > 1] == ([(1, 8), (1, 12)] if rows_alone else [(2, 12)])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..families.hf.cache import join_rows
+from ..families.hf.cache import join_rows, joins_rows
 
 
 def _parameters(model) -> dict:
@@ -98,10 +98,10 @@ def _prefill(model, prompts: list[Tensor], ids: Tensor, mask: Tensor, piece: int
     """The cache after each prompt's tokens but its last, rows left-padded as `ids` / `mask` are.
 
     Each prompt is read alone, in pieces, and the caches joined (`join_rows`): a row alone needs no
-    padding mask, so attention takes its causal path. A cache that cannot be joined (sliding-window
-    and other fixed layouts) is read again as one padded batch."""
+    padding mask, so attention takes its causal path. A model whose caches cannot be joined
+    (sliding-window and other fixed layouts) reads the prompts as one padded batch instead."""
     lengths = [len(p) - 1 for p in prompts]
-    if min(lengths) > 0:
+    if min(lengths) > 0 and joins_rows(model.config):
         caches = []
         for p in prompts:
             cache = None

@@ -60,6 +60,14 @@ class FastWeightCacheMixin:
         return False
 
 
+def joins_rows(config) -> bool:
+    """Whether the caches a model of `config` fills by itself (transformers' `DynamicCache` for its
+    layer types) are ones `join_rows` joins: full-attention `DynamicLayer`s only."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+
+
 def join_rows(caches: list, lengths: list[int]):
     """The one-row caches `caches` (of `lengths` tokens) as one batch, in place of the first: each row's
     keys and values left-padded with zeros to the longest (the caller's attention mask hides those
