@@ -34,7 +34,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from inplace_ttt import TTTConfig
+from inplace_ttt import TTTConfig, ttt_layers
 from inplace_ttt.eval.intervals import mean_interval
 from inplace_ttt.eval.recall import chance, make_recall, recall_hits, stored_slot
 from inplace_ttt.train.pretrain import ArchitectureConfig, build_model
@@ -168,7 +168,7 @@ def selectivity(model, tokenizer, args) -> list[dict]:
     it returns a blend of every stored value), and the share of the whole read that comes from the
     right pair rather than from the other keys and the filler (``share``)."""
     samples = make_recall(tokenizer, args.length, min(args.eval_samples, 32), seed=0, pairs=args.pairs)
-    layers = [m for m in model.modules() if hasattr(m, "spec") and hasattr(m, "ttt")]
+    layers = [layer for _, layer in ttt_layers(model)]
     seen: dict[int, torch.Tensor] = {}
     hooks = [layer.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, mod.spec.hidden(mod, inp[0]))) for i, layer in enumerate(layers)]
     try:

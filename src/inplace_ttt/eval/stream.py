@@ -94,6 +94,16 @@ def _positions(mask: Tensor, n: int) -> Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -n:]
 
 
+def _read(model, ids: Tensor, piece: int, mask: Tensor | None = None):
+    """The cache after reading `ids` ``[B, n]`` in pieces, no logits made; `mask` ``[B, n]``: left padding."""
+    cache = None
+    for start in range(0, ids.shape[1], piece):
+        end = min(start + piece, ids.shape[1])
+        padding = (mask[:, :end], _positions(mask[:, :end], end - start)) if mask is not None else ()
+        _, cache = _forward(model, ids[:, start:end], cache, *padding, keep=1)
+    return cache
+
+
 def _prefill(model, prompts: list[Tensor], ids: Tensor, mask: Tensor, piece: int):
     """The cache after each prompt's tokens but its last, rows left-padded as `ids` / `mask` are.
 
@@ -102,20 +112,10 @@ def _prefill(model, prompts: list[Tensor], ids: Tensor, mask: Tensor, piece: int
     (sliding-window and other fixed layouts) reads the prompts as one padded batch instead."""
     lengths = [len(p) - 1 for p in prompts]
     if min(lengths) > 0 and joins_rows(model.config):
-        caches = []
-        for p in prompts:
-            cache = None
-            for start in range(0, len(p) - 1, piece):
-                _, cache = _forward(model, p[None, start : min(start + piece, len(p) - 1)], cache, keep=1)  # no logits read
-            caches.append(cache)
-        joined = join_rows(caches, lengths)
+        joined = join_rows([_read(model, p[None, :-1], piece) for p in prompts], lengths)
         if joined is not None:
             return joined
-    cache = None
-    for start in range(0, ids.shape[1] - 1, piece):
-        end = min(start + piece, ids.shape[1] - 1)
-        _, cache = _forward(model, ids[:, start:end], cache, mask[:, :end], _positions(mask[:, :end], end - start), keep=1)
-    return cache
+    return _read(model, ids[:, :-1], piece, mask[:, :-1])
 
 
 @torch.inference_mode()

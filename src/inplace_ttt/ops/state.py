@@ -26,6 +26,8 @@ from torch import Tensor
 class FastWeightState:
     """Per-sequence fast-weight state of one layer. Empty until the layer first writes it."""
 
+    ROWS = ("fast_sum", "buf_src", "buf_z", "buf_valid", "last_pos")  # the tensors holding one row per sequence
+
     def __init__(self) -> None:
         self._fast_sum: Tensor | None = None
         self._cast: tuple | None = None  # (key, lr S or W0 + lr S in a dtype): see `apply`; dropped whenever S changes
@@ -108,7 +110,7 @@ class FastWeightState:
         """Select/reorder rows (beam search): row `i` becomes old row `index[i]`."""
         if not self.initialized:
             return
-        for name in ("fast_sum", "buf_src", "buf_z", "buf_valid", "last_pos"):
+        for name in self.ROWS:
             t = getattr(self, name)
             setattr(self, name, t.index_select(0, index.to(t.device)))
 
@@ -119,7 +121,7 @@ class FastWeightState:
         out = cls()
         if not all(s.initialized for s in states):
             raise ValueError("FastWeightState.joined: every state must have read tokens")
-        for name in ("fast_sum", "buf_src", "buf_z", "buf_valid", "last_pos"):
+        for name in cls.ROWS:
             setattr(out, name, torch.cat([getattr(s, name) for s in states]))
         return out
 
