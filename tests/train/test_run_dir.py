@@ -4,6 +4,7 @@ a kill at any moment (the very first checkpoint too) resumable, nothing created 
 checked."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,16 @@ def family_run(request, tmp_path, workspace):
 def folder_state(path):
     """Every file under `path` with its bytes: equal states mean nothing was written or deleted."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} if path.exists() else None
+
+
+IN_FLIGHT = re.compile(r"\..+\.[a-z0-9_]{8}")  # files.atomic_path's temporary: `.<name>.` and mkstemp's 8 random characters
+
+
+def settled_files(path):
+    """The files under `path` a live run has finished writing: its atomic-write temporaries are
+    renamed away at any moment, so they are left out (listing one before its rename, and not
+    after, made the live-run test fail)."""
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and not IN_FLIGHT.fullmatch(p.name)}
 
 
 def last_error(capsys):
@@ -99,13 +110,12 @@ def test_a_live_run_locks_its_folder_and_a_killed_ones_lock_blocks_nothing(famil
     config, run = family_run
     first = start_slow_run(config, run)
     try:
-        before = folder_state(run)
+        before, config_yaml = settled_files(run), (run / "config.yaml").read_bytes()
         for extra in ([], ["--resume"]):  # a second fresh run, and --resume, while the first still runs
             assert main(["train", str(config), *extra]) == 2
             message = last_error(capsys)
             assert message.startswith("ittt train: error: train.output_dir") and f"is in use by a live run (pid {first.pid} on " in message, message
-        after = folder_state(run)
-        assert set(after) >= set(before) and after["config.yaml"] == before["config.yaml"]  # the first run's own, untouched
+        assert settled_files(run) >= before and (run / "config.yaml").read_bytes() == config_yaml  # the first run's own, untouched
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
