@@ -36,7 +36,10 @@ def tiny(family="llama", **overrides):
     )
     kw.update(overrides)
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(FAMILIES[family](**kw), attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_config(FAMILIES[family](**kw), attn_implementation="sdpa").eval()
+    with torch.no_grad():  # the pad token gets an embedding of its own, as when eos pads: a zero row (the padding_idx start) keeps padded positions at zero in a model without biases, which would hide a leak of padding into real tokens or the fast weights
+        model.get_input_embeddings().weight[kw["pad_token_id"]].normal_(0, model.config.initializer_range, generator=torch.Generator().manual_seed(3))
+    return model
 
 
 def ttt_config(**kw):
