@@ -70,6 +70,10 @@ def test_doctor_on_a_moshi_model_and_a_conversation(tmp_path, capsys, flag):
     assert "on 1 x 12 steps of" in out and "PASS  warm start" in out and "all checks passed" in out
     assert main([*args, "--length", "0"]) == 2
     assert "--length and --rows must be >= 1" in capsys.readouterr().err
+    (tmp_path / "wider.json").write_text(json.dumps({**TINY, "dim": TINY["dim"] * 2}))
+    assert main([*args[:-1], str(tmp_path / "wider.json")]) == 2
+    err = capsys.readouterr().err
+    assert "final/model.safetensors does not load with the LMModel keyword arguments" in err and "wider.json: size mismatch for emb.0.weight" in err, err
 
 
 @pytest.mark.parametrize("case", BROKEN)

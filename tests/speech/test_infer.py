@@ -107,7 +107,17 @@ def test_bad_input_is_refused_naming_it_and_nothing_is_written(kit, ttt_model, t
             "TTT weights: no such file",
         ),
         ([a for a in infer_args(kit, ttt_model, mono, out) if a not in ("--mimi-config", str(kit["mimi_config"]))], "does not fit the Mimi settings"),
+        (
+            [a if a != str(kit["lm_config"]) else str(tmp_path / "wider.json") for a in infer_args(kit, ttt_model, mono, out)],
+            "model.safetensors does not load with these --lm-kwargs: size mismatch for emb.0.weight",
+        ),
+        (
+            [a if a != str(kit["lm_config"]) else str(tmp_path / "bogus.json") for a in infer_args(kit, ttt_model, mono, out)],
+            "does not load with these --lm-kwargs: StreamingTransformerLayer.__init__() got an unexpected keyword argument 'bogus'",
+        ),
     ]
+    (tmp_path / "wider.json").write_text(json.dumps({**LM_KWARGS, "dim": LM_KWARGS["dim"] * 2}))
+    (tmp_path / "bogus.json").write_text(json.dumps({**LM_KWARGS, "bogus": 1}))
     lut = {"n_bins": 3, "dim": 8, "tokenizer": "noop", "possible_values": ["calm", "happy", "sad"]}
     conditioned = {**LM_KWARGS, "conditioners": {"description": {"type": "lut", "lut": lut}}, "fuser": {"sum": ["description"]}}
     (tmp_path / "conditioned.json").write_text(json.dumps(conditioned))

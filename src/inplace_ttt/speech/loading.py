@@ -77,11 +77,11 @@ class Streams:
 def meta_lm(lm_kwargs: dict | None):
     """The LMModel `lm_kwargs` describe (None: Moshi 7B), moshi's own built on the meta device:
     its layout and settings, without memory or weights."""
-    from moshi.models.loaders import get_moshi_lm
+    from ..families.moshi import LMLoadError, moshi_lm
 
     try:
-        return get_moshi_lm(None, lm_kwargs=lm_kwargs, device="meta")
-    except (TypeError, KeyError) as e:
+        return moshi_lm(None, lm_kwargs, device="meta")
+    except LMLoadError as e:
         raise ValueError(f"--lm-kwargs: not LMModel settings ({e})") from None
 
 
@@ -102,26 +102,21 @@ def load_inference_lm(
 ):
     """A Moshi LM for inference: with `ttt` (a ``ttt.safetensors`` from `save_ttt`) the In-Place
     TTT model, without it the plain model, both through moshi's `get_moshi_lm`."""
-    from moshi.models.loaders import get_moshi_lm
-
-    from ..families.moshi import load_moshi
+    from ..families.moshi import LMLoadError, load_base, load_moshi
 
     weights = safetensors_file(weights, "model weights")
     try:
         if ttt is None:
             if rope_scaling is not None or clip_tau not in (None, ...):
                 raise ValueError("rope_scaling and clip_tau need an In-Place TTT model: give its ttt.safetensors")
-            lm = get_moshi_lm(weights, lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+            lm = load_base(weights, lm_kwargs, device=device, dtype=dtype)
         else:
             lm = load_moshi(
                 weights, lm_kwargs, ttt_file=safetensors_file(ttt, "TTT weights"), clip_tau=clip_tau, rope_scaling=rope_scaling, device=device, dtype=dtype
             )
-    except RuntimeError as e:
-        if "state_dict" not in str(e):  # not load_state_dict's "the weights do not fit" (an out-of-memory, say)
-            raise
-        raise ValueError(f"{weights} does not fit the LMModel settings (give the model's --lm-kwargs): {str(e)[:300]}") from None
-    except (TypeError, KeyError) as e:
-        raise ValueError(f"--lm-kwargs: not LMModel settings ({e})") from None
+    except LMLoadError as e:
+        settings = "these --lm-kwargs" if lm_kwargs is not None else "Moshi 7B's settings (give the model's --lm-kwargs)"
+        raise ValueError(f"{weights} does not load with {settings}: {e}") from None
     return lm.eval()
 
 

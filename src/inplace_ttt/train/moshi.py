@@ -248,9 +248,7 @@ def _require_safetensors(*named: tuple[str, Path | str | None]) -> None:
 def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | str = "cpu") -> nn.Module:
     """moshi's `get_moshi_lm` on the files of a `model` section, converted with `ttt` (or as
     saved in `m.ttt_weights`); every mismatch named with its file."""
-    from safetensors import SafetensorError
-
-    from ..families.moshi import load_base, load_moshi
+    from ..families.moshi import LMLoadError, load_base, load_moshi
 
     files = model_files(m)
     dtype = getattr(torch, m.dtype)
@@ -266,10 +264,9 @@ def load_lm(m: MoshiModelConfig, ttt: TTTConfig | None, device: torch.device | s
             device=device,
             dtype=dtype,
         )
-    except (RuntimeError, TypeError, SafetensorError) as e:  # load_state_dict's size mismatches, unknown LMModel arguments
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except LMLoadError as e:
         settings = "(Moshi 7B defaults)" if files.lm_kwargs is None else "inline" if isinstance(m.lm_kwargs, dict) else m.lm_kwargs or f"of {m.hf_repo}"
-        raise RunError(f"model.weights {files.weights} does not load with model.lm_kwargs {settings}: {first}") from None
+        raise RunError(f"model.weights {files.weights} does not load with model.lm_kwargs {settings}: {e}") from None
 
 
 def settle(config: MoshiRunConfig) -> MoshiRunConfig:

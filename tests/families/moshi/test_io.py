@@ -100,3 +100,27 @@ def test_ttt_weights_of_another_shape_are_named(tmp_path):
     save_file(weights, str(ttt_file), metadata=header["__metadata__"])
     with pytest.raises(ValueError, match=rf"TTT weights of another shape than the model's: {name} "):
         load_moshi(tmp_path / "saved" / "model.safetensors", TINY, ttt_file=ttt_file, dtype=torch.float32)
+
+
+def test_weights_that_do_not_fit_the_settings_raise_one_error_naming_the_first_problem(tmp_path):
+    """moshi's three ways of saying the weights and LMModel settings do not fit (load_state_dict's size
+    mismatch and missing keys, LMModel's unknown argument) are one `LMLoadError`, a ValueError, whose
+    message names the first problem (load_state_dict's own first line names none)."""
+    from inplace_ttt.families.moshi import LMLoadError, load_base, moshi_lm
+
+    path = tmp_path / "model.safetensors"
+    write_tiny_checkpoint(path)
+    cases = [
+        ({**TINY, "dim": TINY["dim"] * 2}, r"^size mismatch for emb\.0\.weight: copying a param with shape torch\.Size\(\[33, 32\]\) .* \(and \d+ more\)$"),
+        ({**TINY, "num_layers": TINY["num_layers"] + 1}, rf'^Missing key\(s\) in state_dict: "transformer\.layers\.{TINY["num_layers"]}\.'),
+        ({**TINY, "bogus": 1}, r"unexpected keyword argument 'bogus'$"),
+    ]
+    for lm_kwargs, message in cases:
+        with pytest.raises(LMLoadError, match=message):
+            load_base(path, lm_kwargs)
+        with pytest.raises(LMLoadError, match=message):
+            load_moshi(path, lm_kwargs, config=TTTConfig(layers=[0], chunk_size=4))
+    assert issubclass(LMLoadError, ValueError)
+    with pytest.raises(LMLoadError, match=r"unexpected keyword argument 'bogus'$"):
+        moshi_lm(None, {**TINY, "bogus": 1}, device="meta")  # settings alone, no weights
+    assert moshi_lm(path, TINY, dtype=torch.float32).dim == TINY["dim"]

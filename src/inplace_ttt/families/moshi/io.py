@@ -56,12 +56,45 @@ def save_ttt_weights(lm: nn.Module, directory: str | Path, parameters: dict[str,
     return path
 
 
-def load_base(model_file: str | Path, lm_kwargs: dict[str, Any] | None = None, *, device="cpu", dtype=torch.float32) -> nn.Module:
-    """An unconverted `LMModel` from moshi's own loader (safetensors only: moshi would unpickle anything else)."""
+class LMLoadError(ValueError):
+    """moshi could not build an `LMModel` from these weights and keyword arguments: the weights do
+    not fit the settings (load_state_dict's size mismatches and missing keys), or the settings are
+    not LMModel's (an argument it does not take, a key it needs). The message is the first problem
+    moshi names; callers say which of their fields to fix."""
+
+
+def moshi_lm(model_file: str | Path | None, lm_kwargs: dict[str, Any] | None, **kwargs) -> nn.Module:
+    """moshi's `get_moshi_lm` (`model_file` None: no weights, as on the meta device), with the errors
+    of weights and settings that do not fit raised as `LMLoadError`; any other error (out of memory,
+    say) as it was."""
     from moshi.models.loaders import get_moshi_lm
 
+    try:
+        return get_moshi_lm(None if model_file is None else str(model_file), lm_kwargs=lm_kwargs, **kwargs)
+    except RuntimeError as e:
+        if "state_dict" not in str(e):  # not load_state_dict's "the weights do not fit"
+            raise
+        raise LMLoadError(_first_problem(e)) from None
+    except (TypeError, KeyError) as e:  # LMModel's unknown arguments; a key moshi's loader looks up
+        raise LMLoadError(_first_problem(e)) from None
+
+
+def _first_problem(error: BaseException) -> str:
+    """The first thing `error` names: load_state_dict's header line names none, the line after it
+    does (a size mismatch, the missing keys); long lines are cut."""
+    if isinstance(error, KeyError):
+        return f"no {error} key"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    problems = lines[1:] if len(lines) > 1 and lines[0].endswith(":") else lines
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    first = problems[0] if len(problems[0]) <= 300 else problems[0][:300] + "..."
+    return first + more
+
+
+def load_base(model_file: str | Path, lm_kwargs: dict[str, Any] | None = None, *, device="cpu", dtype=torch.float32) -> nn.Module:
+    """An unconverted `LMModel` from moshi's own loader (safetensors only: moshi would unpickle anything else)."""
     require_safetensors(model_file)
-    lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+    lm = moshi_lm(model_file, lm_kwargs, device=device, dtype=dtype)
     require_finite(lm.state_dict().items(), model_file)
     return lm
 
@@ -113,7 +146,6 @@ def load_moshi(
     ``lora.safetensors``; `lm_kwargs` then says ``lora: true`` and their rank and scaling), folded
     into the weights by moshi's loader before the conversion.
     """
-    from moshi.models.loaders import get_moshi_lm
     from safetensors.torch import load_file
 
     from .convert import convert
@@ -132,7 +164,7 @@ def load_moshi(
         config = config.replace(clip_tau=clip_tau)
     if lora_file is not None:
         require_safetensors(lora_file)
-    lm = get_moshi_lm(str(model_file), lm_kwargs=lm_kwargs, device=device, dtype=dtype, lora_weights=lora_file, fuse_lora=lora_file is not None)
+    lm = moshi_lm(model_file, lm_kwargs, device=device, dtype=dtype, lora_weights=lora_file, fuse_lora=lora_file is not None)
     require_finite(lm.state_dict().items(), model_file)
     convert(lm, config, rope_scaling=rope_scaling)
     if training:

@@ -10,7 +10,7 @@ import torch
 from ...files import read_json_object
 from ..saved import Saved, SavedFiles
 from .codes import read_conversation
-from .io import TTT_WEIGHTS, load_base, load_moshi
+from .io import TTT_WEIGHTS, LMLoadError, load_base, load_moshi
 
 
 def read_saved(files: SavedFiles) -> Saved:
@@ -24,9 +24,8 @@ def read_saved(files: SavedFiles) -> Saved:
         raise ValueError(f"{files.model_dir}: no model.safetensors beside its {TTT_WEIGHTS} (a Moshi final/ holds both)")
     try:
         lm = load_moshi(weights, lm_kwargs, ttt_file=folder / TTT_WEIGHTS, dtype=torch.float32)
-    except (RuntimeError, TypeError) as e:  # load_state_dict's size mismatches, unknown LMModel arguments
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{weights} does not load with the LMModel keyword arguments {files.lm_kwargs or '(Moshi 7B defaults)'}: {first}") from None
+    except LMLoadError as e:
+        raise ValueError(f"{weights} does not load with the LMModel keyword arguments {files.lm_kwargs or '(Moshi 7B defaults)'}: {e}") from None
     codes = read_conversation(Path(files.data), lm.num_codebooks, lm.text_card, lm.card)
     base = load_base(files.base, lm_kwargs) if files.base else None
     return Saved(lm, codes, base, "steps")
