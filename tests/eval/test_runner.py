@@ -166,6 +166,28 @@ def test_chat_template_prompts_reach_the_model(models, tmp_path, capsys):
     assert "ittt eval: error: --chat-template: the models' tokenizer has no chat template" in capsys.readouterr().err
 
 
+def test_answers_end_where_the_models_generation_config_ends_them(models, tmp_path):
+    """A chat model's generation_config lists its end of turn beside EOS (`generate` stops at each);
+    the RULER answers end there too, not only at the tokenizer's EOS."""
+    import shutil
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    args = ["--tasks", "vt", "--lengths", "256", "--samples", "1", "--tokens-per-forward", "100"]
+    assert main(["eval", "--model", str(models[1]), *args, "--out", str(tmp_path / "a")]) == 0
+    free = json.loads((tmp_path / "a" / "results.json").read_text())["models"]["ttt"]["ruler"]["vt"]["256"]["outputs"][0]["generated"]
+    tokenizer = AutoTokenizer.from_pretrained(models[1])
+    ids = tokenizer(free, add_special_tokens=False)["input_ids"]
+    assert len(ids) >= 3 and tokenizer.decode(ids) == free  # a word-level tokenizer: the answer's own ids
+    turn_end = ids[2]
+    chat = tmp_path / "chat"
+    shutil.copytree(models[1], chat)
+    GenerationConfig(eos_token_id=[tokenizer.eos_token_id, turn_end], pad_token_id=0).save_pretrained(chat)
+    assert main(["eval", "--model", str(chat), *args, "--out", str(tmp_path / "b")]) == 0
+    ended = json.loads((tmp_path / "b" / "results.json").read_text())["models"]["chat"]["ruler"]["vt"]["256"]["outputs"][0]["generated"]
+    assert ended == tokenizer.decode(ids[: ids.index(turn_end)])
+
+
 def test_passages_are_disjoint_slices_taken_evenly_across_documents():
     import torch
 

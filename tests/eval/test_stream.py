@@ -77,6 +77,22 @@ def test_greedy_stops_each_row_at_eos():
     assert stopped[1] == (free[1][: free[1].index(eos)] if eos in free[1] else free[1])
 
 
+def test_greedy_stops_at_every_id_generate_stops_at():
+    """Several stop ids, as a chat model's generation_config lists EOS and its end of turn: each row
+    ends at the first of them, as `generate` ends there (which keeps the stop token; greedy drops it)."""
+    model = converted()
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g) for n in (9, 13, 6)]
+    free = greedy(model, prompts, 8, piece=4)
+    stops = [free[0][3], free[1][1]]  # one id each row makes mid-answer
+    model.generation_config.eos_token_id = stops
+    got = greedy(model, prompts, 8, piece=4, eos_token_id=stops)
+    for p, new in zip(prompts, got):
+        ref = model.generate(input_ids=p[None], max_new_tokens=8, do_sample=False, pad_token_id=0)[0, len(p) :].tolist()
+        assert new == (ref[:-1] if ref[-1] in stops else ref)
+    assert len(got[0]) < 8 and len(got[1]) < 8  # both stops were met
+
+
 @pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
 def test_each_row_gets_its_own_number_of_tokens(make):
     """Rows leave the batch when done (here after 0, 3, 9 and 5 tokens); the others go on as each alone."""

@@ -240,7 +240,9 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
                 for k in range(0, len(group), settings.batch):
                     batch = group[k : k + settings.batch]
                     prompts = [torch.tensor(tokenizer(s.prompt, add_special_tokens=False)["input_ids"], device=device) for s in batch]
-                    new = greedy(model, prompts, [s.max_new_tokens for s in batch], settings.tokens_per_forward, tokenizer.eos_token_id, _pad_id(tokenizer))
+                    new = greedy(
+                        model, prompts, [s.max_new_tokens for s in batch], settings.tokens_per_forward, _stop_ids(model, tokenizer), _pad_id(tokenizer)
+                    )
                     for s, ids in zip(batch, new):
                         answered[s.task, s.index] = (s, tokenizer.decode(ids, skip_special_tokens=True))
                     bar.update(len(batch))
@@ -332,6 +334,14 @@ def _accuracy(cell: dict, seed: int) -> None:
     cell["accuracy"] = 100.0 * sum(scores) / len(scores)
     interval = mean_interval(scores, seed)
     cell["interval"] = [100.0 * x for x in interval] if interval else None
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    """Where an answer ends: the tokenizer's EOS and every id the model's `generation_config` lists
+    (a chat model's end of turn, which `generate` stops at too)."""
+    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if listed is None else [listed] if isinstance(listed, int) else list(listed)
+    return {i for i in [tokenizer.eos_token_id, *ids] if i is not None}
 
 
 def _pad_id(tokenizer) -> int:

@@ -14,6 +14,7 @@ work.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -119,12 +120,15 @@ def _prefill(model, prompts: list[Tensor], ids: Tensor, mask: Tensor, piece: int
 
 
 @torch.inference_mode()
-def greedy(model, prompts: list[Tensor], max_new_tokens: int | list[int], piece: int, eos_token_id: int | None = None, pad_id: int = 0) -> list[list[int]]:
+def greedy(
+    model, prompts: list[Tensor], max_new_tokens: int | list[int], piece: int, eos_token_id: int | Iterable[int] | None = None, pad_id: int = 0
+) -> list[list[int]]:
     """Greedy continuations of `prompts` (1-D id tensors), batched: each row up to its own
     `max_new_tokens` (one count for every prompt, or one per prompt), stopping at `eos_token_id`
-    (not included). The prompts are prefilled (`_prefill`), then every row gets one token per step;
-    a row that is done leaves the batch, so a batch costs what its rows need, not its longest row
-    times its size."""
+    (one id or several, as `generation_config.eos_token_id`; not included). The prompts are
+    prefilled (`_prefill`), then every row gets one token per step; a row that is done leaves the
+    batch, so a batch costs what its rows need, not its longest row times its size."""
+    stops = set() if eos_token_id is None else {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(budgets) != len(prompts):
         raise ValueError(f"greedy: {len(budgets)} max_new_tokens for {len(prompts)} prompts")
@@ -146,9 +150,10 @@ def greedy(model, prompts: list[Tensor], max_new_tokens: int | list[int], piece:
         logits, cache = _forward(model, token, cache, mask, _positions(mask, 1))
         token = logits[:, -1:].argmax(-1)
         made = token[:, 0].tolist()
-        for row, t in zip(rows.tolist(), made):
-            if t != eos_token_id:
+        ended = [t in stops for t in made]
+        for row, t, end in zip(rows.tolist(), made, ended):
+            if not end:
                 out[row].append(t)
-        left = torch.where(torch.tensor(made) == (-1 if eos_token_id is None else eos_token_id), 0, left - 1)
+        left = torch.where(torch.tensor(ended), 0, left - 1)
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
     return out
