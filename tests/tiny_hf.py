@@ -75,13 +75,16 @@ def logits(model, ids, mask=None, **kw):
         return model(input_ids=ids, attention_mask=mask, use_cache=False, **kw).logits
 
 
-def tiny_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over `words` (ids from 3: 0 pad, 1 bos, 2 eos)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def tiny_tokenizer(words: list[str], bos: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `words` (ids from 3: 0 pad, 1 bos, 2 eos); `bos`: it opens every
+    text with BOS, as Llama's and Mistral's tokenizers do (Qwen's add nothing)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
     for w in words:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")

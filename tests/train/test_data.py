@@ -32,7 +32,21 @@ def test_collate_stacks_rows_without_attention_mask():
 
 def test_tokenize_appends_eos():
     tok = tiny_tokenizer(["a", "b"])
-    assert tokenize(["a b", "b"], tok) == [[4, 5, 2], [5, 2]]
+    assert tokenize(["a b", "b", ""], tok) == [[4, 5, 2], [5, 2]]
+    assert tokenize(["a b", "b"], tok, add_eos=False) == [[4, 5], [5]]
+
+
+def test_tokenize_keeps_the_tokenizers_own_bos_and_never_doubles_eos():
+    """A tokenizer that opens every text with BOS (Llama's, Mistral's) gets it at each document, as in
+    its pretraining; one that also closes texts with EOS does not get a second."""
+    from tokenizers import processors
+
+    bos = tiny_tokenizer(["a", "b"], bos=True)
+    assert tokenize(["a b", "b", ""], bos) == [[1, 4, 5, 2], [1, 5, 2]]  # the empty document is dropped, BOS alone is no text
+    assert tokenize(["zz"], bos) == [[1, 3, 2]]  # unknown words are text (the tokenizer's <unk>, a special token)
+    both = tiny_tokenizer(["a", "b"])
+    both.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    assert tokenize(["a b"], both) == [[1, 4, 5, 2]]
 
 
 def reference_pack(docs, row_length):

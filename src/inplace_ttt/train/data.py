@@ -25,16 +25,19 @@ TOKENIZE_BATCH = 1000  # documents per tokenizer call (one progress step)
 
 
 def tokenize(docs: Sequence[str], tokenizer, add_eos: bool = True) -> list[list[int]]:
-    """Token ids per document, with the tokenizer's EOS appended when it has one; a progress bar
-    counts the characters read."""
-    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
+    """Token ids per document as the tokenizer makes them for its model, its own special tokens
+    included (a Llama's or Mistral's BOS opens each document, as in their pretraining; Qwen's
+    tokenizer adds none), with the tokenizer's EOS appended when it has one and did not add it; a
+    document of no text is dropped. A progress bar counts the characters read."""
+    eos = tokenizer.eos_token_id if add_eos else None
     ids: list[list[int]] = []
     with tqdm(total=sum(map(len, docs)), desc="tokenizing", unit="char", unit_scale=True) as bar:
         for start in range(0, len(docs), TOKENIZE_BATCH):
             batch = list(docs[start : start + TOKENIZE_BATCH])
-            ids += tokenizer(batch, add_special_tokens=False)["input_ids"]
+            ids += tokenizer(batch)["input_ids"]
             bar.update(sum(map(len, batch)))
-    return [d + eos for d in ids if d]
+    added = set(tokenizer("")["input_ids"])  # what the tokenizer adds to any text (a BOS): no text alone
+    return [d + [eos] if eos is not None and d[-1] != eos else d for d in ids if any(t not in added for t in d)]
 
 
 @dataclass
