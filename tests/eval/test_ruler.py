@@ -2,15 +2,20 @@
 
 import pytest
 
-from inplace_ttt.eval.ruler import SINGLE_DEPTHS, TASK_NAMES, make_samples, n_tokens, score
-from tests.eval.conftest import CHAT
+from inplace_ttt.eval.ruler import SINGLE_DEPTHS, TASK_NAMES, make_samples, prompt_ids, score
+from tests.eval.conftest import CHAT, WORDS
+from tests.tiny_hf import tiny_tokenizer
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)
 @pytest.mark.parametrize("length", [256, 1024, 3000])
 def test_prompts_hit_the_requested_length(task, length, tokenizer):
     for s in make_samples(task, tokenizer, length, 3):
-        assert 0.99 * length <= n_tokens(tokenizer, s.prompt) == s.tokens <= length
+        assert 0.99 * length <= n_tokens(tokenizer, s.prompt) == s.tokens == len(s.ids) <= length
         assert s.answers and all(isinstance(a, str) and a for a in s.answers)
 
 
@@ -83,6 +88,22 @@ def test_a_chat_template_wraps_the_task_and_the_answer_starts_the_assistant_turn
         assert w.prompt == f"<|user|> {body} <|end|> <|assistant|> {w.answer_prefix}"
         assert p.prompt.endswith(f"? {p.answer_prefix}") and w.answer_prefix == p.answer_prefix and body.endswith("?")
         assert 0.99 * 700 <= n_tokens(chat, w.prompt) == w.tokens <= 700  # the template's tokens count
+        assert w.ids == prompt_ids(chat, w.prompt, chat_template=True)
         assert w.answers == p.answers
     with pytest.raises(ValueError, match="--chat-template: the models' tokenizer has no chat template"):
         make_samples(task, tokenizer, 700, 1, chat_template=True)
+
+
+def test_prompts_carry_the_tokenizers_bos_as_the_model_reads_them():
+    """A tokenizer that opens every text with BOS (Llama's, Mistral's): the plain prompt's ids start
+    with it and its length counts it; a chat template's text holds its own, so none is added there."""
+    import copy
+
+    plain = tiny_tokenizer(WORDS, bos=True)
+    for s in make_samples("niah_single", plain, 512, 2):
+        assert s.ids[0] == plain.bos_token_id and s.ids.count(plain.bos_token_id) == 1
+        assert s.ids[1:] == plain(s.prompt, add_special_tokens=False)["input_ids"] and s.tokens == len(s.ids) <= 512
+    chat = copy.deepcopy(plain)
+    chat.chat_template = "<s> " + CHAT  # the template writes BOS, as Llama's does
+    for s in make_samples("niah_single", chat, 512, 2, chat_template=True):
+        assert s.ids == chat(s.prompt, add_special_tokens=False)["input_ids"] and s.ids.count(chat.bos_token_id) == 1

@@ -55,6 +55,7 @@ class Sample:
     tokens: int = 0  # actual prompt length in tokens
     depths: list[float] = field(default_factory=list)  # needle depths in the context, 0..1
     answer_prefix: str = ""  # the start of the answer, which follows the task text (and a chat template's turn)
+    ids: list[int] = field(default_factory=list)  # the prompt's token ids, as the model reads them (`prompt_ids`)
 
 
 def score(prediction: str, answers: list[str], metric: str) -> float:
@@ -77,7 +78,7 @@ def make_samples(task: str, tokenizer, length: int, count: int, seed: int = 0, h
     out = []
     for index in range(count):
         key = f"{seed}:{task}:{length}:{index}"  # a str seed hashes the same in every process
-        sample = _fit(lambda n: _prompted(build(random.Random(key), filler, n, index), tokenizer, chat_template), tokenizer, length)  # noqa: B023 (called in this iteration)
+        sample = _fit(lambda n: _prompted(build(random.Random(key), filler, n, index), tokenizer, chat_template), tokenizer, length, chat_template)  # noqa: B023 (called in this iteration)
         sample.task, sample.length, sample.index = task, length, index
         out.append(sample)
     return out
@@ -93,25 +94,33 @@ def _prompted(sample: Sample, tokenizer, chat_template: bool) -> Sample:
     return sample
 
 
-def n_tokens(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+def prompt_ids(tokenizer, prompt: str, chat_template: bool = False) -> list[int]:
+    """A prompt's token ids as the model reads them: with the tokenizer's own special tokens, as
+    `generate` and pipelines get them (a Llama's or Mistral's BOS opens the prompt; Qwen's tokenizer
+    adds none), or as the chat template wrote them (its text holds its BOS)."""
+    return tokenizer(prompt, add_special_tokens=not chat_template)["input_ids"]
 
 
-def _fit(build: Callable[[int], Sample], tokenizer, length: int) -> Sample:
+def _fit(build: Callable[[int], Sample], tokenizer, length: int, chat_template: bool) -> Sample:
     """The largest filler size whose prompt fits in `length` tokens (binary search)."""
+
+    def n_tokens(sample: Sample) -> int:
+        return len(prompt_ids(tokenizer, sample.prompt, chat_template))
+
     lo, hi = 0, 1
-    while n_tokens(tokenizer, build(hi).prompt) <= length:
+    while n_tokens(build(hi)) <= length:
         lo, hi = hi, hi * 2
         if hi > 1 << 24:
             raise ValueError(f"cannot reach {length} tokens: the prompt stops growing")
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if n_tokens(tokenizer, build(mid).prompt) <= length:
+        if n_tokens(build(mid)) <= length:
             lo = mid
         else:
             hi = mid
     sample = build(lo)
-    sample.tokens = n_tokens(tokenizer, sample.prompt)
+    sample.ids = prompt_ids(tokenizer, sample.prompt, chat_template)
+    sample.tokens = len(sample.ids)
     if sample.tokens > length:
         raise ValueError(f"{length} tokens is too short for this task: its smallest prompt has {sample.tokens}")
     if sample.tokens < 0.99 * length:

@@ -123,7 +123,7 @@ def parse_lengths(text: str) -> list[int]:
 def _what_clipping_keeps(model, docs: list, generated: dict, tokenizer, max_len: int, device) -> dict | None:
     """What `--clip-tau` keeps of each chunk update (`families.clip.clip_report`), on the first held-out
     document or else the first prompt: a clipped model can be, to within that share, the model without TTT."""
-    ids = docs[0][:max_len] if docs else next((torch.tensor(tokenizer(g[0].prompt, add_special_tokens=False)["input_ids"]) for g in generated.values()), None)
+    ids = docs[0][:max_len] if docs else next((torch.tensor(g[0].ids) for g in generated.values()), None)
     if ids is None:
         return None
     report = clip_report(model, ids[None].to(device))
@@ -239,7 +239,7 @@ def evaluate(settings: EvalSettings, preamble: list[str] = ()) -> Path:
                 answered = {}
                 for k in range(0, len(group), settings.batch):
                     batch = group[k : k + settings.batch]
-                    prompts = [torch.tensor(tokenizer(s.prompt, add_special_tokens=False)["input_ids"], device=device) for s in batch]
+                    prompts = [torch.tensor(s.ids, device=device) for s in batch]
                     new = greedy(
                         model, prompts, [s.max_new_tokens for s in batch], settings.tokens_per_forward, _stop_ids(model, tokenizer), _pad_id(tokenizer)
                     )
