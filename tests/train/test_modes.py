@@ -24,6 +24,7 @@ def test_a_lora_runs_final_folder_is_the_trained_model_merged(workspace):
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             assert is_peft(model)
+            assert model.peft_config["default"].task_type == "CAUSAL_LM"  # else AutoPeftModelForCausalLM loads the adapters' base without its TTT layers
             model.eval()
             trained["logits"] = logits(model, ids, mask)
             trained["q_proj"] = model.base_model.model.model.layers[1].self_attn.q_proj.base_layer.weight.detach().clone()

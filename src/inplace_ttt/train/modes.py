@@ -34,9 +34,13 @@ def apply_mode(module: nn.Module, mode: str, lora: LoraSettings, layers: dict[in
         return module
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
+        from transformers import PreTrainedModel
 
         targets = ALL_LINEAR if lora.target_modules == [ALL_LINEAR] else lora.target_modules  # PEFT reads its shorthand as a string only
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
+        # a causal LM's adapters say so: without a task type PEFT records the base class (LlamaForCausalLM, ...), and
+        # AutoPeftModelForCausalLM would load the converted folder with it, without its TTT layers
+        task = "CAUSAL_LM" if isinstance(module, PreTrainedModel) else None
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task)
         try:
             module = get_peft_model(module, config)
         except ValueError as e:  # PEFT names the target modules it could not find

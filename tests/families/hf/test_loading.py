@@ -109,3 +109,49 @@ def test_a_model_folder_with_only_pickled_weights_is_refused_with_the_command_th
     assert (tmp_path / "model.safetensors").is_file()
     ids, mask = left_padded([5], 5)
     assert torch.equal(logits(load_causal_lm(tmp_path, dtype=torch.float32).eval(), ids, mask), logits(model.eval(), ids, mask))
+
+
+def test_ttt_weights_come_from_the_files_transformers_reads(tmp_path):
+    """Sharded, and beside a stray weights file holding the same TTT names (a copy, an earlier
+    save): the TTT weights come from the index's shards, as the base weights do."""
+    from safetensors.torch import save_file
+
+    ids, mask = left_padded([13, 9], 13)
+    model = converted()
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    stray = {n: torch.zeros_like(p) for n, p in model.named_parameters() if ".ttt." in n}
+    save_file({n: t.contiguous() for n, t in stray.items()}, str(tmp_path / "zz-old.safetensors"))  # read last by a glob
+    assert torch.equal(logits(inplace_ttt.from_pretrained(tmp_path), ids, mask), logits(model, ids, mask))
+
+
+def test_the_loaders_arguments_work_as_with_transformers(tmp_path):
+    """use_safetensors, the config's own settings given at load (use_cache, output_hidden_states),
+    a saved use_cache, output_loading_info: as transformers takes them, through both loaders."""
+    from transformers import AutoModelForCausalLM
+
+    ids, mask = left_padded([13, 9], 13)
+    model = converted("qwen3")
+    model.config.use_cache = False
+    model.save_pretrained(tmp_path)
+    for load in (inplace_ttt.from_pretrained, AutoModelForCausalLM.from_pretrained):
+        assert load(tmp_path).config.use_cache is False  # as saved
+        assert torch.equal(logits(load(tmp_path, use_safetensors=True), ids, mask), logits(model, ids, mask))
+        again = load(tmp_path, use_cache=True, output_hidden_states=True)
+        assert again.config.use_cache is True and again.config.output_hidden_states is True
+        loaded, info = load(tmp_path, output_loading_info=True)
+        assert inplace_ttt.families.hf.is_converted(loaded) and not info["missing_keys"] and not info["unexpected_keys"]
+    with pytest.raises(ValueError, match="use_safetensors=False, but In-Place TTT checkpoints load from safetensors only"):
+        inplace_ttt.from_pretrained(tmp_path, use_safetensors=False)
+
+
+def test_a_folder_missing_a_base_weight_is_refused_naming_it(tmp_path):
+    """transformers would fill it at random (its report of the missing key silenced with the expected TTT ones)."""
+    from safetensors.torch import load_file, save_file
+
+    converted().save_pretrained(tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    del weights["model.layers.1.self_attn.q_proj.weight"]
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks base weights \['model.layers.1.self_attn.q_proj.weight'\]: the folder is incomplete"):
+        inplace_ttt.from_pretrained(tmp_path)

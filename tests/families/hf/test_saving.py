@@ -117,3 +117,24 @@ def test_the_folders_module_gives_the_auto_classes(tmp_path):
     from inplace_ttt.families.hf import InPlaceTTTConfig, InPlaceTTTForCausalLM
 
     assert module.InPlaceTTTConfig is InPlaceTTTConfig and module.InPlaceTTTForCausalLM is InPlaceTTTForCausalLM
+
+
+def test_a_copy_saves_its_own_settings_and_a_non_main_rank_writes_nothing(tmp_path):
+    import copy
+
+    ids, mask = left_padded([13, 9], 13)
+    model = converted()
+    clipped = copy.deepcopy(model)
+    inplace_ttt.set_clip_tau(clipped, 0.5)
+    clipped.save_pretrained(tmp_path / "copy")
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["inplace_ttt"]["clip_tau"] == 0.5
+    assert torch.equal(logits(inplace_ttt.from_pretrained(tmp_path / "copy"), ids, mask), logits(clipped, ids, mask))
+    model.save_pretrained(tmp_path / "rank1", False)  # is_main_process, positional as transformers' signature has it
+    assert not (tmp_path / "rank1").exists() or not any((tmp_path / "rank1").iterdir())
+
+
+def test_push_to_hub_inside_save_pretrained_is_refused_before_anything_is_written(tmp_path):
+    """transformers uploads inside its save_pretrained, before the folder is marked: the upload would be a plain model."""
+    with pytest.raises(ValueError, match=r"save it, then call model.push_to_hub\(repo_id\)"):
+        converted().save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/ttt")
+    assert not (tmp_path / "out").exists()

@@ -66,7 +66,7 @@ def convert(model: nn.Module, config: TTTConfig, *, cp_group=None) -> nn.Module:
         layers[i].mlp = InPlaceTTTMLP(layers[i].mlp, config, spec, layer_idx=i)
     model.config.inplace_ttt = {**config.to_dict(), "layers": list(indices), "base_model_type": model.config.model_type}
     context.install(base, model.config, dict(enumerate(layers)))
-    saving.install(model, config)
+    saving.install(model)
     set_context_parallel(model, cp_group)
     return model
 

@@ -21,6 +21,7 @@ from .convert import convert
 from .saving import ARCHITECTURE
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # weights torch.save writes: pickles
+LOADER_KEYS = frozenset({"dtype", "torch_dtype"})  # config attributes that are also the loader's arguments: the loader's (transformers' own exception)
 NOT_WEIGHTS = frozenset({"training_args.bin"})  # what transformers' Trainer saves beside a model, never loaded here
 
 
@@ -156,14 +157,24 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., co
         attn = getattr(config, "_attn_implementation", None)  # AutoConfig takes it out of the caller's arguments
         if attn is not None:
             kwargs.setdefault("attn_implementation", attn)
-    ttt_config, config, found, training = checkpoint_settings(path, None if config is None else config.to_dict())  # checked before anything loads
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{path} has no .safetensors weights (In-Place TTT checkpoints are safetensors only)")
+    # `config`'s fields over the file's: the generic config class AutoConfig reads the folder with drops some (use_cache)
+    data = None if config is None else {**read_json_object(path / "config.json"), **config.to_dict()}
+    ttt_config, config, found, training = checkpoint_settings(path, data)  # checked before anything loads
+    if kwargs.pop("use_safetensors", None) is False:
+        raise ValueError(f"{path}: use_safetensors=False, but In-Place TTT checkpoints load from safetensors only")
+    for key in [
+        k for k in kwargs if hasattr(config, k) and k not in LOADER_KEYS
+    ]:  # the model's settings (use_cache, output_hidden_states), as transformers applies them
+        setattr(config, key, kwargs.pop(key))
+    loading_info = kwargs.pop("output_loading_info", False)
+    files = weight_files(path, kwargs.get("variant"))
     for file in files:
         check_safetensors(file)
     with quiet_transformers():  # the base class does not know the TTT weights; we load them below
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, output_loading_info=True, **kwargs)
+    if info["missing_keys"]:  # its warning is silenced with the expected ones (the TTT weights, unknown to the base class)
+        missing = sorted(info["missing_keys"])
+        raise ValueError(f"{path} lacks base weights {missing[:4]}{' ...' if len(missing) > 4 else ''}: the folder is incomplete")
     if clip_tau is not ...:
         ttt_config = ttt_config.replace(clip_tau=clip_tau)
     convert(model, ttt_config)
@@ -188,4 +199,24 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., co
         for key, tensor in found.items():
             params[key].copy_(tensor)
     require_finite(model.state_dict().items(), path)
+    if loading_info:
+        info["unexpected_keys"] = {k for k in info["unexpected_keys"] if k not in found}  # the TTT weights were read
+        return model, info
     return model
+
+
+def weight_files(path: Path, variant: str | None = None) -> list[Path]:
+    """The safetensors files transformers reads from the folder, and so the ones the TTT weights
+    come from: ``model.safetensors``, else the shards its index names (`variant` in their names as
+    transformers puts it). Never every ``*.safetensors``: a file left from an earlier save would
+    mix old TTT weights with new base weights."""
+    infix = f".{variant}" if variant else ""
+    single, index = path / f"model{infix}.safetensors", path / f"model.safetensors.index{infix}.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: no 'weight_map' object")
+        return [path / name for name in sorted(set(weight_map.values()))]
+    raise FileNotFoundError(f"{path} has no {single.name} nor {index.name} (In-Place TTT checkpoints are safetensors only)")

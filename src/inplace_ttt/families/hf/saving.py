@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ...config import TTTConfig
 from ...files import write_atomic
+from ...layer import InPlaceTTTMLP
 
 CHECKPOINT_MODEL_TYPE = "inplace_ttt"  # what config.json says: transformers alone does not know it
 REMOTE_MODULE = "modeling_inplace_ttt"  # the module's name in the folder, as transformers' convention for custom code has it
@@ -52,27 +52,33 @@ __all__ = ["InPlaceTTTConfig", "InPlaceTTTForCausalLM"]
 '''
 
 
-def install(model: nn.Module, config: TTTConfig) -> None:
-    """Make `model.save_pretrained` write an In-Place TTT folder (the settings as `config` holds them now)."""
-    model.save_pretrained = types.MethodType(_save_with(config), model)
+def install(model: nn.Module) -> None:
+    """Make `model.save_pretrained` write an In-Place TTT folder, with the settings its TTT layers hold
+    at the time of saving (`set_clip_tau`'s, say; a deep copy's own)."""
+    model.save_pretrained = types.MethodType(save_pretrained, model)
 
 
-def _save_with(config: TTTConfig):
-    def save_pretrained(model, save_directory, *args, **kwargs):
-        config.write_into(model.config.inplace_ttt)  # the settings as they are now (clip_tau, say)
-        type(model).save_pretrained(model, save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            path = Path(save_directory) / "config.json"
-            data = json.loads(path.read_text())
-            data["model_type"] = CHECKPOINT_MODEL_TYPE
-            data["auto_map"] = dict(AUTO_MAP)
-            # tools that pick the class by this name (`transformers serve`, `LlamaForCausalLM`-style
-            # lookups in pipelines) find none and fail, rather than build the base without its TTT layers
-            data["architectures"] = [ARCHITECTURE]
-            write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-            write_remote_code(save_directory)
-
-    return save_pretrained
+def save_pretrained(model, save_directory, is_main_process: bool = True, *args, **kwargs):
+    """transformers' `save_pretrained`, then config.json marked (`CHECKPOINT_MODEL_TYPE`, `AUTO_MAP`,
+    `ARCHITECTURE`) and the remote-code module written beside it."""
+    if kwargs.get("push_to_hub"):  # transformers would upload before the folder is marked: a plain model, without its TTT layers
+        raise ValueError(
+            "save_pretrained(..., push_to_hub=True) is not supported for an In-Place TTT model: "
+            "save it, then call model.push_to_hub(repo_id), which uploads the marked folder"
+        )
+    ttt_config = next(layer.config for layer in model.modules() if isinstance(layer, InPlaceTTTMLP))
+    ttt_config.write_into(model.config.inplace_ttt)  # the settings as they are now (clip_tau, say)
+    type(model).save_pretrained(model, save_directory, is_main_process, *args, **kwargs)
+    if is_main_process:
+        path = Path(save_directory) / "config.json"
+        data = json.loads(path.read_text())
+        data["model_type"] = CHECKPOINT_MODEL_TYPE
+        data["auto_map"] = dict(AUTO_MAP)
+        # tools that pick the class by this name (`transformers serve`, `LlamaForCausalLM`-style
+        # lookups in pipelines) find none and fail, rather than build the base without its TTT layers
+        data["architectures"] = [ARCHITECTURE]
+        write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        write_remote_code(save_directory)
 
 
 def write_remote_code(save_directory: str | os.PathLike) -> None:
