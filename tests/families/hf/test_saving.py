@@ -138,3 +138,21 @@ def test_push_to_hub_inside_save_pretrained_is_refused_before_anything_is_writte
     with pytest.raises(ValueError, match=r"save it, then call model.push_to_hub\(repo_id\)"):
         converted().save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/ttt")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sharded_save_over_a_single_file_save_loads_as_the_new_model(tmp_path):
+    """transformers leaves the earlier model.safetensors beside the new shards and reads it first."""
+    ids, mask = left_padded([13, 9], 13)
+    model = converted()
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert not (tmp_path / "model.safetensors").exists() and (tmp_path / "model.safetensors.index.json").is_file()
+    from transformers import AutoModelForCausalLM
+
+    for load in (inplace_ttt.from_pretrained, AutoModelForCausalLM.from_pretrained):
+        assert torch.equal(logits(load(tmp_path), ids, mask), logits(model, ids, mask))
+    model.save_pretrained(tmp_path)  # back to one file: transformers reads it first, the stale shards are never read
+    assert torch.equal(logits(inplace_ttt.from_pretrained(tmp_path), ids, mask), logits(model, ids, mask))

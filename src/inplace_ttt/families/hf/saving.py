@@ -68,8 +68,15 @@ def save_pretrained(model, save_directory, is_main_process: bool = True, *args, 
         )
     ttt_config = next(layer.config for layer in model.modules() if isinstance(layer, InPlaceTTTMLP))
     ttt_config.write_into(model.config.inplace_ttt)  # the settings as they are now (clip_tau, say)
+    infix = f".{kwargs['variant']}" if kwargs.get("variant") else ""
+    single, index = Path(save_directory) / f"model{infix}.safetensors", Path(save_directory) / f"model.safetensors.index{infix}.json"
+    before = _stat(single), _stat(index)
     type(model).save_pretrained(model, save_directory, is_main_process, *args, **kwargs)
     if is_main_process:
+        wrote_shards = _stat(index) not in (None, before[1])
+        kept_single = before[0] is not None and _stat(single) == before[0]
+        if wrote_shards and kept_single:  # an earlier save's single file, which transformers leaves and reads first: the folder would load as the old model
+            single.unlink()
         path = Path(save_directory) / "config.json"
         data = json.loads(path.read_text())
         data["model_type"] = CHECKPOINT_MODEL_TYPE
@@ -79,6 +86,15 @@ def save_pretrained(model, save_directory, is_main_process: bool = True, *args, 
         data["architectures"] = [ARCHITECTURE]
         write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
         write_remote_code(save_directory)
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    """What tells whether a save rewrote `path`: its inode, modification time and size (None: no such file)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def write_remote_code(save_directory: str | os.PathLike) -> None:
