@@ -171,6 +171,22 @@ def test_renamed_train_keys_still_read_for_one_release(tmp_path):
         (BASE, ["--train.learning_rate", "[1,"], r"--train.learning_rate: not valid YAML at line 1, column \d+"),
         (BASE + "train:\n  mode: lora\n  learning_rate: 1e-5: 2\n", [], r"run.yaml: not valid YAML at line 6, column 22: mapping values are not allowed here"),
         (BASE + "train:\n\tmode: lora\n", [], r"run.yaml: not valid YAML at line 5, column 1: found character '\\t'"),
+        # values transformers or torch refused only after the run folder was written
+        (
+            BASE,
+            ["--train.lr_scheduler_kwargs", "{bogus: 1}"],
+            r"train.lr_scheduler_kwargs: \['bogus'\] are not arguments of the 'cosine' schedule; it takes \['num_cycles'\]",
+        ),
+        (BASE, ["--train.lr_scheduler_kwargs", "5"], r"train.lr_scheduler_kwargs must be a mapping of the schedule's arguments; got 5"),
+        (BASE, ["--train.adam_beta1", "2"], r"train.adam_beta1 must be in \[0, 1\); got 2"),
+        (BASE, ["--train.adam_beta2", "-1"], r"train.adam_beta2 must be in \[0, 1\); got -1"),
+        (BASE, ["--train.adam_epsilon", "0"], r"train.adam_epsilon must be a finite number > 0; got 0"),
+        (BASE, ["--train.label_smoothing_factor", "2"], r"train.label_smoothing_factor must be in \[0, 1\); got 2"),
+        (BASE, ["--train.eval_accumulation_steps", "0"], r"train.eval_accumulation_steps must be null or >= 1; got 0"),
+        (BASE, ["--train.neftune_noise_alpha", "-1"], r"train.neftune_noise_alpha must be null or a finite number >= 0; got -1"),
+        (BASE, ["--train.seed", "-1"], r"train.seed must be in \[0, 2\*\*32\) \(numpy's seeds\); got -1"),
+        # a key given twice: PyYAML kept the last, dropping the first silently
+        (BASE + "ttt:\n  chunk_size: 16\nttt:\n  layers: [1]\n", [], r"run.yaml: not valid YAML at line \d+, column 1: the key 'ttt' is given twice"),
     ],
 )
 def test_bad_configs_say_what_is_wrong(tmp_path, text, overrides, message):

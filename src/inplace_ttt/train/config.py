@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import inspect
 import math
 import os
 import re
@@ -199,12 +200,42 @@ class TrainConfig(TrainingArguments):
             choices = _choices(type(self), name)
             if getattr(self, name) not in choices:
                 raise ValueError(f"train.{name} must be one of {choices}; got {getattr(self, name)!r}")
+        self._check_scheduler_kwargs()
+        for name in ("adam_beta1", "adam_beta2", "label_smoothing_factor"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be in [0, 1); got {getattr(self, name)}")
+        if not (math.isfinite(self.adam_epsilon) and self.adam_epsilon > 0):
+            raise ValueError(f"train.adam_epsilon must be a finite number > 0; got {self.adam_epsilon}")
+        if self.eval_accumulation_steps is not None and self.eval_accumulation_steps < 1:
+            raise ValueError(f"train.eval_accumulation_steps must be null or >= 1; got {self.eval_accumulation_steps}")
+        if self.neftune_noise_alpha is not None and not (math.isfinite(self.neftune_noise_alpha) and self.neftune_noise_alpha >= 0):
+            raise ValueError(f"train.neftune_noise_alpha must be null or a finite number >= 0; got {self.neftune_noise_alpha}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"train.seed must be in [0, 2**32) (numpy's seeds); got {self.seed}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"train.warmup_ratio must be in [0, 1) (a share of the steps; use train.warmup_steps for a count); got {self.warmup_ratio}")
         if self.warmup_steps < 0:
             raise ValueError(f"train.warmup_steps must be >= 0; got {self.warmup_steps}")
         if self.ttt_params_max_grad_norm is not None and not (math.isfinite(self.ttt_params_max_grad_norm) and self.ttt_params_max_grad_norm > 0):
             raise ValueError(f"train.ttt_params_max_grad_norm must be None or a finite number > 0; got {self.ttt_params_max_grad_norm}")
+
+    def _check_scheduler_kwargs(self) -> None:
+        """`lr_scheduler_kwargs` must be arguments of the chosen schedule's function (transformers
+        passes them on only when the schedule is built, after the run folder is made)."""
+        from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+
+        given = self.lr_scheduler_kwargs
+        if given is None or given == {}:
+            return
+        if not isinstance(given, dict):
+            raise ValueError(f"train.lr_scheduler_kwargs must be a mapping of the schedule's arguments; got {given!r}")
+        parameters = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(self.lr_scheduler_type)]).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return  # the schedule takes any keyword (reduce_lr_on_plateau passes them to torch)
+        allowed = sorted(set(parameters) - {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"})
+        unknown = sorted(set(given) - set(allowed))
+        if unknown:
+            raise ValueError(f"train.lr_scheduler_kwargs: {unknown} are not arguments of the {self.lr_scheduler_type!r} schedule; it takes {allowed}")
 
     @property
     def declared(self) -> dict[str, Any]:
@@ -350,7 +381,18 @@ class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's booleans: only true/false are booleans. YAML 1.1 also
     reads yes/no/on/off (and y/n) as booleans, which turned ``--train.save_strategy no`` (the
     value transformers expects) into ``False``; such words now stay words, and a bool field still
-    takes yes/no/on/off (`convert_value`). No library offers this loader; it is two lines here."""
+    takes yes/no/on/off (`convert_value`). A key given twice in one mapping is refused (YAML
+    forbids it; PyYAML keeps the last silently, which dropped a whole first ``ttt:`` section). No
+    library offers this loader; it is a few lines here."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.yaml_implicit_resolvers = {
