@@ -18,7 +18,7 @@ from ...layer import is_ttt_param
 from ..record import TRAINING_KEY, split_training
 from . import release
 from .convert import convert
-from .saving import ARCHITECTURE
+from .saving import ARCHITECTURE, weights_paths
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # weights torch.save writes: pickles
 LOADER_KEYS = frozenset({"dtype", "torch_dtype"})  # config attributes that are also the loader's arguments: the loader's (transformers' own exception)
@@ -162,9 +162,8 @@ def from_pretrained(path: str | os.PathLike, *, clip_tau: float | None = ..., co
     ttt_config, config, found, training = checkpoint_settings(path, data)  # checked before anything loads
     if kwargs.pop("use_safetensors", None) is False:
         raise ValueError(f"{path}: use_safetensors=False, but In-Place TTT checkpoints load from safetensors only")
-    for key in [
-        k for k in kwargs if hasattr(config, k) and k not in LOADER_KEYS
-    ]:  # the model's settings (use_cache, output_hidden_states), as transformers applies them
+    # the model's settings given to the loader (use_cache, output_hidden_states) go to its config, as transformers applies them
+    for key in [k for k in kwargs if hasattr(config, k) and k not in LOADER_KEYS]:
         setattr(config, key, kwargs.pop(key))
     loading_info = kwargs.pop("output_loading_info", False)
     files = weight_files(path, kwargs.get("variant"))
@@ -210,8 +209,7 @@ def weight_files(path: Path, variant: str | None = None) -> list[Path]:
     come from: ``model.safetensors``, else the shards its index names (`variant` in their names as
     transformers puts it). Never every ``*.safetensors``: a file left from an earlier save would
     mix old TTT weights with new base weights."""
-    infix = f".{variant}" if variant else ""
-    single, index = path / f"model{infix}.safetensors", path / f"model.safetensors.index{infix}.json"
+    single, index = weights_paths(path, variant)
     if single.is_file():
         return [single]
     if index.is_file():

@@ -68,8 +68,7 @@ def save_pretrained(model, save_directory, is_main_process: bool = True, *args, 
         )
     ttt_config = next(layer.config for layer in model.modules() if isinstance(layer, InPlaceTTTMLP))
     ttt_config.write_into(model.config.inplace_ttt)  # the settings as they are now (clip_tau, say)
-    infix = f".{kwargs['variant']}" if kwargs.get("variant") else ""
-    single, index = Path(save_directory) / f"model{infix}.safetensors", Path(save_directory) / f"model.safetensors.index{infix}.json"
+    single, index = weights_paths(Path(save_directory), kwargs.get("variant"))
     before = _stat(single), _stat(index)
     type(model).save_pretrained(model, save_directory, is_main_process, *args, **kwargs)
     if is_main_process:
@@ -86,6 +85,13 @@ def save_pretrained(model, save_directory, is_main_process: bool = True, *args, 
         data["architectures"] = [ARCHITECTURE]
         write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
         write_remote_code(save_directory)
+
+
+def weights_paths(folder: Path, variant: str | None = None) -> tuple[Path, Path]:
+    """The single weights file and the shard index of a folder, with `variant` in their names where
+    transformers puts it (``model.fp16.safetensors``, ``model.safetensors.index.fp16.json``)."""
+    infix = f".{variant}" if variant else ""
+    return folder / f"model{infix}.safetensors", folder / f"model.safetensors.index{infix}.json"
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:
